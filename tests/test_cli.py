@@ -1,0 +1,145 @@
+"""Bad input through the CLI: one `error:` line naming the fix, a non-zero exit, no traceback, and
+nothing overwritten."""
+
+import hashlib
+import shutil
+
+import pytest
+
+from conftest import assert_clean_failure, write_config, zerotrain
+
+
+def tree_digest(path):
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        if p.is_file() and not p.is_symlink():
+            h.update(str(p.relative_to(path)).encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def test_missing_and_empty_corpus(tmp_path):
+    assert_clean_failure(zerotrain("data", "prepare", "--source", tmp_path / "nope.txt", "--tokenizer", "char", "--out", tmp_path / "d"),
+                         "not found", "--source")
+    (tmp_path / "empty.txt").write_text("")
+    assert_clean_failure(zerotrain("data", "prepare", "--source", tmp_path / "empty.txt", "--tokenizer", "char", "--out", tmp_path / "d"),
+                         "holds no text")
+    assert not (tmp_path / "d").exists()
+
+
+def test_data_prepare_refuses_to_replace_other_data(tmp_path, char_data):
+    out = tmp_path / "d"
+    shutil.copytree(char_data, out)
+    before = tree_digest(out)
+    (tmp_path / "other.txt").write_text("different text entirely\n")
+    assert_clean_failure(zerotrain("data", "prepare", "--source", tmp_path / "other.txt", "--tokenizer", "char", "--out", out),
+                         "--overwrite")
+    assert tree_digest(out) == before
+
+
+@pytest.fixture
+def bad_data(tmp_path, char_data):
+    d = tmp_path / "data"
+    shutil.copytree(char_data, d)
+    return d
+
+
+def test_shard_with_wrong_magic(tmp_path, bad_data):
+    shard = bad_data / "train.bin"
+    shard.write_bytes(b"GARBAGE!" + shard.read_bytes()[8:])
+    cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=bad_data)
+    assert_clean_failure(zerotrain("train", cfg), "bad magic", "zerotrain data prepare")
+    assert not (tmp_path / "run").exists()
+
+
+def test_shard_with_wrong_version(tmp_path, bad_data):
+    raw = bytearray((bad_data / "val.bin").read_bytes())
+    raw[8] = 7
+    (bad_data / "val.bin").write_bytes(raw)
+    cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=bad_data)
+    assert_clean_failure(zerotrain("train", cfg, "--nproc", 2), "version 7", "regenerate")
+
+
+def test_token_id_beyond_model_vocabulary(tmp_path, char_data):
+    cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data)
+    assert_clean_failure(zerotrain("train", cfg, "--model.vocab_size=10"), "holds token id", "model.vocab_size")
+
+
+def test_sequence_longer_than_block_size(tmp_path, char_data):
+    cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data)
+    assert_clean_failure(zerotrain("train", cfg, "--train.seq_len=64"), "larger than the model's block_size 32")
+
+
+def test_batch_triple_that_does_not_divide(tmp_path, char_data):
+    cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data)
+    r = zerotrain("train", cfg, "--nproc", 2, "--train.global_batch_size=12")
+    assert_clean_failure(r, "not divisible by micro_batch_size 4 × world 2 = 8", "multiple of 8")
+    assert "launching" not in r.stdout  # refused before any process was started
+
+
+def test_unknown_key_and_wrong_type(tmp_path, char_data):
+    cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data)
+    assert_clean_failure(zerotrain("train", cfg, "--train.gradient_clipp1ng=1"), "unknown key train.gradient_clipp1ng", "valid keys")
+    assert_clean_failure(zerotrain("train", cfg, "--train.max_steps=ten"), "expected int")
+    cfg.write_text(cfg.read_text().replace("max_steps = 12", 'max_steps = "12"'))
+    assert_clean_failure(zerotrain("train", cfg), "train.max_steps must be int")
+
+
+def test_mixing_data_with_different_tokenizers(tmp_path, char_data):
+    other = tmp_path / "other"
+    (tmp_path / "o.txt").write_text("0123456789 digits only\n" * 50)
+    assert zerotrain("data", "prepare", "--source", tmp_path / "o.txt", "--tokenizer", "char", "--out", other).returncode == 0
+    cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data)
+    cfg.write_text(cfg.read_text().replace(f'dir = "{char_data}"', f'dirs = ["{char_data}", "{other}"]'))
+    assert_clean_failure(zerotrain("train", cfg), "different tokenizers")
+
+
+@pytest.mark.slow
+def test_resume_without_a_complete_checkpoint(tmp_path, stage_runs, char_data):
+    partial = tmp_path / "partial"
+    shutil.copytree(stage_runs[2] / "checkpoints" / "step_6", partial)
+    (partial / "zerotrain.json").unlink()  # as an interrupted save leaves it
+    cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data)
+    assert_clean_failure(zerotrain("train", cfg, f"--run.resume={partial}"), "no complete zerotrain checkpoint")
+    assert_clean_failure(zerotrain("train", cfg, f"--run.resume={tmp_path / 'nowhere'}"), "does not exist")
+    assert_clean_failure(zerotrain("export", partial, "--out", tmp_path / "hf"), "no complete zerotrain checkpoint")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "hf").exists()
+
+
+@pytest.mark.slow
+def test_resume_with_another_world_size_or_stage_is_refused(tmp_path, stage_runs, char_data):
+    cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data, zero_stage=2)
+    assert_clean_failure(zerotrain("train", cfg, f"--run.resume={stage_runs[2]}"), "written by 2 ranks", "run.init_from")
+    assert_clean_failure(zerotrain("train", cfg, "--nproc", 2, f"--run.resume={stage_runs[3]}"), "zero_stage 3")
+
+
+@pytest.mark.slow
+def test_out_dir_holding_a_run_is_not_overwritten(tmp_path, stage_runs, char_data):
+    run = tmp_path / "run"
+    shutil.copytree(stage_runs[2], run, symlinks=True)
+    before = tree_digest(run)
+    cfg = write_config(tmp_path / "c.toml", out_dir=run, data_dir=char_data, dropout=0.1)
+    assert_clean_failure(zerotrain("train", cfg, "--nproc", 2), "already holds a run", "run.resume", "--overwrite")
+    assert_clean_failure(zerotrain("train", cfg, "--nproc", 2, "--run.resume=auto", "--model.n_layer=3"),
+                         "holds a different run", "model.n_layer")
+    assert tree_digest(run) == before
+    # a finished run continued with resume=auto has nothing left to do, and says so without harm
+    r = zerotrain("train", cfg, "--nproc", 2, "--run.resume=auto")
+    assert r.returncode == 0, r.stderr[-2000:]
+    # --overwrite replaces it
+    r = zerotrain("train", cfg, "--nproc", 2, "--overwrite", "--train.max_steps=2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (run / "checkpoints" / "latest").read_text() == "step_2" and not (run / "checkpoints" / "step_12").exists()
+
+
+@pytest.mark.slow
+def test_export_refuses_a_non_empty_destination(tmp_path, stage_runs):
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert_clean_failure(zerotrain("export", stage_runs[2], "--out", out), "not empty", "--overwrite")
+    assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
+
+
+@pytest.mark.slow
+def test_generate_with_characters_outside_the_vocabulary(stage_runs):
+    assert_clean_failure(zerotrain("generate", stage_runs[2], "--prompt", "Zebra €"), "not in this char vocabulary")

@@ -1,0 +1,62 @@
+import json
+
+import pytest
+
+from zerotrain import UserError
+from zerotrain.dsconfig import Batch, build, derive_batch, resolve_dtype
+from zerotrain.runconfig import RunConfig, TrainSection
+
+
+def test_batch_triple_is_derived_and_described():
+    b = derive_batch(TrainSection(micro_batch_size=8, grad_accum=4), world=2)
+    assert (b.micro, b.accum, b.world, b.global_size) == (8, 4, 2, 64)
+    assert b.describe() == "global batch 64 = micro 8 × accumulation 4 × world 2"
+    b = derive_batch(TrainSection(micro_batch_size=8, global_batch_size=512), world=4)
+    assert b.accum == 16
+
+
+def test_batch_triple_that_does_not_divide_names_the_fix():
+    with pytest.raises(UserError, match=r"not divisible by micro_batch_size 8 × world 3 = 24; use a multiple of 24 such as 96 or 120"):
+        derive_batch(TrainSection(micro_batch_size=8, global_batch_size=100), world=3)
+
+
+def test_generated_config_per_stage_and_dtype():
+    cfg = RunConfig()
+    cfg.deepspeed.zero_stage = 3
+    ds = build(cfg, Batch(4, 2, 2), "bf16", "cuda")
+    assert ds["train_batch_size"] == 16 and ds["gradient_accumulation_steps"] == 2
+    assert ds["bf16"] == {"enabled": True} and "fp16" not in ds
+    assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    assert ds["zero_optimization"]["overlap_comm"] is True
+    assert "optimizer" not in ds  # torch's AdamW is passed in
+    cfg.deepspeed.offload_optimizer = "cpu"
+    cfg.deepspeed.offload_params = "cpu"
+    ds = build(cfg, Batch(4, 1, 1), "fp16", "cpu")
+    assert ds["fp16"]["loss_scale"] == 0  # dynamic
+    assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert ds["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert ds["optimizer"]["type"] == "AdamW"  # DeepSpeedCPUAdam for offload
+
+
+def test_user_ds_config_is_merged_but_cannot_contradict(tmp_path):
+    cfg = RunConfig()
+    user = tmp_path / "ds.json"
+    user.write_text(json.dumps({"zero_optimization": {"reduce_bucket_size": 1000}, "train_batch_size": 16}))
+    cfg.deepspeed.config = str(user)
+    ds = build(cfg, Batch(4, 2, 2), "fp32", "cpu")
+    assert ds["zero_optimization"]["reduce_bucket_size"] == 1000 and ds["zero_optimization"]["stage"] == 2
+    user.write_text(json.dumps({"train_batch_size": 32, "scheduler": {"type": "WarmupLR"}, "gradient_clipping": "auto"}))
+    with pytest.raises(UserError) as e:
+        build(cfg, Batch(4, 2, 2), "fp32", "cpu")
+    for part in ("train_batch_size = 32 contradicts the run's 16", "'scheduler' is set", "gradient_clipping = \"auto\""):
+        assert part in str(e.value)
+    user.write_text('{\n  // comment\n  "a": 1\n}')
+    with pytest.raises(UserError, match=r"ds.json:2:3: not valid JSON.*remove the // lines"):
+        build(cfg, Batch(4, 2, 2), "fp32", "cpu")
+
+
+def test_dtype_resolution():
+    assert resolve_dtype("auto", "cuda", True) == "bf16"
+    assert resolve_dtype("auto", "cpu", True) == "fp32"
+    with pytest.raises(UserError, match="fp16.*needs a GPU"):
+        resolve_dtype("fp16", "cpu", True)

@@ -1,0 +1,66 @@
+import pytest
+
+from zerotrain import UserError
+from zerotrain.runconfig import dumps_toml, from_dict, load_run_config, to_dict
+
+
+def write(tmp_path, text):
+    p = tmp_path / "run.toml"
+    p.write_text(text)
+    return p
+
+
+def test_toml_then_overrides(tmp_path):
+    p = write(tmp_path, '[data]\ndir = "d"\n[train]\nlr = 1e-3\nmax_steps = 10\n[deepspeed]\nzero_stage = 3\n')
+    cfg = load_run_config(p, ["--train.lr=3e-4", "train.micro_batch_size=2", "--deepspeed.activation_checkpointing=true",
+                              "--data.dirs=", "--model.n_layer=6"])
+    assert cfg.train.lr == 3e-4 and cfg.train.max_steps == 10 and cfg.train.micro_batch_size == 2
+    assert cfg.deepspeed.zero_stage == 3 and cfg.deepspeed.activation_checkpointing is True
+    assert cfg.model.n_layer == 6 and cfg.model.n_head is None
+
+
+def test_unknown_key_lists_valid_keys_and_suggests(tmp_path):
+    p = write(tmp_path, '[data]\ndir = "d"\n[train]\ngrad_clipp1ng = 1.0\n')
+    with pytest.raises(UserError, match=r"unknown key train.grad_clipp1ng .*did you mean 'train.grad_clip'.*valid keys: train.max_steps"):
+        load_run_config(p)
+    with pytest.raises(UserError, match=r"unknown key \[trian\].*did you mean 'train'"):
+        load_run_config(write(tmp_path, '[trian]\nlr = 1\n'))
+    with pytest.raises(UserError, match="unknown key train.lrr"):
+        load_run_config(write(tmp_path, '[data]\ndir = "d"\n'), ["--train.lrr=1"])
+
+
+def test_wrong_types(tmp_path):
+    with pytest.raises(UserError, match="train.max_steps must be int, got str '100'"):
+        load_run_config(write(tmp_path, '[data]\ndir = "d"\n[train]\nmax_steps = "100"\n'))
+    with pytest.raises(UserError, match="must be int, got bool"):
+        load_run_config(write(tmp_path, '[data]\ndir = "d"\n[train]\nmax_steps = true\n'))
+    with pytest.raises(UserError, match="--train.lr=fast: expected float"):
+        load_run_config(write(tmp_path, '[data]\ndir = "d"\n'), ["--train.lr=fast"])
+    cfg = load_run_config(write(tmp_path, '[data]\ndir = "d"\n[train]\nlr = 1\n'))
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+
+
+def test_value_problems_are_all_reported(tmp_path):
+    p = write(tmp_path, '[data]\ndir = "d"\n[train]\nmax_steps = 0\n[deepspeed]\nzero_stage = 4\noffload_params = "cpu"\ndtype = "fp8"\n')
+    with pytest.raises(UserError) as e:
+        load_run_config(p)
+    message = str(e.value)
+    for part in ("train.max_steps must be > 0", "zero_stage = 4", "offload_params needs zero_stage = 3", "dtype = 'fp8'"):
+        assert part in message
+
+
+def test_missing_data_and_bad_toml(tmp_path):
+    with pytest.raises(UserError, match="set data.dir"):
+        load_run_config(write(tmp_path, "[train]\nlr = 1e-3\n"))
+    with pytest.raises(UserError, match="not valid TOML"):
+        load_run_config(write(tmp_path, "[train\nlr = 1e-3\n"))
+    with pytest.raises(UserError, match="not found"):
+        load_run_config(tmp_path / "nope.toml")
+
+
+def test_round_trip_through_toml(tmp_path):
+    cfg = load_run_config(write(tmp_path, '[data]\ndirs = ["a", "b"]\nweights = [1, 3]\n[model]\nn_layer = 3\n'))
+    import tomllib
+    again = from_dict(tomllib.loads(dumps_toml(cfg)))
+    assert to_dict(again) == to_dict(cfg)
+    assert again.data.weights == [1.0, 3.0]

@@ -1,0 +1,157 @@
+"""Training with the real DeepSpeed engine on CPU (gloo), mostly in 2 processes launched by
+`zerotrain train --nproc 2` — the same path a user takes."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, metrics, run_ok, train_losses, val_losses, write_config, zerotrain
+
+pytestmark = pytest.mark.slow
+
+
+def test_stages_follow_the_same_loss_trajectory(stage_runs):
+    reference = train_losses(stage_runs[0])
+    assert sorted(reference) == list(range(1, 13))
+    assert reference[12] < reference[1] - 0.5  # it learns
+    for stage in (1, 2, 3):
+        losses = train_losses(stage_runs[stage])
+        for step, loss in reference.items():
+            assert losses[step] == pytest.approx(loss, rel=1e-4, abs=1e-5), (stage, step)
+        assert val_losses(stage_runs[stage])[12] == pytest.approx(val_losses(stage_runs[0])[12], rel=1e-4)
+
+
+def test_run_directory_layout_and_metrics(stage_runs):
+    run = stage_runs[2]
+    for name in ("config.toml", "ds_config.json", "metrics.jsonl", "tokenizer/zerotrain_tokenizer.json"):
+        assert (run / name).is_file(), name
+    ckpts = run / "checkpoints"
+    assert (ckpts / "latest").read_text() == "step_12"
+    assert os.readlink(ckpts / "final") == "step_12"
+    assert os.readlink(ckpts / "best") in ("step_6", "step_12")
+    assert (ckpts / "step_6" / "zerotrain.json").is_file() and not list(ckpts.glob(".tmp*"))
+    rows = metrics(run)
+    train_rows = [r for r in rows if "loss" in r]
+    for key in ("step", "loss", "lr", "grad_norm", "step_time_s", "tokens_per_s", "mfu", "peak_mem_bytes"):
+        assert key in train_rows[0], key
+    assert train_rows[0]["mfu"] is None  # no peak-FLOPs figure for a CPU
+    assert all(r["tokens_per_s"] > 0 and r["peak_mem_bytes"] > 0 and r["grad_norm"] > 0 for r in train_rows)
+    assert train_rows[0]["lr"] == pytest.approx(3e-3 / 5) and train_rows[-1]["lr"] < train_rows[5]["lr"]
+    evals = [r for r in rows if "val_loss" in r]
+    assert [r["step"] for r in evals] == [6, 12]
+    assert evals[-1]["val_ppl"] == pytest.approx(math.exp(evals[-1]["val_loss"]))
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_resume_is_bitwise_exact(stage_runs, tmp_path, char_data, stage):
+    """6 steps, resume, 6 more steps == 12 straight steps, to the last bit (dropout on, so RNG state matters)."""
+    straight = stage_runs[stage]
+    cfg = write_config(tmp_path / "r.toml", out_dir=tmp_path / "resumed", data_dir=char_data, zero_stage=stage, dropout=0.1)
+    run_ok("train", cfg, "--nproc", 2, f"--run.resume={straight}/checkpoints/step_6")
+    resumed, original = train_losses(tmp_path / "resumed"), train_losses(straight)
+    assert sorted(resumed) == list(range(7, 13))
+    assert all(resumed[s] == original[s] for s in resumed), (resumed, original)
+    assert val_losses(tmp_path / "resumed")[12] == val_losses(straight)[12]
+
+
+def test_process_killed_mid_save_keeps_previous_checkpoint(stage_runs, tmp_path, char_data):
+    cfg = write_config(tmp_path / "k.toml", out_dir=tmp_path / "run", data_dir=char_data, zero_stage=2, dropout=0.1,
+                       save_interval=4, eval_interval=12)
+    started = time.monotonic()
+    crashed = zerotrain("train", cfg, "--nproc", 2, env={"ZEROTRAIN_FAULT": "save:8:1"})  # rank 1 SIGKILLed inside the step-8 save
+    assert crashed.returncode != 0
+    assert time.monotonic() - started < 120  # the surviving rank was stopped, not left hanging
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert (ckpts / "latest").read_text() == "step_4"
+    assert not (ckpts / "step_8").exists() and (ckpts / ".tmp_step_8").exists()  # the partial write is quarantined
+    # run.resume = "auto" is not set in this config: continuing needs it, and must reproduce the straight run
+    run_ok("train", cfg, "--nproc", 2, "--run.resume=auto")
+    assert (ckpts / "latest").read_text() == "step_12" and not list(ckpts.glob(".tmp*"))
+    losses = train_losses(tmp_path / "run")
+    assert sorted(losses) == list(range(1, 13))  # records of the crashed steps 5-8 were replaced
+    original = train_losses(stage_runs[2])
+    assert all(losses[s] == original[s] for s in losses)
+
+
+def test_sigterm_finishes_the_step_saves_and_exits_cleanly(tmp_path, char_data):
+    cfg = write_config(tmp_path / "t.toml", out_dir=tmp_path / "run", data_dir=char_data, zero_stage=2,
+                       max_steps=100_000, save_interval=0, eval_interval=0)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-m", "zerotrain", "train", str(cfg), "--nproc", "2"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 180
+    metrics_file = tmp_path / "run" / "metrics.jsonl"
+    while time.monotonic() < deadline and (not metrics_file.exists() or len(metrics_file.read_text().splitlines()) < 5):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    assert "stopped by SIGTERM" in out and "Traceback" not in out
+    ckpts = tmp_path / "run" / "checkpoints"
+    step = int((ckpts / "latest").read_text().removeprefix("step_"))
+    assert step >= 5 and not (ckpts / "final").exists()
+    last_logged = max(train_losses(tmp_path / "run"))
+    assert last_logged == step  # the step in flight was finished, logged and saved
+    run_ok("train", cfg, "--nproc", 2, "--run.resume=auto", f"--train.max_steps={step + 2}")
+    assert sorted(train_losses(tmp_path / "run"))[-3:] == [step, step + 1, step + 2]
+
+
+@pytest.mark.parametrize("stage,offload", [(2, ["--deepspeed.offload_optimizer=cpu"]),
+                                           (3, ["--deepspeed.offload_optimizer=cpu", "--deepspeed.offload_params=cpu"])])
+def test_cpu_offload_matches_the_device_run(stage_runs, tmp_path, char_data, stage, offload):
+    cfg = write_config(tmp_path / "o.toml", out_dir=tmp_path / "run", data_dir=char_data, zero_stage=stage, dropout=0.1)
+    run_ok("train", cfg, "--nproc", 2, *offload, "--train.max_steps=6")
+    ds_config = (tmp_path / "run" / "ds_config.json").read_text()
+    assert '"offload_optimizer"' in ds_config and '"optimizer"' in ds_config
+    losses, reference = train_losses(tmp_path / "run"), train_losses(stage_runs[stage])
+    for s in range(1, 7):  # DeepSpeedCPUAdam vs torch AdamW: same maths, different kernels
+        assert losses[s] == pytest.approx(reference[s], rel=2e-3), s
+
+
+def test_gradient_accumulation_and_activation_checkpointing_keep_the_trajectory(tmp_path, char_data):
+    base = write_config(tmp_path / "a.toml", out_dir=tmp_path / "a", data_dir=char_data, max_steps=6, eval_interval=0, save_interval=0)
+    run_ok("train", base, "--train.micro_batch_size=8")
+    run_ok("train", base, "--run.out_dir=" + str(tmp_path / "b"), "--train.micro_batch_size=4", "--train.grad_accum=2")
+    run_ok("train", base, "--run.out_dir=" + str(tmp_path / "c"), "--train.micro_batch_size=8", "--deepspeed.activation_checkpointing=true")
+    a, b, c = (train_losses(tmp_path / n) for n in "abc")
+    for s in range(1, 7):
+        assert b[s] == pytest.approx(a[s], rel=1e-4)
+        assert c[s] == pytest.approx(a[s], rel=1e-6)
+
+
+def test_bf16_on_cpu(tmp_path, char_data):
+    cfg = write_config(tmp_path / "b.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=8, eval_interval=8, save_interval=0)
+    run_ok("train", cfg, "--deepspeed.dtype=bf16")
+    assert '"bf16": {\n    "enabled": true' in (tmp_path / "run" / "ds_config.json").read_text()
+    losses = train_losses(tmp_path / "run")
+    assert all(math.isfinite(v) for v in losses.values()) and losses[8] < losses[1]
+
+
+def test_init_from_and_weighted_data_mixing(stage_runs, tmp_path, char_data, corpus_file):
+    from zerotrain.data import prepare
+
+    other = tmp_path / "other"
+    corpus = tmp_path / "more.txt"
+    corpus.write_text(corpus_file.read_text()[::-1])  # same characters (so the same char tokenizer), different text
+    prepare(str(corpus), "char", other)
+    cfg = write_config(tmp_path / "m.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=3, eval_interval=3, save_interval=0)
+    text = cfg.read_text().replace(f'dir = "{char_data}"', f'dirs = ["{char_data}", "{other}"]\nweights = [3.0, 1.0]')
+    cfg.write_text(text)
+    run_ok("train", cfg, f"--run.init_from={stage_runs[2]}")
+    first = train_losses(tmp_path / "run")[1]
+    fresh_first = train_losses(stage_runs[2])[1]
+    assert first < fresh_first - 0.3  # started from the trained weights, not from scratch
+    assert "step" in metrics(tmp_path / "run")[-1] and val_losses(tmp_path / "run")
+
+
+def test_early_stopping_on_flat_val_loss(tmp_path, char_data):
+    cfg = write_config(tmp_path / "e.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=50, eval_interval=2, save_interval=0)
+    r = run_ok("train", cfg, "--train.lr=1e-12", "--train.min_lr=1e-12", "--train.early_stop_patience=2")
+    assert "early stop" in r.stdout
+    assert max(train_losses(tmp_path / "run")) == 6  # evals at 2 (best), 4, 6: two without improvement
+    assert os.readlink(tmp_path / "run" / "checkpoints" / "final") == "step_6"

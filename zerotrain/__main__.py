@@ -1,0 +1,5 @@
+import sys
+
+from zerotrain.cli import main
+
+sys.exit(main())

@@ -1,0 +1,205 @@
+"""The GPT-2 model, all of it.
+
+Architecture as in OpenAI's GPT-2 (Radford et al. 2019) and Hugging Face `GPT2LMHeadModel`: learned
+position embeddings, pre-LayerNorm blocks, tanh-approximated GELU ("gelu_new"), tied input/output
+embeddings. Parameter names are Hugging Face's (`transformer.h.0.attn.c_attn.weight`, ...) so weights map
+by name; HF stores its Conv1D weights transposed relative to our nn.Linear (see HF_TRANSPOSED).
+"""
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100  # targets equal to this are left out of the loss (same value as Hugging Face)
+VOCAB_MULTIPLE = 64  # pad the vocabulary so the embedding/lm_head matmuls hit tensor-core friendly shapes
+
+# Weights stored as Conv1D (in, out) by Hugging Face GPT2 and as nn.Linear (out, in) here.
+HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    block_size: int = 1024
+    vocab_size: int = 50257  # the tokenizer's vocabulary; the embedding is padded to padded_vocab_size
+    dropout: float = 0.0
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return math.ceil(self.vocab_size / VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
+# Shapes of the GPT-2 family (Radford et al. 2019, table 2) and a small CPU demo model.
+PRESETS = {
+    "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=256),
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280, block_size=1024),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600, block_size=1024),
+}
+
+
+def config_from_preset(preset: str, **overrides) -> GPTConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return replace(GPTConfig(**PRESETS[preset]), **overrides)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        if cfg.n_embd % cfg.n_head:
+            raise ValueError(f"n_embd {cfg.n_embd} is not divisible by n_head {cfg.n_head}; pick n_head dividing it")
+        self.n_head = cfg.n_head
+        self.dropout = cfg.dropout
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))  # (B, T, C)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.config = cfg
+        self.gradient_checkpointing = False  # recompute each block in backward instead of storing its activations
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),
+            wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+            drop=nn.Dropout(cfg.dropout),
+            h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
+            ln_f=nn.LayerNorm(cfg.n_embd),
+        ))
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
+        self.apply(self._init_weights)
+        # GPT-2 paper: residual projections scaled by 1/sqrt(N) with N the number of residual layers (2 per block).
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        """Unique parameters (the tied embedding counted once), as in the MFU formula."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx, targets=None):
+        """idx (B, T) token ids. With targets (B, T): the mean cross-entropy over targets != IGNORE_INDEX.
+        Without: logits (B, T, padded_vocab_size)."""
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds the model's block_size {self.config.block_size}")
+        pos = torch.arange(T, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        for block in self.transformer.h:
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, Vp)
+        if targets is None:
+            return logits
+        # The loss is taken in fp32 whatever the compute dtype: bf16 log-softmax over 50k classes loses digits.
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=IGNORE_INDEX)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None):
+        """Append max_new_tokens sampled tokens to idx (B, T). temperature 0 means greedy.
+        Padding entries of the vocabulary (>= vocab_size) are never produced."""
+        for _ in range(max_new_tokens):
+            context = idx[:, -self.config.block_size:]
+            logits = self(context)[:, -1, :self.config.vocab_size].float()  # (B, V)
+            if temperature == 0:
+                next_id = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                next_id = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+            idx = torch.cat([idx, next_id], dim=1)
+        return idx
+
+
+def flops_per_token(cfg: GPTConfig, n_params: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6N for the matmuls of forward+backward plus 12·L·H·Q·T for attention
+    (PaLM, Chowdhery et al. 2022, appendix B), N the unique parameter count."""
+    head_dim = cfg.n_embd // cfg.n_head
+    return 6 * n_params + 12 * cfg.n_layer * cfg.n_head * head_dim * seq_len
+
+
+def to_hf_state_dict(state: dict[str, torch.Tensor], vocab_size: int) -> dict[str, torch.Tensor]:
+    """Our state dict -> Hugging Face GPT2LMHeadModel names and layouts; the padded vocabulary rows are
+    dropped so the export's vocabulary equals the tokenizer's."""
+    out = {}
+    for name, t in state.items():
+        if name == "lm_head.weight":
+            continue  # tied to transformer.wte.weight; transformers re-ties it on load
+        if name.endswith(HF_TRANSPOSED):
+            t = t.t()
+        if name == "transformer.wte.weight":
+            t = t[:vocab_size]
+        out[name] = t.contiguous()
+    return out
+
+
+def from_hf_state_dict(hf_state: dict[str, torch.Tensor], cfg: GPTConfig) -> dict[str, torch.Tensor]:
+    """Hugging Face GPT2 names and layouts -> ours, padding the vocabulary back to padded_vocab_size."""
+    out = {}
+    for name, t in hf_state.items():
+        if name.endswith(".attn.bias") or name.endswith(".attn.masked_bias") or name == "lm_head.weight":
+            continue  # HF's causal-mask buffers, and the tied head
+        if name.endswith(HF_TRANSPOSED):
+            t = t.t()
+        if name == "transformer.wte.weight" and t.shape[0] < cfg.padded_vocab_size:
+            pad = torch.zeros(cfg.padded_vocab_size - t.shape[0], t.shape[1], dtype=t.dtype)
+            t = torch.cat([t, pad])
+        out[name] = t.contiguous()
+    out["lm_head.weight"] = out["transformer.wte.weight"]
+    return out
