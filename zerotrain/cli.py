@@ -6,6 +6,7 @@ Heavy imports (torch, deepspeed, transformers) happen inside the verbs that need
 import argparse
 import os
 import sys
+import warnings
 
 from zerotrain import UserError, __version__
 
@@ -135,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # DeepSpeed 0.19 calls a torch.distributed function torch has deprecated, once per collective call site.
+    warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated")
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.verb != "train":

@@ -108,7 +108,7 @@ def launch_local(nproc: int, zerotrain_args: list[str]) -> int:
     import psutil
 
     cmd = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc),
-           "--master_port", str(free_port()), "--no_local_rank", "--log_level", "warning",
+           "--master_port", str(free_port()), "--no_local_rank", "--log_level", "error",
            "--module", "zerotrain", *zerotrain_args]
     print(f"launching {nproc} ranks: deepspeed --num_gpus {nproc} --no_local_rank --module zerotrain {' '.join(zerotrain_args)}", flush=True)
     runner = subprocess.Popen(cmd, start_new_session=True)

@@ -1,0 +1,30 @@
+"""On an NVIDIA GPU (run on the GPU machine: `python -m pytest -m gpu`): bf16 ZeRO-2 and ZeRO-3 training
+on 1 GPU, then export and generation from the GPU checkpoint."""
+
+import pytest
+
+from conftest import run_ok, train_losses, write_config
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(autouse=True)
+def need_gpu():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.fail("the gpu tests need an NVIDIA GPU; deselect them with -m 'not gpu'")
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_bf16_training_on_one_gpu_then_export(tmp_path, char_data, stage):
+    cfg = write_config(tmp_path / "g.toml", out_dir=tmp_path / "run", data_dir=char_data, zero_stage=stage,
+                       max_steps=30, eval_interval=30, save_interval=30)
+    cfg.write_text(cfg.read_text().replace('dtype = "fp32"', 'dtype = "auto"'))
+    r = run_ok("train", cfg)
+    assert "bf16" in r.stdout
+    losses = train_losses(tmp_path / "run")
+    assert losses[30] < losses[1] - 0.5
+    run_ok("export", tmp_path / "run", "--out", tmp_path / "hf")
+    text = run_ok("generate", tmp_path / "hf", "--prompt", "The king", "--max-new-tokens", 20, "--device", "cuda").stdout
+    assert text.startswith("The king")
