@@ -3,7 +3,7 @@ on 1 GPU, then export and generation from the GPU checkpoint."""
 
 import pytest
 
-from conftest import run_ok, train_losses, write_config
+from conftest import metrics, run_ok, train_losses, write_config
 
 pytestmark = pytest.mark.gpu
 
@@ -28,3 +28,13 @@ def test_bf16_training_on_one_gpu_then_export(tmp_path, char_data, stage):
     run_ok("export", tmp_path / "run", "--out", tmp_path / "hf")
     text = run_ok("generate", tmp_path / "hf", "--prompt", "The king", "--max-new-tokens", 20, "--device", "cuda").stdout
     assert text.startswith("The king")
+
+
+def test_fp16_with_dynamic_loss_scaling(tmp_path, char_data):
+    cfg = write_config(tmp_path / "h.toml", out_dir=tmp_path / "run", data_dir=char_data, zero_stage=2,
+                       max_steps=30, eval_interval=30, save_interval=30)
+    cfg.write_text(cfg.read_text().replace('dtype = "fp32"', 'dtype = "fp16"'))
+    run_ok("train", cfg)
+    rows = [r for r in metrics(tmp_path / "run") if "loss" in r]
+    assert all(r["loss_scale"] >= 1 for r in rows)
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.5

@@ -155,3 +155,16 @@ def test_early_stopping_on_flat_val_loss(tmp_path, char_data):
     assert "early stop" in r.stdout
     assert max(train_losses(tmp_path / "run")) == 6  # evals at 2 (best), 4, 6: two without improvement
     assert os.readlink(tmp_path / "run" / "checkpoints" / "final") == "step_6"
+
+
+def test_tensorboard_and_offline_wandb_get_the_metrics(tmp_path, char_data):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = write_config(tmp_path / "w.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=4, eval_interval=4, save_interval=0)
+    run_ok("train", cfg, "--run.tensorboard=true", "--run.wandb=true", env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    events = EventAccumulator(str(tmp_path / "run" / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4]
+    assert [e.step for e in events.Scalars("val_loss")] == [4]
+    offline_runs = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline_runs) == 1 and offline_runs[0].stat().st_size > 0

@@ -184,6 +184,13 @@ def _to_device(x: np.ndarray, device):
     return t
 
 
+def _loss_scale(optimizer) -> float | None:
+    """Current dynamic loss scale: ZeRO optimizers expose cur_scale, the stage-0 FP16_Optimizer keeps it
+    in loss_scale_config."""
+    scaler = getattr(optimizer, "loss_scale_config", optimizer)
+    return float(scaler.cur_scale) if hasattr(scaler, "cur_scale") else None
+
+
 def evaluate(engine, plan: Plan, d) -> float:
     """Mean loss over eval_iters micro-batches per rank on each source's validation split, averaged
     over ranks and weighted by source. Every rank runs the same number of forwards (ZeRO-3 gathers
@@ -208,6 +215,7 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     """Run training as this process's rank; returns a summary (final step, losses, checkpoint tag)."""
     from zerotrain import distributed
 
+    started = time.perf_counter()
     plan = preflight(cfg, distributed.world_size(), overwrite)  # bad input fails before any process group exists
     d = distributed.init()
     import deepspeed
@@ -311,13 +319,13 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
             elapsed = time.perf_counter() - window_start
             step_time = elapsed / window_steps
             grad_norm = engine.get_global_grad_norm()
-            record = {"step": step, "loss": train_loss, "lr": lr,
+            record = {"step": step, "loss": train_loss, "lr": lr, "elapsed_s": time.perf_counter() - started,
                       "grad_norm": None if grad_norm is None else float(grad_norm),
                       "step_time_s": step_time, "tokens_per_s": tokens_per_step / step_time,
                       "mfu": None if peak is None else flops_tok * tokens_per_step / step_time / d.world / peak,
                       "peak_mem_bytes": peak_memory_bytes(d.device), "tokens_seen": tokens_seen}
             if dtype == "fp16":
-                record["loss_scale"] = float(engine.optimizer.cur_scale) if hasattr(engine.optimizer, "cur_scale") else None
+                record["loss_scale"], record["skipped_steps"] = _loss_scale(engine.optimizer), engine.skipped_steps
             if d.is_main:
                 writer.write(record)
                 _print(progress, format_line(record, t.max_steps))
@@ -333,7 +341,8 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
             else:
                 evals_since_best += 1
             if d.is_main:
-                record = {"step": step, "val_loss": last_val, "val_ppl": math.exp(min(last_val, 50)), "best_val_loss": best_val}
+                record = {"step": step, "val_loss": last_val, "val_ppl": math.exp(min(last_val, 50)), "best_val_loss": best_val,
+                          "elapsed_s": time.perf_counter() - started}
                 writer.write(record)
                 _print(progress, format_eval_line(record))
             if t.early_stop_patience and evals_since_best >= t.early_stop_patience:
@@ -357,6 +366,7 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     if writer:
         writer.close()
     distributed.barrier(d)
+    dist.destroy_process_group()
     return {"step": step, "val_loss": last_val, "best_val_loss": None if best_val == float("inf") else best_val,
             "checkpoint": str(ckpt_dir / last_saved) if last_saved else None, "stop_reason": stop_reason}
 
