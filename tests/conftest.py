@@ -13,6 +13,18 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu need an NVIDIA GPU: on machines without one they are deselected, not skipped."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu:
+        config.hook.pytest_deselected(items=gpu)
+        items[:] = [item for item in items if not item.get_closest_marker("gpu")]
+
+
 def make_corpus(n_chars: int = 60_000, seed: int = 0) -> str:
     """Pseudo-English with enough structure for a tiny model's loss to fall quickly."""
     rng = random.Random(seed)

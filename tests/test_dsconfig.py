@@ -60,3 +60,25 @@ def test_dtype_resolution():
     assert resolve_dtype("auto", "cpu", True) == "fp32"
     with pytest.raises(UserError, match="fp16.*needs a GPU"):
         resolve_dtype("fp16", "cpu", True)
+
+
+def test_user_ds_config_may_repeat_but_not_contradict_run_keys(tmp_path):
+    cfg = RunConfig()
+    user = tmp_path / "ds.json"
+    cfg.deepspeed.config = str(user)
+    user.write_text(json.dumps({"zero_optimization": {"stage": 2}, "gradient_clipping": 1.0, "bf16": {"enabled": False}}))
+    build(cfg, Batch(4, 1, 1), "fp32", "cpu")  # repeats the run's values: fine
+    user.write_text(json.dumps({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}},
+                                "bf16": {"enabled": True}, "gradient_clipping": 0.5, "checkpoint": {"use_node_local_storage": True}}))
+    with pytest.raises(UserError) as e:
+        build(cfg, Batch(4, 1, 1), "fp32", "cpu")
+    for part in ("zero_optimization.stage = 3 contradicts the run's 2 (set [deepspeed] zero_stage",
+                 "zero_optimization.offload_optimizer.device = 'cpu'", "bf16.enabled = True", "gradient_clipping = 0.5",
+                 "'checkpoint' is set"):
+        assert part in str(e.value), part
+
+
+def test_parameter_offload_alone_keeps_torch_adamw():
+    cfg = RunConfig()
+    cfg.deepspeed.zero_stage, cfg.deepspeed.offload_params = 3, "cpu"
+    assert "optimizer" not in build(cfg, Batch(4, 1, 1), "bf16", "cuda")  # no CPUAdam build needed

@@ -168,3 +168,36 @@ def test_tensorboard_and_offline_wandb_get_the_metrics(tmp_path, char_data):
     assert [e.step for e in events.Scalars("val_loss")] == [4]
     offline_runs = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(offline_runs) == 1 and offline_runs[0].stat().st_size > 0
+
+
+def test_gradient_norm_is_logged_at_every_stage_and_agrees(stage_runs):
+    norms = {stage: {r["step"]: r["grad_norm"] for r in metrics(run) if "loss" in r} for stage, run in stage_runs.items()}
+    assert all(n is not None and n > 0 for n in norms[0].values())  # stage 0 keeps no norm of its own: zerotrain measures it
+    for stage in (1, 2, 3):
+        for step, norm in norms[0].items():
+            assert norms[stage][step] == pytest.approx(norm, rel=1e-3), (stage, step)
+
+
+def test_divergence_stops_with_a_clear_line_and_publishes_no_checkpoint(tmp_path, char_data):
+    from conftest import assert_clean_failure
+
+    cfg = write_config(tmp_path / "n.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=20, save_interval=2, eval_interval=0)
+    r = zerotrain("train", cfg, "--train.lr=1e30", "--train.min_lr=1e29", "--train.grad_clip=0", "--train.log_interval=5")
+    assert_clean_failure(r, "training diverged", "train.lr")
+    from zerotrain import checkpoint
+    assert checkpoint.step_tags(tmp_path / "run" / "checkpoints") == []
+
+
+def test_stage0_bf16_checkpoint_exports_the_fp32_master_weights(tmp_path, char_data):
+    import torch
+
+    from zerotrain import checkpoint
+
+    cfg = write_config(tmp_path / "s.toml", out_dir=tmp_path / "run", data_dir=char_data, zero_stage=0, max_steps=4,
+                       eval_interval=4, save_interval=4)
+    run_ok("train", cfg, "--deepspeed.dtype=bf16")
+    state = checkpoint.load_fp32_state_dict(*checkpoint.resolve(tmp_path / "run"))
+    w = state["transformer.h.0.mlp.c_fc.weight"]
+    assert (w.to(torch.bfloat16).float() != w).any()  # the fp32 masters, not the bf16 copies the module holds
+    assert state["lm_head.weight"] is state["transformer.wte.weight"]
+    run_ok("export", tmp_path / "run", "--out", tmp_path / "hf")

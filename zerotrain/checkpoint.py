@@ -44,6 +44,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_tree(folder: Path) -> None:
+    for f in folder.rglob("*"):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    _fsync_dir(folder)
+
+
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
@@ -84,6 +95,7 @@ def save(engine, ckpt_dir: Path, step: int, client_state: dict, manifest: dict, 
     barrier(d)
     engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
     _fault_point("save", step, d.rank)
+    _fsync_tree(ckpt_dir / tmp_tag)  # durable before `latest` can name it, also across a power cut
     barrier(d)  # every rank's shard is on disk before anything is published
     if d.is_main:
         tmp = ckpt_dir / tmp_tag
@@ -116,7 +128,18 @@ def step_tags(ckpt_dir: Path) -> list[str]:
     if not ckpt_dir.is_dir():
         return []
     tags = [p.name for p in ckpt_dir.iterdir() if STEP_TAG.match(p.name) and (p / MANIFEST).is_file()]
-    return sorted(tags, key=lambda t: int(STEP_TAG.match(t).group(1)))
+    return sorted(tags, key=step_of)
+
+
+def step_of(tag: str) -> int:
+    return int(STEP_TAG.match(tag).group(1))
+
+
+def newest(ckpt_dir: Path) -> str | None:
+    """The newest complete step checkpoint. Usually what `latest` names; after a crash between publishing a
+    checkpoint and rewriting `latest`, the one just published."""
+    tags = step_tags(ckpt_dir)
+    return tags[-1] if tags else None
 
 
 def prune(ckpt_dir: Path, keep_last: int) -> None:
@@ -125,7 +148,7 @@ def prune(ckpt_dir: Path, keep_last: int) -> None:
     for tag in step_tags(ckpt_dir)[:-keep_last]:
         if tag not in protected:
             shutil.rmtree(ckpt_dir / tag)
-    for stale in ckpt_dir.glob(".tmp_step_*"):  # left by a crash during an earlier save
+    for stale in [*ckpt_dir.glob(".tmp_step_*"), *ckpt_dir.glob(".old_step_*")]:  # left by a crash during an earlier save
         shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -162,12 +185,13 @@ def read_manifest(ckpt_dir: Path, tag: str) -> dict:
 
 def load_fp32_state_dict(ckpt_dir: Path, tag: str) -> dict:
     """Full fp32 weights from a checkpoint of any ZeRO stage and world size, on CPU, without DeepSpeed's
-    engine. Where the optimizer kept fp32 master weights in shard files (ZeRO 1-3, and bf16 at stage 0)
-    DeepSpeed's zero_to_fp32 consolidates them; otherwise (stage 0 in fp32/fp16) the model states file
-    holds the full weights."""
+    engine. ZeRO 1-3 keep fp32 master partitions in shard files, which DeepSpeed's zero_to_fp32
+    consolidates. At stage 0 the model states file holds the full weights: in fp32 runs they are the
+    masters; in bf16/fp16 runs they are 16-bit copies and the masters are the optimizer's fp32_groups,
+    matched to names through the parameter groups recorded in the manifest."""
     import torch
 
-    read_manifest(ckpt_dir, tag)
+    manifest = read_manifest(ckpt_dir, tag)
     folder = ckpt_dir / tag
     if any(folder.glob("*_optim_states.pt")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -175,8 +199,12 @@ def load_fp32_state_dict(ckpt_dir: Path, tag: str) -> dict:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # its progress output
             state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
     else:
-        state = torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+        model_states = torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+        state = dict(model_states["module"])
+        fp32_groups = (model_states.get("optimizer") or {}).get("fp32_groups")
+        if fp32_groups:
+            for names, tensors in zip(manifest["param_group_names"], fp32_groups, strict=True):
+                state.update(zip(names, tensors, strict=True))
     state = {k: v.float() for k, v in state.items()}
-    if "lm_head.weight" not in state:  # tied to the token embedding; consolidators may list it once
-        state["lm_head.weight"] = state["transformer.wte.weight"]
+    state["lm_head.weight"] = state["transformer.wte.weight"]  # tied; consolidators list it once or as a stale copy
     return state

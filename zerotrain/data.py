@@ -54,6 +54,15 @@ def _normalise(raw: bytes) -> str:
     return raw.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
 
 
+def source_fingerprint(source: str) -> list | str:
+    """(name, size, mtime) of each source file, so a changed corpus is not mistaken for prepared data."""
+    path = Path(source)
+    if source == "shakespeare" or not path.exists():
+        return source
+    files = sorted(p for p in path.rglob("*.txt") if p.is_file()) if path.is_dir() else [path]
+    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
 def read_documents(source: str) -> list[tuple[str, str]]:
     """(name, text) pairs from a text file, a directory of .txt files, a .jsonl with a "text" field, or
     the built-in `shakespeare`, in a fixed order."""
@@ -138,13 +147,15 @@ def prepare(source: str, tokenizer: str, out_dir: str | Path, val_fraction: floa
     out_dir = Path(out_dir)
     if not 0 < val_fraction < 1:
         raise UserError(f"--val-fraction {val_fraction} must be between 0 and 1 (e.g. 0.1)")
-    request = {"source": source, "tokenizer": tokenizer, "val_fraction": val_fraction}
+    request = {"source": source, "source_files": source_fingerprint(source), "tokenizer": tokenizer, "val_fraction": val_fraction}
     meta_path = out_dir / "meta.json"
     if meta_path.is_file() and not overwrite:
         existing = json.loads(meta_path.read_text())
         if existing.get("request") == request and all((out_dir / f).is_file() for f in ("train.bin", "val.bin")):
             return existing | {"up_to_date": True}
-        raise UserError(f"{out_dir} already holds data prepared from {existing.get('request')}; pass --overwrite or choose another --out")
+        before = existing.get("request", {})
+        raise UserError(f"{out_dir} already holds data prepared from {before.get('source')!r} with the {before.get('tokenizer')!r} tokenizer "
+                        f"and the source or settings differ; pass --overwrite to replace it or choose another --out")
     if out_dir.exists() and any(out_dir.iterdir()) and not meta_path.is_file() and not overwrite:
         raise UserError(f"{out_dir} is not empty; choose an empty or new --out directory, or pass --overwrite")
 
@@ -172,7 +183,7 @@ def prepare(source: str, tokenizer: str, out_dir: str | Path, val_fraction: floa
     tok.save(tok_dir)
     meta = {
         "format": "zerotrain-tokens", "version": VERSION, "zerotrain": __version__, "request": request,
-        "tokenizer": tok.meta() if tok.kind != "char" else {"kind": "char", "vocab_size": tok.vocab_size, "eos_id": None},
+        "tokenizer": {k: v for k, v in tok.meta().items() if k != "chars"},  # the characters live in tokenizer/
         "vocab_size": tok.vocab_size, "max_token_id": int(tokens.max()), "dtype": np.dtype(dtype).name,
         "documents": len(documents), "characters": sum(len(t) for t in texts),
         "train_tokens": int(len(tokens) - n_val), "val_tokens": n_val,

@@ -39,6 +39,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def check_not_a_bare_multitask_launch() -> None:
+    """`srun` or `mpirun` without torchrun starts several tasks but sets no RANK: each would train alone
+    and all would write one out_dir."""
+    from zerotrain import UserError
+
+    for var, launcher in (("SLURM_NTASKS", "srun"), ("OMPI_COMM_WORLD_SIZE", "mpirun"), ("PMI_SIZE", "mpirun")):
+        if not in_launcher() and int(os.environ.get(var, "1") or 1) > 1:
+            raise UserError(f"{launcher} started {os.environ[var]} tasks but none knows its rank; start one task per node running "
+                            f"`torchrun --nproc_per_node N -m zerotrain train ...`, or use `deepspeed` / `zerotrain train --nproc N`")
+
+
 def init(timeout_minutes: float = 30) -> Dist:
     """Join the process group (NCCL on GPUs, gloo on CPU, as DeepSpeed's accelerator picks); a lone
     process becomes a world of one."""
@@ -64,22 +75,16 @@ def init(timeout_minutes: float = 30) -> Dist:
     return Dist(rank, local_rank, world, local_world, device, control)
 
 
-def any_rank(flag: bool, d: Dist) -> bool:
-    """True on every rank if flag is true on any rank (e.g. a SIGTERM that reached only some ranks)."""
+def max_over_ranks(value: int, d: Dist) -> int:
+    """The largest of each rank's value, on every rank (over gloo: no device sync). With one rank, the value."""
+    if d.world == 1:
+        return value
     import torch
     import torch.distributed as dist
 
-    t = torch.tensor([int(flag)], dtype=torch.int32)
+    t = torch.tensor([value], dtype=torch.int64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=d.control_group)
-    return bool(t.item())
-
-
-def broadcast_object(obj, d: Dist):
-    import torch.distributed as dist
-
-    box = [obj]
-    dist.broadcast_object_list(box, src=0, group=d.control_group)
-    return box[0]
+    return int(t.item())
 
 
 def all_gather_object(obj, d: Dist) -> list:
@@ -98,6 +103,19 @@ def barrier(d: Dist) -> None:
 
 # ------------------------------------------------------------------------------------------ local launch
 
+def launcher_command(nproc: int, zerotrain_args: list[str], env=os.environ) -> list[str]:
+    """The DeepSpeed launcher command that runs `python -m zerotrain ARGS` as nproc local ranks.
+    DeepSpeed's launcher drops CUDA_VISIBLE_DEVICES when given --num_gpus, so visible GPUs are named."""
+    from zerotrain import UserError
+
+    visible = [v.strip() for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if visible and len(visible) < nproc:
+        raise UserError(f"--nproc {nproc} but CUDA_VISIBLE_DEVICES lists {len(visible)} GPUs; lower --nproc or list more devices")
+    where = ["--include", f"localhost:{','.join(visible[:nproc])}"] if visible else ["--num_gpus", str(nproc)]
+    return [sys.executable, "-u", "-m", "deepspeed.launcher.runner", *where, "--master_port", str(free_port()),
+            "--no_local_rank", "--log_level", "error", "--module", "zerotrain", *zerotrain_args]
+
+
 def launch_local(nproc: int, zerotrain_args: list[str]) -> int:
     """Run `python -m zerotrain <args>` as nproc local ranks through the DeepSpeed launcher and return
     its exit code.
@@ -107,10 +125,9 @@ def launch_local(nproc: int, zerotrain_args: list[str]) -> int:
     everything. When a rank dies, DeepSpeed's launcher terminates the others, so nothing hangs."""
     import psutil
 
-    cmd = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc),
-           "--master_port", str(free_port()), "--no_local_rank", "--log_level", "error",
-           "--module", "zerotrain", *zerotrain_args]
-    print(f"launching {nproc} ranks: deepspeed --num_gpus {nproc} --no_local_rank --module zerotrain {' '.join(zerotrain_args)}", flush=True)
+    cmd = launcher_command(nproc, zerotrain_args)
+    shown = cmd[cmd.index("deepspeed.launcher.runner") + 1:]
+    print(f"launching {nproc} ranks: deepspeed {' '.join(shown)}", flush=True)
     runner = subprocess.Popen(cmd, start_new_session=True)
     signals_seen = []
 

@@ -97,7 +97,7 @@ def build(cfg: RunConfig, batch: Batch, dtype: str, device_type: str) -> dict:
         # Dynamic loss scaling (loss_scale 0) starting at 2^16, halving on overflow.
         config["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
                           "hysteresis": 2, "min_loss_scale": 1}
-    if ds.offload_optimizer != "none" or ds.offload_params != "none":
+    if ds.offload_optimizer != "none":
         # Offloaded optimizer states are updated on the CPU by DeepSpeedCPUAdam, which DeepSpeed only
         # builds from the config. Parameter groups (no decay on biases, norms, embeddings) still apply.
         config["optimizer"] = {"type": "AdamW", "params": {"lr": t.lr, "betas": [t.beta1, t.beta2], "eps": 1e-8,
@@ -121,15 +121,38 @@ def load_user_config(path: str) -> dict:
     return doc
 
 
-OWNED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+# ds_config entries that restate a run-config key: a user ds_config may repeat them, not contradict them,
+# because checkpoints record the run config's values and resume checks rely on them.
+OWNED_KEYS = {
+    "train_batch_size": "[train] micro_batch_size / grad_accum / global_batch_size",
+    "train_micro_batch_size_per_gpu": "[train] micro_batch_size",
+    "gradient_accumulation_steps": "[train] grad_accum",
+    "gradient_clipping": "[train] grad_clip",
+    "zero_optimization.stage": "[deepspeed] zero_stage",
+    "zero_optimization.offload_optimizer.device": "[deepspeed] offload_optimizer",
+    "zero_optimization.offload_param.device": "[deepspeed] offload_params",
+    "bf16.enabled": "[deepspeed] dtype",
+    "fp16.enabled": "[deepspeed] dtype",
+}
+
+
+def _get(d: dict, dotted: str, default="none"):
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return default
+        d = d[part]
+    return d
 
 
 def merge_user_config(generated: dict, user: dict) -> dict:
     """User entries win, except where they would contradict the run config."""
     problems = []
-    for key in OWNED_KEYS:
-        if key in user and user[key] != generated[key]:
-            problems.append(f"{key} = {user[key]!r} contradicts the run's {generated[key]} (set the batch in [train])")
+    for key, owner in OWNED_KEYS.items():
+        theirs, ours = _get(user, key), _get(generated, key, default=False if key.endswith("enabled") else "none")
+        if theirs != "none" and theirs != ours:
+            problems.append(f"{key} = {theirs!r} contradicts the run's {ours!r} (set {owner} instead)")
+    if "checkpoint" in user:
+        problems.append("'checkpoint' is set; zerotrain publishes checkpoints itself after every rank wrote its files — remove it")
     if "scheduler" in user:
         problems.append("'scheduler' is set; zerotrain schedules the learning rate from [train] lr, min_lr, warmup_steps — remove it")
     autos = [k for k, v in _walk(user) if v == "auto"]

@@ -78,7 +78,7 @@ class MetricsWriter:
     def __init__(self, run_dir: Path, resume_step: int, tensorboard: bool, wandb: bool, wandb_project: str, config: dict):
         self.path = run_dir / "metrics.jsonl"
         if self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+            kept = [line for line in self.path.read_text().splitlines() if _step_of(line) <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
         self.file = open(self.path, "a")
         self.tb = None
@@ -111,6 +111,14 @@ class MetricsWriter:
             self.tb.close()
         if self.wandb:
             self.wandb.finish()
+
+
+def _step_of(line: str) -> float:
+    """A record's step; a line torn by a crash mid-write counts as past any resume point (dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")
 
 
 def _wandb_id(run_dir: Path) -> str:

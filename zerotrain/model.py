@@ -14,6 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from zerotrain import UserError
+
 IGNORE_INDEX = -100  # targets equal to this are left out of the loss (same value as Hugging Face)
 VOCAB_MULTIPLE = 64  # pad the vocabulary so the embedding/lm_head matmuls hit tensor-core friendly shapes
 
@@ -47,7 +49,7 @@ PRESETS = {
 
 def config_from_preset(preset: str, **overrides) -> GPTConfig:
     if preset not in PRESETS:
-        raise ValueError(f"unknown model preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise UserError(f"unknown model.preset {preset!r}; choose one of {', '.join(PRESETS)}")
     return replace(GPTConfig(**PRESETS[preset]), **overrides)
 
 

@@ -38,14 +38,16 @@ def lr_at(step: int, t: runconfig.TrainSection) -> float:
     return t.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (t.lr - t.min_lr)
 
 
-def param_groups(model, weight_decay: float) -> list[dict]:
-    """AdamW groups: decay on the weight matrices of linear layers only, not on biases, LayerNorms or
-    the (tied) embeddings."""
-    decay, no_decay = [], []
+def param_groups(model, weight_decay: float) -> tuple[list[dict], list[list[str]]]:
+    """AdamW groups — decay on the weight matrices of linear layers only, not on biases, LayerNorms or the
+    (tied) embeddings — and the parameter names of each group in order (checkpoints record them)."""
+    decay, no_decay = ([], []), ([], [])
     for name, p in model.named_parameters():
-        skip = p.ndim < 2 or name.startswith(("transformer.wte", "transformer.wpe"))
-        (no_decay if skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        names, params = no_decay if p.ndim < 2 or name.startswith(("transformer.wte", "transformer.wpe")) else decay
+        names.append(name)
+        params.append(p)
+    groups = [{"params": decay[1], "weight_decay": weight_decay}, {"params": no_decay[1], "weight_decay": 0.0}]
+    return groups, [decay[0], no_decay[0]]
 
 
 # ------------------------------------------------------------------------------------------------ preflight
@@ -63,25 +65,73 @@ class Plan:
     resume_from: tuple[Path, str] | None  # (checkpoints dir, tag)
     init_from: tuple[Path, str] | None
     overwrite: bool
+    dtype: str  # bf16, fp16 or fp32, "auto" resolved for this machine
 
 
 def _model_config(cfg: runconfig.RunConfig, vocab_size: int, from_checkpoint: dict | None, what: str) -> GPTConfig:
     m = cfg.model
     shape = {k: getattr(m, k) for k in ("n_layer", "n_head", "n_embd", "block_size") if getattr(m, k) is not None}
     if from_checkpoint is None:
-        return config_from_preset(m.preset, **shape, dropout=m.dropout, vocab_size=m.vocab_size or vocab_size)
-    # Continuing from a checkpoint: its shape rules; explicit keys must agree with it.
-    saved = GPTConfig(**from_checkpoint)
-    clashes = [f"model.{k} = {v} but the checkpoint has {getattr(saved, k)}" for k, v in shape.items() if getattr(saved, k) != v]
-    if m.vocab_size is not None and m.vocab_size != saved.vocab_size:
-        clashes.append(f"model.vocab_size = {m.vocab_size} but the checkpoint has {saved.vocab_size}")
-    if clashes:
-        raise UserError(f"{what}: {'; '.join(clashes)}; drop those keys or use a matching checkpoint")
-    return dataclasses.replace(saved, dropout=m.dropout)
+        model = config_from_preset(m.preset, **shape, dropout=m.dropout, vocab_size=m.vocab_size or vocab_size)
+    else:  # continuing from a checkpoint: its shape rules, and explicit keys must agree with it
+        saved = GPTConfig(**from_checkpoint)
+        clashes = [f"model.{k} = {v} but the checkpoint has {getattr(saved, k)}" for k, v in shape.items() if getattr(saved, k) != v]
+        if m.vocab_size is not None and m.vocab_size != saved.vocab_size:
+            clashes.append(f"model.vocab_size = {m.vocab_size} but the checkpoint has {saved.vocab_size}")
+        if clashes:
+            raise UserError(f"{what}: {'; '.join(clashes)}; drop those keys or use a matching checkpoint")
+        model = dataclasses.replace(saved, dropout=m.dropout)
+    problems = [f"model.{k} must be > 0" for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size") if getattr(model, k) <= 0]
+    if not problems and model.n_embd % model.n_head:
+        problems.append(f"model.n_embd {model.n_embd} is not divisible by model.n_head {model.n_head}; choose an n_head that divides it")
+    if problems:
+        raise UserError("; ".join(problems))
+    return model
 
 
 def _holds_run(run_dir: Path) -> bool:
-    return run_dir.is_dir() and any((run_dir / name).exists() for name in RUN_ARTIFACTS)
+    """Training happened there: a complete checkpoint or recorded metrics. (A start that failed before its
+    first step leaves only config files, and may be retried without ceremony.)"""
+    metrics_file = run_dir / "metrics.jsonl"
+    return bool(checkpoint.step_tags(run_dir / "checkpoints")) or (metrics_file.is_file() and metrics_file.stat().st_size > 0)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def _check_run_dir(cfg: runconfig.RunConfig, run_dir: Path, overwrite: bool, resume_from, init_from) -> None:
+    """An out_dir holding a run is only ever continued by that same run; nothing in it is replaced unless
+    --overwrite says so, and --overwrite may not delete the checkpoint this run starts from."""
+    if overwrite:
+        for key, source in (("run.resume", resume_from), ("run.init_from", init_from)):
+            if source and _inside(source[0], run_dir):
+                raise UserError(f"--overwrite would delete {key} {source[0] / source[1]}, which lies in run.out_dir {run_dir}; "
+                                f"copy it elsewhere first or choose another out_dir")
+        return
+    if not _holds_run(run_dir):
+        return
+    if not cfg.run.resume:
+        raise UserError(f"run.out_dir {run_dir} already holds a run; set run.resume = \"auto\" to continue it, "
+                        f"pass --overwrite to replace it, or choose another out_dir")
+    if resume_from and not _inside(resume_from[0], run_dir):
+        raise UserError(f"run.out_dir {run_dir} already holds a run and run.resume names another run's checkpoint; "
+                        f"continue that checkpoint in a new out_dir, or pass --overwrite to replace this one")
+    saved_cfg = run_dir / "config.toml"
+    if saved_cfg.is_file():
+        import tomllib
+        saved, now = tomllib.loads(saved_cfg.read_text()), runconfig.to_dict(cfg)
+        diffs = [f"{sec}.{k}" for sec in ("model", "data") for k in set(saved.get(sec, {})) | set(now[sec])
+                 if saved.get(sec, {}).get(k) != now[sec].get(k)]
+        if diffs:
+            raise UserError(f"run.out_dir {run_dir} holds a different run ({', '.join(sorted(diffs))} differ); "
+                            f"choose another out_dir or pass --overwrite to replace it")
+    if resume_from:
+        newest = checkpoint.newest(run_dir / "checkpoints")
+        from_step = checkpoint.read_manifest(*resume_from)["step"]
+        if newest and checkpoint.step_of(newest) > from_step:
+            raise UserError(f"run.resume {resume_from[0] / resume_from[1]} (step {from_step}) is older than {newest} in the same run; "
+                            f"to branch from it, continue it in a new run.out_dir")
 
 
 def preflight(cfg: runconfig.RunConfig, world: int, overwrite: bool = False) -> Plan:
@@ -94,27 +144,14 @@ def preflight(cfg: runconfig.RunConfig, world: int, overwrite: bool = False) -> 
 
     run_dir = Path(cfg.run.out_dir)
     resume_from = init_from = None
-    if _holds_run(run_dir) and not overwrite:
-        if not cfg.run.resume:
-            raise UserError(f"run.out_dir {run_dir} already holds a run; set run.resume = \"auto\" to continue it, "
-                            f"pass --overwrite to replace it, or choose another out_dir")
-        saved_cfg = run_dir / "config.toml"
-        if saved_cfg.is_file() and cfg.run.resume == "auto":
-            import tomllib
-            saved = tomllib.loads(saved_cfg.read_text())
-            now = runconfig.to_dict(cfg)
-            diffs = [f"{sec}.{k}" for sec in ("model", "data") for k in set(saved.get(sec, {})) | set(now[sec])
-                     if saved.get(sec, {}).get(k) != now[sec].get(k)]
-            if diffs:
-                raise UserError(f"run.out_dir {run_dir} holds a different run ({', '.join(sorted(diffs))} differ); "
-                                f"choose another out_dir or pass --overwrite to replace it")
     if cfg.run.resume == "auto":
-        if not overwrite and checkpoint.read_pointer(run_dir / "checkpoints", "latest"):
-            resume_from = checkpoint.resolve(run_dir)
+        newest = None if overwrite else checkpoint.newest(run_dir / "checkpoints")
+        resume_from = (run_dir / "checkpoints", newest) if newest else None
     elif cfg.run.resume:
         resume_from = checkpoint.resolve(cfg.run.resume)
     if cfg.run.init_from:
         init_from = checkpoint.resolve(cfg.run.init_from)
+    _check_run_dir(cfg, run_dir, overwrite, resume_from, init_from)
 
     source = resume_from or init_from
     saved_model = checkpoint.read_manifest(*source)["model"] if source else None
@@ -127,15 +164,23 @@ def preflight(cfg: runconfig.RunConfig, world: int, overwrite: bool = False) -> 
     for d in data:
         d.check_fits(model.vocab_size, seq_len)
     batch = dsconfig.derive_batch(cfg.train, world)
+    import torch  # only to see whether this machine has a GPU, and which dtypes it supports
+
+    on_gpu = torch.cuda.is_available()
+    dtype = dsconfig.resolve_dtype(cfg.deepspeed.dtype, "cuda" if on_gpu else "cpu", not on_gpu or torch.cuda.is_bf16_supported())
     if resume_from:
         manifest = checkpoint.read_manifest(*resume_from)
+        where = resume_from[0] / resume_from[1]
         if manifest["world_size"] != world and cfg.deepspeed.zero_stage > 0:
-            raise UserError(f"checkpoint {resume_from[0] / resume_from[1]} was written by {manifest['world_size']} ranks and this run has {world}; "
+            raise UserError(f"checkpoint {where} was written by {manifest['world_size']} ranks and this run has {world}; "
                             f"ZeRO optimizer shards do not reshape: resume with {manifest['world_size']} ranks, or start a new run with run.init_from")
         if manifest["zero_stage"] != cfg.deepspeed.zero_stage:
-            raise UserError(f"checkpoint {resume_from[0] / resume_from[1]} was written with zero_stage {manifest['zero_stage']}, this run uses "
+            raise UserError(f"checkpoint {where} was written with zero_stage {manifest['zero_stage']}, this run uses "
                             f"{cfg.deepspeed.zero_stage}; resume with the same stage, or start a new run with run.init_from")
-    return Plan(cfg, model, seq_len, batch, data, weights, run_dir, resume_from, init_from, overwrite)
+        if manifest["dtype"] != dtype:
+            raise UserError(f"checkpoint {where} was trained in {manifest['dtype']} and this run would use {dtype}; "
+                            f"set deepspeed.dtype = \"{manifest['dtype']}\" to resume it, or start a new run with run.init_from")
+    return Plan(cfg, model, seq_len, batch, data, weights, run_dir, resume_from, init_from, overwrite, dtype)
 
 
 def _prepare_run_dir(plan: Plan, ds_config: dict) -> None:
@@ -184,6 +229,38 @@ def _to_device(x: np.ndarray, device):
     return t
 
 
+def _grad_norm(model):
+    """L2 norm of all gradients (a device tensor: no host sync here)."""
+    import torch
+
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in model.parameters() if p.grad is not None]))
+
+
+def _raise_if_diverged(loss_sum, step: int, ckpt_dir: Path) -> None:
+    """Collective: every rank learns whether any rank's loss is non-finite."""
+    import torch
+    import torch.distributed as dist
+
+    bad = (~torch.isfinite(loss_sum)).float()
+    dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    if bad.item():
+        raise UserError(f"the loss is not finite at step {step}: training diverged; continue from the last good checkpoint "
+                        f"({checkpoint.newest(ckpt_dir)}) with a lower train.lr or more train.warmup_steps (or bf16 instead of fp16)")
+
+
+def _check_cpu_adam_can_build(on_gpu: bool) -> None:
+    """Optimizer offload runs DeepSpeedCPUAdam, compiled on first use: a C++ compiler, and on GPU builds the
+    CUDA toolkit, must be there — say so before DeepSpeed fails deep in a JIT build."""
+    if not (shutil.which("c++") or shutil.which("g++")):
+        raise UserError("deepspeed.offload_optimizer needs a C++ compiler to build DeepSpeed's CPUAdam; install g++ or set offload_optimizer = \"none\"")
+    if on_gpu:
+        from torch.utils.cpp_extension import CUDA_HOME
+
+        if CUDA_HOME is None:
+            raise UserError("deepspeed.offload_optimizer builds DeepSpeed's CPUAdam with the CUDA toolkit, and CUDA_HOME/nvcc is not found; "
+                            "install the toolkit (or set CUDA_HOME) or set offload_optimizer = \"none\"")
+
+
 def _loss_scale(optimizer) -> float | None:
     """Current dynamic loss scale: ZeRO optimizers expose cur_scale, the stage-0 FP16_Optimizer keeps it
     in loss_scale_config."""
@@ -216,6 +293,7 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     from zerotrain import distributed
 
     started = time.perf_counter()
+    distributed.check_not_a_bare_multitask_launch()
     plan = preflight(cfg, distributed.world_size(), overwrite)  # bad input fails before any process group exists
     d = distributed.init()
     import deepspeed
@@ -226,10 +304,15 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     from zerotrain.model import GPT
     t, ds = cfg.train, cfg.deepspeed
     on_gpu = d.device.type == "cuda"
-    from deepspeed.accelerator import get_accelerator
-    dtype = dsconfig.resolve_dtype(ds.dtype, d.device.type, get_accelerator().is_bf16_supported())
+    dtype = plan.dtype
     ds_config = dsconfig.build(cfg, plan.batch, dtype, d.device.type)
     say = print if d.is_main else (lambda *a, **k: None)
+    # Each rank ran preflight on its own view of the filesystem; all must start from the same checkpoint.
+    views = distributed.all_gather_object((plan.resume_from, plan.init_from), d)
+    if any(v != views[0] for v in views):
+        raise UserError(f"ranks disagree on the checkpoint to start from ({views}); put run.out_dir on a filesystem every rank sees alike")
+    if ds.offload_optimizer != "none":
+        _check_cpu_adam_can_build(on_gpu)
 
     if d.is_main:
         _prepare_run_dir(plan, ds_config)
@@ -246,7 +329,7 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     n_params = model.num_params()
     torch.manual_seed(cfg.run.seed + d.rank)  # dropout differs per rank
 
-    groups = param_groups(model, t.weight_decay)
+    groups, group_names = param_groups(model, t.weight_decay)
     if dsconfig.uses_config_optimizer(ds_config):
         engine, *_ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config)
     else:
@@ -266,6 +349,8 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
         if len(zt["rng"]) == d.world:
             _set_rng_state(zt["rng"][d.rank])
         say(f"resumed from {ckpt_dir / tag} at step {step}")
+        if step >= t.max_steps:
+            say(f"nothing to do: the run is at step {step} and train.max_steps is {t.max_steps}; raise max_steps to train further")
 
     tokens_per_step = plan.batch.global_size * plan.seq_len
     flops_tok = flops_per_token(plan.model, n_params, plan.seq_len)
@@ -288,11 +373,14 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
                                 "rng": distributed.all_gather_object(_rng_state(), d), "best_val_loss": best_val,
                                 "evals_since_best": evals_since_best, "run_config": runconfig.to_dict(cfg)}}
         manifest = {"step": step, "tokens_seen": tokens_seen, "world_size": d.world, "zero_stage": ds.zero_stage,
-                    "dtype": dtype, "model": dataclasses.asdict(plan.model), "val_loss": None if best_val == float("inf") else last_val,
-                    "tokenizer": plan.data[0].meta["tokenizer"]}
+                    "dtype": dtype, "model": dataclasses.asdict(plan.model), "val_loss": last_val,
+                    "tokenizer": plan.data[0].meta["tokenizer"], "param_group_names": group_names}
         return checkpoint.save(engine, ckpt_dir, step, client, manifest, d, t.keep_last, pointers)
 
-    last_val, last_saved, stop_reason = None, None, None
+    # Stage 0 in fp32/fp16 keeps torch's optimizer or DeepSpeed's FP16_UnfusedOptimizer, which record no
+    # (or a loss-scaled) gradient norm; there the loop measures it, on log steps only.
+    own_grad_norm = ds.zero_stage == 0 and dtype in ("fp32", "fp16")
+    last_val, last_saved, stop_reason, grad_norm = None, None, None, None
     loss_sum = torch.zeros((), device=d.device)
     window_start, window_steps = time.perf_counter(), 0
     progress = _progress(d.is_main, step, t.max_steps)
@@ -300,11 +388,14 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
         lr = lr_at(step, t)
         for group in engine.optimizer.param_groups:
             group["lr"] = lr
+        logging = (step + 1) % t.log_interval == 0 or step + 1 == t.max_steps
         loss_sum.zero_()
-        for _ in range(plan.batch.accum):
+        for micro in range(plan.batch.accum):
             x, y = sampler.next_batch()
             loss = engine(_to_device(x, d.device), _to_device(y, d.device))
-            engine.backward(loss)
+            engine.backward(loss)  # at the accumulation boundary this also reduces gradients across ranks
+            if own_grad_norm and logging and micro == plan.batch.accum - 1:
+                grad_norm = _grad_norm(model) / (_loss_scale(engine.optimizer) if dtype == "fp16" else 1.0)
             engine.step()  # DeepSpeed applies the optimizer only at the accumulation boundary
             loss_sum += loss.detach()
         step += 1
@@ -313,24 +404,24 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
         if progress:
             progress.advance()
 
-        if step % t.log_interval == 0 or step == t.max_steps:
+        if logging:
             dist.all_reduce(loss_sum)
             train_loss = loss_sum.item() / (plan.batch.accum * d.world)  # host sync: only at log steps
-            elapsed = time.perf_counter() - window_start
-            step_time = elapsed / window_steps
-            grad_norm = engine.get_global_grad_norm()
-            record = {"step": step, "loss": train_loss, "lr": lr, "elapsed_s": time.perf_counter() - started,
-                      "grad_norm": None if grad_norm is None else float(grad_norm),
+            if not math.isfinite(train_loss):  # the same all-reduced value on every rank: all stop together
+                raise UserError(f"the loss is {train_loss} at step {step}: training diverged; continue from the last good checkpoint "
+                                f"({checkpoint.newest(ckpt_dir)}) with a lower train.lr or more train.warmup_steps (or bf16 instead of fp16)")
+            step_time = (time.perf_counter() - window_start) / window_steps
+            if not own_grad_norm:
+                grad_norm = engine.get_global_grad_norm()
+            record = {"step": step, "loss": train_loss, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm),
                       "step_time_s": step_time, "tokens_per_s": tokens_per_step / step_time,
                       "mfu": None if peak is None else flops_tok * tokens_per_step / step_time / d.world / peak,
-                      "peak_mem_bytes": peak_memory_bytes(d.device), "tokens_seen": tokens_seen}
+                      "peak_mem_bytes": peak_memory_bytes(d.device), "tokens_seen": tokens_seen, "elapsed_s": time.perf_counter() - started}
             if dtype == "fp16":
                 record["loss_scale"], record["skipped_steps"] = _loss_scale(engine.optimizer), engine.skipped_steps
             if d.is_main:
                 writer.write(record)
                 _print(progress, format_line(record, t.max_steps))
-            if not math.isfinite(train_loss):
-                stop_reason = "non-finite loss"
             window_start, window_steps = time.perf_counter(), 0
 
         pointers = ()
@@ -347,18 +438,23 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
                 _print(progress, format_eval_line(record))
             if t.early_stop_patience and evals_since_best >= t.early_stop_patience:
                 stop_reason = f"early stop: no better val loss in {evals_since_best} evaluations"
-        if d.world > 1 and distributed.any_rank(bool(stop_signal), d) and not stop_signal:
-            stop_signal.append(signal.SIGTERM)  # another rank was signalled
-        if stop_signal and not stop_reason:
-            stop_reason = f"stopped by {signal.Signals(stop_signal[0]).name}"
+        # A signal reaches each process at its own moment; all ranks act on one all-reduced answer, so the
+        # collective save below is entered by every rank or by none.
+        signum = distributed.max_over_ranks(stop_signal[0] if stop_signal else 0, d)
+        if signum and not stop_reason:
+            stop_reason = f"stopped by {signal.Signals(signum).name}"
         ending = stop_reason is not None or step == t.max_steps
         if pointers or (t.save_interval and step % t.save_interval == 0) or ending:
-            final = ("final",) if ending and not stop_signal else ()
+            if not logging:  # never publish a checkpoint of diverged weights
+                _raise_if_diverged(loss_sum, step, ckpt_dir)
+            final = ("final",) if ending and not signum else ()
             last_saved = save(pointers + final)
-            say(f"saved checkpoint {ckpt_dir / last_saved}" + (f" ({', '.join(pointers + final)})" if pointers + final else ""))
+            if d.is_main:
+                _print(progress, f"saved checkpoint {ckpt_dir / last_saved}" + (f" ({', '.join(pointers + final)})" if pointers + final else ""))
             window_start, window_steps = time.perf_counter(), 0  # keep eval and save time out of step timing
         if stop_reason:
-            say(f"{stop_reason} at step {step}; resume with --run.resume=auto" if stop_signal else f"{stop_reason} at step {step}")
+            if d.is_main:
+                _print(progress, f"{stop_reason} at step {step}" + ("; continue with --run.resume=auto" if signum else ""))
             break
 
     if progress:
@@ -373,21 +469,30 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
 
 # ------------------------------------------------------------------------------------------------ console
 
-def _progress(enabled: bool, start: int, total: int):
-    """A rich progress bar on interactive terminals (rank 0); None elsewhere."""
-    if not (enabled and sys.stdout.isatty()):
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+class _Progress:
+    """A rich progress bar on interactive terminals (rank 0); metric lines print above it."""
 
-    bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
-    task = bar.add_task("train", total=total, completed=start)
-    bar.start()
-    bar.advance = lambda: bar.update(task, advance=1)
-    return bar
+    def __init__(self, start: int, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), transient=True)
+        self.task = self.bar.add_task("train", total=total, completed=start)
+        self.bar.start()
+
+    def advance(self) -> None:
+        self.bar.update(self.task, advance=1)
+
+    def stop(self) -> None:
+        self.bar.stop()
 
 
-def _print(progress, line: str) -> None:
+def _progress(enabled: bool, start: int, total: int) -> _Progress | None:
+    return _Progress(start, total) if enabled and sys.stdout.isatty() else None
+
+
+def _print(progress: _Progress | None, line: str) -> None:
     if progress:
-        progress.console.print(line, highlight=False, markup=False)
+        progress.bar.console.print(line, highlight=False, markup=False)
     else:
         print(line, flush=True)
