@@ -38,3 +38,13 @@ def test_fp16_with_dynamic_loss_scaling(tmp_path, char_data):
     rows = [r for r in metrics(tmp_path / "run") if "loss" in r]
     assert all(r["loss_scale"] >= 1 for r in rows)
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.5
+
+
+def test_zero3_with_optimizer_and_parameter_offload_on_gpu(tmp_path, char_data):
+    cfg = write_config(tmp_path / "o.toml", out_dir=tmp_path / "run", data_dir=char_data, zero_stage=3,
+                       max_steps=20, eval_interval=20, save_interval=20)
+    cfg.write_text(cfg.read_text().replace('dtype = "fp32"', 'dtype = "bf16"'))
+    run_ok("train", cfg, "--deepspeed.offload_optimizer=cpu", "--deepspeed.offload_params=cpu")
+    losses = train_losses(tmp_path / "run")
+    assert losses[20] < losses[1] - 0.5
+    run_ok("export", tmp_path / "run", "--out", tmp_path / "hf")
