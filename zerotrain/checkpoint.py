@@ -119,10 +119,6 @@ def save(engine, ckpt_dir: Path, step: int, client_state: dict, manifest: dict, 
     return tag
 
 
-def point(ckpt_dir: Path, name: str, tag: str) -> None:
-    _point(ckpt_dir, name, tag)
-
-
 def step_tags(ckpt_dir: Path) -> list[str]:
     """Complete step checkpoints, oldest first."""
     if not ckpt_dir.is_dir():

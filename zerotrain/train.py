@@ -244,8 +244,12 @@ def _raise_if_diverged(loss_sum, step: int, ckpt_dir: Path) -> None:
     bad = (~torch.isfinite(loss_sum)).float()
     dist.all_reduce(bad, op=dist.ReduceOp.MAX)
     if bad.item():
-        raise UserError(f"the loss is not finite at step {step}: training diverged; continue from the last good checkpoint "
-                        f"({checkpoint.newest(ckpt_dir)}) with a lower train.lr or more train.warmup_steps (or bf16 instead of fp16)")
+        raise _diverged(step, ckpt_dir)
+
+
+def _diverged(step: int, ckpt_dir: Path) -> UserError:
+    return UserError(f"the loss is not finite at step {step}: training diverged; continue from the last good checkpoint "
+                     f"({checkpoint.newest(ckpt_dir)}) with a lower train.lr or more train.warmup_steps (or bf16 instead of fp16)")
 
 
 def _check_cpu_adam_can_build(on_gpu: bool) -> None:
@@ -408,8 +412,7 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
             dist.all_reduce(loss_sum)
             train_loss = loss_sum.item() / (plan.batch.accum * d.world)  # host sync: only at log steps
             if not math.isfinite(train_loss):  # the same all-reduced value on every rank: all stop together
-                raise UserError(f"the loss is {train_loss} at step {step}: training diverged; continue from the last good checkpoint "
-                                f"({checkpoint.newest(ckpt_dir)}) with a lower train.lr or more train.warmup_steps (or bf16 instead of fp16)")
+                raise _diverged(step, ckpt_dir)
             step_time = (time.perf_counter() - window_start) / window_steps
             if not own_grad_norm:
                 grad_norm = engine.get_global_grad_norm()
