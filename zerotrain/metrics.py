@@ -36,13 +36,15 @@ def peak_flops(device_name: str | None) -> float | None:
     return None
 
 
-def peak_memory_bytes(device) -> int:
-    """Peak memory of this rank: allocated CUDA memory on a GPU, the process's peak RSS on CPU."""
+def peak_memory(device) -> dict:
+    """Peak memory of this rank since the process started: on a GPU the CUDA caching allocator's peak
+    allocated and peak reserved bytes (reserved is what nvidia-smi sees, less the CUDA context), on CPU
+    the process's peak RSS."""
     import torch
 
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+        return {"peak_mem_bytes": torch.cuda.max_memory_allocated(device), "peak_reserved_bytes": torch.cuda.max_memory_reserved(device)}
+    return {"peak_mem_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}  # Linux reports KiB
 
 
 def _si(x: float) -> str:

@@ -31,6 +31,8 @@ class RunSection:
     wandb: bool = False
     """Log to Weights & Biases when the wandb package is installed (WANDB_MODE=offline works offline)."""
     wandb_project: str = "zerotrain"
+    checkpoints: bool = True
+    """Write checkpoints (periodic, best and final). false for benchmarks and memory measurements."""
 
 
 @dataclass

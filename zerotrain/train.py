@@ -304,7 +304,7 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     import torch
     import torch.distributed as dist
 
-    from zerotrain.metrics import MetricsWriter, format_eval_line, format_line, peak_flops, peak_memory_bytes
+    from zerotrain.metrics import MetricsWriter, format_eval_line, format_line, peak_flops, peak_memory
     from zerotrain.model import GPT
     t, ds = cfg.train, cfg.deepspeed
     on_gpu = d.device.type == "cuda"
@@ -356,6 +356,7 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
         if step >= t.max_steps:
             say(f"nothing to do: the run is at step {step} and train.max_steps is {t.max_steps}; raise max_steps to train further")
 
+    setup_mem = torch.cuda.memory_allocated(d.device) if on_gpu else None
     tokens_per_step = plan.batch.global_size * plan.seq_len
     flops_tok = flops_per_token(plan.model, n_params, plan.seq_len)
     peak = peak_flops(torch.cuda.get_device_name(d.device) if on_gpu else None)
@@ -419,7 +420,9 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
             record = {"step": step, "loss": train_loss, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm),
                       "step_time_s": step_time, "tokens_per_s": tokens_per_step / step_time,
                       "mfu": None if peak is None else flops_tok * tokens_per_step / step_time / d.world / peak,
-                      "peak_mem_bytes": peak_memory_bytes(d.device), "tokens_seen": tokens_seen, "elapsed_s": time.perf_counter() - started}
+                      **peak_memory(d.device), "tokens_seen": tokens_seen, "elapsed_s": time.perf_counter() - started}
+            if setup_mem is not None:  # model states and DeepSpeed's buffers before the first step; `zerotrain plan` predicts it
+                record["setup_mem_bytes"], setup_mem = setup_mem, None
             if dtype == "fp16":
                 record["loss_scale"], record["skipped_steps"] = _loss_scale(engine.optimizer), engine.skipped_steps
             if d.is_main:
@@ -447,7 +450,7 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
         if signum and not stop_reason:
             stop_reason = f"stopped by {signal.Signals(signum).name}"
         ending = stop_reason is not None or step == t.max_steps
-        if pointers or (t.save_interval and step % t.save_interval == 0) or ending:
+        if cfg.run.checkpoints and (pointers or (t.save_interval and step % t.save_interval == 0) or ending):
             if not logging:  # never publish a checkpoint of diverged weights
                 _raise_if_diverged(loss_sum, step, ckpt_dir)
             final = ("final",) if ending and not signum else ()
