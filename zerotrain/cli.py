@@ -93,6 +93,271 @@ def cmd_generate(args, _extra) -> int:
     return 0
 
 
+def _print_findings(findings) -> None:
+    """One aligned line per finding, `level  key  message  → fix`, then a summary line."""
+    width = max((len(f.key) for f in findings), default=0)
+    for f in findings:
+        print(f"{f.level:<7}  {f.key:<{width}}  {f.message}" + (f"  → {f.fix}" if f.fix else ""))
+    counts = {level: sum(f.level == level for f in findings) for level in ("error", "warning", "info")}
+    print(f"{counts['error']} error(s), {counts['warning']} warning(s), {counts['info']} note(s)")
+
+
+def _write_new_file(path, text: str, overwrite: bool) -> None:
+    from pathlib import Path
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} exists; pass --overwrite to replace it or choose another --out")
+    path.write_text(text)
+
+
+def cmd_config_check(args, _extra) -> int:
+    import json
+    from pathlib import Path
+
+    from zerotrain import dsrules
+
+    config, text = dsrules.load_config_file(args.file)
+    options = {"world_size": args.world_size, "gpu": args.gpu, "hf_integration": args.hf}
+    if args.model:  # lets the performance rules ask the memory planner whether offload is needed
+        from zerotrain import memory
+
+        shape = memory.resolve_model(args.model)
+        options.update(model_params=shape.n_params, fits_without_offload=dsrules.planner_fits_without_offload(shape))
+    findings = dsrules.check_text(text, args.file, **options)
+    if not args.no_engine:
+        findings += dsrules.engine_findings(config, args.world_size, args.hf)
+    report = {"findings": [f.to_dict() for f in findings]}
+    final = findings
+    if args.fix:
+        if args.in_place and args.out:
+            raise UserError("give --out FILE or --in-place, not both")
+        out = Path(args.file) if args.in_place else Path(args.out or Path(args.file).with_suffix(".fixed.json"))
+        fixed, changes = dsrules.fix(config, args.world_size, args.gpu, args.hf)
+        _write_new_file(out, json.dumps(fixed, indent=2) + "\n", overwrite=args.in_place or args.overwrite)
+        final = dsrules.check(fixed, **options)
+        if not args.no_engine:
+            final += dsrules.engine_findings(fixed, args.world_size, args.hf)
+        report["fixed"] = {"path": str(out), "changes": changes, "findings": [f.to_dict() for f in final]}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_findings(findings)
+        if args.fix:
+            print(f"\nwrote {report['fixed']['path']} with {len(report['fixed']['changes'])} change(s):")
+            for change in report["fixed"]["changes"]:
+                print(f"  {change}")
+            print("re-check:")
+            _print_findings(final)
+    return 1 if any(f.level == "error" for f in final) else 0
+
+
+def cmd_config_explain(args, _extra) -> int:
+    import json
+
+    from zerotrain import dsrules
+
+    config, _ = dsrules.load_config_file(args.file)
+    rows = dsrules.explain(config)
+    verdict = [] if args.no_engine else dsrules.engine_findings(config, dsrules.implied_world_size(config))
+    if args.json:
+        print(json.dumps({"keys": [{"key": k, "value": v, "default": d, "description": t} for k, v, d, t in rows],
+                          "findings": [f.to_dict() for f in verdict]}, indent=2, default=str))
+    else:
+        width = max(len(k) for k, *_ in rows)
+        for key, value, is_default, text in rows:
+            shown = json.dumps(value, default=str) + (" (default)" if is_default else "")
+            print(f"{key:<{width}}  {shown:<24}  {text}")
+        if verdict:
+            _print_findings(verdict)
+    return 1 if verdict else 0
+
+
+def cmd_config_new(args, _extra) -> int:
+    import json
+    from pathlib import Path
+
+    from zerotrain import dsrules
+
+    config, notes = dsrules.new_config(args.model, args.gpus, args.nodes, args.gpu, args.micro_batch, args.global_batch,
+                                       args.seq_len, args.target)
+    out = args.out or ("ds_config.json" if args.target == "accelerate" else None)
+    text = json.dumps(config, indent=2) + "\n"
+    if out is None:
+        print(text, end="")
+    else:
+        _write_new_file(out, text, args.overwrite)
+        print(f"wrote {out}", file=sys.stderr)
+    if args.target == "accelerate":
+        import yaml
+
+        yaml_path = Path(out).with_name("accelerate_config.yaml")
+        accel = dsrules.accelerate_config(str(out), args.gpus, args.nodes, config["zero_optimization"]["stage"])
+        _write_new_file(yaml_path, yaml.safe_dump(accel, sort_keys=False), args.overwrite)
+        notes.append(f"wrote {yaml_path}: accelerate launch --config_file {yaml_path} train.py")
+    world = args.gpus * args.nodes
+    findings = dsrules.check(config, world_size=world, gpu=args.gpu, hf_integration=args.target == "hf-trainer")
+    if not args.no_engine:
+        findings += dsrules.engine_findings(config, world, args.target == "hf-trainer")
+    for note in notes:
+        print(note, file=sys.stderr)
+    errors = [f for f in findings if f.level == "error"]
+    for f in errors:
+        print(f"error    {f.key}  {f.message}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _gpu_memory(spec: str | None) -> tuple[int | None, str]:
+    """Bytes of one GPU from --gpu-memory (a name such as h100, or an amount such as 80GiB), else from
+    nvidia-smi when there is one (no torch import: plan must start instantly)."""
+    import shutil
+    import subprocess
+
+    from zerotrain import memory
+
+    if spec:
+        return memory.gpu_memory_from_name(spec)[0], spec
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total,name", "--format=csv,noheader,nounits"],
+                                 check=False, capture_output=True, text=True, timeout=10).stdout.splitlines()
+            mib, name = out[0].split(",", 1)
+            return int(mib) * 2**20, f"{name.strip()} (detected)"
+        except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+            pass
+    return None, "unknown (pass --gpu-memory)"
+
+
+def _plan_inputs(args):
+    """ModelShape and RunShape from --config (a zerotrain run), --ds-config and the flags, flags winning."""
+    import dataclasses
+    from pathlib import Path
+
+    from zerotrain import memory
+
+    run = memory.RunShape(micro_batch=8)
+    model_spec = args.model
+    if args.config:
+        from zerotrain.runconfig import load_run_config
+
+        cfg = load_run_config(args.config, [])
+        m, t, ds = cfg.model, cfg.train, cfg.deepspeed
+        if model_spec is None:
+            model = memory.gpt2_shape(m.preset, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, block_size=m.block_size,
+                                      vocab_size=m.vocab_size, dropout=m.dropout)
+        run = dataclasses.replace(run, micro_batch=t.micro_batch_size, grad_accum=t.grad_accum, zero_stage=ds.zero_stage,
+                                  offload_optimizer=ds.offload_optimizer, offload_params=ds.offload_params,
+                                  activation_checkpointing=ds.activation_checkpointing,
+                                  dtype="bf16" if ds.dtype == "auto" else ds.dtype,
+                                  seq_len=t.seq_len or (m.block_size or memory.GPT2_PRESETS.get(m.preset, {}).get("block_size", 1024)))
+    if model_spec is not None:
+        model = memory.resolve_model(model_spec)
+    elif not args.config:
+        raise UserError("name a model: --model gpt2-xl (or llama3-8b, hf:DIR, dims:L,HEADS,HIDDEN), or --config RUN.toml")
+    if args.ds_config:
+        from zerotrain.dsconfig import load_user_config
+
+        if not Path(args.ds_config).is_file():
+            raise UserError(f"--ds-config {args.ds_config} not found")
+        run = memory.run_from_ds_config(load_user_config(args.ds_config), run)
+    flags = {"gpus_per_node": args.gpus, "nodes": args.nodes, "micro_batch": args.micro_batch, "seq_len": args.seq_len,
+             "grad_accum": args.grad_accum, "dtype": args.dtype, "optimizer": args.optimizer, "attention": args.attention,
+             "offload_optimizer": args.offload_optimizer, "offload_params": args.offload_params}
+    run = dataclasses.replace(run, **{k: v for k, v in flags.items() if v is not None})
+    if args.activation_checkpointing:
+        run = dataclasses.replace(run, activation_checkpointing=True)
+    if args.seq_len is None and not args.config:
+        run = dataclasses.replace(run, seq_len=min(model.max_positions, 1024) if model.impl != "hf-llama" else min(model.max_positions, 2048))
+    return model, run
+
+
+def cmd_plan(args, _extra) -> int:
+    import dataclasses
+    import json
+
+    from zerotrain import memory
+
+    model, run = _plan_inputs(args)
+    gpu_bytes, gpu_name = _gpu_memory(args.gpu_memory)
+    if args.inference:
+        ip = memory.plan_inference(model, args.batch, args.context or model.max_positions, run.dtype)
+        if args.json:
+            print(json.dumps({"model": model.name, "n_params": model.n_params, "gpu_memory": gpu_bytes, "inference": ip.to_json(gpu_bytes)}, indent=2))
+            return 0
+        print(model.describe())
+        print(f"inference, batch {ip.batch} × context {ip.context}, {ip.dtype}; GPU: {gpu_name}")
+        for label, value in (("weights", ip.weights), ("KV cache", ip.kv_cache), ("activations", ip.activations),
+                             ("CUDA context", ip.overhead), ("total", ip.total)):
+            print(f"  {label:<13} {value / 2**30:9.2f} GiB")
+        if gpu_bytes:
+            print(f"  {'fits' if ip.total <= gpu_bytes else 'does NOT fit'} in {gpu_bytes / 2**30:.1f} GiB")
+        return 0
+
+    if args.zero == "all":
+        stages = [0, 1, 2, 3]
+    else:
+        try:
+            stages = [int(z) for z in args.zero.split(",")]
+        except ValueError:
+            raise UserError(f"--zero {args.zero}: give 0, 1, 2, 3, a list such as 1,2, or all") from None
+    explicit_offload = args.offload_optimizer not in (None, "none") or args.offload_params not in (None, "none")
+    if explicit_offload or args.zero != "all" or args.ds_config or args.config:
+        runs = [dataclasses.replace(run, zero_stage=z) for z in stages]
+        if args.ds_config or args.config:
+            runs = [run] if args.zero == "all" else runs
+    else:
+        runs = memory.variants(run, stages)
+    plans = [memory.plan(model, r) for r in runs]
+    candidates = sorted({run.micro_batch, *[2**i for i in range(8)]})
+    best = memory.recommend(model, run, gpu_bytes, candidates) if gpu_bytes else None
+
+    if args.json:
+        rec = None
+        if best:
+            rec = best.to_json(gpu_bytes)
+        print(json.dumps({"model": {"name": model.name, "impl": model.impl, "n_params": model.n_params},
+                          "gpu_memory": gpu_bytes, "plans": [p.to_json(gpu_bytes) for p in plans], "recommended": rec}, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False, width=max(Console().width, 110))
+    console.print(model.describe())
+    console.print(f"{run.world} GPU{'s' if run.world > 1 else ''} ({run.gpus_per_node} per node × {run.nodes} node{'s' if run.nodes > 1 else ''}), "
+                  f"micro-batch {run.micro_batch} × {run.seq_len} tokens, accumulation {run.grad_accum}, {run.dtype}"
+                  f"{', activation checkpointing' if run.activation_checkpointing else ''}; GPU memory: "
+                  + (f"{gpu_bytes / 2**30:.1f} GiB, {gpu_name}" if gpu_bytes else gpu_name))
+    gib = lambda x: f"{x / 2**30:.2f}"
+    table = Table(title="per GPU, GiB (alloc = peak allocated, reserved = allocator peak, need = reserved + CUDA context and NCCL)",
+                  title_justify="left", box=None)
+    for col in ("ZeRO", "offload", "params", "grads", "optim", "activ", "buffers", "alloc", "reserved", "need", "fits", "host/node"):
+        table.add_column(col, justify="left" if col in ("ZeRO", "offload") else "right")
+    for p in plans:
+        r, g = p.run, p.per_gpu
+        offload = ", ".join(f"{what} {where}" for what, where in (("opt", r.offload_optimizer), ("params", r.offload_params)) if where != "none")
+        fits = "" if not gpu_bytes else ("yes" if p.fits(gpu_bytes, 0.10) else ("tight" if p.fits(gpu_bytes) else "NO"))
+        table.add_row(str(r.zero_stage), offload or "-", gib(g["params"]), gib(g["grads"]), gib(g["optimizer"]), gib(g["activations"]), gib(g["buffers"]),
+                      gib(g["peak_allocated"]), gib(g["peak_reserved"]), gib(p.gpu_bytes_needed), fits, f"{p.host_ram_per_node / 2**30:.0f}")
+    console.print(table)
+    first = plans[0]
+    console.print(f"host/node: host RAM per node in GiB ({run.gpus_per_node} ranks, their pinned offload buffers, loading a checkpoint); "
+                  f"checkpoint on disk: {first.checkpoint_bytes / 2**30:.1f} GiB"
+                  + "".join(f"; NVMe for ZeRO-{p.run.zero_stage}: {p.nvme_bytes / 2**30:.1f} GiB" for p in plans if p.nvme_bytes))
+    if gpu_bytes:
+        if best:
+            r = best.run
+            accum = run.grad_accum * run.micro_batch / r.micro_batch
+            keep = f", accumulation {int(accum)} keeps the global batch" if accum == int(accum) and r.micro_batch != run.micro_batch else ""
+            console.print(f"recommended: ZeRO-{r.zero_stage}"
+                          + (f", offload optimizer {r.offload_optimizer}" if r.offload_optimizer != "none" else "")
+                          + (f", offload params {r.offload_params}" if r.offload_params != "none" else "")
+                          + f", micro-batch {r.micro_batch}{keep} — {best.gpu_bytes_needed / 2**30:.1f} of {gpu_bytes / 2**30:.1f} GiB")
+        else:
+            console.print("nothing fits with 10% headroom: add GPUs, shorten --seq-len"
+                          + ("" if run.activation_checkpointing else ", or use --activation-checkpointing"))
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +397,68 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--seed", type=int, default=1337)
     ge.add_argument("--device", default="cpu", help="cpu or cuda")
     ge.set_defaults(func=cmd_generate)
+
+    pl = verbs.add_parser("plan", help="per-GPU memory for each ZeRO stage and offload choice; what fits",
+                          description="Predict per-GPU memory of a training run (or inference) before renting GPUs. "
+                                      "Model shapes: zerotrain presets, Llama-style presets, hf:DIR, config.json, dims:L,HEADS,HIDDEN.")
+    pl.add_argument("--model", help="gpt2 ... gpt2-xl, smollm2-135m, tinyllama-1.1b, llama2-7b, mistral-7b, llama3-8b, hf:DIR, "
+                                    "a config.json, or dims:LAYERS,HEADS,HIDDEN[,VOCAB]")
+    pl.add_argument("--config", help="a zerotrain run config (TOML): model, batch and DeepSpeed settings from it")
+    pl.add_argument("--ds-config", help="a ds_config.json: batch, precision, stage, offload and bucket sizes from it")
+    pl.add_argument("--gpus", type=int, help="GPUs per node (default 1)")
+    pl.add_argument("--nodes", type=int, help="nodes (default 1)")
+    pl.add_argument("--micro-batch", type=int, help="sequences per GPU per micro-step (default 8)")
+    pl.add_argument("--seq-len", type=int, help="tokens per sequence (default: the model's context, at most 1024; 2048 for Llama-style)")
+    pl.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
+    pl.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="compute dtype (default bf16)")
+    pl.add_argument("--optimizer", choices=("adamw", "adam", "sgd", "sgd-nomomentum"), help="default adamw")
+    pl.add_argument("--zero", default="all", help="0, 1, 2, 3, a list (1,2) or all (default: all, with the offload variants)")
+    pl.add_argument("--offload-optimizer", choices=("none", "cpu", "nvme"))
+    pl.add_argument("--offload-params", choices=("none", "cpu", "nvme"), help="ZeRO-3 only")
+    pl.add_argument("--activation-checkpointing", action="store_true")
+    pl.add_argument("--attention", choices=("sdpa", "eager"), help="sdpa (default) keeps no T×T scores; eager does")
+    pl.add_argument("--gpu-memory", help="memory of one GPU: a name (h100, a100-40gb, rtx4090, ...) or an amount (80GiB); default: detected")
+    pl.add_argument("--inference", action="store_true", help="plan inference instead: weights + KV cache + activations")
+    pl.add_argument("--batch", type=int, default=1, help="inference: sequences served at once")
+    pl.add_argument("--context", type=int, help="inference: tokens per sequence (default: the model's context)")
+    pl.add_argument("--json", action="store_true", help="machine-readable output, sizes in bytes")
+    pl.set_defaults(func=cmd_plan)
+
+    cf = verbs.add_parser("config", help="check, fix, explain or generate a DeepSpeed ds_config").add_subparsers(
+        dest="config_verb", required=True, metavar="ACTION")
+    ck = cf.add_parser("check", help="every problem in a ds_config, with the fix (exit 1 on errors)")
+    ck.add_argument("file", help="ds_config JSON")
+    ck.add_argument("--world-size", type=int, help="data-parallel GPUs the config is for (checks the batch triple)")
+    ck.add_argument("--gpu", help="GPU model, e.g. h100, a100-40gb, v100 (bf16 support, memory)")
+    ck.add_argument("--hf", action="store_true", help="the config is for the Hugging Face Trainer/Accelerate: \"auto\" is allowed")
+    ck.add_argument("--model", help="the model it trains (as for plan: gpt2-xl, llama3-8b, hf:DIR): with --gpu, the memory planner "
+                                    "judges whether offload is needed")
+    ck.add_argument("--json", action="store_true", help='print {"findings": [{level, key, message, fix}, ...]}')
+    ck.add_argument("--no-engine", action="store_true", help="skip DeepSpeed's own parser (no torch/deepspeed import)")
+    ck.add_argument("--fix", action="store_true", help="write a corrected config (FILE.fixed.json unless --out/--in-place) and re-check it")
+    ck.add_argument("--out", help="where --fix writes")
+    ck.add_argument("--in-place", action="store_true", help="let --fix overwrite FILE")
+    ck.add_argument("--overwrite", action="store_true", help="let --fix replace an existing --out")
+    ck.set_defaults(func=cmd_config_check)
+    xp = cf.add_parser("explain", help="the effective config with DeepSpeed's defaults, one line per key")
+    xp.add_argument("file", help="ds_config JSON")
+    xp.add_argument("--json", action="store_true")
+    xp.add_argument("--no-engine", action="store_true", help="skip DeepSpeed's own parser (no torch/deepspeed import)")
+    xp.set_defaults(func=cmd_config_explain)
+    nw = cf.add_parser("new", help="write a ds_config for a model preset and GPU count")
+    nw.add_argument("--model", required=True, help="as for plan: a preset (gpt2 ... gpt2-xl, smollm2-135m, llama3-8b, ...), hf:DIR or dims:L,HEADS,HIDDEN")
+    nw.add_argument("--gpus", type=int, required=True, help="GPUs per node")
+    nw.add_argument("--nodes", type=int, default=1)
+    nw.add_argument("--gpu", help="GPU model, e.g. h100, a100-40gb, v100 (default: an 80 GiB A100)")
+    nw.add_argument("--micro-batch", type=int, help="sequences per GPU per step (default: the largest that fits, up to 32)")
+    nw.add_argument("--global-batch", type=int, help="sequences per optimizer step (default: micro × GPUs)")
+    nw.add_argument("--seq-len", type=int, help="tokens per sequence (default: the model's block size)")
+    nw.add_argument("--for", dest="target", default="deepspeed", choices=("deepspeed", "hf-trainer", "accelerate"),
+                    help="plain DeepSpeed, the HF Trainer (\"auto\" fields) or Accelerate (plus accelerate_config.yaml)")
+    nw.add_argument("--out", help="output file (default: stdout; ds_config.json for accelerate)")
+    nw.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    nw.add_argument("--no-engine", action="store_true", help="skip checking the result with DeepSpeed's own parser")
+    nw.set_defaults(func=cmd_config_new)
     return p
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from zerotrain import UserError
+from zerotrain.memory import GPT2_PRESETS
 
 IGNORE_INDEX = -100  # targets equal to this are left out of the loss (same value as Hugging Face)
 VOCAB_MULTIPLE = 64  # pad the vocabulary so the embedding/lm_head matmuls hit tensor-core friendly shapes
@@ -37,14 +38,7 @@ class GPTConfig:
         return math.ceil(self.vocab_size / VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
 
-# Shapes of the GPT-2 family (Radford et al. 2019, table 2) and a small CPU demo model.
-PRESETS = {
-    "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=256),
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280, block_size=1024),
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600, block_size=1024),
-}
+PRESETS = GPT2_PRESETS  # the shapes live with the planner, which must not import torch
 
 
 def config_from_preset(preset: str, **overrides) -> GPTConfig:

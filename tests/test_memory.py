@@ -1,0 +1,293 @@
+"""The memory planner: measured GPU peaks, hand-computed cases, invariants, config parsing, the CLI."""
+
+import itertools
+import json
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import assert_clean_failure, zerotrain
+from zerotrain import UserError, memory
+from zerotrain.memory import GiB, ModelShape, RunShape, plan
+
+MEASUREMENTS = Path(__file__).resolve().parent.parent / "docs" / "memory-measurements.jsonl"
+
+
+def _shape_of_measurement(row: dict) -> ModelShape:
+    """benchmarks/memory_probe.py names: zerotrain presets, hf-gpt2:PRESET (transformers GPT2, vocab 50257),
+    llama:SHAPE (transformers Llama)."""
+    if row["impl"] == "zerotrain":
+        return memory.resolve_model(row["model"])
+    family, _, name = row["model"].partition(":")
+    if family == "hf-gpt2":
+        p = memory.GPT2_PRESETS[name]
+        return memory.shape_from_hf_config({"model_type": "gpt2", "n_layer": p["n_layer"], "n_head": p["n_head"], "n_embd": p["n_embd"],
+                                            "vocab_size": 50257, "n_positions": 1024}, row["model"])
+    return memory.resolve_model(name)
+
+
+def _run_of_measurement(row: dict) -> RunShape:
+    return RunShape(gpus_per_node=row["gpus"], micro_batch=row["micro_batch"], seq_len=row["seq_len"], grad_accum=row["grad_accum"],
+                    dtype=row["dtype"], zero_stage=row["zero_stage"], offload_optimizer=row["offload_optimizer"],
+                    offload_params=row["offload_params"], activation_checkpointing=row["activation_checkpointing"])
+
+
+def _measurements() -> list[dict]:
+    return [json.loads(line) for line in MEASUREMENTS.read_text().splitlines()]
+
+
+def test_every_gpu_measurement_is_predicted_within_5_percent():
+    rows = _measurements()
+    assert len(rows) >= 30
+    errors = {}
+    for row in rows:
+        assert {"command", "commit", "gpu", "versions", "date"} <= set(row), row["name"]
+        p = plan(_shape_of_measurement(row), _run_of_measurement(row))
+        errors[row["name"]] = p.per_gpu["peak_allocated"] / row["peak_allocated"] - 1
+        # every measured run ran, so the verdict for its GPU must be "fits"
+        assert p.fits(row["gpu_total_bytes"]), row["name"]
+    worst = max(errors, key=lambda k: abs(errors[k]))
+    assert abs(errors[worst]) <= 0.05, f"{worst}: {errors[worst]:+.1%}"
+    assert sum(abs(e) for e in errors.values()) / len(errors) <= 0.03
+
+
+def test_measurements_cover_the_axes_the_planner_claims():
+    rows = _measurements()
+    seen = lambda key: {r[key] for r in rows}
+    assert seen("zero_stage") == {0, 1, 2, 3}
+    assert seen("gpus") == {1, 2}
+    assert seen("activation_checkpointing") == {True, False}
+    assert {"cpu"} <= seen("offload_optimizer") and {"cpu"} <= seen("offload_params")
+    assert {"bf16", "fp16", "fp32"} <= seen("dtype")
+    assert len(seen("micro_batch")) >= 3 and len(seen("seq_len")) >= 2 and len(seen("grad_accum")) >= 2
+    assert {"zerotrain", "hf"} == seen("impl")
+    assert {"gpt2", "gpt2-xl"} <= seen("model") and any(m.startswith("llama:") for m in seen("model"))
+
+
+# ------------------------------------------------------------------------------------------------ exact cases
+
+def test_parameter_counts_match_the_real_models():
+    import torch  # noqa: F401  (the test may import torch; the planner must not)
+    import transformers
+
+    from zerotrain.model import GPT, config_from_preset
+
+    for name in ("tiny", "gpt2"):
+        assert memory.resolve_model(name).n_params == GPT(config_from_preset(name)).num_params()
+    llama = {"hidden_size": 64, "intermediate_size": 176, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                 "vocab_size": 300, "max_position_embeddings": 128}
+    for tied in (True, False):
+        cfg = transformers.LlamaConfig(**llama, tie_word_embeddings=tied)
+        real = sum(p.numel() for p in transformers.LlamaForCausalLM(cfg).parameters())
+        assert memory.shape_from_hf_config(cfg.to_dict(), "tiny-llama").n_params == real
+    qwen = transformers.Qwen2Config(**llama, tie_word_embeddings=True)
+    real = sum(p.numel() for p in transformers.Qwen2ForCausalLM(qwen).parameters())
+    assert memory.shape_from_hf_config(qwen.to_dict(), "tiny-qwen2").n_params == real
+    gpt2 = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=100, n_positions=64)
+    real = sum(p.numel() for p in transformers.GPT2LMHeadModel(gpt2).parameters())
+    assert memory.shape_from_hf_config(gpt2.to_dict(), "tiny-gpt2").n_params == real
+
+
+def test_model_states_by_hand():
+    m = memory.resolve_model("gpt2")
+    N = m.n_params
+    assert N == 124_475_904
+    z2 = plan(m, RunShape(gpus_per_node=2, zero_stage=2, micro_batch=1, seq_len=64)).per_gpu
+    assert z2["params"] == 2 * N  # bf16 weights, whole on each rank below stage 3
+    assert z2["optimizer"] == 12 * N // 2  # fp32 master + Adam m and v, 1/W each
+    z0 = plan(m, RunShape(gpus_per_node=2, zero_stage=0, micro_batch=1, seq_len=64)).per_gpu
+    assert z0["optimizer"] == 12 * N  # stage 0 keeps all of it on every rank
+    fp32 = plan(m, RunShape(zero_stage=0, dtype="fp32", micro_batch=1, seq_len=64)).per_gpu
+    assert fp32["params"] == 4 * N and fp32["optimizer"] == 8 * N  # no separate master copy in fp32
+    sgd = plan(m, RunShape(zero_stage=0, dtype="fp32", optimizer="sgd-nomomentum", micro_batch=1, seq_len=64)).per_gpu
+    assert sgd["optimizer"] == 0
+
+
+def test_activations_by_hand():
+    m = memory.resolve_model("dims:2,2,64,128")  # 2 layers, 2 heads, hidden 64, vocab 128
+    run = RunShape(micro_batch=1, seq_len=8, zero_stage=2)
+    # per token per layer: 16·b·h (b=2) + two LayerNorms' mean/rstd (16) + SDPA log-sum-exp (4·heads)
+    per_layer = 32 * 64 + 16 + 4 * 2
+    head = 4 * 128 + 2 * 2 * 64 + 8  # fp32 log-softmax output, ln_f output + embedding sum, ln_f stats
+    kept = 8 * (2 * per_layer + head)
+    transient = 8 * max(2 * 4 * 128, 3 * 2 * 256 + 4 * 2 * 64)
+    assert plan(m, run).per_gpu["activations"] == kept + transient
+
+
+def test_kv_cache_by_hand_and_grouped_query_attention():
+    m = memory.resolve_model("llama3-8b")
+    ip = memory.plan_inference(m, batch=1, context=8192)
+    assert ip.kv_cache == 2 * 32 * (8 * 128) * 8192 * 2 == GiB  # k and v × layers × kv heads·head dim × tokens × bf16
+    full_heads = replace(m, n_kv_head=32)
+    assert memory.plan_inference(full_heads, batch=1, context=8192).kv_cache == 4 * GiB
+    assert ip.weights == 2 * m.n_params
+    assert memory.plan_inference(m, batch=4, context=8192).kv_cache == 4 * GiB
+
+
+# ------------------------------------------------------------------------------------------------ invariants
+
+MODELS = ["gpt2", "gpt2-xl", "smollm2-135m", "llama3-8b"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_zero3_model_states_shrink_with_more_gpus(name):
+    m = memory.resolve_model(name)
+    states = []
+    for gpus in (1, 2, 4, 8, 16):
+        g = plan(m, RunShape(gpus_per_node=gpus, zero_stage=3, micro_batch=1, seq_len=512)).per_gpu
+        states.append(g["params"] + g["grads"] + g["optimizer"])
+    assert all(a > b for a, b in itertools.pairwise(states))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_checkpointing_never_increases_activations(name):
+    m = memory.resolve_model(name)
+    for z in (0, 1, 2, 3):
+        for mb in (1, 4, 16):
+            for seq in (128, 1024):
+                run = RunShape(gpus_per_node=2, zero_stage=z, micro_batch=mb, seq_len=seq)
+                plain = plan(m, run).per_gpu["activations"]
+                assert plan(m, replace(run, activation_checkpointing=True)).per_gpu["activations"] <= plain
+
+
+def test_offload_and_stages_order_model_states():
+    m = memory.resolve_model("gpt2-xl")
+    run = RunShape(gpus_per_node=4, micro_batch=4, grad_accum=4)
+    peaks = {z: plan(m, replace(run, zero_stage=z)).per_gpu for z in (0, 1, 2)}
+    assert peaks[1]["optimizer"] < peaks[0]["optimizer"] and peaks[2]["grads"] < peaks[1]["grads"]
+    off = plan(m, replace(run, zero_stage=2, offload_optimizer="cpu"))
+    assert off.per_gpu["optimizer"] == 0 and off.host_ram_per_node > plan(m, replace(run, zero_stage=2)).host_ram_per_node
+    assert plan(m, replace(run, zero_stage=3, offload_optimizer="nvme", offload_params="nvme")).nvme_bytes > 0
+
+
+def test_peak_grows_with_micro_batch_and_sequence():
+    m = memory.resolve_model("gpt2")
+    plans = [plan(m, RunShape(micro_batch=mb, seq_len=seq)) for mb, seq in ((1, 256), (2, 256), (2, 1024), (8, 1024))]
+    activations = [p.per_gpu["activations"] for p in plans]
+    peaks = [p.per_gpu["peak_allocated"] for p in plans]
+    assert activations == sorted(activations) and len(set(activations)) == 4
+    assert peaks == sorted(peaks)  # small batches peak in the optimizer step, where the batch does not matter
+    assert plans[0].peak_phase == "optimizer step" and plans[-1].peak_phase == "backward"
+
+
+def test_recommendation_prefers_no_offload_then_fast_stage_then_large_micro_batch():
+    xl = memory.resolve_model("gpt2-xl")
+    h100 = memory.gpu_memory_from_name("h100")[0]
+    best = memory.recommend(xl, RunShape(gpus_per_node=2, micro_batch=8), h100, [1, 2, 4, 8, 16, 32])
+    assert (best.run.zero_stage, best.run.offload_optimizer, best.run.micro_batch) == (1, "none", 16)
+    assert best.fits(h100, 0.10) and not plan(xl, replace(best.run, micro_batch=32)).fits(h100, 0.10)
+    small = memory.recommend(xl, RunShape(gpus_per_node=1, micro_batch=1), 16 * GiB, [1])
+    assert small.run.offload_optimizer == "cpu"
+    assert memory.recommend(memory.resolve_model("llama3-8b"), RunShape(micro_batch=1, seq_len=8192), 8 * GiB, [1]) is None
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+
+def test_hf_config_directory_and_file(tmp_path):
+    cfg = {"model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+           "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 32000, "tie_word_embeddings": False}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    for spec in (f"hf:{tmp_path}", str(tmp_path), str(tmp_path / "config.json")):
+        m = memory.resolve_model(spec)
+        assert m.impl == "hf-llama" and m.kv_heads == 8 and m.n_params == memory.resolve_model("mistral-7b").n_params
+    gpt2 = {"model_type": "gpt2", "n_layer": 12, "n_head": 12, "n_embd": 768, "vocab_size": 50257, "n_positions": 1024}
+    (tmp_path / "config.json").write_text(json.dumps(gpt2))
+    m = memory.resolve_model(f"hf:{tmp_path}")
+    assert m.impl == "hf-gpt2" and m.dropout == 0.1 and m.n_params == 124_439_808  # transformers' GPT2 124M
+
+
+def test_ds_config_fills_the_run():
+    ds = {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 8, "fp16": {"enabled": True},
+          "zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}, "offload_param": {"device": "nvme"},
+                                "reduce_bucket_size": 1e7, "stage3_max_live_parameters": 3e8, "stage3_prefetch_bucket_size": 1e6}}
+    run = memory.run_from_ds_config(ds, RunShape())
+    assert (run.micro_batch, run.grad_accum, run.dtype, run.zero_stage) == (4, 8, "fp16", 3)
+    assert (run.offload_optimizer, run.offload_params) == ("cpu", "nvme")
+    assert (run.reduce_bucket_size, run.max_live_parameters, run.prefetch_bucket_size) == (10**7, 3 * 10**8, 10**6)
+    with pytest.raises(UserError, match="auto"):
+        memory.run_from_ds_config({"train_micro_batch_size_per_gpu": "auto"}, RunShape())
+
+
+def test_max_live_parameters_bounds_what_zero3_gathers():
+    m = memory.resolve_model("llama3-8b")
+    run = RunShape(gpus_per_node=8, zero_stage=3, micro_batch=1, seq_len=2048)
+    assert plan(m, replace(run, max_live_parameters=10**8)).per_gpu["params"] < plan(m, run).per_gpu["params"]
+
+
+def test_gpu_names_and_amounts():
+    assert memory.gpu_memory_from_name("80GiB")[0] == 80 * GiB
+    assert memory.gpu_memory_from_name("40GB")[0] == 40 * 10**9
+    assert memory.gpu_memory_from_name("A100-40GB")[0] < memory.gpu_memory_from_name("h100")[0]
+    with pytest.raises(UserError, match="did you mean"):
+        memory.gpu_memory_from_name("h10")
+
+
+def test_bad_runs_name_the_fix():
+    m = memory.resolve_model("gpt2")
+    for bad, words in (({"zero_stage": 4}, "use 0, 1, 2 or 3"), ({"gpus_per_node": 0}, "≥ 1"), ({"micro_batch": 0}, "≥ 1"),
+                       ({"offload_params": "cpu", "zero_stage": 2}, "stage 3"), ({"seq_len": 4096}, "--seq-len ≤ 1024")):
+        with pytest.raises(UserError, match=words):
+            plan(m, RunShape(**bad))
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+def test_cli_json_schema():
+    r = zerotrain("plan", "--model", "gpt2-xl", "--gpus", "2", "--micro-batch", "8", "--gpu-memory", "h100", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert len(doc["plans"]) == 8  # stages 0-3 and the offload variants
+    for p in doc["plans"]:
+        assert set(p["per_gpu"]) == {"params", "grads", "optimizer", "activations", "buffers", "overhead", "peak_allocated", "peak_reserved"}
+        assert all(isinstance(v, int) and v >= 0 for v in p["per_gpu"].values())
+        assert {"zero_stage", "offload_optimizer", "offload_params", "host_ram_per_node", "fits"} <= set(p)
+        assert isinstance(p["fits"], bool)
+    assert doc["recommended"]["zero_stage"] == 1 and doc["recommended"]["micro_batch"] == 16
+    one = json.loads(zerotrain("plan", "--model", "gpt2", "--zero", "3", "--offload-optimizer", "cpu", "--json").stdout)
+    assert [(p["zero_stage"], p["offload_optimizer"]) for p in one["plans"]] == [(3, "cpu")] and one["recommended"] is None
+
+
+def test_cli_table_ds_config_run_config_and_inference(tmp_path):
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"train_micro_batch_size_per_gpu": 2, "bf16": {"enabled": True}, "zero_optimization": {"stage": 3}}))
+    r = zerotrain("plan", "--model", "llama3-8b", "--gpus", "8", "--ds-config", str(ds), "--gpu-memory", "h100")
+    assert r.returncode == 0, r.stderr
+    assert "micro-batch 2" in r.stdout and "recommended:" in r.stdout
+    r = zerotrain("plan", "--config", "configs/gpt2-124m.toml", "--gpus", "2", "--gpu-memory", "80GiB")
+    assert r.returncode == 0 and "micro-batch 16 × 1024 tokens, accumulation 8" in r.stdout
+    r = zerotrain("plan", "--model", "llama3-8b", "--inference", "--batch", "1", "--context", "8192", "--json")
+    assert json.loads(r.stdout)["inference"]["kv_cache"] == GiB
+
+
+@pytest.mark.parametrize("args", [
+    ["--model", "gpt5"], ["--model", "gpt2", "--zero", "4"], ["--model", "gpt2", "--gpus", "0"],
+    ["--model", "gpt2", "--micro-batch", "0"], ["--model", "gpt2", "--zero", "2", "--offload-params", "cpu"],
+    ["--model", "hf:/nonexistent/dir"], ["--model", "gpt2", "--gpu-memory", "h1000"], [],
+])
+def test_cli_bad_input_is_one_line_exit_2(args):
+    assert_clean_failure(zerotrain("plan", *args))
+
+
+def test_cli_malformed_config_json(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    r = zerotrain("plan", "--model", f"hf:{tmp_path}")
+    assert_clean_failure(r)
+    assert "not valid JSON" in r.stderr
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5", "d_model": 512}))
+    assert "not supported" in zerotrain("plan", "--model", f"hf:{tmp_path}").stderr
+
+
+def test_plan_never_imports_torch_and_answers_fast():
+    code = ("import sys, time; t = time.perf_counter(); from zerotrain.cli import main; "
+            "main(['plan', '--model', 'gpt2-xl', '--gpus', '2', '--gpu-memory', 'h100', '--json']); "
+            "print('ELAPSED', time.perf_counter() - t, 'torch' in sys.modules, 'deepspeed' in sys.modules, file=sys.stderr)")
+    started = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    wall = time.perf_counter() - started
+    line = next(x for x in r.stderr.splitlines() if x.startswith("ELAPSED")).split()
+    assert line[2:] == ["False", "False"], "plan imported torch or deepspeed"
+    assert float(line[1]) < 1.0 and wall < 5.0  # the verb itself; wall includes interpreter start on a loaded CI machine
