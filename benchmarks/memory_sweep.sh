@@ -55,6 +55,30 @@ lane 2,3 29520 b <<'EOF' &
 2 zerotrain --model gpt2-medium --zero 2 --micro-batch 8
 2 zerotrain --model gpt2-medium --zero 3 --micro-batch 8
 EOF
+elif [ "$PART" = holdout ]; then
+# configurations the planner's formulas were not derived from: other shapes, 1 and 4 GPUs
+lane 0,1 29510 a <<'EOF' &
+2 zerotrain --model gpt2-large --zero 3 --micro-batch 4 --grad-accum 2
+1 zerotrain --model gpt2-medium --zero 0 --micro-batch 4 --seq-len 512 --dtype fp16
+1 zerotrain --model gpt2-xl --zero 3 --micro-batch 8
+1 zerotrain --model gpt2 --zero 2 --micro-batch 24 --offload-optimizer cpu
+2 hf --model hf-gpt2:gpt2-medium --zero 1 --micro-batch 8 --checkpointing
+2 zerotrain --model gpt2-large --zero 2 --micro-batch 12 --seq-len 768 --grad-accum 2
+EOF
+lane 2,3 29520 b <<'EOF' &
+2 hf --model llama:tinyllama-1.1b --zero 1 --micro-batch 4 --seq-len 2048
+1 hf --model llama:smollm2-135m --zero 0 --micro-batch 8
+2 hf --model llama:tinyllama-1.1b --zero 2 --micro-batch 8 --offload-optimizer cpu
+1 zerotrain --model gpt2-xl --zero 1 --micro-batch 4 --checkpointing
+2 hf --model hf-gpt2:gpt2-large --zero 3 --micro-batch 4 --grad-accum 4
+EOF
+wait
+lane 0,1,2,3 29530 c <<'EOF'
+4 zerotrain --model gpt2-xl --zero 2 --micro-batch 8
+4 zerotrain --model gpt2-xl --zero 3 --micro-batch 8
+4 hf --model llama:tinyllama-1.1b --zero 3 --micro-batch 8
+4 zerotrain --model gpt2-medium --zero 1 --micro-batch 16 --grad-accum 2
+EOF
 else
 lane 0,1 29510 a <<'EOF' &
 2 zerotrain --model gpt2-xl --zero 0 --micro-batch 8

@@ -1,0 +1,40 @@
+"""Measured vs predicted peak memory, as a markdown table for docs/memory.md.
+
+  python benchmarks/memory_table.py [docs/memory-measurements.jsonl]
+"""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.test_memory import _run_of_measurement, _shape_of_measurement  # noqa: E402
+from zerotrain.memory import plan  # noqa: E402
+
+
+def main() -> None:
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/memory-measurements.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    print("| run | GPUs | ZeRO | micro-batch × seq | accum | dtype | ckpt | offload | measured peak alloc | predicted | error "
+          "| measured reserved | predicted | error |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    errors, reserved_errors = [], []
+    for r in rows:
+        p = plan(_shape_of_measurement(r), _run_of_measurement(r))
+        e = p.per_gpu["peak_allocated"] / r["peak_allocated"] - 1
+        er = p.per_gpu["peak_reserved"] / r["peak_reserved"] - 1
+        errors.append(abs(e))
+        reserved_errors.append(er)
+        off = "/".join(x for x in (r["offload_optimizer"] != "none" and "opt " + r["offload_optimizer"],
+                                    r["offload_params"] != "none" and "params " + r["offload_params"]) if x) or "-"
+        print(f"| {r['impl']} {r['model']} | {r['gpus']} | {r['zero_stage']} | {r['micro_batch']} × {r['seq_len']} | {r['grad_accum']} "
+              f"| {r['dtype']} | {'yes' if r['activation_checkpointing'] else '-'} | {off} | {r['peak_allocated'] / 2**30:.2f} GiB "
+              f"| {p.per_gpu['peak_allocated'] / 2**30:.2f} GiB | {100 * e:+.1f}% | {r['peak_reserved'] / 2**30:.2f} GiB "
+              f"| {p.per_gpu['peak_reserved'] / 2**30:.2f} GiB | {100 * er:+.1f}% |")
+    print(f"\n{len(rows)} runs. Peak allocated: max |error| {100 * max(errors):.2f}%, mean |error| {100 * sum(errors) / len(errors):.2f}%. "
+          f"Peak reserved: error from {100 * min(reserved_errors):+.1f}% to {100 * max(reserved_errors):+.1f}%.")
+
+
+if __name__ == "__main__":
+    main()
