@@ -106,9 +106,22 @@ def _write_new_file(path, text: str, overwrite: bool) -> None:
     from pathlib import Path
 
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory; give a file name to --out")
     if path.exists() and not overwrite:
         raise UserError(f"{path} exists; pass --overwrite to replace it or choose another --out")
-    path.write_text(text)
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}; choose another --out") from None
+
+
+def _printable_output() -> None:
+    """Findings quote the user's keys, which may hold what stdout cannot encode (a lone \\ud800 escape, or
+    anything on an ASCII terminal): escape it rather than fail."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def cmd_config_check(args, _extra) -> int:
@@ -117,6 +130,7 @@ def cmd_config_check(args, _extra) -> int:
 
     from zerotrain import dsrules
 
+    _printable_output()
     config, text = dsrules.load_config_file(args.file)
     options = {"world_size": args.world_size, "gpu": args.gpu, "hf_integration": args.hf}
     if args.model:  # lets the performance rules ask the memory planner whether offload is needed
@@ -157,6 +171,7 @@ def cmd_config_explain(args, _extra) -> int:
 
     from zerotrain import dsrules
 
+    _printable_output()
     config, _ = dsrules.load_config_file(args.file)
     rows = dsrules.explain(config)
     verdict = [] if args.no_engine else dsrules.engine_findings(config, dsrules.implied_world_size(config))
@@ -179,6 +194,7 @@ def cmd_config_new(args, _extra) -> int:
 
     from zerotrain import dsrules
 
+    _printable_output()
     config, notes = dsrules.new_config(args.model, args.gpus, args.nodes, args.gpu, args.micro_batch, args.global_batch,
                                        args.seq_len, args.target)
     out = args.out or ("ds_config.json" if args.target == "accelerate" else None)
@@ -247,7 +263,7 @@ def _plan_inputs(args):
                                       vocab_size=m.vocab_size, dropout=m.dropout)
         run = dataclasses.replace(run, micro_batch=t.micro_batch_size, grad_accum=t.grad_accum, zero_stage=ds.zero_stage,
                                   offload_optimizer=ds.offload_optimizer, offload_params=ds.offload_params,
-                                  activation_checkpointing=ds.activation_checkpointing,
+                                  activation_checkpointing=ds.activation_checkpointing, contiguous_gradients=ds.zero_stage >= 2,
                                   dtype="bf16" if ds.dtype == "auto" else ds.dtype,
                                   seq_len=t.seq_len or (m.block_size or memory.GPT2_PRESETS.get(m.preset, {}).get("block_size", 1024)))
     if model_spec is not None:

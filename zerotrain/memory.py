@@ -361,6 +361,8 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
         persistent = model.small_params
         resident = 0 if offload_par else b * (N - persistent) / W
         gathered = b * min(N - persistent, run.max_live_parameters + run.prefetch_bucket_size + model.largest_param)
+        if W == 1 and not offload_par:
+            gathered = 0  # one rank: the partition is the whole tensor and "gathering" is a view (_no_gather_coalesced)
         params = resident + b * persistent + gathered
 
     # --- optimizer: fp32 master weights + states (stage 0 under bf16/fp16: DeepSpeed's FP16_UnfusedOptimizer keeps
@@ -377,7 +379,10 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
     else:
         accumulated = {0: b * N, 1: b * N, 2: b * N / W}[z]  # gradients summed over micro-batches so far
         grads_backward = accumulated if run.grad_accum > 1 else 0
-        grads_step = accumulated + (b * min(run.reduce_bucket_size, N) if z == 2 and run.contiguous_gradients else 0)
+        # at the step, stages 1-2 hold the reduced gradient partition (param.grad freed after the copy) and,
+        # with contiguous_gradients, the reduce bucket
+        bucket = b * min(run.reduce_bucket_size, N) if z >= 1 and run.contiguous_gradients and not offload_opt else 0
+        grads_step = (b * N if z == 0 else b * N / W) + bucket
     buffers = 0
     if offload_opt and z in (1, 2):
         buffers += b * model.largest_param  # stage_1_and_2.py temp_grad_buffer_for_gpu_offload
@@ -401,7 +406,14 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
     backward = resident_states + grads_backward + activations + buffers
     # optimizer step: gradients complete; stage 0 bf16/fp16 makes fp32 copies of them (unfused_optimizer.py),
     # stages 1-2 convert the local gradient partition to fp32 for the update.
-    step_extra = 4 * N if (z == 0 and b < 4) else (0 if offload_opt else 4 * N / W)
+    # stages 1-2: flatten_dense_tensors_aligned copies the partition (b·N/W), then .to(fp32) (4·N/W), both alive
+    # (stage_1_and_2.py step); stage 3 keeps fp32 gradient partitions per sub-group (4·N/W).
+    if z == 0:
+        step_extra = 4 * N if b < 4 else 0
+    elif offload_opt:
+        step_extra = 0
+    else:
+        step_extra = (4 + (b if z < 3 else 0)) * N / W
     step = resident_states + grads_step + step_extra + buffers
     if model.impl == "zerotrain":
         # train.py builds the fp32 model on the GPU (whole on every rank, also at stage 3: no zero.Init yet),
