@@ -9,8 +9,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.test_memory import _run_of_measurement, _shape_of_measurement  # noqa: E402
-from zerotrain.memory import plan  # noqa: E402
+from tests.test_memory import _run_of_measurement, _shape_of_measurement
+from zerotrain.memory import plan
 
 
 def main() -> None:

@@ -33,10 +33,11 @@ def _shape_of_measurement(row: dict) -> ModelShape:
 def _run_of_measurement(row: dict) -> RunShape:
     # zerotrain's ds_config turns contiguous_gradients on from stage 2 (dsconfig.build); the probe's HF runs always
     contiguous = row["zero_stage"] >= 2 if row["impl"] == "zerotrain" else True
+    overlap = row["gpus"] > 1 if row["impl"] == "zerotrain" else True
     return RunShape(gpus_per_node=row["gpus"], micro_batch=row["micro_batch"], seq_len=row["seq_len"], grad_accum=row["grad_accum"],
                     dtype=row["dtype"], zero_stage=row["zero_stage"], offload_optimizer=row["offload_optimizer"],
                     offload_params=row["offload_params"], activation_checkpointing=row["activation_checkpointing"],
-                    contiguous_gradients=contiguous)
+                    contiguous_gradients=contiguous, overlap_comm=overlap)
 
 
 def _measurements() -> list[dict]:

@@ -263,7 +263,7 @@ def _plan_inputs(args):
                                       vocab_size=m.vocab_size, dropout=m.dropout)
         run = dataclasses.replace(run, micro_batch=t.micro_batch_size, grad_accum=t.grad_accum, zero_stage=ds.zero_stage,
                                   offload_optimizer=ds.offload_optimizer, offload_params=ds.offload_params,
-                                  activation_checkpointing=ds.activation_checkpointing, contiguous_gradients=ds.zero_stage >= 2,
+                                  activation_checkpointing=ds.activation_checkpointing, contiguous_gradients=ds.zero_stage >= 2, overlap_comm=args.gpus is not None and args.gpus * (args.nodes or 1) > 1,
                                   dtype="bf16" if ds.dtype == "auto" else ds.dtype,
                                   seq_len=t.seq_len or (m.block_size or memory.GPT2_PRESETS.get(m.preset, {}).get("block_size", 1024)))
     if model_spec is not None:

@@ -100,14 +100,16 @@ class ModelShape:
         """Elements of the largest single parameter tensor (the embedding, or an MLP matrix)."""
         return max(self.vocab * self.hidden, self.hidden * self.ffn)
 
-    @property
-    def small_params(self) -> int:
-        """Elements in biases and norm weights: the tensors ZeRO-3 keeps whole on every rank (below
-        stage3_param_persistence_threshold, 1e5 by default)."""
+    def small_params(self, threshold: int = 100_000) -> int:
+        """Elements in the tensors ZeRO-3 keeps whole on every rank: those with fewer elements than
+        stage3_param_persistence_threshold (1e5 by default) — biases and norm weights."""
         h = self.hidden
         if self.impl in ("zerotrain", "hf-gpt2"):
-            return self.n_layer * 13 * h + 2 * h
-        return self.n_layer * (2 * h + ((h + 2 * self.kv_dim) if self.qkv_bias else 0)) + h
+            per_layer, final = (h, h, 3 * h, h, h, h, 4 * h, h), (h, h)  # ln_1 w+b, c_attn b, c_proj b, ln_2 w+b, c_fc b, c_proj b
+        else:
+            per_layer = (h, h) + ((h, self.kv_dim, self.kv_dim) if self.qkv_bias else ())
+            final = (h,)
+        return self.n_layer * sum(n for n in per_layer if n < threshold) + sum(n for n in final if n < threshold)
 
     def describe(self) -> str:
         kv = f", {self.kv_heads} kv heads" if self.kv_heads != self.n_head else ""
@@ -358,7 +360,7 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
     else:
         # stage3.py: each rank keeps its 1/W partition (defragmented into one flat buffer) and small tensors whole;
         # forward/backward gather the rest, releasing what will not be reused within max_live_parameters.
-        persistent = model.small_params
+        persistent = model.small_params(run.param_persistence_threshold)
         resident = 0 if offload_par else b * (N - persistent) / W
         gathered = b * min(N - persistent, run.max_live_parameters + run.prefetch_bucket_size + model.largest_param)
         if W == 1 and not offload_par:
@@ -381,7 +383,9 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
         grads_backward = accumulated if run.grad_accum > 1 else 0
         # at the step, stages 1-2 hold the reduced gradient partition (param.grad freed after the copy) and,
         # with contiguous_gradients, the reduce bucket
-        bucket = b * min(run.reduce_bucket_size, N) if z >= 1 and run.contiguous_gradients and not offload_opt else 0
+        # (stage_1_and_2.py setup_buckets: one reduce_bucket_size buffer, two with overlap_comm)
+        overlap = bool(run.overlap_comm)  # DeepSpeed's default is off below stage 3
+        bucket = b * run.reduce_bucket_size * (2 if overlap else 1) if z >= 1 and run.contiguous_gradients and not offload_opt else 0
         grads_step = (b * N if z == 0 else b * N / W) + bucket
     buffers = 0
     if offload_opt and z in (1, 2):
@@ -413,7 +417,7 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
     elif offload_opt:
         step_extra = 0
     else:
-        step_extra = (4 + (b if z < 3 else 0)) * N / W
+        step_extra = (4 + b) * N / W if z < 3 else 4 * min(N / W, run.sub_group_size)
     step = resident_states + grads_step + step_extra + buffers
     if model.impl == "zerotrain":
         # train.py builds the fp32 model on the GPU (whole on every rank, also at stage 3: no zero.Init yet),
