@@ -120,7 +120,9 @@ def test_activations_by_hand():
     head = 4 * 128 + 2 * 2 * 64 + 8  # fp32 log-softmax output, ln_f output + embedding sum, ln_f stats
     kept = 8 * (2 * per_layer + head)
     transient = 8 * max(2 * 4 * 128, 3 * 2 * 256 + 4 * 2 * 64)
-    assert plan(m, run).per_gpu["activations"] == kept + transient
+    p = plan(m, run)
+    assert p.phases["backward"]["activations"] == kept + transient
+    assert p.per_gpu["peak_allocated"] == sum(p.phases[p.peak_phase].values())  # the reported terms add up to the peak
 
 
 def test_kv_cache_by_hand_and_grouped_query_attention():
@@ -155,8 +157,8 @@ def test_checkpointing_never_increases_activations(name):
         for mb in (1, 4, 16):
             for seq in (128, 1024):
                 run = RunShape(gpus_per_node=2, zero_stage=z, micro_batch=mb, seq_len=seq)
-                plain = plan(m, run).per_gpu["activations"]
-                assert plan(m, replace(run, activation_checkpointing=True)).per_gpu["activations"] <= plain
+                plain = plan(m, run).phases["backward"]["activations"]
+                assert plan(m, replace(run, activation_checkpointing=True)).phases["backward"]["activations"] <= plain
 
 
 def test_offload_and_stages_order_model_states():
@@ -172,7 +174,7 @@ def test_offload_and_stages_order_model_states():
 def test_peak_grows_with_micro_batch_and_sequence():
     m = memory.resolve_model("gpt2")
     plans = [plan(m, RunShape(micro_batch=mb, seq_len=seq)) for mb, seq in ((1, 256), (2, 256), (2, 1024), (8, 1024))]
-    activations = [p.per_gpu["activations"] for p in plans]
+    activations = [p.phases["backward"]["activations"] for p in plans]
     peaks = [p.per_gpu["peak_allocated"] for p in plans]
     assert activations == sorted(activations) and len(set(activations)) == 4
     assert peaks == sorted(peaks)  # small batches peak in the optimizer step, where the batch does not matter
@@ -249,7 +251,9 @@ def test_cli_json_schema():
     for p in doc["plans"]:
         assert set(p["per_gpu"]) == {"params", "grads", "optimizer", "activations", "buffers", "overhead", "peak_allocated", "peak_reserved"}
         assert all(isinstance(v, int) and v >= 0 for v in p["per_gpu"].values())
-        assert {"zero_stage", "offload_optimizer", "offload_params", "host_ram_per_node", "fits"} <= set(p)
+        assert {"zero_stage", "offload_optimizer", "offload_params", "host_ram_per_node", "fits", "peak_phase", "phases"} <= set(p)
+        g = p["per_gpu"]
+        assert g["params"] + g["grads"] + g["optimizer"] + g["activations"] + g["buffers"] == g["peak_allocated"]
         assert isinstance(p["fits"], bool)
     assert doc["recommended"]["zero_stage"] == 1 and doc["recommended"]["micro_batch"] == 16
     one = json.loads(zerotrain("plan", "--model", "gpt2", "--zero", "3", "--offload-optimizer", "cpu", "--json").stdout)

@@ -344,16 +344,17 @@ def cmd_plan(args, _extra) -> int:
                   f"{', activation checkpointing' if run.activation_checkpointing else ''}; GPU memory: "
                   + (f"{gpu_bytes / 2**30:.1f} GiB, {gpu_name}" if gpu_bytes else gpu_name))
     gib = lambda x: f"{x / 2**30:.2f}"
-    table = Table(title="per GPU, GiB (alloc = peak allocated, reserved = allocator peak, need = reserved + CUDA context and NCCL)",
+    table = Table(title="per GPU, GiB: the terms alive at the peak, which add up to alloc (peak allocated); reserved = the allocator's "
+                        "peak; need = reserved + CUDA context and NCCL",
                   title_justify="left", box=None)
-    for col in ("ZeRO", "offload", "params", "grads", "optim", "activ", "buffers", "alloc", "reserved", "need", "fits", "host/node"):
+    for col in ("ZeRO", "offload", "params", "grads", "optim", "activ", "buffers", "alloc", "reserved", "need", "fits", "host/node", "peak in"):
         table.add_column(col, justify="left" if col in ("ZeRO", "offload") else "right")
     for p in plans:
         r, g = p.run, p.per_gpu
         offload = ", ".join(f"{what} {where}" for what, where in (("opt", r.offload_optimizer), ("params", r.offload_params)) if where != "none")
         fits = "" if not gpu_bytes else ("yes" if p.fits(gpu_bytes, 0.10) else ("tight" if p.fits(gpu_bytes) else "NO"))
         table.add_row(str(r.zero_stage), offload or "-", gib(g["params"]), gib(g["grads"]), gib(g["optimizer"]), gib(g["activations"]), gib(g["buffers"]),
-                      gib(g["peak_allocated"]), gib(g["peak_reserved"]), gib(p.gpu_bytes_needed), fits, f"{p.host_ram_per_node / 2**30:.0f}")
+                      gib(g["peak_allocated"]), gib(g["peak_reserved"]), gib(p.gpu_bytes_needed), fits, f"{p.host_ram_per_node / 2**30:.0f}", p.peak_phase)
     console.print(table)
     first = plans[0]
     console.print(f"host/node: host RAM per node in GiB ({run.gpus_per_node} ranks, their pinned offload buffers, loading a checkpoint); "
@@ -373,6 +374,52 @@ def cmd_plan(args, _extra) -> int:
                           + ("" if run.activation_checkpointing else ", or use --activation-checkpointing"))
     return 0
 
+
+def cmd_bench(args, _extra) -> int:
+    from pathlib import Path
+
+    from zerotrain import memory
+    from zerotrain.bench import bench, sweep_configs
+    from zerotrain.runconfig import RunConfig, dumps_toml, from_dict, to_dict
+
+    if args.model.startswith("hf:"):
+        raise UserError("bench runs `zerotrain train`, which trains zerotrain's GPT presets; pass --model tiny ... gpt2-xl")
+    if args.model not in memory.GPT2_PRESETS:
+        raise UserError(f"unknown --model {args.model!r}; choose one of {', '.join(memory.GPT2_PRESETS)}")
+    for name in ("nproc", "steps", "grad_accum", "warmup_steps"):
+        if getattr(args, name) < (0 if name == "warmup_steps" else 1):
+            raise UserError(f"--{name.replace('_', '-')} must be ≥ {0 if name == 'warmup_steps' else 1}")
+    if not (Path(args.data) / "meta.json").is_file():
+        raise UserError(f"--data {args.data} holds no prepared data; run `zerotrain data prepare ... --out {args.data}` first")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise UserError(f"{out} is not empty; pass --overwrite to replace its results or choose another --out")
+    try:
+        stages = [int(z) for z in args.stages.split(",")]
+    except ValueError:
+        raise UserError(f"--stages {args.stages}: give a comma-separated list such as 0,1,2,3") from None
+    configs = sweep_configs(stages, args.micro_batch or [8], args.offload)
+    shape = memory.gpt2_shape(args.model)
+    seq = args.seq_len or shape.max_positions
+    base = to_dict(RunConfig())
+    base["data"]["dir"] = args.data
+    base["model"]["preset"] = args.model
+    base["train"].update(max_steps=args.warmup_steps + args.steps, grad_accum=args.grad_accum, seq_len=seq, warmup_steps=1)
+    base["deepspeed"]["dtype"] = args.dtype
+    out.mkdir(parents=True, exist_ok=True)
+    base_path = out / "bench_base.toml"
+    base_path.write_text(dumps_toml(from_dict(base)))
+    _quiet_deepspeed()
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    dtype = args.dtype if args.dtype != "auto" else ("bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32")
+    plan_run = memory.RunShape(gpus_per_node=max(args.nproc, 1), seq_len=seq, grad_accum=args.grad_accum, dtype=dtype,
+                               overlap_comm=on_gpu and args.nproc > 1)
+    results = bench(str(base_path), [], args.nproc, configs, out, args.warmup_steps, args.warmup_steps + args.steps, shape, plan_run)
+    print((out / "bench.md").read_text())
+    print(f"wrote {out}/bench.md, bench.csv, bench.json, memory.png, throughput.png")
+    return 0 if any(r.measured for r in results) else 1
 
 # ------------------------------------------------------------------------------------------------ parser
 
@@ -413,6 +460,24 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--seed", type=int, default=1337)
     ge.add_argument("--device", default="cpu", help="cpu or cuda")
     ge.set_defaults(func=cmd_generate)
+
+    bn = verbs.add_parser("bench", help="ZeRO stages side by side on this machine: step time, tokens/s, MFU, memory vs plan",
+                          description="Each configuration runs `zerotrain train` in its own launcher process; an OOM or crash is "
+                                      "recorded and the sweep goes on. Writes bench.md, bench.csv, bench.json and PNG plots.")
+    bn.add_argument("--model", required=True, help="a zerotrain preset: tiny, gpt2, gpt2-medium, gpt2-large, gpt2-xl")
+    bn.add_argument("--data", required=True, help="prepared token data (zerotrain data prepare)")
+    bn.add_argument("--nproc", type=int, default=1, help="ranks (GPUs, or CPU processes)")
+    bn.add_argument("--stages", default="0,1,2,3", help="ZeRO stages to compare (default 0,1,2,3)")
+    bn.add_argument("--offload", action="store_true", help="also run CPU offload variants (stage 2: optimizer; stage 3: optimizer, then + params)")
+    bn.add_argument("--micro-batch", type=int, nargs="+", help="one or more micro-batch sizes (default 8)")
+    bn.add_argument("--grad-accum", type=int, default=1)
+    bn.add_argument("--seq-len", type=int, help="default: the model's block size")
+    bn.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
+    bn.add_argument("--steps", type=int, default=10, help="measured steps after warm-up (default 10)")
+    bn.add_argument("--warmup-steps", type=int, default=3, help="steps left out of the medians (default 3)")
+    bn.add_argument("--out", default="bench-results", help="output directory (default bench-results)")
+    bn.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    bn.set_defaults(func=cmd_bench)
 
     pl = verbs.add_parser("plan", help="per-GPU memory for each ZeRO stage and offload choice; what fits",
                           description="Predict per-GPU memory of a training run (or inference) before renting GPUs. "

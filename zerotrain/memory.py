@@ -318,11 +318,13 @@ def _block_backward_transient(model: ModelShape, b: int) -> int:
 class MemoryPlan:
     model: ModelShape
     run: RunShape
-    per_gpu: dict  # params, grads, optimizer, activations, buffers, overhead, peak_allocated, peak_reserved (bytes)
+    per_gpu: dict  # the terms alive at the peak (params, grads, optimizer, activations, buffers; they add up to
+    #               peak_allocated), overhead outside the allocator, peak_allocated, peak_reserved (bytes)
     peak_phase: str  # when the peak happens: "init", "backward", "optimizer step"
     host_ram_per_node: int
     nvme_bytes: int
     checkpoint_bytes: int
+    phases: dict = field(default_factory=dict)  # phase -> its terms (bytes): what is alive at each moment
     notes: list = field(default_factory=list)
 
     @property
@@ -339,6 +341,7 @@ class MemoryPlan:
                 "grad_accum": self.run.grad_accum, "seq_len": self.run.seq_len, "dtype": self.run.dtype,
                 "activation_checkpointing": self.run.activation_checkpointing, "gpus": self.run.world,
                 "per_gpu": {k: int(v) for k, v in self.per_gpu.items()}, "peak_phase": self.peak_phase,
+                "phases": {name: {k: int(v) for k, v in terms.items()} for name, terms in self.phases.items()},
                 "host_ram_per_node": int(self.host_ram_per_node), "nvme_bytes": int(self.nvme_bytes),
                 "checkpoint_bytes": int(self.checkpoint_bytes),
                 "fits": None if gpu_memory is None else self.fits(gpu_memory)}
@@ -405,20 +408,16 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
         transient = s * max(loss_transient, _block_backward_transient(model, b))
     activations = kept + transient
 
-    # --- phases
-    resident_states = params + optimizer
-    backward = resident_states + grads_backward + activations + buffers
-    # optimizer step: gradients complete; stage 0 bf16/fp16 makes fp32 copies of them (unfused_optimizer.py),
-    # stages 1-2 convert the local gradient partition to fp32 for the update.
-    # stages 1-2: flatten_dense_tensors_aligned copies the partition (b·N/W), then .to(fp32) (4·N/W), both alive
-    # (stage_1_and_2.py step); stage 3 keeps fp32 gradient partitions per sub-group (4·N/W).
+    # --- phases: the terms alive at each moment; the peak is the largest sum, and its terms are reported
+    # optimizer step: gradients complete; stage 0 bf16/fp16 makes fp32 copies of them (unfused_optimizer.py);
+    # stages 1-2 flatten the partition (flatten_dense_tensors_aligned, b·N/W) and convert it (.to(fp32), 4·N/W)
+    # with both alive (stage_1_and_2.py step); stage 3 builds fp32 gradients one sub-group at a time.
     if z == 0:
         step_extra = 4 * N if b < 4 else 0
     elif offload_opt:
         step_extra = 0
     else:
         step_extra = (4 + b) * N / W if z < 3 else 4 * min(N / W, run.sub_group_size)
-    step = resident_states + grads_step + step_extra + buffers
     if model.impl == "zerotrain":
         # train.py builds the fp32 model on the GPU (whole on every rank, also at stage 3: no zero.Init yet),
         # then DeepSpeed casts it tensor by tensor
@@ -426,9 +425,14 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
     else:
         # from_pretrained on the CPU, cast there, then moved (stage 3: partitioned by zero.Init as it loads)
         init = b * N if z < 3 else b * N / W + b * model.largest_param
-    phases = {"backward": backward, "optimizer step": step, "init": init}
-    peak_phase = max(phases, key=phases.get)
-    peak_allocated = phases[peak_phase]
+    phases = {
+        "backward": {"params": params, "grads": grads_backward, "optimizer": optimizer, "activations": activations, "buffers": buffers},
+        "optimizer step": {"params": params, "grads": grads_step + step_extra, "optimizer": optimizer, "activations": 0, "buffers": buffers},
+        "init": {"params": init, "grads": 0, "optimizer": 0, "activations": 0, "buffers": 0},
+    }
+    peak_phase = max(phases, key=lambda name: sum(phases[name].values()))
+    terms = phases[peak_phase]
+    peak_allocated = sum(terms.values())
     # The caching allocator keeps freed blocks for reuse; blocks freed between phases cannot always be merged
     # for a larger request. Measured reserved/allocated on H200 runs: docs/memory.md.
     peak_reserved = peak_allocated * 1.15 + 2 * GiB
@@ -452,9 +456,9 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
 
     if run.attention == "eager":
         notes.append("eager attention keeps the T×T attention probabilities of every layer; SDPA does not")
-    per_gpu = {"params": params, "grads": max(grads_backward, grads_step), "optimizer": optimizer, "activations": activations,
-               "buffers": buffers, "overhead": overhead, "peak_allocated": peak_allocated, "peak_reserved": peak_reserved}
-    return MemoryPlan(model, run, {k: int(v) for k, v in per_gpu.items()}, peak_phase, int(host_ram), int(nvme), int(checkpoint), notes)
+    per_gpu = {**terms, "overhead": overhead, "peak_allocated": peak_allocated, "peak_reserved": peak_reserved}
+    return MemoryPlan(model, run, {k: int(v) for k, v in per_gpu.items()}, peak_phase, int(host_ram), int(nvme), int(checkpoint),
+                      {name: {k: int(v) for k, v in t.items()} for name, t in phases.items()}, notes)
 
 
 def variants(run: RunShape, stages: list[int], offload: bool = True) -> list[RunShape]:

@@ -96,6 +96,9 @@ class TrainSection:
     """Keep this many step checkpoints (the best and the latest are always kept)."""
     early_stop_patience: int = 0
     """Stop after this many evaluations without a better val loss; 0 disables early stopping."""
+    time_phases: bool = False
+    """Synchronize the device around forward, backward and the optimizer step and log their times
+    (forward_s, backward_s, optimizer_s per step). Costs a little speed; `zerotrain bench` turns it on."""
 
 
 @dataclass

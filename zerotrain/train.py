@@ -304,7 +304,13 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     import torch
     import torch.distributed as dist
 
-    from zerotrain.metrics import MetricsWriter, format_eval_line, format_line, peak_flops, peak_memory
+    from zerotrain.metrics import (
+        MetricsWriter,
+        format_eval_line,
+        format_line,
+        peak_flops,
+        peak_memory,
+    )
     from zerotrain.model import GPT
     t, ds = cfg.train, cfg.deepspeed
     on_gpu = d.device.type == "cuda"
@@ -388,6 +394,7 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     last_val, last_saved, stop_reason, grad_norm = None, None, None, None
     loss_sum = torch.zeros((), device=d.device)
     window_start, window_steps = time.perf_counter(), 0
+    clock = _PhaseClock(t.time_phases, on_gpu)
     progress = _progress(d.is_main, step, t.max_steps)
     while step < t.max_steps:
         lr = lr_at(step, t)
@@ -397,11 +404,15 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
         loss_sum.zero_()
         for micro in range(plan.batch.accum):
             x, y = sampler.next_batch()
+            clock.lap(None)
             loss = engine(_to_device(x, d.device), _to_device(y, d.device))
+            clock.lap("forward_s")
             engine.backward(loss)  # at the accumulation boundary this also reduces gradients across ranks
+            clock.lap("backward_s")
             if own_grad_norm and logging and micro == plan.batch.accum - 1:
                 grad_norm = _grad_norm(model) / (_loss_scale(engine.optimizer) if dtype == "fp16" else 1.0)
             engine.step()  # DeepSpeed applies the optimizer only at the accumulation boundary
+            clock.lap("optimizer_s")
             loss_sum += loss.detach()
         step += 1
         tokens_seen += tokens_per_step
@@ -421,6 +432,7 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
                       "step_time_s": step_time, "tokens_per_s": tokens_per_step / step_time,
                       "mfu": None if peak is None else flops_tok * tokens_per_step / step_time / d.world / peak,
                       **peak_memory(d.device), "tokens_seen": tokens_seen, "elapsed_s": time.perf_counter() - started}
+            record.update(clock.per_step(window_steps))
             if setup_mem is not None:  # model states and DeepSpeed's buffers before the first step; `zerotrain plan` predicts it
                 record["setup_mem_bytes"], setup_mem = setup_mem, None
             if dtype == "fp16":
@@ -473,13 +485,44 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
             "checkpoint": str(ckpt_dir / last_saved) if last_saved else None, "stop_reason": stop_reason}
 
 
+class _PhaseClock:
+    """With train.time_phases: seconds spent in forward, backward and the optimizer step, summed over a log
+    window. Each lap synchronizes the GPU (a host-device sync per phase: only when asked for)."""
+
+    def __init__(self, enabled: bool, on_gpu: bool):
+        self.enabled, self.on_gpu = enabled, on_gpu
+        self.totals, self.last = {}, 0.0
+
+    def lap(self, phase: str | None) -> None:
+        if not self.enabled:
+            return
+        if self.on_gpu:
+            import torch
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        if phase:
+            self.totals[phase] = self.totals.get(phase, 0.0) + now - self.last
+        self.last = now
+
+    def per_step(self, steps: int) -> dict:
+        out = {k: v / max(steps, 1) for k, v in self.totals.items()}
+        self.totals = {}
+        return out
+
+
 # ------------------------------------------------------------------------------------------------ console
 
 class _Progress:
     """A rich progress bar on interactive terminals (rank 0); metric lines print above it."""
 
     def __init__(self, start: int, total: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeRemainingColumn(), transient=True)
