@@ -40,6 +40,8 @@ def parse_args():
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
     p.add_argument("--offload-optimizer", default="none")
     p.add_argument("--offload-params", default="none")
+    p.add_argument("--compile", default="none", choices=("none", "blocks", "auto"), help="zerotrain: train.compile")
+    p.add_argument("--plain-loss", action="store_true", help="zerotrain: train.fused_loss=false (the full fp32 logits)")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--data", default="data/shakespeare-gpt2")
     p.add_argument("--snapshot", action="store_true")
@@ -50,7 +52,9 @@ def parse_args():
 def config_name(a) -> str:
     return (f"{a.impl}-{a.model.replace(':', '-')}-z{a.zero}-mb{a.micro_batch}-ga{a.grad_accum}-t{a.seq_len}-{a.dtype}"
             f"{'-ckpt' if a.checkpointing else ''}{'-oo' + a.offload_optimizer if a.offload_optimizer != 'none' else ''}"
-            f"{'-op' + a.offload_params if a.offload_params != 'none' else ''}-w{os.environ.get('WORLD_SIZE', '1')}")
+            f"{'-op' + a.offload_params if a.offload_params != 'none' else ''}"
+            f"{'-compiled' if a.impl == 'zerotrain' and a.compile == 'blocks' else ''}{'-plainloss' if a.plain_loss else ''}"
+            f"-w{os.environ.get('WORLD_SIZE', '1')}")
 
 
 def run_zerotrain(a, out: Path) -> dict:
@@ -63,7 +67,8 @@ def run_zerotrain(a, out: Path) -> dict:
                  "--train.early_stop_patience=0", f"--train.micro_batch_size={a.micro_batch}", f"--train.grad_accum={a.grad_accum}",
                  f"--train.seq_len={a.seq_len}", f"--deepspeed.zero_stage={a.zero}", f"--deepspeed.dtype={a.dtype}",
                  f"--deepspeed.activation_checkpointing={'true' if a.checkpointing else 'false'}",
-                 f"--deepspeed.offload_optimizer={a.offload_optimizer}", f"--deepspeed.offload_params={a.offload_params}"]
+                 f"--deepspeed.offload_optimizer={a.offload_optimizer}", f"--deepspeed.offload_params={a.offload_params}",
+                 f"--train.compile={a.compile}", f"--train.fused_loss={'false' if a.plain_loss else 'true'}"]
     cfg = load_run_config("configs/gpt2-124m.toml", overrides)
     train(cfg, overwrite=True)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()] if (run_dir / "metrics.jsonl").exists() else []
@@ -149,6 +154,7 @@ def main() -> int:
     row = {"name": name, "impl": a.impl, "model": a.model, "gpus": int(os.environ.get("WORLD_SIZE", "1")), "zero_stage": a.zero,
            "micro_batch": a.micro_batch, "grad_accum": a.grad_accum, "seq_len": a.seq_len, "dtype": a.dtype,
            "activation_checkpointing": a.checkpointing, "offload_optimizer": a.offload_optimizer, "offload_params": a.offload_params,
+           **({"compile": a.compile, "fused_loss": not a.plain_loss} if a.impl == "zerotrain" else {}),
            **result, "gpu": torch.cuda.get_device_name(), "gpu_total_bytes": torch.cuda.get_device_properties(0).total_memory,
            "versions": f"torch {torch.__version__}, deepspeed {deepspeed.__version__}, transformers {transformers.__version__}",
            "date": time.strftime("%Y-%m-%d", time.gmtime(started)), "wall_s": round(time.time() - started, 1)}

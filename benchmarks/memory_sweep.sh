@@ -55,6 +55,27 @@ lane 2,3 29520 b <<'EOF' &
 2 zerotrain --model gpt2-medium --zero 2 --micro-batch 8
 2 zerotrain --model gpt2-medium --zero 3 --micro-batch 8
 EOF
+elif [ "$PART" = fast-a ] || [ "$PART" = fast-b ]; then
+# zerotrain's default GPU path: compiled blocks below stage 3 and the fused loss (train.compile = auto)
+if [ "$PART" = fast-b ]; then
+lane 2,3 29540 fb <<'EOF'
+2 zerotrain --model gpt2 --zero 2 --micro-batch 16 --compile auto --snapshot
+2 zerotrain --model gpt2 --zero 0 --micro-batch 16 --compile auto
+2 zerotrain --model gpt2 --zero 1 --micro-batch 16 --compile auto
+2 zerotrain --model gpt2 --zero 3 --micro-batch 16 --compile auto
+2 zerotrain --model gpt2 --zero 2 --micro-batch 32 --compile auto
+2 zerotrain --model gpt2 --zero 2 --micro-batch 16 --checkpointing --compile auto
+2 zerotrain --model gpt2-medium --zero 2 --micro-batch 8 --grad-accum 2 --compile auto
+1 zerotrain --model gpt2 --zero 2 --micro-batch 16 --compile auto
+EOF
+else
+lane 0,1 29550 fa <<'EOF'
+2 zerotrain --model gpt2-xl --zero 2 --micro-batch 8 --compile auto
+2 zerotrain --model gpt2-xl --zero 3 --micro-batch 8 --compile auto
+2 zerotrain --model gpt2-xl --zero 1 --micro-batch 8 --grad-accum 4 --compile auto
+2 zerotrain --model gpt2-large --zero 1 --micro-batch 8 --seq-len 512 --compile auto
+EOF
+fi
 elif [ "$PART" = holdout ]; then
 # configurations the planner's formulas were not derived from: other shapes, 1 and 4 GPUs
 lane 0,1 29510 a <<'EOF' &

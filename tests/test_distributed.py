@@ -1,5 +1,8 @@
+from pathlib import Path
+
 import pytest
 
+from tests.conftest import run_ok, write_config
 from zerotrain import UserError
 from zerotrain.distributed import launcher_command
 
@@ -16,3 +19,16 @@ def test_launcher_keeps_to_cuda_visible_devices():
     assert "--num_gpus" not in cmd and cmd[cmd.index("--include") + 1] == "localhost:4,5"
     with pytest.raises(UserError, match="lists 3 GPUs"):
         launcher_command(4, ["train"], env={"CUDA_VISIBLE_DEVICES": "4,5,6"})
+
+
+@pytest.mark.slow
+def test_cpu_runs_leave_no_shared_memory_behind(tmp_path, char_data):
+    """DeepSpeed's CPU all-reduce creates ~69 MB /dev/shm files per rank and never removes them; a few
+    hundred runs would fill /dev/shm. zerotrain unlinks them."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm here")
+    before = set(shm.glob("deepspeed_allreduce_buffer_*"))
+    cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=2, eval_interval=0, save_interval=0)
+    run_ok("train", cfg, "--nproc", 2)
+    assert set(shm.glob("deepspeed_allreduce_buffer_*")) - before == set()

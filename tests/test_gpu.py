@@ -48,3 +48,19 @@ def test_zero3_with_optimizer_and_parameter_offload_on_gpu(tmp_path, char_data):
     losses = train_losses(tmp_path / "run")
     assert losses[20] < losses[1] - 0.5
     run_ok("export", tmp_path / "run", "--out", tmp_path / "hf")
+
+
+def test_fast_path_follows_the_plain_loss_curve(tmp_path, char_data):
+    """Compiled blocks and the fused, chunked loss (the GPU defaults) against eager blocks and the full fp32
+    logits: the same run, the same curve (bf16 rounding differs, so within 2%)."""
+    curves = {}
+    for name, extra in (("fast", ["--train.compile=blocks", "--train.fused_loss=true"]),
+                        ("plain", ["--train.compile=none", "--train.fused_loss=false"])):
+        cfg = write_config(tmp_path / f"{name}.toml", out_dir=tmp_path / name, data_dir=char_data, zero_stage=2,
+                           max_steps=60, eval_interval=60, save_interval=60)
+        cfg.write_text(cfg.read_text().replace('dtype = "fp32"', 'dtype = "bf16"'))
+        out = run_ok("train", cfg, *extra).stdout
+        assert ("compiled blocks" in out) == (name == "fast")
+        curves[name] = train_losses(tmp_path / name)
+    for step in (10, 30, 60):
+        assert curves["fast"][step] == pytest.approx(curves["plain"][step], rel=0.02), step

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from zerotrain.model import GPT, PRESETS, GPTConfig, config_from_preset, flops_per_token, from_hf_state_dict, to_hf_state_dict
+from zerotrain.model import GPT, IGNORE_INDEX, PRESETS, GPTConfig, config_from_preset, flops_per_token, from_hf_state_dict, to_hf_state_dict
 
 
 def tiny(**kw) -> GPTConfig:
@@ -104,3 +104,27 @@ def test_generate_never_emits_padding_and_greedy_is_deterministic():
 def test_flops_per_token_follows_the_palm_formula():
     cfg = config_from_preset("gpt2", vocab_size=50257)
     assert flops_per_token(cfg, 124_475_904, 1024) == 6 * 124_475_904 + 12 * 12 * 12 * 64 * 1024
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_fused_loss_matches_plain_cross_entropy(monkeypatch, dtype, tolerance):
+    import zerotrain.model as model_module
+
+    monkeypatch.setattr(model_module, "LOSS_CHUNK_TOKENS", 7)  # several chunks and a ragged last one
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=32, vocab_size=300)).to(dtype)
+    idx, targets = torch.randint(0, 300, (3, 32)), torch.randint(0, 300, (3, 32))
+    targets[0, :5] = IGNORE_INDEX
+    grads = {}
+    for fused in (True, False):
+        model.zero_grad()
+        model.lm_head.fused_loss = fused
+        loss = model(idx, targets)
+        loss.backward()
+        grads[fused] = (loss.item(), {n: p.grad.float().clone() for n, p in model.named_parameters()})
+    assert grads[True][0] == pytest.approx(grads[False][0], rel=1e-6 if dtype == torch.float32 else 1e-3)
+    for name, g in grads[False][1].items():
+        assert (grads[True][1][name] - g).abs().max() <= tolerance * g.abs().max(), name
+    with torch.no_grad():
+        model.lm_head.fused_loss = True
+        assert model(idx, targets).item() == pytest.approx(grads[True][0], rel=1e-6)

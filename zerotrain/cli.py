@@ -368,6 +368,7 @@ def cmd_plan(args, _extra) -> int:
             console.print(f"recommended: ZeRO-{r.zero_stage}"
                           + (f", offload optimizer {r.offload_optimizer}" if r.offload_optimizer != "none" else "")
                           + (f", offload params {r.offload_params}" if r.offload_params != "none" else "")
+                          + (", activation checkpointing" if r.activation_checkpointing and not run.activation_checkpointing else "")
                           + f", micro-batch {r.micro_batch}{keep} — {best.gpu_bytes_needed / 2**30:.1f} of {gpu_bytes / 2**30:.1f} GiB")
         else:
             console.print("nothing fits with 10% headroom: add GPUs, shorten --seq-len"
@@ -420,6 +421,71 @@ def cmd_bench(args, _extra) -> int:
     print((out / "bench.md").read_text())
     print(f"wrote {out}/bench.md, bench.csv, bench.json, memory.png, throughput.png")
     return 0 if any(r.measured for r in results) else 1
+
+
+def cmd_launch(args, _extra) -> int:
+    from zerotrain import launch
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    plan = launch.plan_launch(hostfile=args.hostfile, hosts=args.hosts, gpus_per_node=args.gpus_per_node, launcher=args.launcher,
+                              port=args.master_port, zt_args=command, out=args.out, runner=args.multinode_runner,
+                              gpus_here=launch.local_gpu_count())
+    print(f"{len(plan.hosts)} node{'s' if len(plan.hosts) > 1 else ''} × {plan.gpus_per_node} GPUs = world {plan.world}; "
+          f"master {plan.master}:{plan.port}; launcher {plan.launcher}", file=sys.stderr)
+    for path, text in plan.files.items():
+        print(f"--- {path}{' (written)' if not args.dry_run else ''}\n{text}", end="" if text.endswith("\n") else "\n")
+    print("--- command" + ("s, one per node" if len(plan.commands) > 1 else ""))
+    for line in plan.commands:
+        print(line)
+    for note in plan.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.dry_run:
+        return 0
+    launch.write_files(plan)
+    return launch.run(plan, args.multinode_runner)
+
+
+def cmd_doctor(args, _extra) -> int:
+    import json
+
+    from zerotrain import doctor
+
+    report = doctor.environment_report()
+    print(json.dumps(report, indent=2, default=str) if args.json else doctor.format_report(report))
+    return 1 if any(f["level"] == "error" for f in report["findings"]) else 0
+
+
+def cmd_doctor_comm(args, _extra) -> int:
+    from zerotrain import doctor
+    from zerotrain.distributed import in_launcher, launch_local
+
+    sizes = doctor.parse_sizes(args.sizes) if args.sizes else None
+    if args.timeout <= 0:
+        raise UserError("--timeout must be > 0 seconds")
+    if in_launcher():  # a rank of deepspeed / torchrun / srun+torchrun / --nproc
+        if args.json:
+            os.environ["ZEROTRAIN_DOCTOR_JSON"] = args.json
+        return doctor.comm_rank(sizes, args.timeout, args.iters)
+    _quiet_deepspeed()
+    import torch
+
+    nproc = args.nproc or (torch.cuda.device_count() if torch.cuda.is_available() else 2)
+    if nproc < 2:
+        raise UserError(f"--nproc {nproc}: the communication check needs at least 2 ranks")
+    forwarded = [str(x) for flag, value in (("--sizes", args.sizes), ("--iters", args.iters), ("--json", args.json))
+                 if value is not None for x in (flag, value)]
+    return launch_local(nproc, ["doctor", "comm", "--timeout", str(args.timeout), *forwarded])
+
+
+def cmd_doctor_explain(args, _extra) -> int:
+    import json
+
+    from zerotrain import doctor
+
+    _printable_output()
+    report = doctor.explain(args.path, args.model)
+    print(json.dumps(report, indent=2) if args.json else doctor.format_explain(report))
+    return 1 if report["diagnoses"][0]["kind"] == "unknown" else 0
 
 # ------------------------------------------------------------------------------------------------ parser
 
@@ -540,6 +606,42 @@ def build_parser() -> argparse.ArgumentParser:
     nw.add_argument("--overwrite", action="store_true", help="replace existing output files")
     nw.add_argument("--no-engine", action="store_true", help="skip checking the result with DeepSpeed's own parser")
     nw.set_defaults(func=cmd_config_new)
+
+    la = verbs.add_parser("launch", help="multi-node: validate hosts, write and run the DeepSpeed / torchrun / SLURM launch",
+                          description="Validates the nodes (hostfile syntax, names that resolve, slots vs --gpus-per-node, a free "
+                                      "master port), then writes the launch to --out and starts it. End with -- train CONFIG.toml "
+                                      "[overrides] (or -- doctor comm).")
+    la.add_argument("--hostfile", help="DeepSpeed hostfile: one `HOSTNAME slots=GPUS` per line, # comments")
+    la.add_argument("--hosts", help="comma-separated node names (the first is the master)")
+    la.add_argument("--gpus-per-node", type=int, help="GPUs to use on each node (default: the hostfile's slots)")
+    la.add_argument("--launcher", default="deepspeed", help="deepspeed (pdsh/openmpi), torchrun (one command per node) or slurm (sbatch script)")
+    la.add_argument("--multinode-runner", default="pdsh", help="for --launcher deepspeed: pdsh (default) or openmpi")
+    la.add_argument("--master-port", type=int, default=29500, help="rendezvous port on the first node (default 29500)")
+    la.add_argument("--out", default="zerotrain-launch", help="where the hostfile, deepspeed_env, torchrun.sh or sbatch script go")
+    la.add_argument("--dry-run", action="store_true", help="validate and print; write and start nothing")
+    la.add_argument("command", nargs=argparse.REMAINDER, help="-- train CONFIG.toml [--section.key=value ...]")
+    la.set_defaults(func=cmd_launch)
+
+    dr = verbs.add_parser("doctor", help="environment report; `doctor comm` preflight; `doctor explain LOG` post-mortem",
+                          description="Without an action: versions, DeepSpeed ops that can build, GPUs, topology, /dev/shm, "
+                                      "host RAM and NCCL/CUDA variables, with findings (exit 1 on errors).")
+    dr.add_argument("--json", action="store_true", help="machine-readable report")
+    dr.set_defaults(func=cmd_doctor)
+    dv = dr.add_subparsers(dest="doctor_verb", metavar="ACTION")
+    dc = dv.add_parser("comm", help="all-reduce / all-gather / reduce-scatter bandwidth, links and matmul per rank; names ranks that hang",
+                       description="Starts its own ranks (--nproc) or runs as a rank of deepspeed / torchrun / srun. Exit 1 when a rank "
+                                   "or link is flagged or a step times out.")
+    dc.add_argument("--sizes", help="message sizes, e.g. 4K,1M,256M,1G (default: 4K-1G on GPUs, 4K-32M on CPU)")
+    dc.add_argument("--timeout", type=float, default=120, help="seconds one step may take before the ranks that did not answer are named (default 120)")
+    dc.add_argument("--nproc", type=int, help="local ranks to start (default: the GPUs here, or 2 CPU processes)")
+    dc.add_argument("--iters", type=int, help="timed iterations per size (default 20 on GPUs, 5 on CPU)")
+    dc.add_argument("--json", help="also write the report as JSON to this file")
+    dc.set_defaults(func=cmd_doctor_comm)
+    de = dv.add_parser("explain", help="why a run failed (OOM, NCCL timeout, loss scale, op build, crash) and the cheapest fix")
+    de.add_argument("path", help="a log file, or a run directory (its *.log, logs/, metrics.jsonl, config.toml, ds_config.json)")
+    de.add_argument("--model", help="the model, for runs without a zerotrain config.toml (as for plan: gpt2-xl, llama3-8b, hf:DIR)")
+    de.add_argument("--json", action="store_true")
+    de.set_defaults(func=cmd_doctor_explain)
     return p
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,23 @@ def launch_local(nproc: int, zerotrain_args: list[str]) -> int:
             signal.signal(s, handler)
         if runner.poll() is None:
             os.killpg(runner.pid, signal.SIGKILL)
+        remove_shm_buffers("127.0.0.1", cmd[cmd.index("--master_port") + 1])
+
+
+def remove_shm_buffers(master_addr: str, master_port: str, rank: int | None = None) -> None:
+    """Unlink the /dev/shm files DeepSpeed's CPU shared-memory all-reduce creates per rank
+    (deepspeed/ops/csrc/cpu/comm/shm.cpp: deepspeed_allreduce_buffer_{uid}_{addr}_{port}_{rank}, ~69 MB each)
+    and never removes: without this every CPU run leaves them behind until /dev/shm is full. Safe once every
+    rank has mapped them: a mapping outlives its name."""
+    prefix = f"deepspeed_allreduce_buffer_{os.getuid()}_{master_addr}_{master_port}_"
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        return
+    for f in shm.glob(prefix + ("*" if rank is None else str(rank))):
+        try:
+            f.unlink()
+        except OSError:
+            pass
 
 
 def _ranks(root):

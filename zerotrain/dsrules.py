@@ -351,27 +351,74 @@ def parse_config_text(text: str, path: str = "ds_config") -> dict:
             col = comment.start(comment.lastindex) - (text.rfind("\n", 0, comment.start(comment.lastindex)) + 1) + 1
             raise UserError(f"{path}:{line}:{col}: JSON has no comments; remove the // lines "
                             f"(and /* */ blocks), then check again") from None
-        what = "file is empty" if not text.strip() else e.msg
-        raise UserError(f"{path}:{e.lineno}:{e.colno}: not valid JSON: {what}; fix it there") from None
-    except ValueError as e:  # NaN / Infinity, or nesting deeper than Python's recursion limit
-        raise UserError(f"{path}: not valid JSON: {e}") from None
+        if text.startswith("\ufeff"):
+            raise UserError(f"{path}:1:1: the file starts with a byte-order mark (BOM); json.load (the HF Trainer, most "
+                            "tools) rejects it: save the file as UTF-8 without BOM") from None
+        if not text.strip():
+            raise UserError(f"{path}: the file is empty; a ds_config is a JSON object such as "
+                            "{\"train_micro_batch_size_per_gpu\": 1}") from None
+        comma = _trailing_comma(text, e.pos)
+        if comma is not None:
+            line = text.count("\n", 0, comma) + 1
+            col = comma - (text.rfind("\n", 0, comma) + 1) + 1
+            raise UserError(f"{path}:{line}:{col}: trailing comma before {text[e.pos]!r}; JSON allows none: remove it") from None
+        raise UserError(f"{path}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}; fix it there") from None
+    except ValueError as e:  # NaN / Infinity, or an integer longer than Python's int_max_str_digits
+        detail = "a number has thousands of digits; give a realistic value" if "digits" in str(e) else str(e)
+        raise UserError(f"{path}: not valid JSON: {detail}") from None
     except RecursionError:
-        raise UserError(f"{path}: not valid JSON: nested too deeply") from None
+        raise UserError(f"{path}: nested too deeply for a ds_config (more than {MAX_DEPTH} levels): check the brackets") from None
     if not isinstance(doc, dict):
-        raise UserError(f"{path}: a ds_config is a JSON object ({{...}}), not a {type(doc).__name__}; "
-                        "wrap the settings in braces")
+        kind = {type(None): "null", list: "list", str: "string", bool: "boolean"}.get(type(doc), "number")
+        raise UserError(f"{path}: a ds_config is a JSON object ({{...}}), not a {kind}; wrap the settings in braces")
+    depth = _depth(doc)
+    if depth > MAX_DEPTH:  # the rules walk the config recursively; no DeepSpeed section nests past ~6 levels
+        raise UserError(f"{path}: nested {depth} levels deep; a ds_config nests at most a few levels "
+                        f"(zero_optimization.offload_optimizer.device): check the brackets")
     return doc
+
+
+MAX_DEPTH = 32
+
+
+def _depth(doc) -> int:
+    """Nesting depth of dicts and lists, without recursion (the input may be arbitrarily deep)."""
+    deepest, stack = 0, [(doc, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
+def _trailing_comma(text: str, pos: int) -> int | None:
+    """Offset of the comma when the parse error at `pos` is a trailing comma before } or ]."""
+    if pos >= len(text) or text[pos] not in "}]":
+        return None
+    before = text[:pos].rstrip()
+    return len(before) - 1 if before.endswith(",") else None
 
 
 def load_config_file(path: str | Path) -> tuple[dict, str]:
     """(config, text) of a ds_config file; UserError when it cannot be read or parsed."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{p} is a directory; give the path of a ds_config JSON file")
     if not p.is_file():
         raise UserError(f"{p} not found; give the path of a ds_config JSON file")
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{p}: cannot read it as UTF-8 text ({e})") from None
+        data = p.read_bytes()
+    except OSError as e:
+        raise UserError(f"{p}: cannot read it ({e.strerror or e})") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UserError(f"{p}: the file is UTF-16; save it as UTF-8")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UserError(f"{p}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); a ds_config is "
+                        "a JSON text file: save it as UTF-8") from None
     return parse_config_text(text, str(p)), text
 
 
@@ -414,13 +461,23 @@ def _section(config: dict, name: str) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+MAX_INT = 2**63 - 1  # DeepSpeed's integer settings end up in C int64 (pydantic ints, torch sizes)
+
+
 def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite JSON number that fits DeepSpeed's 64-bit settings (JSON integers are unbounded, 1e400 is inf)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and (
+        abs(v) <= MAX_INT if isinstance(v, int) else math.isfinite(v))
+
+
+def _out_of_range(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and not (isinstance(v, float) and math.isnan(v)) \
+        and abs(v) > MAX_INT
 
 
 def _as_int(v) -> int | None:
-    """An integer value (1e9 in JSON is a float), or None."""
-    if _is_number(v) and float(v).is_integer():
+    """An integer value (1e9 in JSON is a float) within 64 bits, or None."""
+    if _is_number(v) and float(v).is_integer() and abs(v) <= MAX_INT:
         return int(v)
     return None
 
@@ -443,7 +500,9 @@ def _offload_device(config: dict, which: str) -> str:
 
 
 def _fmt(n) -> str:
-    return f"{n:,}" if isinstance(n, int) else f"{n:g}" if isinstance(n, float) else repr(n)
+    if isinstance(n, int) and not isinstance(n, bool):
+        return f"{n:,}" if abs(n) < 10**15 else f"{n:.3e}"
+    return f"{n:g}" if isinstance(n, float) else repr(n)
 
 
 def _without_auto(value):
@@ -480,7 +539,7 @@ def _rule_auto(ctx: _Context):
         return
     for key in _auto_keys(ctx.config):
         yield Finding("error", key, "\"auto\" is filled in only by the Hugging Face Trainer/Accelerate integration; "
-                      "plain DeepSpeed reads it as a string", "give a number (or pass --hf if this config is for the HF Trainer)")
+                      "plain DeepSpeed reads it as a string", "give a value (or pass --hf if this config is for the HF Trainer)")
 
 
 def _close(key: str, valid) -> list[str]:
@@ -500,6 +559,12 @@ def _rule_keys(ctx: _Context):
         elif key == "bfloat16":
             yield Finding("warning", key, "\"bfloat16\" is the old name of \"bf16\" (precision_config.py keeps it for "
                           "backwards compatibility)", "rename it to \"bf16\"")
+        elif key not in SCHEMA and _dotted_section(key):
+            nested = "..."
+            for part in reversed(key.split(".")):
+                nested = f"{{{json.dumps(part)}: {nested}}}"
+            yield Finding("error", key, f"{key!r} is a dotted path, but DeepSpeed reads nested objects, not dotted keys: "
+                          "this setting has no effect", f"nest it: {nested[1:-1]}")
         elif key not in SCHEMA:
             close = _close(key, SCHEMA)
             if close:  # a near-miss of a real key: DeepSpeed ignores unknown top-level keys, so the setting is lost
@@ -511,6 +576,12 @@ def _rule_keys(ctx: _Context):
         yield Finding("warning", "zero_optimization", "\"zero_optimization\": true/false is the deprecated form",
                       f"use \"zero_optimization\": {{\"stage\": {int(config['zero_optimization'])}}}")
     yield from _unknown_in_sections(config, SCHEMA, "")
+
+
+def _dotted_section(key: str) -> bool:
+    """A top-level key such as "zero_optimization.stage" that names a key of a section."""
+    head, _, rest = key.partition(".")
+    return bool(rest) and (isinstance(SCHEMA.get(head), dict) or SCHEMA.get(head) == "dict")
 
 
 def _unknown_in_sections(config: dict, schema: dict, prefix: str):
@@ -563,6 +634,15 @@ NUMERIC_PARAMS = {"optimizer.params.lr": "float", "optimizer.params.eps": "float
                   "scheduler.params.warmup_min_lr": "float", "scheduler.params.warmup_max_lr": "float"}
 
 
+# Keys whose DeepSpeed default is None, so an explicit null means "not set" (TOP_LEVEL_DEFAULTS, the pydantic
+# Optional fields); a null anywhere else is rejected by DeepSpeed or breaks the engine later.
+NULL_MEANS_DEFAULT = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+                      "steps_per_print", "communication_data_type", "seq_parallel_communication_data_type",
+                      "zero_optimization.overlap_comm", "zero_optimization.offload_optimizer",
+                      "zero_optimization.offload_param", "zero_optimization.offload_optimizer.nvme_path",
+                      "zero_optimization.offload_param.nvme_path")
+
+
 def _range_key(path: str) -> str:
     parts = path.split(".")
     if len(parts) == 2 and parts[0] == "zero_optimization":
@@ -610,16 +690,22 @@ def _rule_types_and_ranges(ctx: _Context):
         if value is not _MISSING:
             leaves.append((path, key_type, value))
     for path, expected, value in leaves:
+        if value is None and _range_key(path) in NULL_MEANS_DEFAULT:
+            continue  # DeepSpeed reads null as "not set" here
+        if _out_of_range(value):
+            yield Finding("error", path, f"{json.dumps(value)[:24]} is beyond the 64-bit range DeepSpeed stores "
+                          "settings in (JSON's 1e400 reads as infinity)", "give a realistic value")
+            continue
         wanted = _type_problem(expected, value)
         if wanted:
-            got = "a string" if isinstance(value, str) else f"{type(value).__name__}"
+            got = {str: "a string ", list: "a list ", dict: "an object "}.get(type(value), "")
             if expected == "int" and _is_number(value):
                 fix = f"use a whole number such as {int(value)}"
             elif isinstance(value, str) and expected in ("int", "float") and _parses_as_number(value):
-                fix = f"write it without quotes: {value}"
+                fix = f"write it without quotes: {value.strip()}"
             else:
                 fix = f"give {wanted}"
-            yield Finding("error", path, f"must be {wanted}, got {got} {json.dumps(value)[:40]}", fix)
+            yield Finding("error", path, f"must be {wanted}, got {got}{json.dumps(value)[:40]}", fix)
             continue
         rkey = _range_key(path)
         if rkey in POSITIVE and _is_number(value) and value <= 0:
@@ -640,18 +726,16 @@ def _rule_types_and_ranges(ctx: _Context):
 
 
 def _parses_as_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
+    """A JSON number in quotes ("2", "5e8"); not "nan", "inf" or "1_000", which float() would also take."""
+    return re.fullmatch(r"-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?", text.strip()) is not None and math.isfinite(float(text))
 
 
 BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
 
 
-def _divisors(n: int, limit: int = 8) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0][:limit]
+def _divisors(n: int, limit: int = 8, largest: int = 65_536) -> list[int]:
+    """The first `limit` divisors of n, among world sizes up to `largest` (bounded: n may be huge)."""
+    return [d for d in range(1, min(n, largest) + 1) if n % d == 0][:limit]
 
 
 def _rule_batch(ctx: _Context):
@@ -745,6 +829,13 @@ def _rule_precision(ctx: _Context):
         if scaling:
             yield Finding("warning", f"fp16.{scaling[0]}", f"loss-scaling keys ({', '.join(scaling)}) under bf16 do "
                           "nothing: bf16 has fp32's exponent range and needs no loss scaling", "remove the fp16 section")
+    scale = fp16.get("loss_scale", 0)
+    dynamic_keys = [k for k in FP16_LOSS_SCALING_KEYS if k != "loss_scale" and k in fp16]
+    if _enabled(cfg, "fp16") and _is_number(scale) and scale != 0 and dynamic_keys:
+        # precision_config.py: dynamic scaling only when loss_scale == 0; the other keys are its parameters
+        yield Finding("warning", "fp16.loss_scale", f"loss_scale {_fmt(scale)} is a static scale, so {', '.join(dynamic_keys)} "
+                      "(dynamic-scaling settings) do nothing, and a static scale cannot back off when gradients overflow",
+                      f"set loss_scale to 0 for dynamic scaling from 2^initial_scale_power, or remove {', '.join(dynamic_keys)}")
     if ctx.bf16_gpu and _enabled(cfg, "fp16"):
         yield Finding("warning", "fp16.enabled", "fp16 on a GPU with bf16: fp16 needs loss scaling and skips steps on "
                       "overflow, bf16 trains at the same speed without either", "use \"bf16\": {\"enabled\": true} instead")
@@ -1110,9 +1201,22 @@ def fix(config: dict, world_size: int | None = None, gpu: str | None = None,
     changes: list[str] = []
     _, bf16_gpu = gpu_spec(gpu) if gpu else (None, None)
 
+    # dotted top-level keys ("zero_optimization.stage": 2) nested where they belong
+    for key in [k for k in cfg if k not in SCHEMA and _dotted_section(k)]:
+        *parents, last = key.split(".")
+        node = cfg
+        for part in parents:
+            node = node.setdefault(part, {}) if isinstance(node, dict) else None
+        if isinstance(node, dict) and last not in node:
+            node[last] = cfg.pop(key)
+            changes.append(f"nested {key} as {' -> '.join(key.split('.'))}")
+
+    # numbers written as strings ("stage": "2"), where DeepSpeed expects a number
+    changes += _fix_quoted_numbers(cfg, SCHEMA, "")
+
     # typos with one clear candidate
     for key in list(cfg):
-        if key not in SCHEMA and key not in REMOVED_TOP_LEVEL_KEYS and key != "allgather_size":
+        if key not in SCHEMA and key not in REMOVED_TOP_LEVEL_KEYS and key != "allgather_size" and "." not in key:
             close = _close(key, SCHEMA)
             if len(close) == 1 and close[0] not in cfg:
                 cfg[close[0]] = cfg.pop(key)
@@ -1181,6 +1285,20 @@ def fix(config: dict, world_size: int | None = None, gpu: str | None = None,
         cfg["steps_per_print"] = 100
         changes.append(f"steps_per_print {spp} -> 100")
     return cfg, changes
+
+
+def _fix_quoted_numbers(section: dict, schema: dict, where: str) -> list[str]:
+    changes = []
+    for key, value in section.items():
+        expected = schema.get(key)
+        if isinstance(expected, dict) and isinstance(value, dict):
+            changes += _fix_quoted_numbers(value, expected, f"{where}{key}.")
+        elif expected in ("int", "float") and isinstance(value, str) and value != "auto" and _parses_as_number(value):
+            number = float(value)
+            if abs(number) <= MAX_INT:
+                section[key] = int(number) if expected == "int" and number.is_integer() else number
+                changes.append(f"{where}{key} {value!r} -> {_fmt(section[key])} (a number, not a string)")
+    return changes
 
 
 def _fix_typos_in(section: dict, schema: dict, where: str) -> list[str]:
@@ -1304,6 +1422,9 @@ def choose_layout(model: memory.ModelShape, gpus: int, nodes: int, gpu_memory_by
     accumulation = per_gpu // r.micro_batch if per_gpu else 1
     where = {("none", "none"): "", ("cpu", "none"): ", optimizer offloaded to CPU",
              ("cpu", "cpu"): ", optimizer and parameters offloaded to CPU"}[(r.offload_optimizer, r.offload_params)]
+    if r.activation_checkpointing:
+        where += (", with activation checkpointing in the model (model.gradient_checkpointing_enable(), or "
+                  "deepspeed.activation_checkpointing = true in a zerotrain run)")
     reason = (f"stage {r.zero_stage}{where}, micro-batch {r.micro_batch}: the plan needs {best.gpu_bytes_needed / 2**30:.1f} GiB "
               f"per GPU of {gpu_memory_bytes / 2**30:.0f} GiB (peak allocated {best.per_gpu['peak_allocated'] / 2**30:.1f} GiB; "
               f"zerotrain plan --model {model.name} --gpus {gpus} shows every option)")

@@ -152,6 +152,8 @@ def shape_from_hf_config(cfg: dict, name: str) -> ModelShape:
 
 def resolve_model(spec: str) -> ModelShape:
     """`gpt2-xl`, `llama3-8b`, `hf:DIR`, `DIR` or `path/config.json` (transformers), or `dims:L,HEADS,HIDDEN[,VOCAB]`."""
+    if not spec.strip():
+        raise UserError("the model name is empty; give a preset such as gpt2-xl or llama3-8b, hf:DIR, or dims:L,HEADS,HIDDEN")
     if spec in GPT2_PRESETS:
         return gpt2_shape(spec)
     if spec in LLAMA_PRESETS:
@@ -207,6 +209,8 @@ class RunShape:
     offload_params: str = "none"  # none | cpu | nvme (stage 3 only)
     activation_checkpointing: bool = False
     attention: str = "sdpa"  # sdpa (flash/memory-efficient kernels: no T×T scores kept) | eager (scores kept)
+    compile: str = "auto"  # zerotrain models: train.compile (auto: compiled blocks on GPUs below stage 3)
+    fused_loss: bool = True  # zerotrain models: train.fused_loss
     reduce_bucket_size: int = 500_000_000
     allgather_bucket_size: int = 500_000_000
     overlap_comm: bool | None = None  # None: DeepSpeed's default (on at stage 3)
@@ -275,6 +279,8 @@ def saved_bytes_per_token_per_layer(model: ModelShape, b: int, attention: str, s
         # ln_1 out, ln_2 out (b·h each); qkv (3b·h); attention out (b·h); c_fc out and gelu out (4b·h each);
         # residual stream after attention and after the MLP (b·h each) = 16·b·h; mean and rstd of two LayerNorms (fp32).
         masks = 2 * h if model.dropout > 0 else 0  # resid dropout after attention and after the MLP, 1 byte per element
+        # torch.compile'd blocks (train.compile) keep as much: the partitioner recomputes a LayerNorm output but
+        # keeps a contiguous copy of the attention output (allocator traces)
         return 16 * b * h + 2 * 8 + lse + masks + scores
     if model.impl == "hf-gpt2":
         # As zerotrain's GPT-2, plus: NewGELUActivation is written in Python and keeps four 4h tensors (tanh out,
@@ -293,23 +299,44 @@ def _checkpointed_block_input(model: ModelShape, b: int) -> int:
     return b * model.hidden
 
 
-def _head_bytes_per_token(model: ModelShape, b: int) -> tuple[int, int]:
-    """(kept, transient) bytes per token around the loss. Both implementations take cross-entropy in fp32:
-    log_softmax keeps its fp32 output (4V) for backward; backward then holds the fp32 gradient from nll_loss
-    and the fp32 gradient of log_softmax at once (2 × 4V). The final norm output and the embedding output
-    (b·h each) are kept as well."""
-    V = model.vocab
-    if model.impl == "hf-llama":
-        kept = 4 * V + (4 * model.hidden + 4 + 2 * b * model.hidden)  # final RMSNorm
-    else:
-        kept = 4 * V + 2 * b * model.hidden + 8 + (model.hidden if model.dropout > 0 else 0)  # ln_f out + stats, embedding sum
-    return kept, 2 * 4 * V
+FUSED_LOSS_CHUNK_TOKENS = 4096  # zerotrain.model.LOSS_CHUNK_TOKENS (tests/test_memory.py checks they agree)
+
+
+def _loss_terms(model: ModelShape, b: int, s: int, fused: bool, compiled: bool) -> tuple[int, int, int]:
+    """(kept, extra at the end of the forward, extra at the start of backward), bytes, around the output
+    layer and the loss, for s tokens.
+
+    Plain path (transformers, and zerotrain with train.fused_loss = false): cross-entropy in fp32; log_softmax
+    keeps its fp32 output (4V per token), the bf16 logits and their fp32 copy are freed after the forward, and
+    backward holds the fp32 gradient from nll_loss and the fp32 gradient of log_softmax at once (2 × 4V).
+    The final norm's output and the embedding sum are kept (b·h each).
+
+    zerotrain's fused loss (model._FusedLinearCrossEntropy): the forward walks chunks of c tokens, holding one
+    chunk's logits and their gradient (2·b·c·V compiled; eager: the logits, one fp32 buffer the gradient is built
+    in, and log-sum-exp's fp32 temporary, (b + 8)·c·V), the weight
+    gradient accumulating in fp32 (4·V·h) and one chunk's contribution to it ((b + 4)·V·h), while the final
+    norm's output is alive; it keeps the hidden-state gradient (b·h per token) and the b·V·h weight gradient,
+    which backward scales into new tensors."""
+    V, h = model.vocab, model.hidden
+    if not fused:
+        if model.impl == "hf-llama":
+            kept = s * (4 * V + 4 * h + 4 + 2 * b * h)  # final RMSNorm as in the blocks
+        else:
+            kept = s * (4 * V + 2 * b * h + 8 + (h if model.dropout > 0 else 0))  # ln_f out + stats, embedding sum (+ mask)
+        return kept, 0, s * 8 * V
+    c = min(FUSED_LOSS_CHUNK_TOKENS, s)
+    kept = s * (2 * b * h + 8 + (h if model.dropout > 0 else 0)) + b * V * h  # embedding sum, grad of hidden, ln_f stats
+    # ln_f output + one chunk + fp32 accumulator + one chunk's product (b) and its fp32 copy (4); the b·V·h
+    # gradient counted in `kept` is only made after the loop
+    forward = s * b * h + c * V * (2 * b if compiled else b + 8) + 4 * V * h + (b + 4) * V * h - b * V * h
+    backward = s * b * h + b * V * h  # the scaled gradients backward returns
+    return kept, forward, backward
 
 
 def _block_backward_transient(model: ModelShape, b: int) -> int:
-    """Peak extra bytes per token while one block runs backward: the gradients of its widest tensors
-    (the MLP's intermediate and its input gradient) live together."""
-    return 3 * b * model.ffn + 4 * b * model.hidden
+    """Extra bytes per token while the first block runs backward: its gradients are allocated as its saved
+    activations are freed, so the net is about one MLP-intermediate gradient (b·I)."""
+    return b * model.ffn
 
 
 # ------------------------------------------------------------------------------------------------ plan
@@ -376,38 +403,47 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
     shard = 1 if z == 0 else W
     optimizer = 0 if offload_opt else (master + opt_bytes) * N / shard
 
-    # --- gradients resident at the start of backward (the peak) and during the optimizer step
+    # --- gradients: accumulated over micro-batches, reduce buffers during backward, and at the optimizer step
     if z == 3:
         # stage3.py preallocates the gradient partition (b·N/W) and the reduce bucket (reduce_bucket_size elements)
         grads_backward = b * N / W + b * run.reduce_bucket_size if not offload_opt else b * run.reduce_bucket_size
+        reduce_buffers = 0
         grads_step = grads_backward
     else:
         accumulated = {0: b * N, 1: b * N, 2: b * N / W}[z]  # gradients summed over micro-batches so far
         grads_backward = accumulated if run.grad_accum > 1 else 0
-        # at the step, stages 1-2 hold the reduced gradient partition (param.grad freed after the copy) and,
-        # with contiguous_gradients, the reduce bucket
-        # (stage_1_and_2.py setup_buckets: one reduce_bucket_size buffer, two with overlap_comm)
-        overlap = bool(run.overlap_comm)  # DeepSpeed's default is off below stage 3
-        bucket = b * run.reduce_bucket_size * (2 if overlap else 1) if z >= 1 and run.contiguous_gradients and not offload_opt else 0
-        grads_step = (b * N if z == 0 else b * N / W) + bucket
+        # From the first gradient hook of a backward, stages 1-2 hold reduce buffers: with contiguous_gradients
+        # reduce_bucket_size elements, two with overlap_comm (stage_1_and_2.py setup_buckets; DeepSpeed's
+        # default is off below stage 3); without it, a flattened copy of up to a bucket of gradients.
+        if z == 0:
+            reduce_buffers = 0
+        elif run.contiguous_gradients:
+            reduce_buffers = b * run.reduce_bucket_size * (2 if run.overlap_comm else 1)
+        else:
+            reduce_buffers = b * min(run.reduce_bucket_size, N)
+        # at the step, stages 1-2 hold the reduced gradient partition (param.grad freed after the copy)
+        grads_step = (b * N if z == 0 else b * N / W) + (reduce_buffers if run.contiguous_gradients else 0)
     buffers = 0
     if offload_opt and z in (1, 2):
         buffers += b * model.largest_param  # stage_1_and_2.py temp_grad_buffer_for_gpu_offload
     buffers += 2 * CUBLAS_WORKSPACE
 
-    # --- activations kept for backward, and the transient peak when backward starts
-    kept_head, loss_transient = _head_bytes_per_token(model, b)
+    # --- activations kept for backward, and what comes on top at three moments: the end of the forward (the
+    # fused loss's chunk loop), the start of backward (the plain loss's fp32 gradients) and the first block's
+    # backward (reduce buffers allocated, the loss's scaled gradients alive)
+    compiled = model.impl == "zerotrain" and (run.compile == "blocks" or (run.compile == "auto" and z < 3))
+    fused = model.impl == "zerotrain" and run.fused_loss
+    kept_loss, loss_forward, loss_backward = _loss_terms(model, b, s, fused, compiled)
     per_layer = saved_bytes_per_token_per_layer(model, b, run.attention, run.seq_len)
+    block_backward = s * _block_backward_transient(model, b)
     if run.activation_checkpointing:
-        kept = s * (L * _checkpointed_block_input(model, b) + kept_head)
-        # after the loss gradients are freed, the last block is recomputed and run backward
-        recompute = s * (per_layer + _block_backward_transient(model, b))
-        transient = max(s * loss_transient, recompute)
+        kept = s * L * _checkpointed_block_input(model, b) + kept_loss
+        block_backward += s * per_layer  # the last block is recomputed before it runs backward
     else:
-        kept = s * (L * per_layer + kept_head)
-        transient = s * max(loss_transient, _block_backward_transient(model, b))
-    activations = kept + transient
-
+        kept = s * L * per_layer + kept_loss
+    # By the first block's backward the plain path has freed its loss gradients and its fp32 log-softmax output;
+    # the fused path has swapped its saved gradients for the scaled ones backward returned (same size).
+    after_loss = (0 if fused else -s * 4 * model.vocab) + block_backward
     # --- phases: the terms alive at each moment; the peak is the largest sum, and its terms are reported
     # optimizer step: gradients complete; stage 0 bf16/fp16 makes fp32 copies of them (unfused_optimizer.py);
     # stages 1-2 flatten the partition (flatten_dense_tensors_aligned, b·N/W) and convert it (.to(fp32), 4·N/W)
@@ -425,10 +461,13 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
     else:
         # from_pretrained on the CPU, cast there, then moved (stage 3: partitioned by zero.Init as it loads)
         init = b * N if z < 3 else b * N / W + b * model.largest_param
+    states = {"params": params, "optimizer": optimizer, "buffers": buffers}
     phases = {
-        "backward": {"params": params, "grads": grads_backward, "optimizer": optimizer, "activations": activations, "buffers": buffers},
-        "optimizer step": {"params": params, "grads": grads_step + step_extra, "optimizer": optimizer, "activations": 0, "buffers": buffers},
-        "init": {"params": init, "grads": 0, "optimizer": 0, "activations": 0, "buffers": 0},
+        "forward end": {**states, "grads": grads_backward, "activations": kept + loss_forward},
+        "loss backward": {**states, "grads": grads_backward, "activations": kept + loss_backward},
+        "backward": {**states, "grads": grads_backward + reduce_buffers, "activations": kept + after_loss},
+        "optimizer step": {**states, "grads": grads_step + step_extra, "activations": 0},
+        "init": {"params": init, "optimizer": 0, "buffers": 0, "grads": 0, "activations": 0},
     }
     peak_phase = max(phases, key=lambda name: sum(phases[name].values()))
     terms = phases[peak_phase]
@@ -482,21 +521,26 @@ STAGES_FASTEST_FIRST = (1, 2, 0, 3)
 def recommend(model: ModelShape, run: RunShape, gpu_memory: int, micro_batches: list[int] | None = None,
               headroom: float = 0.10) -> MemoryPlan | None:
     """The fastest configuration that fits with `headroom` to spare: no offload before optimizer offload
-    before parameter offload (each costs PCIe traffic and CPU Adam time), then the faster ZeRO stage
-    (STAGES_FASTEST_FIRST), then the largest micro-batch (better GPU utilisation). None when nothing fits."""
+    before parameter offload (each costs PCIe traffic and CPU Adam time); without activation checkpointing
+    before with it (recomputing the forward costs about a third more compute, less than offload); then the
+    faster ZeRO stage (STAGES_FASTEST_FIRST), then the largest micro-batch (better GPU utilisation).
+    None when nothing fits."""
     candidates = micro_batches or [run.micro_batch]
+    checkpointing = [True] if run.activation_checkpointing else [False, True]
     best = None
     for offload_rank, (oo, op) in enumerate([("none", "none"), ("cpu", "none"), ("cpu", "cpu")]):
-        for speed_rank, z in enumerate(STAGES_FASTEST_FIRST):
-            if (oo != "none" and z == 0) or (op != "none" and z != 3):
-                continue
-            for mb in sorted(candidates, reverse=True):
-                p = plan(model, replace(run, zero_stage=z, offload_optimizer=oo, offload_params=op, micro_batch=mb))
-                if p.fits(gpu_memory, headroom):
-                    key = (offload_rank, speed_rank, -mb)
-                    if best is None or key < best[0]:
-                        best = (key, p)
-                    break
+        for ckpt in checkpointing:
+            for speed_rank, z in enumerate(STAGES_FASTEST_FIRST):
+                if (oo != "none" and z == 0) or (op != "none" and z != 3):
+                    continue
+                for mb in sorted(candidates, reverse=True):
+                    p = plan(model, replace(run, zero_stage=z, offload_optimizer=oo, offload_params=op, micro_batch=mb,
+                                            activation_checkpointing=ckpt))
+                    if p.fits(gpu_memory, headroom):
+                        key = (offload_rank, ckpt, speed_rank, -mb)
+                        if best is None or key < best[0]:
+                            best = (key, p)
+                        break
     return best[1] if best else None
 
 

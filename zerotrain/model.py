@@ -91,6 +91,75 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+LOSS_CHUNK_TOKENS = 4096  # rows of logits alive at once in the fused loss: 4096 × 50,304 × 4 bytes = 0.8 GB
+
+
+def _chunk_loss_and_grad(logits, targets, scale):
+    """Cross-entropy summed over one chunk, and d(loss · scale)/d(logits) in the logits' dtype, from one fp32
+    softmax. logits (n, Vp), targets (n,), scale = 1 / (valid targets in the batch). The gradient is built in
+    place in one fp32 buffer (eager: logits + that buffer + the rounded result alive); compiled, the steps
+    fuse into two passes over the logits."""
+    valid = targets != IGNORE_INDEX
+    safe = torch.where(valid, targets, 0)
+    grad = logits.float()
+    lse = torch.logsumexp(grad, dim=-1)  # (n,)
+    loss = torch.where(valid, lse - grad.gather(1, safe[:, None]).squeeze(1), 0.0).sum()
+    grad.sub_(lse[:, None]).exp_()  # softmax
+    grad.scatter_add_(1, safe[:, None], torch.full((grad.size(0), 1), -1.0, device=grad.device))  # softmax - one_hot
+    grad.mul_(torch.where(valid, scale, 0.0)[:, None])
+    # rounded to the compute dtype, as autograd rounds d(logits) on the plain path
+    return loss, grad.to(logits.dtype)
+
+
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """mean cross-entropy of (hidden @ weight.T) against targets without materialising the (tokens, Vp) logits:
+    chunk by chunk, forward computes the loss and, when gradients are wanted, the gradients of hidden and
+    weight too (the softmax is at hand then), which backward only scales. The plain path keeps the fp32
+    log-softmax output and, in backward, two fp32 gradients of the logits' size (3 × 4·V bytes per token,
+    docs/memory.md); this one keeps the hidden-state gradient (b·h per token) and the weight gradient."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_fn, grad_enabled):
+        n_valid = (targets != IGNORE_INDEX).sum().clamp(min=1)
+        scale = 1.0 / n_valid.float()
+        want_grad = grad_enabled and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
+        grad_hidden = torch.empty_like(hidden) if want_grad else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.size(0), LOSS_CHUNK_TOKENS):
+            h = hidden[start:start + LOSS_CHUNK_TOKENS]
+            loss, grad = chunk_fn(h @ weight.t(), targets[start:start + LOSS_CHUNK_TOKENS], scale)
+            total += loss
+            if want_grad:
+                grad_hidden[start:start + LOSS_CHUNK_TOKENS] = grad @ weight
+                grad_weight += (grad.t() @ h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if want_grad else None)
+        return total * scale
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_output, grad_weight * grad_output, None, None, None
+
+
+class LMHead(nn.Linear):
+    """The output projection. With targets it returns the loss through the fused, chunked cross-entropy, so
+    ZeRO-3 still gathers the weight through this module's hooks."""
+
+    chunk_fn = staticmethod(_chunk_loss_and_grad)  # GPT.compile_blocks swaps in a compiled version
+    fused_loss = True  # False: the textbook path (full fp32 logits, F.cross_entropy), kept for comparison
+
+    def forward(self, x, targets=None):
+        if targets is None:
+            return super().forward(x)
+        if not self.fused_loss:
+            logits = super().forward(x)
+            return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+        # evaluation (no_grad) computes the loss only; Function.forward always runs with grad mode off, so ask here
+        return _FusedLinearCrossEntropy.apply(x.reshape(-1, x.size(-1)), self.weight, targets.reshape(-1), self.chunk_fn,
+                                              torch.is_grad_enabled())
+
+
 class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -103,7 +172,7 @@ class GPT(nn.Module):
             h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
             ln_f=nn.LayerNorm(cfg.n_embd),
         ))
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
+        self.lm_head = LMHead(cfg.n_embd, cfg.padded_vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
         self.apply(self._init_weights)
         # GPT-2 paper: residual projections scaled by 1/sqrt(N) with N the number of residual layers (2 per block).
@@ -119,6 +188,14 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def compile_blocks(self) -> None:
+        """torch.compile each transformer block (fusing LayerNorm, GELU, residual adds and dropout around the
+        matmuls) and the per-chunk loss math. Per block, not the whole model, so DeepSpeed's hooks on the
+        model stay outside the compiled graphs and one compiled graph serves every layer."""
+        for block in self.transformer.h:
+            block.compile()
+        self.lm_head.chunk_fn = torch.compile(_chunk_loss_and_grad, dynamic=False)
 
     def num_params(self) -> int:
         """Unique parameters (the tied embedding counted once), as in the MFU formula."""
@@ -137,11 +214,12 @@ class GPT(nn.Module):
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, Vp)
+        x = self.transformer.ln_f(x)
         if targets is None:
-            return logits
-        # The loss is taken in fp32 whatever the compute dtype: bf16 log-softmax over 50k classes loses digits.
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=IGNORE_INDEX)
+            return self.lm_head(x)  # (B, T, Vp)
+        # The loss is taken in fp32 whatever the compute dtype (bf16 log-softmax over 50k classes loses digits),
+        # a chunk of tokens at a time: the (B·T, Vp) fp32 logits never exist at once.
+        return self.lm_head(x, targets)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,

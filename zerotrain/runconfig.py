@@ -96,6 +96,14 @@ class TrainSection:
     """Keep this many step checkpoints (the best and the latest are always kept)."""
     early_stop_patience: int = 0
     """Stop after this many evaluations without a better val loss; 0 disables early stopping."""
+    compile: str = "auto"
+    """torch.compile: "blocks" compiles each transformer block and the loss, "none" runs eager, "auto" compiles on
+    GPUs at ZeRO stages 0-2 (not on CPU, where compiling takes longer than it saves, nor under ZeRO-3, whose
+    parameter hooks fight the compiled graphs)."""
+    fused_loss: bool = True
+    """Cross-entropy a chunk of tokens at a time, with its gradient computed in the same pass, instead of
+    materialising fp32 logits for the whole micro-batch (3 × 4 bytes × vocabulary per token). false: the
+    textbook path, for comparison."""
     time_phases: bool = False
     """Synchronize the device around forward, backward and the optimizer step and log their times
     (forward_s, backward_s, optimizer_s per step). Costs a little speed; `zerotrain bench` turns it on."""
@@ -228,6 +236,7 @@ CHOICES = {
     ("deepspeed", "dtype"): ("auto", "bf16", "fp16", "fp32"),
     ("deepspeed", "offload_optimizer"): ("none", "cpu", "nvme"),
     ("deepspeed", "offload_params"): ("none", "cpu", "nvme"),
+    ("train", "compile"): ("auto", "blocks", "none"),
 }
 POSITIVE = [("train", k) for k in ("max_steps", "micro_batch_size", "grad_accum", "eval_iters", "log_interval")]
 NON_NEGATIVE = [("train", k) for k in ("global_batch_size", "seq_len", "warmup_steps", "lr_decay_steps", "weight_decay",

@@ -9,6 +9,7 @@ one optimizer step = grad_accum × (forward, backward, engine.step()).
 import dataclasses
 import json
 import math
+import os
 import random
 import shutil
 import signal
@@ -333,6 +334,10 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     with torch.device(d.device):
         model = GPT(plan.model)
     model.gradient_checkpointing = ds.activation_checkpointing
+    model.lm_head.fused_loss = t.fused_loss
+    compiled = t.compile == "blocks" or (t.compile == "auto" and on_gpu and ds.zero_stage < 3)
+    if compiled:
+        model.compile_blocks()  # compiles lazily, on the first forward
     if plan.init_from:
         model.load_state_dict(checkpoint.load_fp32_state_dict(*plan.init_from))
         say(f"weights from {plan.init_from[0] / plan.init_from[1]} (fresh optimizer and schedule)")
@@ -369,7 +374,8 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     say(f"model {n_params / 1e6:.2f}M parameters ({plan.model.n_layer} layers, {plan.model.n_head} heads, {plan.model.n_embd} wide, "
         f"vocab {plan.model.vocab_size} padded to {plan.model.padded_vocab_size}, block {plan.model.block_size})")
     say(f"{plan.batch.describe()} sequences of {plan.seq_len} tokens = {tokens_per_step:,} tokens per step")
-    say(f"ZeRO stage {ds.zero_stage}, {dtype}, {d.world} × {d.device.type}, lr {t.lr:g} -> {t.min_lr:g}, run dir {plan.run_dir}")
+    say(f"ZeRO stage {ds.zero_stage}, {dtype}, {d.world} × {d.device.type}{', compiled blocks' if compiled else ''}, "
+        f"lr {t.lr:g} -> {t.min_lr:g}, run dir {plan.run_dir}")
     say("ds_config: " + json.dumps(ds_config, separators=(",", ":")))
 
     writer = MetricsWriter(plan.run_dir, step, cfg.run.tensorboard, cfg.run.wandb, cfg.run.wandb_project,
@@ -481,6 +487,8 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
         writer.close()
     distributed.barrier(d)
     dist.destroy_process_group()
+    if not on_gpu:  # every rank mapped DeepSpeed's shared-memory buffers long ago; drop their names
+        distributed.remove_shm_buffers(os.environ.get("MASTER_ADDR", "127.0.0.1"), os.environ.get("MASTER_PORT", ""), d.rank)
     return {"step": step, "val_loss": last_val, "best_val_loss": None if best_val == float("inf") else best_val,
             "checkpoint": str(ckpt_dir / last_saved) if last_saved else None, "stop_reason": stop_reason}
 
