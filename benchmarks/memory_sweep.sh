@@ -67,6 +67,7 @@ lane 2,3 29540 fb <<'EOF'
 2 zerotrain --model gpt2 --zero 2 --micro-batch 16 --checkpointing --compile auto
 2 zerotrain --model gpt2-medium --zero 2 --micro-batch 8 --grad-accum 2 --compile auto
 1 zerotrain --model gpt2 --zero 2 --micro-batch 16 --compile auto
+2 zerotrain --model gpt2 --zero 3 --micro-batch 8 --checkpointing --compile auto
 EOF
 else
 lane 0,1 29550 fa <<'EOF'
