@@ -128,3 +128,16 @@ def test_fused_loss_matches_plain_cross_entropy(monkeypatch, dtype, tolerance):
     with torch.no_grad():
         model.lm_head.fused_loss = True
         assert model(idx, targets).item() == pytest.approx(grads[True][0], rel=1e-6)
+
+
+def test_the_two_forms_of_the_loss_chunk_agree():
+    from zerotrain.model import _chunk_loss_and_grad, _chunk_loss_and_grad_fusable
+
+    torch.manual_seed(0)
+    logits, targets = torch.randn(16, 70, dtype=torch.bfloat16), torch.randint(0, 70, (16,))
+    targets[:3] = IGNORE_INDEX
+    scale = torch.tensor(1 / 13)
+    (la, ga), (lb, gb) = _chunk_loss_and_grad(logits.clone(), targets, scale), _chunk_loss_and_grad_fusable(logits, targets, scale)
+    assert la.item() == pytest.approx(lb.item(), rel=1e-6)
+    assert (ga.float() - gb.float()).abs().max() <= 1e-2 * gb.float().abs().max()
+    assert ga[:3].abs().max() == 0  # ignored targets get no gradient

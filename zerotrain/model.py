@@ -94,11 +94,24 @@ class Block(nn.Module):
 LOSS_CHUNK_TOKENS = 4096  # rows of logits alive at once in the fused loss: 4096 × 50,304 × 4 bytes = 0.8 GB
 
 
+def _chunk_loss_and_grad_fusable(logits, targets, scale):
+    """What _chunk_loss_and_grad computes, written as pure expressions so torch.compile fuses it into two passes
+    over the logits (log-sum-exp, then the gradient) with no fp32 (n, Vp) tensor in memory. In-place steps
+    would make the compiled code materialise each of them; eager, this form holds three fp32 temporaries."""
+    valid = targets != IGNORE_INDEX
+    safe = torch.where(valid, targets, 0)
+    logits_f = logits.float()
+    lse = torch.logsumexp(logits_f, dim=-1)  # (n,)
+    loss = torch.where(valid, lse - logits_f.gather(1, safe[:, None]).squeeze(1), 0.0).sum()
+    one_hot = torch.arange(logits.size(1), device=logits.device)[None, :] == safe[:, None]  # (n, Vp)
+    grad = (torch.exp(logits_f - lse[:, None]) - one_hot.float()) * torch.where(valid, scale, 0.0)[:, None]
+    return loss, grad.to(logits.dtype)
+
+
 def _chunk_loss_and_grad(logits, targets, scale):
     """Cross-entropy summed over one chunk, and d(loss · scale)/d(logits) in the logits' dtype, from one fp32
-    softmax. logits (n, Vp), targets (n,), scale = 1 / (valid targets in the batch). The gradient is built in
-    place in one fp32 buffer (eager: logits + that buffer + the rounded result alive); compiled, the steps
-    fuse into two passes over the logits."""
+    softmax. logits (n, Vp), targets (n,), scale = 1 / (valid targets in the batch). Eager: the gradient is
+    built in place in one fp32 buffer (the logits, that buffer and the rounded result are alive)."""
     valid = targets != IGNORE_INDEX
     safe = torch.where(valid, targets, 0)
     grad = logits.float()
@@ -195,7 +208,7 @@ class GPT(nn.Module):
         model stay outside the compiled graphs and one compiled graph serves every layer."""
         for block in self.transformer.h:
             block.compile()
-        self.lm_head.chunk_fn = torch.compile(_chunk_loss_and_grad, dynamic=False)
+        self.lm_head.chunk_fn = torch.compile(_chunk_loss_and_grad_fusable, dynamic=False)
 
     def num_params(self) -> int:
         """Unique parameters (the tied embedding counted once), as in the MFU formula."""
