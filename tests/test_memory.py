@@ -65,7 +65,7 @@ def test_measurements_cover_the_axes_the_planner_claims():
     seen = lambda key: {r[key] for r in rows}
     assert seen("zero_stage") == {0, 1, 2, 3}
     assert seen("gpus") == {1, 2, 4}
-    assert seen("set") == {"calibration", "holdout"}
+    assert seen("set") == {"calibration", "holdout", "fast-path"}
     assert seen("activation_checkpointing") == {True, False}
     assert {"cpu"} <= seen("offload_optimizer") and {"cpu"} <= seen("offload_params")
     assert {"bf16", "fp16", "fp32"} <= seen("dtype")
