@@ -1,5 +1,3 @@
-import sys
+from zerotrain.cli import main_exit
 
-from zerotrain.cli import main
-
-sys.exit(main())
+main_exit()

@@ -486,9 +486,12 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     if writer:
         writer.close()
     distributed.barrier(d)
+    engine.destroy()  # DeepSpeed's own teardown: removes its hooks and releases its buffers before the group goes
+    del engine, model
     dist.destroy_process_group()
     if not on_gpu:  # every rank mapped DeepSpeed's shared-memory buffers long ago; drop their names
         distributed.remove_shm_buffers(os.environ.get("MASTER_ADDR", "127.0.0.1"), os.environ.get("MASTER_PORT", ""), d.rank)
+    os.environ["ZEROTRAIN_RANK_FINISHED"] = "1"  # cli.main_exit may skip interpreter teardown now
     return {"step": step, "val_loss": last_val, "best_val_loss": None if best_val == float("inf") else best_val,
             "checkpoint": str(ckpt_dir / last_saved) if last_saved else None, "stop_reason": stop_reason}
 
