@@ -4,8 +4,16 @@ import numpy as np
 import pytest
 
 from zerotrain import UserError
-from zerotrain.data import (HEADER_BYTES, BatchSampler, TokenData, eval_batches, open_shard, prepare,
-                            shakespeare_documents, write_shard)
+from zerotrain.data import (
+    HEADER_BYTES,
+    BatchSampler,
+    TokenData,
+    eval_batches,
+    open_shard,
+    prepare,
+    shakespeare_documents,
+    write_shard,
+)
 from zerotrain.tokenizers import GPT2Tokenizer
 
 

@@ -141,3 +141,12 @@ def test_the_two_forms_of_the_loss_chunk_agree():
     assert la.item() == pytest.approx(lb.item(), rel=1e-6)
     assert (ga.float() - gb.float()).abs().max() <= 1e-2 * gb.float().abs().max()
     assert ga[:3].abs().max() == 0  # ignored targets get no gradient
+
+
+def test_a_micro_batch_without_targets_has_loss_zero_on_both_paths():
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=50))
+    idx = torch.randint(0, 50, (2, 16))
+    targets = torch.full((2, 16), IGNORE_INDEX)
+    for fused in (True, False):
+        model.lm_head.fused_loss = fused
+        assert model(idx, targets).item() == 0.0

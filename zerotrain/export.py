@@ -53,8 +53,10 @@ def export(path: str | Path, out: str | Path, dtype: str = "fp32", overwrite: bo
     tokenizer_dir = ckpt_dir.parent / "tokenizer"
     if not tokenizer_dir.is_dir():
         raise UserError(f"no tokenizer/ beside {ckpt_dir}; export from a checkpoint inside its run directory")
-    cfg = GPTConfig(**manifest["model"])
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    if manifest.get("hf"):
+        return _export_hf(manifest, ckpt_dir, tag, tokenizer_dir, out, dtype, torch_dtype)
+    cfg = GPTConfig(**manifest["model"])
 
     state = checkpoint.load_fp32_state_dict(ckpt_dir, tag)
     state = {k: v.to(torch_dtype).float() for k, v in state.items()}  # the reference sees the saved precision
@@ -92,6 +94,52 @@ def export(path: str | Path, out: str | Path, dtype: str = "fp32", overwrite: bo
 
     report = {"checkpoint": str(ckpt_dir / tag), "step": manifest["step"], "val_loss": manifest.get("val_loss"),
               "dtype": dtype, "max_abs_logit_diff": max_diff, "tied_embeddings": tied, "zero_stage": manifest["zero_stage"]}
+    (tmp / "zerotrain_export.json").write_text(json.dumps(report, indent=1) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return report
+
+
+def _export_hf(manifest: dict, ckpt_dir: Path, tag: str, tokenizer_dir: Path, out: Path, dtype: str, torch_dtype) -> dict:
+    """A fine-tuned Hugging Face model (model.hf): the consolidated weights go back into the same architecture,
+    built from the config recorded in the checkpoint (the base directory is not needed), saved with
+    save_pretrained, reloaded from disk and compared logit for logit with the in-memory model."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    hf_cfg = dict(manifest["hf_config"])
+    config = AutoConfig.for_model(hf_cfg.pop("model_type"), **hf_cfg)
+    state = checkpoint.load_fp32_state_dict(ckpt_dir, tag)
+    state = {k.removeprefix("inner."): v.to(torch_dtype).float() for k, v in state.items()}  # the reference sees the saved precision
+    reference = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+    missing, unexpected = reference.load_state_dict(state, strict=False)
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    missing = [k for k in missing if not (tied and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise UserError(f"checkpoint {ckpt_dir / tag} does not hold complete weights for {manifest['hf']} "
+                        f"(missing {missing[:3]}, unexpected {unexpected[:3]}); export another checkpoint")
+    reference.tie_weights()
+    reference.eval()
+
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    reference.to(torch_dtype).save_pretrained(str(tmp))
+    reference.float()
+    for f in tokenizer_dir.iterdir():
+        shutil.copy2(f, tmp / f.name)
+    reloaded = AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch.float32, local_files_only=True).eval()
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, config.vocab_size, (2, min(64, manifest["model"]["block_size"])), generator=g)
+    with torch.no_grad():
+        want = reference(input_ids=idx).logits
+        got = reloaded(input_ids=idx).logits
+    max_diff = (want - got).abs().max().item()
+    if max_diff > TOLERANCE:
+        shutil.rmtree(tmp)
+        raise RuntimeError(f"export check failed: max |logit diff| {max_diff:.2e} (tolerance {TOLERANCE:g})")
+    report = {"checkpoint": str(ckpt_dir / tag), "step": manifest["step"], "val_loss": manifest.get("val_loss"), "dtype": dtype,
+              "max_abs_logit_diff": max_diff, "tied_embeddings": tied, "zero_stage": manifest["zero_stage"], "base_model": manifest["hf"]}
     (tmp / "zerotrain_export.json").write_text(json.dumps(report, indent=1) + "\n")
     if out.exists():
         shutil.rmtree(out)

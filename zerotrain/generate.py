@@ -12,15 +12,45 @@ from zerotrain.model import GPT, GPTConfig, from_hf_state_dict
 from zerotrain.tokenizers import load_tokenizer
 
 
+def _hf_model(path: str | Path):
+    """A Hugging Face causal LM other than GPT-2 (an export of a model.hf run), behind GPT.generate's interface."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from zerotrain.hf import CausalLM
+
+    inner = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, local_files_only=True).eval()
+    model = CausalLM(inner)
+
+    @torch.no_grad()
+    def generate(idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+        for _ in range(max_new_tokens):  # the same sampling rule as zerotrain's GPT.generate
+            context = getattr(inner.config, "max_position_embeddings", None) or 2048
+            logits = model(idx[:, -context:])[:, -1, :].float()
+            if temperature == 0:
+                next_id = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                next_id = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
+            idx = torch.cat([idx, next_id], dim=1)
+        return idx
+
+    model.generate = generate
+    return model
+
+
 def load_model(path: str | Path):
     """(model on CPU in fp32, tokenizer, description) from an export folder or any checkpoint path."""
     path = Path(path)
-    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+    if (path / "config.json").is_file() and any(path.glob("model*.safetensors")):
         from safetensors.torch import load_file
 
         hf = json.loads((path / "config.json").read_text())
         if hf.get("model_type") != "gpt2":
-            raise UserError(f"{path} holds a {hf.get('model_type')} model; zerotrain generate reads GPT-2 exports and zerotrain checkpoints")
+            return _hf_model(path), load_tokenizer(path), f"export {path}"
         cfg = GPTConfig(n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"], block_size=hf["n_positions"],
                         vocab_size=hf["vocab_size"])
         state = {k: v.float() for k, v in load_file(str(path / "model.safetensors")).items()}
@@ -30,6 +60,9 @@ def load_model(path: str | Path):
         tokenizer, what = load_tokenizer(path), f"export {path}"
     else:
         ckpt_dir, tag = checkpoint.resolve(path)
+        if checkpoint.read_manifest(ckpt_dir, tag).get("hf"):
+            raise UserError(f"{ckpt_dir / tag} is a fine-tuned Hugging Face model; export it first "
+                            f"(zerotrain export {path} --out DIR) and generate from DIR")
         cfg = GPTConfig(**checkpoint.read_manifest(ckpt_dir, tag)["model"])
         state = checkpoint.load_fp32_state_dict(ckpt_dir, tag)
         tokenizer_dir = ckpt_dir.parent / "tokenizer"

@@ -91,6 +91,14 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def masked_mean_cross_entropy(logits, targets):
+    """Mean fp32 cross-entropy over targets != IGNORE_INDEX; 0 (not NaN) when a micro-batch of instruction
+    data has no target at all, as the fused loss gives."""
+    total = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX,
+                            reduction="sum")
+    return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
+
+
 LOSS_CHUNK_TOKENS = 4096  # rows of logits alive at once in the fused loss: 4096 × 50,304 × 4 bytes = 0.8 GB
 
 
@@ -167,7 +175,7 @@ class LMHead(nn.Linear):
             return super().forward(x)
         if not self.fused_loss:
             logits = super().forward(x)
-            return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+            return masked_mean_cross_entropy(logits, targets)
         # evaluation (no_grad) computes the loss only; Function.forward always runs with grad mode off, so ask here
         return _FusedLinearCrossEntropy.apply(x.reshape(-1, x.size(-1)), self.weight, targets.reshape(-1), self.chunk_fn,
                                               torch.is_grad_enabled())

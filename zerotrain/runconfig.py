@@ -57,6 +57,11 @@ class ModelSection:
     dropout: float = 0.0
     vocab_size: int | None = None
     """Tokenizer vocabulary; default: the prepared data's. The embedding is padded to a multiple of 64."""
+    hf: str = ""
+    """A local Hugging Face causal LM directory (config.json, weights, tokenizer) to fine-tune instead of a preset;
+    the data must be prepared with its tokenizer (`zerotrain data prepare --tokenizer DIR`)."""
+    init_from_hf: str = ""
+    """A local Hugging Face GPT-2 directory whose weights (and shape) start zerotrain's own GPT-2."""
 
 
 @dataclass
@@ -267,6 +272,14 @@ def validate(cfg: RunConfig) -> None:
         problems.append("train.keep_last must be >= 1")
     if not 0 <= m.dropout < 1:
         problems.append("model.dropout must be in [0, 1)")
+    shape_keys = [f"model.{k}" for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size") if getattr(m, k) is not None]
+    if (m.hf or m.init_from_hf) and shape_keys:
+        problems.append(f"{', '.join(shape_keys)} cannot be set with model.hf / model.init_from_hf: the Hugging Face model's "
+                        "config.json gives the shape; remove them")
+    if m.hf and m.init_from_hf:
+        problems.append("model.hf and model.init_from_hf exclude each other: fine-tune the HF model (hf) or start zerotrain's GPT-2 from it (init_from_hf)")
+    if (m.hf or m.init_from_hf) and cfg.run.init_from:
+        problems.append("run.init_from and model.hf / model.init_from_hf both name starting weights; keep one")
     if ds.zero_stage not in (0, 1, 2, 3):
         problems.append(f"deepspeed.zero_stage = {ds.zero_stage} must be 0, 1, 2 or 3")
     if ds.offload_optimizer != "none" and ds.zero_stage == 0:

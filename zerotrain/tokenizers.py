@@ -91,6 +91,16 @@ class GPT2Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         return [np.array(ids, dtype=np.uint32) for ids in self.encoding.encode_ordinary_batch(texts)]
 
+    def encode_with_offsets(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(ids, start, end) per text: each token's character range in the text."""
+        out = []
+        for ids in self.encoding.encode_ordinary_batch(texts):
+            _, starts = self.encoding.decode_with_offsets(ids)  # byte-level BPE decodes back to the same text
+            starts = np.array(starts, dtype=np.int64)
+            stops = np.append(starts[1:], len(texts[len(out)]))
+            out.append((np.array(ids, dtype=np.uint32), starts, stops))
+        return out
+
     def decode(self, ids) -> str:
         return self.encoding.decode(list(ids))
 
@@ -136,6 +146,25 @@ class HFTokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         return [np.array(ids, dtype=np.uint32) for ids in self.tok(texts, add_special_tokens=False)["input_ids"]]
+
+    def encode_with_offsets(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(ids, start, end) per text: each token's character range in the text (needs a fast tokenizer)."""
+        try:
+            enc = self.tok(texts, add_special_tokens=False, return_offsets_mapping=True)
+        except NotImplementedError:
+            raise UserError(f"{self.path} is a slow (Python) tokenizer, which cannot say which characters each token covers; "
+                            f"instruction data needs a fast one (a directory with tokenizer.json)") from None
+        return [(np.array(ids, dtype=np.uint32), np.array([a for a, _ in offsets], dtype=np.int64).reshape(-1),
+                 np.array([b for _, b in offsets], dtype=np.int64).reshape(-1))
+                for ids, offsets in zip(enc["input_ids"], enc["offset_mapping"])]
+
+    @property
+    def chat_template(self) -> str | None:
+        return getattr(self.tok, "chat_template", None) or None
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        """The conversation as text, by the tokenizer's chat template."""
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     def decode(self, ids) -> str:
         return self.tok.decode(list(ids))

@@ -17,12 +17,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from zerotrain import UserError, checkpoint, dsconfig, runconfig
 from zerotrain.data import BatchSampler, TokenData, eval_batches
 from zerotrain.model import GPTConfig, config_from_preset, flops_per_token
+
+if TYPE_CHECKING:  # zerotrain.hf imports transformers; the trainer imports it only for model.hf runs
+    from zerotrain.hf import HFModelInfo
 
 RUN_ARTIFACTS = ("config.toml", "ds_config.json", "metrics.jsonl", "checkpoints", "tb", "tokenizer", ".wandb_id")
 
@@ -44,7 +48,9 @@ def param_groups(model, weight_decay: float) -> tuple[list[dict], list[list[str]
     (tied) embeddings — and the parameter names of each group in order (checkpoints record them)."""
     decay, no_decay = ([], []), ([], [])
     for name, p in model.named_parameters():
-        names, params = no_decay if p.ndim < 2 or name.startswith(("transformer.wte", "transformer.wpe")) else decay
+        ndim = len(getattr(p, "ds_shape", p.shape))  # a ZeRO-3 partition is flat; ds_shape is the tensor's
+        embedding = name.startswith(("transformer.wte", "transformer.wpe")) or "embed" in name
+        names, params = no_decay if ndim < 2 or embedding else decay
         names.append(name)
         params.append(p)
     groups = [{"params": decay[1], "weight_decay": weight_decay}, {"params": no_decay[1], "weight_decay": 0.0}]
@@ -67,6 +73,8 @@ class Plan:
     init_from: tuple[Path, str] | None
     overwrite: bool
     dtype: str  # bf16, fp16 or fp32, "auto" resolved for this machine
+    hf: "HFModelInfo | None" = None  # model.hf: the Hugging Face model to fine-tune (plan.model then only carries its shape)
+    init_from_hf: str = ""  # model.init_from_hf: HF GPT-2 weights that start zerotrain's model
 
 
 def _model_config(cfg: runconfig.RunConfig, vocab_size: int, from_checkpoint: dict | None, what: str) -> GPTConfig:
@@ -157,7 +165,29 @@ def preflight(cfg: runconfig.RunConfig, world: int, overwrite: bool = False) -> 
     source = resume_from or init_from
     saved_model = checkpoint.read_manifest(*source)["model"] if source else None
     what = f"run.resume {cfg.run.resume}" if resume_from else f"run.init_from {cfg.run.init_from}"
-    model = _model_config(cfg, data[0].vocab_size, saved_model, what)
+    hf_info = None
+    if cfg.model.hf:
+        from zerotrain import hf
+
+        hf_info = hf.inspect(cfg.model.hf)
+        hf.check_tokenizer(hf_info, data[0].path)
+        if resume_from and checkpoint.read_manifest(*resume_from).get("hf") is None:
+            raise UserError(f"run.resume {cfg.run.resume} is a checkpoint of zerotrain's own model, not of {cfg.model.hf}; "
+                            f"resume a model.hf run, or drop model.hf")
+        # the shape, for the FLOPs count, the data checks and the manifest; the weights come from the directory
+        model = GPTConfig(n_layer=hf_info.n_layer, n_head=hf_info.n_head, n_embd=hf_info.hidden, block_size=hf_info.block_size,
+                          vocab_size=hf_info.vocab_size, dropout=0.0)
+    elif cfg.model.init_from_hf and not resume_from:
+        from zerotrain import hf
+
+        info = hf.inspect(cfg.model.init_from_hf)
+        if info.model_type != "gpt2":
+            raise UserError(f"model.init_from_hf {cfg.model.init_from_hf} is a {info.model_type} model; it must be GPT-2 "
+                            f"(fine-tune other models with model.hf)")
+        model = GPTConfig(n_layer=info.n_layer, n_head=info.n_head, n_embd=info.hidden, block_size=info.block_size,
+                          vocab_size=info.vocab_size, dropout=cfg.model.dropout)
+    else:
+        model = _model_config(cfg, data[0].vocab_size, saved_model, what)
     seq_len = cfg.train.seq_len or model.block_size
     if seq_len > model.block_size:
         raise UserError(f"train.seq_len {seq_len} is larger than the model's block_size {model.block_size}; "
@@ -181,7 +211,8 @@ def preflight(cfg: runconfig.RunConfig, world: int, overwrite: bool = False) -> 
         if manifest["dtype"] != dtype:
             raise UserError(f"checkpoint {where} was trained in {manifest['dtype']} and this run would use {dtype}; "
                             f"set deepspeed.dtype = \"{manifest['dtype']}\" to resume it, or start a new run with run.init_from")
-    return Plan(cfg, model, seq_len, batch, data, weights, run_dir, resume_from, init_from, overwrite, dtype)
+    return Plan(cfg, model, seq_len, batch, data, weights, run_dir, resume_from, init_from, overwrite, dtype, hf_info,
+                cfg.model.init_from_hf if not resume_from else "")
 
 
 def _prepare_run_dir(plan: Plan, ds_config: dict) -> None:
@@ -331,17 +362,30 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
 
     # Same seed on every rank: identical initial weights whatever the ZeRO stage.
     torch.manual_seed(cfg.run.seed)
-    with torch.device(d.device):
-        model = GPT(plan.model)
-    model.gradient_checkpointing = ds.activation_checkpointing
-    model.lm_head.fused_loss = t.fused_loss
-    compiled = t.compile == "blocks" or (t.compile == "auto" and on_gpu and ds.zero_stage < 3)
-    if compiled:
-        model.compile_blocks()  # compiles lazily, on the first forward
+    compiled = False
+    if plan.hf:
+        from zerotrain import hf
+
+        model = hf.load(plan.hf, dtype, ds_config, ds.zero_stage, ds.activation_checkpointing)
+        say(f"fine-tuning {plan.hf.describe()}")
+    else:
+        with torch.device(d.device):
+            model = GPT(plan.model)
+        model.gradient_checkpointing = ds.activation_checkpointing
+        model.lm_head.fused_loss = t.fused_loss
+        compiled = t.compile == "blocks" or (t.compile == "auto" and on_gpu and ds.zero_stage < 3)
+        if compiled:
+            model.compile_blocks()  # compiles lazily, on the first forward
     if plan.init_from:
         model.load_state_dict(checkpoint.load_fp32_state_dict(*plan.init_from))
         say(f"weights from {plan.init_from[0] / plan.init_from[1]} (fresh optimizer and schedule)")
-    n_params = model.num_params()
+    elif plan.init_from_hf:
+        from zerotrain import hf
+
+        model.load_state_dict(hf.gpt2_weights(plan.init_from_hf)[1])
+        say(f"weights from the Hugging Face GPT-2 in {plan.init_from_hf} (fresh optimizer and schedule)")
+    # ZeRO-3 models built by zero.Init hold partitions: count the full tensors
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     torch.manual_seed(cfg.run.seed + d.rank)  # dropout differs per rank
 
     groups, group_names = param_groups(model, t.weight_decay)
@@ -371,8 +415,9 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     tokens_per_step = plan.batch.global_size * plan.seq_len
     flops_tok = flops_per_token(plan.model, n_params, plan.seq_len)
     peak = peak_flops(torch.cuda.get_device_name(d.device) if on_gpu else None)
+    vocab = f"vocab {plan.model.vocab_size}" if plan.hf else f"vocab {plan.model.vocab_size} padded to {plan.model.padded_vocab_size}"
     say(f"model {n_params / 1e6:.2f}M parameters ({plan.model.n_layer} layers, {plan.model.n_head} heads, {plan.model.n_embd} wide, "
-        f"vocab {plan.model.vocab_size} padded to {plan.model.padded_vocab_size}, block {plan.model.block_size})")
+        f"{vocab}, block {plan.model.block_size})")
     say(f"{plan.batch.describe()} sequences of {plan.seq_len} tokens = {tokens_per_step:,} tokens per step")
     say(f"ZeRO stage {ds.zero_stage}, {dtype}, {d.world} × {d.device.type}{', compiled blocks' if compiled else ''}, "
         f"lr {t.lr:g} -> {t.min_lr:g}, run dir {plan.run_dir}")
@@ -391,7 +436,8 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
                                 "evals_since_best": evals_since_best, "run_config": runconfig.to_dict(cfg)}}
         manifest = {"step": step, "tokens_seen": tokens_seen, "world_size": d.world, "zero_stage": ds.zero_stage,
                     "dtype": dtype, "model": dataclasses.asdict(plan.model), "val_loss": last_val,
-                    "tokenizer": plan.data[0].meta["tokenizer"], "param_group_names": group_names}
+                    "tokenizer": plan.data[0].meta["tokenizer"], "param_group_names": group_names,
+                    "hf": str(plan.hf.path.resolve()) if plan.hf else None, "hf_config": plan.hf.config if plan.hf else None}
         return checkpoint.save(engine, ckpt_dir, step, client, manifest, d, t.keep_last, pointers)
 
     # Stage 0 in fp32/fp16 keeps torch's optimizer or DeepSpeed's FP16_UnfusedOptimizer, which record no
@@ -402,6 +448,7 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     window_start, window_steps = time.perf_counter(), 0
     clock = _PhaseClock(t.time_phases, on_gpu)
     progress = _progress(d.is_main, step, t.max_steps)
+    engine.train()  # from_pretrained returns a model in eval mode: without this, dropout would only start after the first evaluation
     while step < t.max_steps:
         lr = lr_at(step, t)
         for group in engine.optimizer.param_groups:
@@ -487,7 +534,6 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
         writer.close()
     distributed.barrier(d)
     engine.destroy()  # DeepSpeed's own teardown: removes its hooks and releases its buffers before the group goes
-    del engine, model
     dist.destroy_process_group()
     if not on_gpu:  # every rank mapped DeepSpeed's shared-memory buffers long ago; drop their names
         distributed.remove_shm_buffers(os.environ.get("MASTER_ADDR", "127.0.0.1"), os.environ.get("MASTER_PORT", ""), d.rank)
