@@ -6,6 +6,7 @@ stored once) next to the tokenizer files, then reloaded from disk with `AutoMode
 checked logit-for-logit against zerotrain's own model before the folder is put in place.
 """
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -124,8 +125,11 @@ def _export_hf(manifest: dict, ckpt_dir: Path, tag: str, tokenizer_dir: Path, ou
 
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    reference.to(torch_dtype).save_pretrained(str(tmp))
-    reference.float()
+    # save a converted copy: converting the reference itself would also round its non-persistent buffers (RoPE's
+    # inv_freq), which the reloaded model recomputes in fp32 from the config
+    saved = copy.deepcopy(reference).to(torch_dtype)
+    saved.save_pretrained(str(tmp))
+    del saved
     for f in tokenizer_dir.iterdir():
         shutil.copy2(f, tmp / f.name)
     reloaded = AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch.float32, local_files_only=True).eval()
