@@ -18,27 +18,13 @@ def _hf_model(path: str | Path):
     from transformers import AutoModelForCausalLM
 
     from zerotrain.hf import CausalLM
+    from zerotrain.model import sample
 
     inner = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, local_files_only=True).eval()
     model = CausalLM(inner)
-
-    @torch.no_grad()
-    def generate(idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
-        for _ in range(max_new_tokens):  # the same sampling rule as zerotrain's GPT.generate
-            context = getattr(inner.config, "max_position_embeddings", None) or 2048
-            logits = model(idx[:, -context:])[:, -1, :].float()
-            if temperature == 0:
-                next_id = logits.argmax(dim=-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                next_id = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
-            idx = torch.cat([idx, next_id], dim=1)
-        return idx
-
-    model.generate = generate
+    context = getattr(inner.config, "max_position_embeddings", None) or 2048
+    model.generate = lambda idx, max_new_tokens, temperature=1.0, top_k=None, generator=None: sample(
+        model, idx, context, inner.config.vocab_size, max_new_tokens, temperature, top_k, generator)
     return model
 
 

@@ -247,19 +247,26 @@ class GPT(nn.Module):
                  generator: torch.Generator | None = None):
         """Append max_new_tokens sampled tokens to idx (B, T). temperature 0 means greedy.
         Padding entries of the vocabulary (>= vocab_size) are never produced."""
-        for _ in range(max_new_tokens):
-            context = idx[:, -self.config.block_size:]
-            logits = self(context)[:, -1, :self.config.vocab_size].float()  # (B, V)
-            if temperature == 0:
-                next_id = logits.argmax(dim=-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                next_id = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
-            idx = torch.cat([idx, next_id], dim=1)
-        return idx
+        return sample(self, idx, self.config.block_size, self.config.vocab_size, max_new_tokens, temperature, top_k, generator)
+
+
+@torch.no_grad()
+def sample(model, idx, context: int, vocab_size: int, max_new_tokens: int, temperature: float = 1.0,
+           top_k: int | None = None, generator: torch.Generator | None = None):
+    """Append max_new_tokens tokens to idx (B, T), each drawn from model(last `context` tokens)'s logits over the
+    first vocab_size entries: greedy at temperature 0, else softmax(logits / temperature) over the top_k."""
+    for _ in range(max_new_tokens):
+        logits = model(idx[:, -context:])[:, -1, :vocab_size].float()  # (B, V)
+        if temperature == 0:
+            next_id = logits.argmax(dim=-1, keepdim=True)
+        else:
+            logits = logits / temperature
+            if top_k:
+                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            next_id = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+        idx = torch.cat([idx, next_id], dim=1)
+    return idx
 
 
 def flops_per_token(cfg: GPTConfig, n_params: int, seq_len: int) -> float:
