@@ -136,7 +136,8 @@ OWNED_KEYS = {
 }
 
 
-def _get(d: dict, dotted: str, default="none"):
+def get_dotted(d, dotted: str, default="none"):
+    """d["a"]["b"] for "a.b", or default where a level is missing or not an object."""
     for part in dotted.split("."):
         if not isinstance(d, dict) or part not in d:
             return default
@@ -148,7 +149,7 @@ def merge_user_config(generated: dict, user: dict) -> dict:
     """User entries win, except where they would contradict the run config."""
     problems = []
     for key, owner in OWNED_KEYS.items():
-        theirs, ours = _get(user, key), _get(generated, key, default=False if key.endswith("enabled") else "none")
+        theirs, ours = get_dotted(user, key), get_dotted(generated, key, default=False if key.endswith("enabled") else "none")
         if theirs != "none" and theirs != ours:
             problems.append(f"{key} = {theirs!r} contradicts the run's {ours!r} (set {owner} instead)")
     if "checkpoint" in user:

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from zerotrain import UserError, memory
+from zerotrain.dsconfig import get_dotted
 
 DEEPSPEED_VERSION = "0.19.8"  # the version the tables below were taken from
 
@@ -449,11 +450,7 @@ _MISSING = object()
 
 
 def _get(d, dotted: str, default=_MISSING):
-    for part in dotted.split("."):
-        if not isinstance(d, dict) or part not in d:
-            return default
-        d = d[part]
-    return d
+    return get_dotted(d, dotted, default)
 
 
 def _section(config: dict, name: str) -> dict:
