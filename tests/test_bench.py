@@ -20,9 +20,10 @@ def test_sweep_configs_and_summary():
                      "zero3-oo-cpu-op-cpu-mb8"]
     records = [{"step": s, "loss": 5.0 - s, "step_time_s": t, "tokens_per_s": 1000 / t, "mfu": None, "peak_mem_bytes": 10 * s,
                 "forward_s": t / 4, "backward_s": t / 2, "optimizer_s": t / 4} for s, t in ((1, 9.0), (2, 1.0), (3, 2.0), (4, 3.0))]
+    records.append({**records[-1], "step": 5, "step_time_s": 50.0, "loss": 0.5, "profiled": True})  # left out of the medians
     s = summarize(records, warmup_steps=1)
     assert s["step_time_s"] == 2.0 and s["tokens_per_s"] == 500.0  # median of the three steps after warm-up
-    assert s["peak_allocated"] == 40 and (s["first_loss"], s["last_loss"]) == (4.0, 1.0) and s["mfu"] is None
+    assert s["peak_allocated"] == 40 and (s["first_loss"], s["last_loss"]) == (4.0, 0.5) and s["mfu"] is None
 
 
 def test_a_failing_configuration_is_recorded(tmp_path):
@@ -44,6 +45,9 @@ def test_bench_compares_stages_on_two_cpu_ranks(tmp_path, char_data):
         assert row["status"] == "ok" and row["tokens_per_s"] > 0 and row["step_time_s"] > 0
         assert row["forward_s"] > 0 and row["backward_s"] > 0 and row["optimizer_s"] > 0
         assert row["last_loss"] < row["first_loss"]  # it trained
+        assert row["communication_wait_s"] is None  # measured from GPU kernels only
+        profile = json.loads((out / "runs" / row["config"] / "profile" / "summary-rank0.json").read_text())
+        assert (profile["first_step"], profile["last_step"]) == (5, 6)  # 1 warm-up + 3 timed, then 2 profiled
         assert row["predicted_peak_allocated"] == memory.plan(memory.resolve_model("tiny"), memory.RunShape(
             gpus_per_node=2, micro_batch=4, seq_len=32, dtype="fp32", zero_stage=row["zero_stage"],
             contiguous_gradients=row["zero_stage"] >= 2, overlap_comm=False)).per_gpu["peak_allocated"]

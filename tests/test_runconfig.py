@@ -49,6 +49,15 @@ def test_value_problems_are_all_reported(tmp_path):
         assert part in message
 
 
+def test_compiled_blocks_are_refused_at_zero3(tmp_path):
+    """On GPUs compiled blocks race with ZeRO-3's backward (benchmarks/zero3_compile_check.py): refused, with the fix."""
+    p = write(tmp_path, '[data]\ndir = "d"\n[train]\ncompile = "blocks"\n[deepspeed]\nzero_stage = 3\n')
+    with pytest.raises(UserError, match='use train.compile = "auto" or "none" at stage 3'):
+        load_run_config(p)
+    load_run_config(p, ["--deepspeed.zero_stage=2"])  # fine below stage 3
+    load_run_config(p, ["--train.compile=auto"])  # auto runs ZeRO-3 eager
+
+
 def test_missing_data_and_bad_toml(tmp_path):
     with pytest.raises(UserError, match="set data.dir"):
         load_run_config(write(tmp_path, "[train]\nlr = 1e-3\n"))

@@ -50,6 +50,8 @@ class BenchResult:
     forward_s: float | None = None
     backward_s: float | None = None
     optimizer_s: float | None = None
+    communication_wait_s: float | None = None  # from the profiled steps: communication no compute kernel overlapped
+    profile: dict = field(default_factory=dict)  # rank 0's profiling.summarize_* of the profiled steps
     first_loss: float | None = None
     last_loss: float | None = None
     predicted: dict = field(default_factory=dict)  # the planner's per_gpu terms (bytes)
@@ -66,8 +68,8 @@ class BenchResult:
                 "step_time_s": self.step_time_s, "tokens_per_s": self.tokens_per_s, "mfu": self.mfu,
                 "peak_allocated": self.peak_allocated, "peak_reserved": self.peak_reserved,
                 "predicted_peak_allocated": self.predicted.get("peak_allocated"), "forward_s": self.forward_s,
-                "backward_s": self.backward_s, "optimizer_s": self.optimizer_s, "first_loss": self.first_loss,
-                "last_loss": self.last_loss}
+                "backward_s": self.backward_s, "optimizer_s": self.optimizer_s,
+                "communication_wait_s": self.communication_wait_s, "first_loss": self.first_loss, "last_loss": self.last_loss}
 
 
 def sweep_configs(stages: list[int], micro_batches: list[int], offload: bool) -> list[BenchConfig]:
@@ -87,9 +89,9 @@ def sweep_configs(stages: list[int], micro_batches: list[int], offload: bool) ->
 
 
 def summarize(records: list[dict], warmup_steps: int) -> dict:
-    """Median step time and friends from a run's metrics.jsonl records, skipping warm-up steps."""
+    """Median step time and friends from a run's metrics.jsonl records, skipping warm-up and profiled steps."""
     steps = [r for r in records if "loss" in r]
-    timed = [r for r in steps if r["step"] > warmup_steps] or steps[-1:]
+    timed = [r for r in steps if r["step"] > warmup_steps and not r.get("profiled")] or steps[-1:]
     if not timed:
         return {}
     median = lambda key: statistics.median(r[key] for r in timed) if all(r.get(key) is not None for r in timed) else None
@@ -122,7 +124,12 @@ def run_one(cfg: BenchConfig, base_config: str, overrides: list[str], nproc: int
             return BenchResult(cfg, f"failed (exit {proc.returncode})", log_tail=tail)
         # every step ran and was measured, then a process died on its way out: keep the numbers, say so
         return BenchResult(cfg, f"ok, then exit {proc.returncode} at shutdown", log_tail=tail, **summarize(records, warmup_steps))
-    return BenchResult(cfg, "ok", **summarize(records, warmup_steps))
+    result = BenchResult(cfg, "ok", **summarize(records, warmup_steps))
+    profile = run_dir / "profile" / "summary-rank0.json"
+    if profile.is_file():
+        result.profile = json.loads(profile.read_text())
+        result.communication_wait_s = result.profile.get("communication_wait_s")  # GPU runs only
+    return result
 
 
 def bench(base_config: str, overrides: list[str], nproc: int, configs: list[BenchConfig], out: Path, warmup_steps: int,
@@ -159,18 +166,21 @@ def write_reports(results: list[BenchResult], out: Path, nproc: int) -> None:
     baseline = next((r.tokens_per_s for r in results if r.measured and r.config.zero_stage == 0), None) \
         or next((r.tokens_per_s for r in results if r.measured), None)
     lines = [("| configuration | status | step ms | tokens/s | speed-up | MFU | forward / backward / optimizer ms | "
-             "peak alloc GiB | planned GiB (GPU) | peak reserved GiB | loss first → last |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "communication wait ms | peak alloc GiB | planned GiB (GPU) | peak reserved GiB | loss first → last |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         ok = r.measured
         split = " / ".join(f"{1000 * v:.0f}" for v in (r.forward_s, r.backward_s, r.optimizer_s)) if ok and r.forward_s is not None else ""
+        wait = "" if r.communication_wait_s is None else f"{1000 * r.communication_wait_s:.1f}"
         lines.append(f"| {r.config.label} | {r.status} | {1000 * r.step_time_s:.0f} | {r.tokens_per_s:,.0f} | "
-                     f"{r.tokens_per_s / baseline:.2f}× | {'' if r.mfu is None else f'{100 * r.mfu:.1f}%'} | {split} | "
+                     f"{r.tokens_per_s / baseline:.2f}× | {'' if r.mfu is None else f'{100 * r.mfu:.1f}%'} | {split} | {wait} | "
                      f"{_gib(r.peak_allocated)} | {_gib(r.predicted.get('peak_allocated'))} | {_gib(r.peak_reserved)} | "
                      f"{r.first_loss:.3f} → {r.last_loss:.3f} |" if ok else
-                     f"| {r.config.label} | {r.status} | | | | | | | {_gib(r.predicted.get('peak_allocated'))} | | |")
+                     f"| {r.config.label} | {r.status} | | | | | | | | {_gib(r.predicted.get('peak_allocated'))} | | |")
     (out / "bench.md").write_text("\n".join(lines) + "\n\nspeed-up is relative to ZeRO-0 (or the first configuration that ran); "
-                                  "peak memory is per GPU (on CPU: the process's peak RSS, which the GPU plan does not describe).\n")
+                                  "peak memory is per GPU (on CPU: the process's peak RSS, which the GPU plan does not describe); "
+                                  "communication wait: time in the profiled steps when a communication kernel ran and no compute "
+                                  "kernel beside it (GPU only; each run's profile/ holds the traces and the kernel breakdown).\n")
     _plot(results, out)
 
 

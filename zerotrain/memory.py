@@ -209,7 +209,7 @@ class RunShape:
     offload_params: str = "none"  # none | cpu | nvme (stage 3 only)
     activation_checkpointing: bool = False
     attention: str = "sdpa"  # sdpa (flash/memory-efficient kernels: no T×T scores kept) | eager (scores kept)
-    compile: str = "auto"  # zerotrain models: train.compile (auto: compiled blocks on GPUs below stage 3)
+    compile: str = "auto"  # zerotrain models: train.compile (auto, blocks: compiled blocks on GPUs below stage 3)
     fused_loss: bool = True  # zerotrain models: train.fused_loss
     reduce_bucket_size: int = 500_000_000
     allgather_bucket_size: int = 500_000_000
@@ -431,7 +431,7 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
     # --- activations kept for backward, and what comes on top at three moments: the end of the forward (the
     # fused loss's chunk loop), the start of backward (the plain loss's fp32 gradients) and the first block's
     # backward (reduce buffers allocated, the loss's scaled gradients alive)
-    compiled = model.impl == "zerotrain" and (run.compile == "blocks" or (run.compile == "auto" and z < 3))
+    compiled = model.impl == "zerotrain" and run.compile in ("blocks", "auto") and z < 3  # train refuses blocks at stage 3
     fused = model.impl == "zerotrain" and run.fused_loss
     kept_loss, loss_forward, loss_backward = _loss_terms(model, b, s, fused, compiled)
     per_layer = saved_bytes_per_token_per_layer(model, b, run.attention, run.seq_len)

@@ -213,7 +213,8 @@ class GPT(nn.Module):
     def compile_blocks(self) -> None:
         """torch.compile each transformer block (fusing LayerNorm, GELU, residual adds and dropout around the
         matmuls) and the per-chunk loss math. Per block, not the whole model, so DeepSpeed's hooks on the
-        model stay outside the compiled graphs and one compiled graph serves every layer."""
+        model stay outside the compiled graphs and one compiled graph serves every layer. Not under ZeRO-3:
+        there compiled blocks train on wrong gradients (docs/performance.md)."""
         for block in self.transformer.h:
             block.compile()
         self.lm_head.chunk_fn = torch.compile(_chunk_loss_and_grad_fusable, dynamic=False)

@@ -103,8 +103,9 @@ class TrainSection:
     """Stop after this many evaluations without a better val loss; 0 disables early stopping."""
     compile: str = "auto"
     """torch.compile: "blocks" compiles each transformer block and the loss, "none" runs eager, "auto" compiles on
-    GPUs at ZeRO stages 0-2 (not on CPU, where compiling takes longer than it saves, nor under ZeRO-3, whose
-    parameter hooks fight the compiled graphs)."""
+    GPUs at ZeRO stages 0-2 (not on CPU, where compiling takes longer than it saves). Never under ZeRO-3: with
+    DeepSpeed 0.19.8 compiled blocks race with ZeRO-3's backward on GPUs and train on wrong gradients
+    (docs/performance.md; benchmarks/zero3_compile_check.py shows it)."""
     fused_loss: bool = True
     """Cross-entropy a chunk of tokens at a time, with its gradient computed in the same pass, instead of
     materialising fp32 logits for the whole micro-batch (3 × 4 bytes × vocabulary per token). false: the
@@ -112,6 +113,10 @@ class TrainSection:
     time_phases: bool = False
     """Synchronize the device around forward, backward and the optimizer step and log their times
     (forward_s, backward_s, optimizer_s per step). Costs a little speed; `zerotrain bench` turns it on."""
+    profile_steps: int = 0
+    """Run torch.profiler over the last this many steps: each rank writes profile/trace-rank{R}.json.gz (for
+    Perfetto) and profile/summary-rank{R}.json (GPU time by kernel category, communication hidden by compute
+    and waited for, idle GPU). Those steps are slower; their log records carry "profiled": true."""
 
 
 @dataclass
@@ -245,7 +250,8 @@ CHOICES = {
 }
 POSITIVE = [("train", k) for k in ("max_steps", "micro_batch_size", "grad_accum", "eval_iters", "log_interval")]
 NON_NEGATIVE = [("train", k) for k in ("global_batch_size", "seq_len", "warmup_steps", "lr_decay_steps", "weight_decay",
-                                       "grad_clip", "eval_interval", "save_interval", "early_stop_patience", "min_lr")]
+                                       "grad_clip", "eval_interval", "save_interval", "early_stop_patience", "min_lr",
+                                       "profile_steps")]
 
 
 def validate(cfg: RunConfig) -> None:
@@ -255,6 +261,9 @@ def validate(cfg: RunConfig) -> None:
         value = getattr(getattr(cfg, sec), key)
         if value not in choices:
             problems.append(f"{sec}.{key} = {value!r} is not one of {', '.join(choices)}")
+    if cfg.train.compile == "blocks" and cfg.deepspeed.zero_stage == 3:
+        problems.append('train.compile = "blocks" does not work with ZeRO-3 (compiled blocks race with its backward on GPUs '
+                        'and train on wrong gradients; docs/performance.md); use train.compile = "auto" or "none" at stage 3')
     for sec, key in POSITIVE:
         if getattr(getattr(cfg, sec), key) <= 0:
             problems.append(f"{sec}.{key} must be > 0")

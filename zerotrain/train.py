@@ -28,7 +28,7 @@ from zerotrain.model import GPTConfig, config_from_preset, flops_per_token
 if TYPE_CHECKING:  # zerotrain.hf imports transformers; the trainer imports it only for model.hf runs
     from zerotrain.hf import HFModelInfo
 
-RUN_ARTIFACTS = ("config.toml", "ds_config.json", "metrics.jsonl", "checkpoints", "tb", "tokenizer", ".wandb_id")
+RUN_ARTIFACTS = ("config.toml", "ds_config.json", "metrics.jsonl", "checkpoints", "tb", "tokenizer", ".wandb_id", "profile")
 
 
 def lr_at(step: int, t: runconfig.TrainSection) -> float:
@@ -344,6 +344,9 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
         peak_memory,
     )
     from zerotrain.model import GPT
+    from torch.profiler import record_function
+
+    from zerotrain.profiling import StepProfiler, format_summary
     t, ds = cfg.train, cfg.deepspeed
     on_gpu = d.device.type == "cuda"
     dtype = plan.dtype
@@ -447,29 +450,41 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     loss_sum = torch.zeros((), device=d.device)
     window_start, window_steps = time.perf_counter(), 0
     clock = _PhaseClock(t.time_phases, on_gpu)
+    profiler = StepProfiler(t.profile_steps, t.max_steps, step, plan.run_dir / "profile", d.rank, on_gpu)
+    window_profiled = False
     progress = _progress(d.is_main, step, t.max_steps)
     engine.train()  # from_pretrained returns a model in eval mode: without this, dropout would only start after the first evaluation
     while step < t.max_steps:
+        profiler.maybe_start(step + 1)
         lr = lr_at(step, t)
         for group in engine.optimizer.param_groups:
             group["lr"] = lr
         logging = (step + 1) % t.log_interval == 0 or step + 1 == t.max_steps
         loss_sum.zero_()
         for micro in range(plan.batch.accum):
-            x, y = sampler.next_batch()
+            # record_function names the phases in train.profile_steps traces (and costs microseconds otherwise)
+            with record_function("zerotrain.data"):
+                x, y = sampler.next_batch()
+                x, y = _to_device(x, d.device), _to_device(y, d.device)
             clock.lap(None)
-            loss = engine(_to_device(x, d.device), _to_device(y, d.device))
+            with record_function("zerotrain.forward"):
+                loss = engine(x, y)
             clock.lap("forward_s")
-            engine.backward(loss)  # at the accumulation boundary this also reduces gradients across ranks
+            with record_function("zerotrain.backward"):
+                engine.backward(loss)  # at the accumulation boundary this also reduces gradients across ranks
             clock.lap("backward_s")
             if own_grad_norm and logging and micro == plan.batch.accum - 1:
                 grad_norm = _grad_norm(model) / (_loss_scale(engine.optimizer) if dtype == "fp16" else 1.0)
-            engine.step()  # DeepSpeed applies the optimizer only at the accumulation boundary
+            with record_function("zerotrain.optimizer_step"):
+                engine.step()  # DeepSpeed applies the optimizer only at the accumulation boundary
             clock.lap("optimizer_s")
             loss_sum += loss.detach()
         step += 1
         tokens_seen += tokens_per_step
         window_steps += 1
+        window_profiled = window_profiled or profiler.active(step)
+        if (summary := profiler.maybe_stop(step)) and d.is_main:
+            _print(progress, format_summary(summary) + f"; trace in {profiler.out_dir}")
         if progress:
             progress.advance()
 
@@ -486,6 +501,8 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
                       "mfu": None if peak is None else flops_tok * tokens_per_step / step_time / d.world / peak,
                       **peak_memory(d.device), "tokens_seen": tokens_seen, "elapsed_s": time.perf_counter() - started}
             record.update(clock.per_step(window_steps))
+            if window_profiled:  # the profiler slowed these steps: `zerotrain bench` leaves them out
+                record["profiled"], window_profiled = True, False
             if setup_mem is not None:  # model states and DeepSpeed's buffers before the first step; `zerotrain plan` predicts it
                 record["setup_mem_bytes"], setup_mem = setup_mem, None
             if dtype == "fp16":

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Profiled speed runs of `zerotrain train` (GPT-2 124M and XL, bf16, seq 1024) on a 4-GPU host, two lanes on GPU
+# pairs (0,1) and (2,3). The `speed` runs of 2026-11-21 also compared SDPA backends and ZeRO-3 with compiled blocks
+# through options that are gone (docs/performance.md says why); today it runs the defaults and larger micro-batches. Each run profiles its last 2 steps (train.profile_steps): summaries land in $OUT.
+#   OUT=results bash benchmarks/gpu_profile.sh speed     # the A/B runs
+#   OUT=results bash benchmarks/gpu_profile.sh compare   # 2 GPUs vs 1 GPU and vs the HF GPT2 + raw DeepSpeed probe
+#   OUT=results bash benchmarks/gpu_profile.sh profiles  # the defaults profiled (XL ZeRO-2/3, 124M ZeRO-2), pytest -m gpu
+# Needs data/shakespeare-gpt2 and benchmarks/reference_probe.py (../shared/reference/probe_raw_deepspeed.py).
+set -uo pipefail
+OUT=${OUT:-profile-results}
+RUNS=${RUNS:-/tmp/zerotrain-profile}
+mkdir -p "$OUT/lanes" "$RUNS"
+export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+common=(configs/gpt2-124m.toml --run.checkpoints=false --run.tensorboard=false --run.resume= --train.eval_interval=0
+        --train.early_stop_patience=0 --train.profile_steps=2)
+{
+  echo "date $(date -u +%Y-%m-%dT%H:%MZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1
+  python3 -c "import torch, deepspeed, transformers; print('torch', torch.__version__, 'deepspeed', deepspeed.__version__, 'transformers', transformers.__version__)"
+} > "$OUT/env.txt"
+
+train() {  # train GPUS PORT NAME OVERRIDES...
+  local gpus=$1 port=$2 name=$3; shift 3
+  local n=$(( $(tr -cd , <<< "$gpus" | wc -c) + 1 ))
+  CUDA_VISIBLE_DEVICES=$gpus timeout ${RUN_TIMEOUT:-400} torchrun --nproc_per_node $n --master_port "$port" -m zerotrain train "${common[@]}" \
+    --run.out_dir="$RUNS/$name" "$@" --overwrite > "$RUNS/$name.log" 2>&1 || echo "FAILED $name ($?)" >> "$OUT/speed.txt"
+  python3 - "$RUNS/$name" "$name" "$n" >> "$OUT/speed.txt" <<'EOF'
+import json, sys
+run, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+try:
+    rows = [json.loads(l) for l in open(f"{run}/metrics.jsonl") if '"loss"' in l]
+except OSError:
+    sys.exit()
+timed = [r for r in rows if not r.get("profiled")][1:] or rows  # the first window holds compilation
+best = max(timed, key=lambda r: r["tokens_per_s"])
+last = timed[-1]
+mfu = lambda r: "" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"
+line = (f"{name:36s} {n} GPU step {last['step']:4d} loss {rows[-1]['loss']:.4f} last {last['tokens_per_s']:>10,.0f} tok/s {mfu(last):>6s} "
+        f"best {best['tokens_per_s']:>10,.0f} {mfu(best):>6s} peak {rows[-1]['peak_mem_bytes'] / 2**30:.2f} GiB")
+try:
+    p = json.load(open(f"{run}/profile/summary-rank0.json"))
+    cats = " ".join(f"{k.split()[0]}={1000 * v:.0f}" for k, v in p["kernel_s_by_category"].items())
+    line += (f"\n    profile step {1000 * p['step_wall_s']:.0f} ms: {cats}; comm wait {1000 * p['communication_wait_s']:.1f} "
+             f"hidden {1000 * p['communication_hidden_s']:.1f}; idle {1000 * p['gpu_idle_s']:.1f} ms")
+except (OSError, KeyError):
+    pass
+print(line)
+EOF
+  mkdir -p "$OUT/lanes/$name"
+  cp "$RUNS/$name/metrics.jsonl" "$RUNS/$name"/profile/summary-rank*.json "$OUT/lanes/$name/" 2>/dev/null
+  grep -v "Warning\|warn(" "$RUNS/$name.log" | tail -3 > "$OUT/lanes/$name/log-tail.txt"
+}
+
+s124=(--train.max_steps=30 --train.log_interval=5 --train.micro_batch_size=64 --train.grad_accum=2)
+xl=(--model.preset=gpt2-xl --train.max_steps=12 --train.log_interval=2)
+case "${1:-speed}" in
+speed)
+  (
+    train 0,1 29610 124m-z2-mb64 "${s124[@]}" --deepspeed.zero_stage=2
+    train 0,1 29610 xl-z2-mb16 "${xl[@]}" --train.micro_batch_size=16 --train.grad_accum=4 --deepspeed.zero_stage=2
+  ) &
+  (
+    train 2,3 29620 xl-z3-mb16 "${xl[@]}" --train.micro_batch_size=16 --train.grad_accum=4 --deepspeed.zero_stage=3
+    train 2,3 29620 xl-z1-mb32 "${xl[@]}" --train.micro_batch_size=32 --train.grad_accum=2 --deepspeed.zero_stage=1
+  ) &
+  wait
+  ;;
+compare)
+  shift
+  (
+    train 0,1 29610 xl-z2-mb16-2gpu "${xl[@]}" --train.micro_batch_size=16 --train.grad_accum=4 --deepspeed.zero_stage=2 "$@"
+    CUDA_VISIBLE_DEVICES=0,1 timeout 300 torchrun --nproc_per_node 2 --master_port 29610 benchmarks/reference_probe.py --model xl --mb 16 \
+      --ga 4 --stages 2 --impls hf --steps 6 --warm 2 2>&1 | grep RESULT >> "$OUT/speed.txt"
+  ) &
+  (
+    train 2 29620 xl-z2-mb16-1gpu "${xl[@]}" --train.micro_batch_size=16 --train.grad_accum=4 --deepspeed.zero_stage=2 "$@"
+  ) &
+  wait
+  ;;
+profiles)  # the trainer's defaults, profiled (kernel categories, communication wait, GPU idle by host phase); then the GPU tests
+  (
+    train 0,1 29610 xl-z2-mb16 "${xl[@]}" --train.micro_batch_size=16 --train.grad_accum=4 --deepspeed.zero_stage=2
+    train 0,1 29610 xl-z3-mb16 "${xl[@]}" --train.micro_batch_size=16 --train.grad_accum=4 --deepspeed.zero_stage=3
+  ) &
+  (
+    train 2,3 29620 124m-z2-mb64 "${s124[@]}" --deepspeed.zero_stage=2
+    CUDA_VISIBLE_DEVICES=2,3 timeout 420 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -4 > "$OUT/pytest_gpu.txt"
+  ) &
+  wait
+  ;;
+esac
+tar czf "$OUT/lanes.tgz" -C "$OUT" lanes && rm -rf "$OUT/lanes"
+cat "$OUT/speed.txt"

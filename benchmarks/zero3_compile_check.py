@@ -1,0 +1,71 @@
+"""Does compiling GPT blocks under ZeRO-3 change the numbers? Same seed, same Shakespeare batches, 6 steps of GPT-2 124M in bf16,
+one line of losses per variant: eager; eager with each block a ZeRO-3 leaf module; compiled leaf blocks; compiled
+leaf blocks without prefetching.      torchrun --nproc_per_node 2 benchmarks/zero3_compile_check.py"""
+
+import os
+import sys
+
+import deepspeed
+import numpy as np
+import torch
+import torch.distributed as dist
+from deepspeed.utils import set_z3_leaf_modules
+
+sys.path.insert(0, os.getcwd())
+from zerotrain.model import GPT, Block, config_from_preset  # noqa: E402
+
+VARIANTS = {"eager": (False, False, None), "eager-leaf": (True, False, None), "compiled-leaf": (True, True, None),
+            "compiled-leaf-noprefetch": (True, True, 0), "compiled-leaf-sync": (True, True, "sync"),
+            "compiled-leaf-fwdsync": (True, True, "fwdsync"), "compiled-leaf-bwdsync": (True, True, "bwdsync"),
+            "compiled-leaf-nooverlap": (True, True, "nooverlap"), "compiled-leaf-bwdhook": (True, True, "bwdhook"),
+            "compiled-leaf-bwdprehook": (True, True, "bwdprehook")}
+
+
+def run(name: str, leaf: bool, compiled: bool, prefetch) -> list[float]:
+    torch.manual_seed(0)
+    model = GPT(config_from_preset("gpt2")).cuda()
+    model.lm_head.fused_loss = True
+    if leaf:
+        set_z3_leaf_modules(model, [Block])
+    if compiled:
+        for block in model.transformer.h:
+            block.forward = torch.compile(block.forward)
+    for block in model.transformer.h:  # synchronize after every block's forward and/or backward
+        if prefetch in ("sync", "fwdsync"):
+            block.register_forward_hook(lambda *a: torch.cuda.synchronize())
+        if prefetch in ("sync", "bwdsync"):
+            block.register_full_backward_hook(lambda *a: torch.cuda.synchronize())
+        if prefetch == "bwdhook":  # the same autograd graph as bwdsync, no synchronization
+            block.register_full_backward_hook(lambda *a: None)
+        if prefetch == "bwdprehook":
+            block.register_full_backward_pre_hook(lambda *a: None)
+    zero = {"stage": 3} | ({"stage3_prefetch_bucket_size": 0} if prefetch == 0 else {}) \
+        | ({"overlap_comm": False} if prefetch == "nooverlap" else {})
+    config = {"train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 2, "bf16": {"enabled": True},
+              "zero_optimization": zero, "gradient_clipping": 1.0}
+    opt = torch.optim.AdamW(model.parameters(), lr=6e-4, fused=True)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=config)
+    tokens = torch.from_numpy(np.fromfile("data/shakespeare-gpt2/train.bin", dtype=np.uint16).astype(np.int64))
+    g = torch.Generator().manual_seed(1 + dist.get_rank())
+    losses = []
+    for _ in range(6):
+        total = 0.0
+        for _ in range(2):
+            starts = torch.randint(0, len(tokens) - 1025, (8,), generator=g)
+            batch = torch.stack([tokens[i:i + 1025] for i in starts.tolist()]).cuda()
+            loss = engine(batch[:, :-1], batch[:, 1:])
+            engine.backward(loss)
+            engine.step()
+            total += loss.item() / 2
+        losses.append(round(total, 4))
+    engine.destroy()
+    return losses
+
+
+if __name__ == "__main__":
+    deepspeed.init_distributed()
+    torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    for name in sys.argv[1:] or VARIANTS:
+        losses = run(name, *VARIANTS[name])
+        if dist.get_rank() == 0:
+            print(f"CHECK {name:26s} {losses}", flush=True)
