@@ -99,14 +99,20 @@ def hf_config(path: Path, **values) -> Path:
 def test_finetune_resume_and_export(tmp_path, hf_models, kind, stage):
     common = {"data_dir": hf_models["data"], "model_dir": hf_models[kind], "zero_stage": stage}
     straight = hf_config(tmp_path / "a.toml", out_dir=tmp_path / "a", **common)
-    out = run_ok("train", straight, "--nproc", 2).stdout
+    # at ZeRO-3 also sample at each evaluation: every forward gathers parameters collectively, so a rank that
+    # stopped early would hang the others
+    sampling = ["--train.sample_prompt=The king", "--train.sample_tokens=8"] if stage == 3 else []
+    out = run_ok("train", straight, "--nproc", 2, *sampling).stdout
     assert "fine-tuning" in out and kind in out
+    if sampling:
+        samples = {r["step"]: r["sample"] for r in metrics(tmp_path / "a") if "sample" in r}
+        assert sorted(samples) == [3, 6] and all(text.startswith("The king") for text in samples.values())
     losses = train_losses(tmp_path / "a")
     assert losses[6] < losses[1]
     val = {r["step"]: r["val_loss"] for r in metrics(tmp_path / "a") if "val_loss" in r}
     assert val[6] < val[3]
 
-    if stage == 3:  # stop at 3, resume to 6: the same losses, bit for bit (GPT-2 has dropout 0.1 on)
+    if stage == 3:  # stop at 3, resume to 6 (no sampling): the same losses, bit for bit (GPT-2 has dropout 0.1 on)
         resumed = hf_config(tmp_path / "b.toml", out_dir=tmp_path / "b", max_steps=3, **common)
         run_ok("train", resumed, "--nproc", 2)
         hf_config(tmp_path / "b.toml", out_dir=tmp_path / "b", max_steps=6, resume="auto", **common)

@@ -104,6 +104,8 @@ class MetricsWriter:
         if self.tb:
             for k, v in numbers.items():
                 self.tb.add_scalar(k, v, record["step"])
+            if "sample" in record:
+                self.tb.add_text("sample", record["sample"], record["step"])
         if self.wandb:
             self.wandb.log(numbers, step=record["step"])
 

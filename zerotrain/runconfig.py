@@ -113,6 +113,12 @@ class TrainSection:
     time_phases: bool = False
     """Synchronize the device around forward, backward and the optimizer step and log their times
     (forward_s, backward_s, optimizer_s per step). Costs a little speed; `zerotrain bench` turns it on."""
+    sample_prompt: str = ""
+    """At each evaluation, continue this text by sample_tokens tokens (temperature 0.8, top-k 200) and print and
+    record the result ("sample" in metrics.jsonl). Every rank runs the same fixed number of forwards, so under
+    ZeRO-3, where each forward gathers parameters collectively, the ranks stay in step. Empty: no sampling."""
+    sample_tokens: int = 64
+    """Tokens to sample at each evaluation when sample_prompt is set."""
     profile_steps: int = 0
     """Run torch.profiler over the last this many steps: each rank writes profile/trace-rank{R}.json.gz (for
     Perfetto) and profile/summary-rank{R}.json (GPU time by kernel category, communication hidden by compute
@@ -251,7 +257,7 @@ CHOICES = {
 POSITIVE = [("train", k) for k in ("max_steps", "micro_batch_size", "grad_accum", "eval_iters", "log_interval")]
 NON_NEGATIVE = [("train", k) for k in ("global_batch_size", "seq_len", "warmup_steps", "lr_decay_steps", "weight_decay",
                                        "grad_clip", "eval_interval", "save_interval", "early_stop_patience", "min_lr",
-                                       "profile_steps")]
+                                       "profile_steps", "sample_tokens")]
 
 
 def validate(cfg: RunConfig) -> None:

@@ -324,6 +324,26 @@ def evaluate(engine, plan: Plan, d) -> float:
     return sum(w * m for w, m in zip(plan.weights, means)) / sum(plan.weights)
 
 
+def sample_text(engine, plan: Plan, d, step: int) -> str:
+    """plan.cfg.train.sample_prompt continued by sample_tokens tokens. Each rank samples the same text from the same
+    seed with the same fixed number of forwards (model.sample never stops early): under ZeRO-3 every forward is a
+    collective parameter gather, and no rank may stop before the others (HF's synced_gpus, by construction)."""
+    import torch
+
+    from zerotrain.model import sample
+
+    t = plan.cfg.train
+    tokenizer = plan.data[0].tokenizer()
+    ids = [int(i) for i in tokenizer.encode(t.sample_prompt)] or [tokenizer.eos_id or 0]
+    generator = torch.Generator(device=d.device).manual_seed(plan.cfg.run.seed + step)
+    engine.eval()
+    with torch.no_grad():
+        out = sample(engine, torch.tensor([ids], dtype=torch.long, device=d.device), plan.seq_len, plan.model.vocab_size, t.sample_tokens,
+                     temperature=0.8, top_k=200, generator=generator)
+    engine.train()
+    return tokenizer.decode(out[0].tolist())
+
+
 def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     """Run training as this process's rank; returns a summary (final step, losses, checkpoint tag)."""
     from zerotrain import distributed
@@ -519,11 +539,16 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
                 best_val, evals_since_best, pointers = last_val, 0, ("best",)
             else:
                 evals_since_best += 1
+            text = sample_text(engine, plan, d, step) if t.sample_prompt else None  # every rank: collective under ZeRO-3
             if d.is_main:
                 record = {"step": step, "val_loss": last_val, "val_ppl": math.exp(min(last_val, 50)), "best_val_loss": best_val,
                           "elapsed_s": time.perf_counter() - started}
+                if text is not None:
+                    record["sample"] = text
                 writer.write(record)
                 _print(progress, format_eval_line(record))
+                if text is not None:
+                    _print(progress, f"sample: {text!r}")
             if t.early_stop_patience and evals_since_best >= t.early_stop_patience:
                 stop_reason = f"early stop: no better val loss in {evals_since_best} evaluations"
         # A signal reaches each process at its own moment; all ranks act on one all-reduced answer, so the
