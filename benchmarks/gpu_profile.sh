@@ -5,6 +5,7 @@
 #   OUT=results bash benchmarks/gpu_profile.sh speed     # the A/B runs
 #   OUT=results bash benchmarks/gpu_profile.sh compare   # 2 GPUs vs 1 GPU and vs the HF GPT2 + raw DeepSpeed probe
 #   OUT=results bash benchmarks/gpu_profile.sh profiles  # the defaults profiled (XL ZeRO-2/3, 124M ZeRO-2), pytest -m gpu
+#   OUT=results bash benchmarks/gpu_profile.sh zero2     # 124M and XL ZeRO-2 only, side by side
 # Needs data/shakespeare-gpt2 and benchmarks/reference_probe.py (../shared/reference/probe_raw_deepspeed.py).
 set -uo pipefail
 OUT=${OUT:-profile-results}
@@ -63,6 +64,11 @@ speed)
     train 2,3 29620 xl-z3-mb16 "${xl[@]}" --train.micro_batch_size=16 --train.grad_accum=4 --deepspeed.zero_stage=3
     train 2,3 29620 xl-z1-mb32 "${xl[@]}" --train.micro_batch_size=32 --train.grad_accum=2 --deepspeed.zero_stage=1
   ) &
+  wait
+  ;;
+zero2)  # the two ZeRO-2 rows alone, one per lane
+  train 0,1 29610 124m-z2-mb64 "${s124[@]}" --deepspeed.zero_stage=2 &
+  train 2,3 29620 xl-z2-mb16 "${xl[@]}" --train.micro_batch_size=16 --train.grad_accum=4 --deepspeed.zero_stage=2 &
   wait
   ;;
 compare)

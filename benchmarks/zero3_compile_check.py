@@ -18,7 +18,8 @@ VARIANTS = {"eager": (False, False, None), "eager-leaf": (True, False, None), "c
             "compiled-leaf-noprefetch": (True, True, 0), "compiled-leaf-sync": (True, True, "sync"),
             "compiled-leaf-fwdsync": (True, True, "fwdsync"), "compiled-leaf-bwdsync": (True, True, "bwdsync"),
             "compiled-leaf-nooverlap": (True, True, "nooverlap"), "compiled-leaf-bwdhook": (True, True, "bwdhook"),
-            "compiled-leaf-bwdprehook": (True, True, "bwdprehook")}
+            "compiled-leaf-bwdprehook": (True, True, "bwdprehook"),
+            "compiled-leaf-ds-streams-wait": (True, True, "ds-wait"), "compiled-leaf-wait-ds-streams": (True, True, "wait-ds")}
 
 
 def run(name: str, leaf: bool, compiled: bool, prefetch) -> list[float]:
@@ -46,6 +47,16 @@ def run(name: str, leaf: bool, compiled: bool, prefetch) -> list[float]:
     opt = torch.optim.AdamW(model.parameters(), lr=6e-4, fused=True)
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=config)
     tokens = torch.from_numpy(np.fromfile("data/shakespeare-gpt2/train.bin", dtype=np.uint16).astype(np.int64))
+    if prefetch in ("ds-wait", "wait-ds"):  # after each block's backward, order DeepSpeed's streams and the compute stream
+        offload = engine.optimizer.parameter_offload
+        streams = [engine.optimizer.reduce_and_partition_stream, offload._DeepSpeedZeRoOffload__allgather_stream]
+
+        def fence(*_):
+            current = torch.cuda.current_stream()
+            for stream in streams:
+                (stream.wait_stream(current) if prefetch == "ds-wait" else current.wait_stream(stream))
+        for block in model.transformer.h:
+            block.register_full_backward_hook(fence)
     g = torch.Generator().manual_seed(1 + dist.get_rank())
     losses = []
     for _ in range(6):

@@ -45,16 +45,21 @@ def lr_at(step: int, t: runconfig.TrainSection) -> float:
 
 def param_groups(model, weight_decay: float) -> tuple[list[dict], list[list[str]]]:
     """AdamW groups — decay on the weight matrices of linear layers only, not on biases, LayerNorms or the
-    (tied) embeddings — and the parameter names of each group in order (checkpoints record them)."""
-    decay, no_decay = ([], []), ([], [])
+    (tied) embeddings — and the parameter names of each group in order (checkpoints record them).
+
+    The embeddings get a group of their own, apart from the small tensors: ZeRO-1/2 split each group's elements
+    evenly across ranks, and with the vocabulary embedding (95% of the no-decay elements) in one group with the
+    biases and LayerNorms, one rank got the embedding and another the hundreds of small tensors, whose per-tensor
+    Python in DeepSpeed's optimizer step made the other ranks wait for it every step (docs/performance.md)."""
+    decay, embeddings, small = ([], []), ([], []), ([], [])
     for name, p in model.named_parameters():
         ndim = len(getattr(p, "ds_shape", p.shape))  # a ZeRO-3 partition is flat; ds_shape is the tensor's
         embedding = name.startswith(("transformer.wte", "transformer.wpe")) or "embed" in name
-        names, params = no_decay if ndim < 2 or embedding else decay
+        names, params = embeddings if embedding else small if ndim < 2 else decay
         names.append(name)
         params.append(p)
-    groups = [{"params": decay[1], "weight_decay": weight_decay}, {"params": no_decay[1], "weight_decay": 0.0}]
-    return groups, [decay[0], no_decay[0]]
+    chosen = [(g, wd) for g, wd in ((decay, weight_decay), (embeddings, 0.0), (small, 0.0)) if g[1]]
+    return [{"params": g[1], "weight_decay": wd} for g, wd in chosen], [g[0] for g, _ in chosen]
 
 
 # ------------------------------------------------------------------------------------------------ preflight
