@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REPO, metrics, run_ok, train_losses, val_losses, write_config, zerotrain
+from conftest import REPO, assert_clean_failure, metrics, run_ok, train_losses, val_losses, write_config, zerotrain
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +57,22 @@ def test_resume_is_bitwise_exact(stage_runs, tmp_path, char_data, stage):
     assert sorted(resumed) == list(range(7, 13))
     assert all(resumed[s] == original[s] for s in resumed), (resumed, original)
     assert val_losses(tmp_path / "resumed")[12] == val_losses(straight)[12]
+
+
+def test_resume_refuses_a_checkpoint_with_other_parameter_groups(stage_runs, tmp_path, char_data):
+    """Checkpoints from before the embeddings got their own AdamW group hold two groups' optimizer states: resuming
+    one names init_from (weights, fresh optimizer) instead of failing inside DeepSpeed."""
+    import json
+    import shutil
+
+    old = tmp_path / "old" / "checkpoints" / "step_6"
+    shutil.copytree(stage_runs[2] / "checkpoints" / "step_6", old)
+    manifest = json.loads((old / "zerotrain.json").read_text())
+    decay, *no_decay = manifest["param_group_names"]
+    (old / "zerotrain.json").write_text(json.dumps(manifest | {"param_group_names": [decay, sum(no_decay, [])]}))
+    cfg = write_config(tmp_path / "r.toml", out_dir=tmp_path / "resumed", data_dir=char_data, dropout=0.1)
+    assert_clean_failure(zerotrain("train", cfg, "--nproc", 2, f"--run.resume={old}"), "2 optimizer parameter groups",
+                         f"--run.init_from={old}")
 
 
 def test_process_killed_mid_save_keeps_previous_checkpoint(stage_runs, tmp_path, char_data):

@@ -427,6 +427,12 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     step, tokens_seen, best_val, evals_since_best = 0, 0, float("inf"), 0
     if plan.resume_from:
         ckpt_dir, tag = plan.resume_from
+        saved_groups = checkpoint.read_manifest(ckpt_dir, tag).get("param_group_names")
+        if saved_groups is not None and saved_groups != group_names:
+            # the optimizer states are stored per group: another grouping cannot be loaded into this optimizer
+            raise UserError(f"{ckpt_dir / tag} was saved with {len(saved_groups)} optimizer parameter groups and this zerotrain "
+                            f"builds {len(group_names)} (older checkpoints kept the embeddings with the biases); resume it with the "
+                            f"zerotrain that wrote it, or start from its weights with a fresh optimizer: --run.init_from={ckpt_dir / tag}")
         load_path, client = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False)
         if load_path is None:
             raise UserError(f"DeepSpeed found no loadable checkpoint at {ckpt_dir / tag}; pass a complete checkpoint to run.resume")
