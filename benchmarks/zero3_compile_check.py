@@ -12,7 +12,7 @@ import torch.distributed as dist
 from deepspeed.utils import set_z3_leaf_modules
 
 sys.path.insert(0, os.getcwd())
-from zerotrain.model import GPT, Block, config_from_preset  # noqa: E402
+from zerotrain.model import GPT, Block, config_from_preset
 
 VARIANTS = {"eager": (False, False, None), "eager-leaf": (True, False, None), "compiled-leaf": (True, True, None),
             "compiled-leaf-noprefetch": (True, True, 0), "compiled-leaf-sync": (True, True, "sync"),

@@ -12,6 +12,7 @@ import gzip
 import json
 import shutil
 import time
+from itertools import pairwise
 from pathlib import Path
 
 # First match wins, so attention comes before matmul (cuDNN's attention kernels name gemms), and
@@ -62,7 +63,7 @@ def _overlap(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> floa
 
 
 def _gaps(busy: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    return [(a_end, b_start) for (_, a_end), (b_start, _) in zip(busy, busy[1:])]
+    return [(a_end, b_start) for (_, a_end), (b_start, _) in pairwise(busy)]
 
 
 def summarize_gpu_trace(events: list[dict], steps: int, wall_s: float) -> dict:

@@ -360,6 +360,7 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     import deepspeed
     import torch
     import torch.distributed as dist
+    from torch.profiler import record_function
 
     from zerotrain.metrics import (
         MetricsWriter,
@@ -369,8 +370,6 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
         peak_memory,
     )
     from zerotrain.model import GPT
-    from torch.profiler import record_function
-
     from zerotrain.profiling import StepProfiler, format_summary
     t, ds = cfg.train, cfg.deepspeed
     on_gpu = d.device.type == "cuda"
@@ -417,6 +416,13 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     torch.manual_seed(cfg.run.seed + d.rank)  # dropout differs per rank
 
     groups, group_names = param_groups(model, t.weight_decay)
+    if plan.resume_from:  # optimizer states are stored per group: another grouping cannot be loaded
+        saved_groups = checkpoint.read_manifest(*plan.resume_from).get("param_group_names")
+        if saved_groups is not None and saved_groups != group_names:
+            where = plan.resume_from[0] / plan.resume_from[1]
+            raise UserError(f"{where} was saved with {len(saved_groups)} optimizer parameter groups and this zerotrain builds "
+                            f"{len(group_names)} (older checkpoints kept the embeddings with the biases); resume it with the zerotrain "
+                            f"that wrote it, or start from its weights with a fresh optimizer: --run.init_from={where}")
     if dsconfig.uses_config_optimizer(ds_config):
         engine, *_ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config)
     else:
@@ -427,12 +433,6 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     step, tokens_seen, best_val, evals_since_best = 0, 0, float("inf"), 0
     if plan.resume_from:
         ckpt_dir, tag = plan.resume_from
-        saved_groups = checkpoint.read_manifest(ckpt_dir, tag).get("param_group_names")
-        if saved_groups is not None and saved_groups != group_names:
-            # the optimizer states are stored per group: another grouping cannot be loaded into this optimizer
-            raise UserError(f"{ckpt_dir / tag} was saved with {len(saved_groups)} optimizer parameter groups and this zerotrain "
-                            f"builds {len(group_names)} (older checkpoints kept the embeddings with the biases); resume it with the "
-                            f"zerotrain that wrote it, or start from its weights with a fresh optimizer: --run.init_from={ckpt_dir / tag}")
         load_path, client = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False)
         if load_path is None:
             raise UserError(f"DeepSpeed found no loadable checkpoint at {ckpt_dir / tag}; pass a complete checkpoint to run.resume")
