@@ -1,6 +1,7 @@
-"""Does compiling GPT blocks under ZeRO-3 change the numbers? Same seed, same Shakespeare batches, 6 steps of GPT-2 124M in bf16,
-one line of losses per variant: eager; eager with each block a ZeRO-3 leaf module; compiled leaf blocks; compiled
-leaf blocks without prefetching.      torchrun --nproc_per_node 2 benchmarks/zero3_compile_check.py"""
+"""Does compiling GPT blocks under ZeRO-3 change the numbers? Same seed, same Shakespeare batches, 6 steps of GPT-2
+124M in bf16, one line of losses per variant in VARIANTS (eager, blocks as ZeRO-3 leaf modules, compiled leaf blocks,
+and compiled leaf blocks with one change each; docs/performance.md has the table).
+    torchrun --nproc_per_node 2 benchmarks/zero3_compile_check.py [VARIANT ...]"""
 
 import os
 import sys
@@ -15,14 +16,14 @@ sys.path.insert(0, os.getcwd())
 from zerotrain.model import GPT, Block, config_from_preset
 
 VARIANTS = {"eager": (False, False, None), "eager-leaf": (True, False, None), "compiled-leaf": (True, True, None),
-            "compiled-leaf-noprefetch": (True, True, 0), "compiled-leaf-sync": (True, True, "sync"),
+            "compiled-leaf-noprefetch": (True, True, "noprefetch"), "compiled-leaf-sync": (True, True, "sync"),
             "compiled-leaf-fwdsync": (True, True, "fwdsync"), "compiled-leaf-bwdsync": (True, True, "bwdsync"),
             "compiled-leaf-nooverlap": (True, True, "nooverlap"), "compiled-leaf-bwdhook": (True, True, "bwdhook"),
             "compiled-leaf-bwdprehook": (True, True, "bwdprehook"),
             "compiled-leaf-ds-streams-wait": (True, True, "ds-wait"), "compiled-leaf-wait-ds-streams": (True, True, "wait-ds")}
 
 
-def run(name: str, leaf: bool, compiled: bool, prefetch) -> list[float]:
+def run(name: str, leaf: bool, compiled: bool, change: str | None) -> list[float]:
     torch.manual_seed(0)
     model = GPT(config_from_preset("gpt2")).cuda()
     model.lm_head.fused_loss = True
@@ -32,29 +33,29 @@ def run(name: str, leaf: bool, compiled: bool, prefetch) -> list[float]:
         for block in model.transformer.h:
             block.forward = torch.compile(block.forward)
     for block in model.transformer.h:  # synchronize after every block's forward and/or backward
-        if prefetch in ("sync", "fwdsync"):
+        if change in ("sync", "fwdsync"):
             block.register_forward_hook(lambda *a: torch.cuda.synchronize())
-        if prefetch in ("sync", "bwdsync"):
+        if change in ("sync", "bwdsync"):
             block.register_full_backward_hook(lambda *a: torch.cuda.synchronize())
-        if prefetch == "bwdhook":  # the same autograd graph as bwdsync, no synchronization
+        if change == "bwdhook":  # the same autograd graph as bwdsync, no synchronization
             block.register_full_backward_hook(lambda *a: None)
-        if prefetch == "bwdprehook":
+        if change == "bwdprehook":
             block.register_full_backward_pre_hook(lambda *a: None)
-    zero = {"stage": 3} | ({"stage3_prefetch_bucket_size": 0} if prefetch == 0 else {}) \
-        | ({"overlap_comm": False} if prefetch == "nooverlap" else {})
+    zero = {"stage": 3} | ({"stage3_prefetch_bucket_size": 0} if change == "noprefetch" else {}) \
+        | ({"overlap_comm": False} if change == "nooverlap" else {})
     config = {"train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 2, "bf16": {"enabled": True},
               "zero_optimization": zero, "gradient_clipping": 1.0}
     opt = torch.optim.AdamW(model.parameters(), lr=6e-4, fused=True)
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=config)
     tokens = torch.from_numpy(np.fromfile("data/shakespeare-gpt2/train.bin", dtype=np.uint16).astype(np.int64))
-    if prefetch in ("ds-wait", "wait-ds"):  # after each block's backward, order DeepSpeed's streams and the compute stream
+    if change in ("ds-wait", "wait-ds"):  # after each block's backward, order DeepSpeed's streams and the compute stream
         offload = engine.optimizer.parameter_offload
         streams = [engine.optimizer.reduce_and_partition_stream, offload._DeepSpeedZeRoOffload__allgather_stream]
 
         def fence(*_):
             current = torch.cuda.current_stream()
             for stream in streams:
-                (stream.wait_stream(current) if prefetch == "ds-wait" else current.wait_stream(stream))
+                (stream.wait_stream(current) if change == "ds-wait" else current.wait_stream(stream))
         for block in model.transformer.h:
             block.register_full_backward_hook(fence)
     g = torch.Generator().manual_seed(1 + dist.get_rank())

@@ -51,7 +51,6 @@ class BenchResult:
     backward_s: float | None = None
     optimizer_s: float | None = None
     communication_wait_s: float | None = None  # from the profiled steps: communication no compute kernel overlapped
-    profile: dict = field(default_factory=dict)  # rank 0's profiling.summarize_* of the profiled steps
     first_loss: float | None = None
     last_loss: float | None = None
     predicted: dict = field(default_factory=dict)  # the planner's per_gpu terms (bytes)
@@ -127,8 +126,7 @@ def run_one(cfg: BenchConfig, base_config: str, overrides: list[str], nproc: int
     result = BenchResult(cfg, "ok", **summarize(records, warmup_steps))
     profile = run_dir / "profile" / "summary-rank0.json"
     if profile.is_file():
-        result.profile = json.loads(profile.read_text())
-        result.communication_wait_s = result.profile.get("communication_wait_s")  # GPU runs only
+        result.communication_wait_s = json.loads(profile.read_text()).get("communication_wait_s")  # GPU runs only
     return result
 
 
