@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # Profiled speed runs of `zerotrain train` (GPT-2 124M and XL, bf16, seq 1024) on a 4-GPU host, two lanes on GPU
 # pairs (0,1) and (2,3). The `speed` runs of 2026-11-21 also compared SDPA backends and ZeRO-3 with compiled blocks
-# through options that are gone (docs/performance.md says why); today it runs the defaults and larger micro-batches. Each run profiles its last 2 steps (train.profile_steps): summaries land in $OUT.
+# through options that are gone (docs/performance.md says why); today it runs the defaults and larger micro-batches.
+# Runs profile their last 2 steps (train.profile_steps) unless the mode turns it off: summaries land in $OUT.
 #   OUT=results bash benchmarks/gpu_profile.sh speed     # the A/B runs
 #   OUT=results bash benchmarks/gpu_profile.sh compare   # 2 GPUs vs 1 GPU and vs the HF GPT2 + raw DeepSpeed probe
 #   OUT=results bash benchmarks/gpu_profile.sh profiles  # the defaults profiled (XL ZeRO-2/3, 124M ZeRO-2), pytest -m gpu
 #   OUT=results bash benchmarks/gpu_profile.sh zero2     # 124M and XL ZeRO-2 only, side by side
+# GPT-2's batch (512 sequences, 524,288 tokens) or llm.c's XL batch (1,048,576 tokens), docs/benchmarks.md:
+#   batches   124M ZeRO-2 64 × 4, XL ZeRO-2 16 × 16, XL ZeRO-1 32 × 8; the ZeRO-3 compile check's bisection; XL ZeRO-3 16 × 4
+#   batches2  XL ZeRO-1 32 × 16, XL ZeRO-2 32 × 8, 124M ZeRO-2 128 × 2; the leaf-hook probe; XL ZeRO-3 32 × 8
+#   zero3     XL ZeRO-3 32 × 8 with blocks gathered whole and layer by layer, the 200-step 124M ZeRO-3 curves
+#   zero1     XL ZeRO-1 32 × 16 without overlap_comm and with coordinate-descent tuning; pytest -m gpu; the HF probe at 16 × 16
+#   tuned     the defaults (with coordinate-descent tuning): XL ZeRO-1 32 × 16, XL ZeRO-2 32 × 8, 124M ZeRO-2 128 × 2
+#   best      XL ZeRO-1 32 × 16 and ZeRO-2 32 × 8, profiled
 # Needs data/shakespeare-gpt2 and benchmarks/reference_probe.py (../shared/reference/probe_raw_deepspeed.py).
 set -uo pipefail
 OUT=${OUT:-profile-results}
@@ -91,6 +99,91 @@ profiles)  # the trainer's defaults, profiled (kernel categories, communication 
   (
     train 2,3 29620 124m-z2-mb64 "${s124[@]}" --deepspeed.zero_stage=2
     CUDA_VISIBLE_DEVICES=2,3 timeout 420 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -4 > "$OUT/pytest_gpu.txt"
+  ) &
+  wait
+  ;;
+batches)
+  noprof=(--train.profile_steps=0)
+  (
+    train 0,1 29610 124m-z2-mb64-ga4 "${s124[@]}" --train.grad_accum=4 --deepspeed.zero_stage=2 "${noprof[@]}"
+    train 0,1 29610 xl-z2-mb16-ga16 "${xl[@]}" --train.max_steps=6 --train.micro_batch_size=16 --train.grad_accum=16 --deepspeed.zero_stage=2 "${noprof[@]}"
+    train 0,1 29610 xl-z1-mb32-ga8 "${xl[@]}" --train.max_steps=6 --train.micro_batch_size=32 --train.grad_accum=8 --deepspeed.zero_stage=1 "${noprof[@]}"
+  ) &
+  (
+    CUDA_VISIBLE_DEVICES=2,3 timeout 330 torchrun --nproc_per_node 2 --master_port 29620 benchmarks/zero3_compile_check.py eager-leaf \
+      compiled-leaf dynamo-eager-leaf aot-eager-leaf compiled-leaf-nodonate compiled-leaf-noreuse compiled-leaf-latesync \
+      compiled-leaf-persist0 compiled-leaf-nocontig 2>&1 | grep "CHECK\|Error" > "$OUT/check.txt"
+    train 2,3 29620 xl-z3-mb16-ga4 "${xl[@]}" --train.max_steps=10 --train.micro_batch_size=16 --train.grad_accum=4 --deepspeed.zero_stage=3
+  ) &
+  wait
+  cat "$OUT/check.txt" >> "$OUT/speed.txt"
+  ;;
+batches2)
+  noprof=(--train.profile_steps=0)
+  (
+    train 0,1 29610 xl-z1-mb32-ga16 "${xl[@]}" --train.max_steps=6 --train.micro_batch_size=32 --train.grad_accum=16 --deepspeed.zero_stage=1 "${noprof[@]}"
+    train 0,1 29610 xl-z2-mb32-ga8 "${xl[@]}" --train.max_steps=6 --train.micro_batch_size=32 --train.grad_accum=8 --deepspeed.zero_stage=2 "${noprof[@]}"
+    train 0,1 29610 124m-z2-mb128-ga2 "${s124[@]}" --train.micro_batch_size=128 --train.grad_accum=2 --deepspeed.zero_stage=2 "${noprof[@]}"
+  ) &
+  (
+    CUDA_VISIBLE_DEVICES=2,3 timeout 200 torchrun --nproc_per_node 2 --master_port 29620 benchmarks/zero3_compile_check.py eager-leaf-probe \
+      compiled-leaf-probe compiled-leaf-default-wait 2>&1 | grep "CHECK\|PROBE\|Error" > "$OUT/check.txt"
+    train 2,3 29620 xl-z3-mb32-ga8 "${xl[@]}" --train.max_steps=8 --train.micro_batch_size=32 --train.grad_accum=8 --deepspeed.zero_stage=3
+  ) &
+  wait
+  cat "$OUT/check.txt" >> "$OUT/speed.txt"
+  ;;
+zero3)  # (the HF probe at 32 × 8 ran out of memory on 141 GB: it peaked at 95 GiB at 16 × 16)
+  noprof=(--train.profile_steps=0)
+  (
+    train 0,1 29610 xl-z3-mb32-ga8 "${xl[@]}" --train.max_steps=14 --train.micro_batch_size=32 --train.grad_accum=8 --deepspeed.zero_stage=3
+    CUDA_VISIBLE_DEVICES=0,1 timeout 300 torchrun --nproc_per_node 2 --master_port 29610 benchmarks/reference_probe.py --model xl --mb 32 \
+      --ga 8 --stages 2 --impls hf --steps 6 --warm 2 2>&1 | grep "RESULT\|Error" >> "$OUT/speed.txt"
+    c124=(--train.max_steps=200 --train.log_interval=10 --train.micro_batch_size=32 --train.grad_accum=2 --deepspeed.zero_stage=3 "${noprof[@]}")
+    train 0,1 29610 124m-z3-block-200 "${c124[@]}"
+    train 0,1 29610 124m-z3-layer-200 "${c124[@]}" --deepspeed.zero3_gather_per_block=false
+  ) &
+  (
+    train 2,3 29620 xl-z3-layer-mb32-ga8 "${xl[@]}" --train.max_steps=8 --train.micro_batch_size=32 --train.grad_accum=8 --deepspeed.zero_stage=3 \
+      --deepspeed.zero3_gather_per_block=false "${noprof[@]}"
+    train 2,3 29620 xl-z2-mb32-ga8 "${xl[@]}" --train.max_steps=6 --train.micro_batch_size=32 --train.grad_accum=8 --deepspeed.zero_stage=2 "${noprof[@]}"
+  ) &
+  wait
+  ;;
+zero1)  # (before coordinate-descent tuning became the default: it is switched on here by its environment variable)
+  noprof=(--train.profile_steps=0)
+  echo '{"zero_optimization": {"overlap_comm": false}}' > "$RUNS/no-overlap.json"
+  (
+    train 0,1 29610 xl-z1-mb32-ga16-nooverlap "${xl[@]}" --train.max_steps=6 --train.micro_batch_size=32 --train.grad_accum=16 \
+      --deepspeed.zero_stage=1 --deepspeed.config="$RUNS/no-overlap.json" "${noprof[@]}"
+    TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 train 0,1 29610 xl-z1-mb32-ga16-cdtune "${xl[@]}" --train.max_steps=6 \
+      --train.micro_batch_size=32 --train.grad_accum=16 --deepspeed.zero_stage=1 "${noprof[@]}"
+  ) &
+  (
+    CUDA_VISIBLE_DEVICES=2,3 timeout 300 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -4 > "$OUT/pytest_gpu.txt"
+    CUDA_VISIBLE_DEVICES=2,3 timeout 200 torchrun --nproc_per_node 2 --master_port 29620 benchmarks/reference_probe.py --model xl --mb 16 \
+      --ga 16 --stages 2 --impls hf --steps 4 --warm 2 2>&1 | grep "RESULT\|Error" >> "$OUT/speed.txt"
+  ) &
+  wait
+  cat "$OUT/pytest_gpu.txt" >> "$OUT/speed.txt"
+  ;;
+tuned)
+  noprof=(--train.profile_steps=0)
+  (
+    train 0,1 29610 xl-z1-mb32-ga16 "${xl[@]}" --train.max_steps=8 --train.micro_batch_size=32 --train.grad_accum=16 --deepspeed.zero_stage=1 "${noprof[@]}"
+    train 0,1 29610 124m-z2-mb128-ga2 "${s124[@]}" --train.micro_batch_size=128 --train.grad_accum=2 --deepspeed.zero_stage=2 "${noprof[@]}"
+  ) &
+  (
+    train 2,3 29620 xl-z2-mb32-ga8 "${xl[@]}" --train.max_steps=10 --train.micro_batch_size=32 --train.grad_accum=8 --deepspeed.zero_stage=2 "${noprof[@]}"
+  ) &
+  wait
+  ;;
+best)
+  (
+    train 0,1 29610 xl-z1-mb32-ga16 "${xl[@]}" --train.max_steps=8 --train.micro_batch_size=32 --train.grad_accum=16 --deepspeed.zero_stage=1
+  ) &
+  (
+    train 2,3 29620 xl-z2-mb32-ga8 "${xl[@]}" --train.max_steps=10 --train.micro_batch_size=32 --train.grad_accum=8 --deepspeed.zero_stage=2
   ) &
   wait
   ;;

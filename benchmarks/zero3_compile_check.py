@@ -20,7 +20,17 @@ VARIANTS = {"eager": (False, False, None), "eager-leaf": (True, False, None), "c
             "compiled-leaf-fwdsync": (True, True, "fwdsync"), "compiled-leaf-bwdsync": (True, True, "bwdsync"),
             "compiled-leaf-nooverlap": (True, True, "nooverlap"), "compiled-leaf-bwdhook": (True, True, "bwdhook"),
             "compiled-leaf-bwdprehook": (True, True, "bwdprehook"),
-            "compiled-leaf-ds-streams-wait": (True, True, "ds-wait"), "compiled-leaf-wait-ds-streams": (True, True, "wait-ds")}
+            "compiled-leaf-ds-streams-wait": (True, True, "ds-wait"), "compiled-leaf-wait-ds-streams": (True, True, "wait-ds"),
+            # which layer of torch.compile is involved: Dynamo alone, Dynamo + AOTAutograd, and Inductor's memory reuse
+            "dynamo-eager-leaf": (True, "eager", None), "aot-eager-leaf": (True, "aot_eager", None),
+            "compiled-leaf-nodonate": (True, True, "nodonate"), "compiled-leaf-noreuse": (True, True, "noreuse"),
+            # the synchronization after DeepSpeed's own leaf-module gradient hook instead of before it
+            "compiled-leaf-latesync": (True, True, "latesync"),
+            # every parameter partitioned (no persistent biases and norms); gradients not copied into a flat buffer
+            "compiled-leaf-persist0": (True, True, "persist0"), "compiled-leaf-nocontig": (True, True, "nocontig"),
+            # what the host sees when DeepSpeed's leaf-module hook runs: the thread, the current stream, missing gradients
+            "eager-leaf-probe": (True, False, "probe"), "compiled-leaf-probe": (True, True, "probe"),
+            "compiled-leaf-default-wait": (True, True, "default-wait")}
 
 
 def run(name: str, leaf: bool, compiled: bool, change: str | None) -> list[float]:
@@ -29,9 +39,15 @@ def run(name: str, leaf: bool, compiled: bool, change: str | None) -> list[float
     model.lm_head.fused_loss = True
     if leaf:
         set_z3_leaf_modules(model, [Block])
+    if change == "nodonate":
+        torch._functorch.config.donated_buffer = False
+    if change == "noreuse":
+        torch._inductor.config.allow_buffer_reuse = False
+        torch._inductor.config.inplace_buffers = False
     if compiled:
+        backend = compiled if isinstance(compiled, str) else "inductor"
         for block in model.transformer.h:
-            block.forward = torch.compile(block.forward)
+            block.forward = torch.compile(block.forward, backend=backend)
     for block in model.transformer.h:  # synchronize after every block's forward and/or backward
         if change in ("sync", "fwdsync"):
             block.register_forward_hook(lambda *a: torch.cuda.synchronize())
@@ -41,12 +57,42 @@ def run(name: str, leaf: bool, compiled: bool, change: str | None) -> list[float
             block.register_full_backward_hook(lambda *a: None)
         if change == "bwdprehook":
             block.register_full_backward_pre_hook(lambda *a: None)
+    probe = {"hook_threads": set(), "acc_threads": set(), "hook_streams": set(), "acc_streams": set(), "grads_missing": 0, "hooks": 0}
+    if change == "probe":
+        import threading
+
+        def before_ds_hook(*_):
+            probe["hooks"] += 1
+            probe["hook_threads"].add(threading.get_ident())
+            probe["hook_streams"].add(torch.cuda.current_stream().cuda_stream)
+            probe["grads_missing"] += sum(p.grad is None for p in params_of[_[0]])
+
+        def after_accumulate(p):
+            probe["acc_threads"].add(threading.get_ident())
+            probe["acc_streams"].add(torch.cuda.current_stream().cuda_stream)
+        params_of = {}
+        for block in model.transformer.h:
+            params_of[block] = list(block.parameters())
+            block.register_full_backward_hook(before_ds_hook)
+            for p in params_of[block]:
+                p.register_post_accumulate_grad_hook(after_accumulate)
+    if change == "default-wait":
+        def to_default(*_):
+            engine.optimizer.reduce_and_partition_stream.wait_stream(torch.cuda.default_stream())
+            torch.cuda.current_stream().wait_stream(torch.cuda.default_stream())
+        for block in model.transformer.h:
+            block.register_full_backward_hook(to_default)
     zero = {"stage": 3} | ({"stage3_prefetch_bucket_size": 0} if change == "noprefetch" else {}) \
-        | ({"overlap_comm": False} if change == "nooverlap" else {})
+        | ({"overlap_comm": False} if change == "nooverlap" else {}) \
+        | ({"stage3_param_persistence_threshold": 0} if change == "persist0" else {}) \
+        | ({"contiguous_gradients": False} if change == "nocontig" else {})
     config = {"train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 2, "bf16": {"enabled": True},
               "zero_optimization": zero, "gradient_clipping": 1.0}
     opt = torch.optim.AdamW(model.parameters(), lr=6e-4, fused=True)
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=config)
+    if change == "latesync":  # registered after DeepSpeed's leaf-module hook, so it runs after it
+        for block in model.transformer.h:
+            block.register_full_backward_hook(lambda *a: torch.cuda.synchronize())
     tokens = torch.from_numpy(np.fromfile("data/shakespeare-gpt2/train.bin", dtype=np.uint16).astype(np.int64))
     if change in ("ds-wait", "wait-ds"):  # after each block's backward, order DeepSpeed's streams and the compute stream
         offload = engine.optimizer.parameter_offload
@@ -70,7 +116,16 @@ def run(name: str, leaf: bool, compiled: bool, change: str | None) -> list[float
             engine.step()
             total += loss.item() / 2
         losses.append(round(total, 4))
+    if change == "probe" and dist.get_rank() == 0:
+        import threading
+        print(f"PROBE {name}: main thread {threading.get_ident()} default stream {torch.cuda.default_stream().cuda_stream}; "
+              f"leaf hooks ran on threads {probe['hook_threads']} streams {probe['hook_streams']}, {probe['hooks']} calls, "
+              f"{probe['grads_missing']} parameter gradients missing then; gradient accumulation on threads {probe['acc_threads']} "
+              f"streams {probe['acc_streams']}", flush=True)
     engine.destroy()
+    torch._functorch.config.donated_buffer = True
+    torch._inductor.config.allow_buffer_reuse = torch._inductor.config.inplace_buffers = True
+    torch._dynamo.reset()
     return losses
 
 

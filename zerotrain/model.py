@@ -214,7 +214,12 @@ class GPT(nn.Module):
         """torch.compile each transformer block (fusing LayerNorm, GELU, residual adds and dropout around the
         matmuls) and the per-chunk loss math. Per block, not the whole model, so DeepSpeed's hooks on the
         model stay outside the compiled graphs and one compiled graph serves every layer. Not under ZeRO-3:
-        there compiled blocks train on wrong gradients (docs/performance.md)."""
+        there compiled blocks train on wrong gradients (docs/performance.md). Inductor's coordinate-descent tuning
+        picks the fused kernels' block sizes by timing them: GPT-2 XL ZeRO-1 53.9% -> 54.7% MFU on H200s, for
+        a longer first step."""
+        import torch._inductor.config
+
+        torch._inductor.config.coordinate_descent_tuning = True
         for block in self.transformer.h:
             block.compile()
         self.lm_head.chunk_fn = torch.compile(_chunk_loss_and_grad_fusable, dynamic=False)
