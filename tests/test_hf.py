@@ -109,6 +109,13 @@ def test_finetune_resume_and_export(tmp_path, hf_models, kind, stage):
         assert sorted(samples) == [3, 6] and all(text.startswith("The king") for text in samples.values())
     losses = train_losses(tmp_path / "a")
     assert losses[6] < losses[1]
+    if stage == 3:  # decoder layers gathered whole (the default) or layer by layer: the same losses
+        assert "parameters gathered per block" in out
+        layers = hf_config(tmp_path / "l.toml", out_dir=tmp_path / "l", **common)
+        out = run_ok("train", layers, "--nproc", 2, "--deepspeed.zero3_gather_per_block=false").stdout
+        assert "parameters gathered per block" not in out
+        by_layer = train_losses(tmp_path / "l")
+        assert all(by_layer[s] == pytest.approx(losses[s], rel=1e-4) for s in losses), (by_layer, losses)
     val = {r["step"]: r["val_loss"] for r in metrics(tmp_path / "a") if "val_loss" in r}
     assert val[6] < val[3]
 

@@ -134,6 +134,13 @@ def load(info: HFModelInfo, dtype: str, ds_config: dict, zero_stage: int, gradie
     return CausalLM(inner)
 
 
+def decoder_layer_classes(model) -> list[type]:
+    """The classes of the model's transformer layers: those transformers names in _no_split_modules (the units it
+    never splits across devices, e.g. LlamaDecoderLayer, GPT2Block) that occur in the model."""
+    names = set(getattr(model.inner, "_no_split_modules", None) or ())
+    return sorted({type(m) for m in model.modules() if type(m).__name__ in names}, key=lambda c: c.__name__)
+
+
 def gpt2_weights(path: str | Path):
     """(GPTConfig, state dict in zerotrain's names) from a local Hugging Face GPT-2 directory, for
     model.init_from_hf. Names map one to one; HF's Conv1D weights are transposed (model.from_hf_state_dict)."""

@@ -140,9 +140,10 @@ class DeepSpeedSection:
     activation_checkpointing: bool = False
     """Recompute each transformer block in backward instead of keeping its activations."""
     zero3_gather_per_block: bool = True
-    """ZeRO-3 with zerotrain's GPT: gather each transformer block's parameters at once (DeepSpeed leaf modules), so
-    ZeRO-3's Python hooks run once per block instead of around every layer (GPT-2 XL on 2 H200s: 34.6% -> 45% MFU,
-    docs/performance.md). false gathers layer by layer, for blocks too large to hold whole on one GPU."""
+    """ZeRO-3: gather each transformer block's parameters at once (DeepSpeed leaf modules: zerotrain's GPT blocks, a
+    Hugging Face model's decoder layers), so ZeRO-3's Python hooks run once per block instead of around every
+    Linear and norm (GPT-2 XL on 2 H200s: 42.6% -> 45.8% MFU, docs/performance.md). false gathers layer by layer,
+    for blocks too large to hold whole on one GPU."""
     config: str = ""
     """A ds_config JSON whose entries are merged over the generated one (for settings zerotrain has no key for)."""
 

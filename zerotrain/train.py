@@ -395,6 +395,7 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
 
         model = hf.load(plan.hf, dtype, ds_config, ds.zero_stage, ds.activation_checkpointing)
         say(f"fine-tuning {plan.hf.describe()}")
+        block_classes = hf.decoder_layer_classes(model)
     else:
         with torch.device(d.device):
             model = GPT(plan.model)
@@ -403,8 +404,10 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
         compiled = t.compile == "blocks" or (t.compile == "auto" and on_gpu and ds.zero_stage < 3)
         if compiled:
             model.compile_blocks()  # compiles lazily, on the first forward
-        if ds.zero_stage == 3 and ds.zero3_gather_per_block:
-            deepspeed.utils.set_z3_leaf_modules(model, [Block])  # one gather, one release, one gradient hook per block
+        block_classes = [Block]
+    per_block = ds.zero_stage == 3 and ds.zero3_gather_per_block and bool(block_classes)
+    if per_block:
+        deepspeed.utils.set_z3_leaf_modules(model, block_classes)  # one gather, one release, one gradient hook per block
     if plan.init_from:
         model.load_state_dict(checkpoint.load_fp32_state_dict(*plan.init_from))
         say(f"weights from {plan.init_from[0] / plan.init_from[1]} (fresh optimizer and schedule)")
@@ -455,7 +458,6 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     say(f"model {n_params / 1e6:.2f}M parameters ({plan.model.n_layer} layers, {plan.model.n_head} heads, {plan.model.n_embd} wide, "
         f"{vocab}, block {plan.model.block_size})")
     say(f"{plan.batch.describe()} sequences of {plan.seq_len} tokens = {tokens_per_step:,} tokens per step")
-    per_block = not plan.hf and ds.zero_stage == 3 and ds.zero3_gather_per_block
     say(f"ZeRO stage {ds.zero_stage}, {dtype}, {d.world} × {d.device.type}{', compiled blocks' if compiled else ''}"
         f"{', parameters gathered per block' if per_block else ''}, "
         f"lr {t.lr:g} -> {t.min_lr:g}, run dir {plan.run_dir}")
