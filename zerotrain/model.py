@@ -215,7 +215,7 @@ class GPT(nn.Module):
         matmuls) and the per-chunk loss math. Per block, not the whole model, so DeepSpeed's hooks on the
         model stay outside the compiled graphs and one compiled graph serves every layer. Not under ZeRO-3:
         there compiled blocks train on wrong gradients (docs/performance.md). Inductor's coordinate-descent tuning
-        picks the fused kernels' block sizes by timing them: GPT-2 XL ZeRO-1 53.9% -> 54.7% MFU on H200s, for
+        picks the fused kernels' block sizes by timing them: GPT-2 XL ZeRO-1 53.8% -> 54.7% MFU on H200s, for
         a longer first step."""
         import torch._inductor.config
 
