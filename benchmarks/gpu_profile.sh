@@ -14,6 +14,11 @@
 #   zero1     XL ZeRO-1 32 × 16 without overlap_comm and with coordinate-descent tuning; pytest -m gpu; the HF probe at 16 × 16
 #   tuned     the defaults (with coordinate-descent tuning): XL ZeRO-1 32 × 16, XL ZeRO-2 32 × 8, 124M ZeRO-2 128 × 2
 #   best      XL ZeRO-1 32 × 16 and ZeRO-2 32 × 8, profiled
+#   ab        same host: XL ZeRO-1 32 × 16 with and without DeepSpeed's bf16 overflow check; XL ZeRO-2 32 × 8 with the GELU
+#             in cuBLASLt epilogues and in separate kernels
+#   final     same GPUs, one after another: zerotrain XL ZeRO-2 at 16 × 16 and 32 × 8, the HF probe at 16 × 16 (it runs out
+#             of memory at 32 × 8); beside them pytest -m gpu and 200-step 124M curves, GELU fused and separate
+#   gelu      the GELU in cuBLASLt epilogues: its GPU tests and speed check, then XL ZeRO-1 32 × 16 and ZeRO-2 32 × 8
 # Needs data/shakespeare-gpt2 and benchmarks/reference_probe.py (../shared/reference/probe_raw_deepspeed.py).
 set -uo pipefail
 OUT=${OUT:-profile-results}
@@ -181,6 +186,56 @@ tuned)
 best)
   (
     train 0,1 29610 xl-z1-mb32-ga16 "${xl[@]}" --train.max_steps=8 --train.micro_batch_size=32 --train.grad_accum=16 --deepspeed.zero_stage=1
+  ) &
+  (
+    train 2,3 29620 xl-z2-mb32-ga8 "${xl[@]}" --train.max_steps=10 --train.micro_batch_size=32 --train.grad_accum=8 --deepspeed.zero_stage=2
+  ) &
+  wait
+  ;;
+ab)
+  noprof=(--train.profile_steps=0)
+  echo '{"bf16": {"check_grad_overflow": false}}' > "$RUNS/no-overflow-check.json"
+  echo '{"bf16": {"check_grad_overflow": true}}' > "$RUNS/overflow-check.json"
+  (
+    train 0,1 29610 xl-z1-mb32-ga16-check "${xl[@]}" --train.max_steps=8 --train.micro_batch_size=32 --train.grad_accum=16 \
+      --deepspeed.zero_stage=1 --deepspeed.config="$RUNS/overflow-check.json" "${noprof[@]}"
+    train 0,1 29610 xl-z2-mb32-ga8-separate-gelu "${xl[@]}" --train.max_steps=8 --train.micro_batch_size=32 --train.grad_accum=8 \
+      --deepspeed.zero_stage=2 --train.fused_gelu=false "${noprof[@]}"
+  ) &
+  (
+    train 2,3 29620 xl-z1-mb32-ga16-nocheck "${xl[@]}" --train.max_steps=8 --train.micro_batch_size=32 --train.grad_accum=16 \
+      --deepspeed.zero_stage=1 --deepspeed.config="$RUNS/no-overflow-check.json" "${noprof[@]}"
+    train 2,3 29620 xl-z2-mb32-ga8-cublaslt-gelu "${xl[@]}" --train.max_steps=8 --train.micro_batch_size=32 --train.grad_accum=8 \
+      --deepspeed.zero_stage=2 --deepspeed.config="$RUNS/overflow-check.json" "${noprof[@]}"
+  ) &
+  wait
+  ;;
+final)
+  noprof=(--train.profile_steps=0)
+  (
+    train 0,1 29610 xl-z2-mb16-ga16 "${xl[@]}" --train.max_steps=6 --train.micro_batch_size=16 --train.grad_accum=16 --deepspeed.zero_stage=2 "${noprof[@]}"
+    CUDA_VISIBLE_DEVICES=0,1 timeout 200 torchrun --nproc_per_node 2 --master_port 29610 benchmarks/reference_probe.py --model xl --mb 16 \
+      --ga 16 --stages 2 --impls hf --steps 4 --warm 2 2>&1 | grep "RESULT\|Error" >> "$OUT/speed.txt"
+    train 0,1 29610 xl-z2-mb32-ga8 "${xl[@]}" --train.max_steps=6 --train.micro_batch_size=32 --train.grad_accum=8 --deepspeed.zero_stage=2 "${noprof[@]}"
+  ) &
+  (
+    CUDA_VISIBLE_DEVICES=2,3 timeout 240 python3 -m pytest -q -m gpu tests/ -p no:cacheprovider 2>&1 | tail -4 > "$OUT/pytest_gpu.txt"
+    c124=(--train.max_steps=200 --train.log_interval=10 --train.micro_batch_size=32 --train.grad_accum=2 --deepspeed.zero_stage=2 "${noprof[@]}")
+    train 2,3 29620 124m-z2-gelu-cublaslt-200 "${c124[@]}"
+    train 2,3 29620 124m-z2-gelu-separate-200 "${c124[@]}" --train.fused_gelu=false
+  ) &
+  wait
+  cat "$OUT/pytest_gpu.txt" >> "$OUT/speed.txt"
+  ;;
+gelu)
+  CUDA_VISIBLE_DEVICES=0 timeout 200 python3 -m pytest -q -m gpu tests/test_gelu_mlp.py -p no:cacheprovider 2>&1 | tail -4 >> "$OUT/speed.txt"
+  CUDA_VISIBLE_DEVICES=0 timeout 200 python3 benchmarks/gelu_mlp_speed.py 2>&1 | grep "RESULT\|cuBLASLt\|Error" | tee "$OUT/mlp.txt" >> "$OUT/speed.txt"
+  # the training runs only where the fused MLP beats the separate kernels, both compiled
+  python3 -c "import re,sys; t=dict(re.findall(r'RESULT (.+?), compiled +([\d.]+) ms', open(sys.argv[1]).read())); sys.exit(float(t['cuBLASLt epilogues']) >= float(t['separate kernels']))" "$OUT/mlp.txt" \
+    || { echo "fused MLP not faster: no training runs" >> "$OUT/speed.txt"; cat "$OUT/speed.txt"; exit 0; }
+  noprof=(--train.profile_steps=0)
+  (
+    train 0,1 29610 xl-z1-mb32-ga16 "${xl[@]}" --train.max_steps=8 --train.micro_batch_size=32 --train.grad_accum=16 --deepspeed.zero_stage=1 "${noprof[@]}"
   ) &
   (
     train 2,3 29620 xl-z2-mb32-ga8 "${xl[@]}" --train.max_steps=10 --train.micro_batch_size=32 --train.grad_accum=8 --deepspeed.zero_stage=2

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from zerotrain import UserError
+from zerotrain.gelu_mlp import gelu_mlp
 from zerotrain.memory import GPT2_PRESETS
 
 IGNORE_INDEX = -100  # targets equal to this are left out of the loss (same value as Hugging Face)
@@ -73,8 +74,11 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.fused_gelu = False  # GPT.fuse_gelu(): the GELU inside cuBLASLt's matmul epilogues (zerotrain/gelu_mlp.py)
 
     def forward(self, x):
+        if self.fused_gelu:
+            return self.dropout(gelu_mlp(x, self.c_fc.weight, self.c_fc.bias, self.c_proj.weight, self.c_proj.bias))
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))  # (B, T, C)
 
 
@@ -223,6 +227,14 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.compile()
         self.lm_head.chunk_fn = torch.compile(_chunk_loss_and_grad_fusable, dynamic=False)
+
+    def fuse_gelu(self) -> None:
+        """Run each MLP's GELU inside its matmuls' cuBLASLt epilogues (forward and backward), where they can run
+        (CUDA, bf16/fp16; elsewhere the same function runs as separate kernels). The MLP then calls its Linear layers'
+        weights directly, so under ZeRO-3 it needs each block's parameters gathered whole. GPT-2 XL ZeRO-1 on H200s:
+        docs/performance.md."""
+        for block in self.transformer.h:
+            block.mlp.fused_gelu = True
 
     def num_params(self) -> int:
         """Unique parameters (the tied embedding counted once), as in the MFU formula."""

@@ -110,6 +110,11 @@ class TrainSection:
     """Cross-entropy a chunk of tokens at a time, with its gradient computed in the same pass, instead of
     materialising fp32 logits for the whole micro-batch (3 × 4 bytes × vocabulary per token). false: the
     textbook path, for comparison."""
+    fused_gelu: bool = True
+    """On GPUs in bf16 or fp16, compute the MLP's GELU inside cuBLASLt's matmul epilogues (GELU_AUX_BIAS forward,
+    DGELU_BGRAD backward; zerotrain/gelu_mlp.py) instead of in separate kernels that stream the MLP activations
+    through memory each way. zerotrain's GPT; at ZeRO-3 with deepspeed.zero3_gather_per_block. false: separate
+    kernels, for comparison."""
     time_phases: bool = False
     """Synchronize the device around forward, backward and the optimizer step and log their times
     (forward_s, backward_s, optimizer_s per step). Costs a little speed; `zerotrain bench` turns it on."""

@@ -362,6 +362,7 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     import torch.distributed as dist
     from torch.profiler import record_function
 
+    from zerotrain import gelu_mlp
     from zerotrain.metrics import (
         MetricsWriter,
         format_eval_line,
@@ -406,6 +407,14 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
             model.compile_blocks()  # compiles lazily, on the first forward
         block_classes = [Block]
     per_block = ds.zero_stage == 3 and ds.zero3_gather_per_block and bool(block_classes)
+    # The fused MLP reads c_fc's and c_proj's weights itself, so ZeRO-3 must gather them with their block.
+    fuse_gelu = not plan.hf and t.fused_gelu and (ds.zero_stage < 3 or per_block)
+    gelu_note = ""
+    if fuse_gelu:
+        model.fuse_gelu()  # off the GPU, and in fp32, the same function runs as separate kernels
+        if on_gpu:
+            why_not = gelu_mlp.cublaslt_unavailable(d.device, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32))
+            gelu_note = ", GELU in cuBLASLt epilogues" if why_not is None else f", GELU in separate kernels ({why_not})"
     if per_block:
         deepspeed.utils.set_z3_leaf_modules(model, block_classes)  # one gather, one release, one gradient hook per block
     if plan.init_from:
@@ -459,7 +468,8 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
         f"{vocab}, block {plan.model.block_size})")
     say(f"{plan.batch.describe()} sequences of {plan.seq_len} tokens = {tokens_per_step:,} tokens per step")
     say(f"ZeRO stage {ds.zero_stage}, {dtype}, {d.world} × {d.device.type}{', compiled blocks' if compiled else ''}"
-        f"{', parameters gathered per block' if per_block else ''}, "
+        f"{', parameters gathered per block' if per_block else ''}"
+        f"{gelu_note}, "
         f"lr {t.lr:g} -> {t.min_lr:g}, run dir {plan.run_dir}")
     say("ds_config: " + json.dumps(ds_config, separators=(",", ":")))
 
