@@ -200,7 +200,7 @@ ab)
     train 0,1 29610 xl-z1-mb32-ga16-check "${xl[@]}" --train.max_steps=8 --train.micro_batch_size=32 --train.grad_accum=16 \
       --deepspeed.zero_stage=1 --deepspeed.config="$RUNS/overflow-check.json" "${noprof[@]}"
     train 0,1 29610 xl-z2-mb32-ga8-separate-gelu "${xl[@]}" --train.max_steps=8 --train.micro_batch_size=32 --train.grad_accum=8 \
-      --deepspeed.zero_stage=2 --train.fused_gelu=false "${noprof[@]}"
+      --deepspeed.zero_stage=2 --train.fused_gelu=off "${noprof[@]}"
   ) &
   (
     train 2,3 29620 xl-z1-mb32-ga16-nocheck "${xl[@]}" --train.max_steps=8 --train.micro_batch_size=32 --train.grad_accum=16 \
@@ -222,7 +222,7 @@ final)
     CUDA_VISIBLE_DEVICES=2,3 timeout 240 python3 -m pytest -q -m gpu tests/ -p no:cacheprovider 2>&1 | tail -4 > "$OUT/pytest_gpu.txt"
     c124=(--train.max_steps=200 --train.log_interval=10 --train.micro_batch_size=32 --train.grad_accum=2 --deepspeed.zero_stage=2 "${noprof[@]}")
     train 2,3 29620 124m-z2-gelu-cublaslt-200 "${c124[@]}"
-    train 2,3 29620 124m-z2-gelu-separate-200 "${c124[@]}" --train.fused_gelu=false
+    train 2,3 29620 124m-z2-gelu-separate-200 "${c124[@]}" --train.fused_gelu=off
   ) &
   wait
   cat "$OUT/pytest_gpu.txt" >> "$OUT/speed.txt"

@@ -55,8 +55,8 @@ def test_fast_path_follows_the_plain_loss_curve(tmp_path, char_data):
     blocks, separate GELU kernels and the full fp32 logits: the same run, the same curve (bf16 rounding differs, so
     within 2%)."""
     curves = {}
-    for name, extra in (("fast", ["--train.compile=blocks", "--train.fused_loss=true", "--train.fused_gelu=true"]),
-                        ("plain", ["--train.compile=none", "--train.fused_loss=false", "--train.fused_gelu=false"])):
+    for name, extra in (("fast", ["--train.compile=blocks", "--train.fused_loss=true", "--train.fused_gelu=auto"]),
+                        ("plain", ["--train.compile=none", "--train.fused_loss=false", "--train.fused_gelu=off"])):
         cfg = write_config(tmp_path / f"{name}.toml", out_dir=tmp_path / name, data_dir=char_data, zero_stage=2,
                            max_steps=60, eval_interval=60, save_interval=60)
         cfg.write_text(cfg.read_text().replace('dtype = "fp32"', 'dtype = "bf16"'))

@@ -58,6 +58,16 @@ def test_compiled_blocks_are_refused_at_zero3(tmp_path):
     load_run_config(p, ["--train.compile=auto"])  # auto runs ZeRO-3 eager
 
 
+def test_fused_gelu_on_is_refused_where_it_cannot_apply(tmp_path):
+    p = write(tmp_path, '[data]\ndir = "d"\n[train]\nfused_gelu = "on"\n[deepspeed]\nzero_stage = 3\nzero3_gather_per_block = false\n')
+    with pytest.raises(UserError, match="needs deepspeed.zero3_gather_per_block = true"):
+        load_run_config(p)
+    load_run_config(p, ["--deepspeed.zero3_gather_per_block=true"])
+    load_run_config(p, ["--train.fused_gelu=auto"])  # auto leaves the MLP alone there
+    with pytest.raises(UserError, match="is not one of auto, on, off"):
+        load_run_config(p, ["--train.fused_gelu=yes"])
+
+
 def test_missing_data_and_bad_toml(tmp_path):
     with pytest.raises(UserError, match="set data.dir"):
         load_run_config(write(tmp_path, "[train]\nlr = 1e-3\n"))

@@ -7,8 +7,9 @@ reduction makes the matmul three times slower on an H200). Done as separate kern
 (tokens, 4·n_embd) activations once more each way. cuBLASLt's GELU is the tanh approximation GPT-2 uses.
 
 Each op times its ways (epilogues, or separate kernels) on its first call for a shape and keeps the fastest, so a
-GPU where an epilogue is slow keeps the separate kernels. Measured on H200s (docs/performance.md): one XL MLP forward
-and backward 6.42 -> 6.30 ms compiled; GPT-2 124M +3% tokens/s; GPT-2 XL within noise (+0.15%).
+GPU where an epilogue is slow keeps the separate kernels. Measured on H200s (docs/benchmarks.md): one XL MLP forward
+and backward in compiled blocks 6.42 -> 6.30 ms, but eager 6.39 -> 6.51 ms, so train.fused_gelu = "auto" uses it with
+compiled blocks only; GPT-2 124M +3% tokens/s, XL ZeRO-2 +0.5%.
 
 cuBLASLt is called through ctypes from the libcublasLt that PyTorch itself loads, so nothing is compiled. Where it
 cannot run (CPU, fp32, a shape it has no algorithm for) the ops run as separate PyTorch kernels, so `gelu_mlp`

@@ -231,8 +231,8 @@ class GPT(nn.Module):
     def fuse_gelu(self) -> None:
         """Run each MLP's GELU inside its matmuls' cuBLASLt epilogues (forward and backward), where they can run
         (CUDA, bf16/fp16; elsewhere the same function runs as separate kernels). The MLP then calls its Linear layers'
-        weights directly, so under ZeRO-3 it needs each block's parameters gathered whole. GPT-2 XL ZeRO-1 on H200s:
-        docs/performance.md."""
+        weights directly, so under ZeRO-3 it needs each block's parameters gathered whole. Speed on H200s:
+        docs/benchmarks.md."""
         for block in self.transformer.h:
             block.mlp.fused_gelu = True
 

@@ -408,13 +408,12 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
         block_classes = [Block]
     per_block = ds.zero_stage == 3 and ds.zero3_gather_per_block and bool(block_classes)
     # The fused MLP reads c_fc's and c_proj's weights itself, so ZeRO-3 must gather them with their block.
-    fuse_gelu = not plan.hf and t.fused_gelu and (ds.zero_stage < 3 or per_block)
+    fuse_gelu = not plan.hf and (t.fused_gelu == "on" or (t.fused_gelu == "auto" and compiled)) and (ds.zero_stage < 3 or per_block)
     gelu_note = ""
     if fuse_gelu:
         model.fuse_gelu()  # off the GPU, and in fp32, the same function runs as separate kernels
-        if on_gpu:
-            why_not = gelu_mlp.cublaslt_unavailable(d.device, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32))
-            gelu_note = ", GELU in cuBLASLt epilogues" if why_not is None else f", GELU in separate kernels ({why_not})"
+        why_not = gelu_mlp.cublaslt_unavailable(d.device, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32))
+        gelu_note = ", GELU in cuBLASLt epilogues" if why_not is None else f", fused MLP with the GELU in separate kernels ({why_not})"
     if per_block:
         deepspeed.utils.set_z3_leaf_modules(model, block_classes)  # one gather, one release, one gradient hook per block
     if plan.init_from:
