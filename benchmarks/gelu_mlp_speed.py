@@ -15,13 +15,14 @@ def plain_mlp(x, fc_w, fc_b, proj_w, proj_b):
     return F.linear(F.gelu(F.linear(x, fc_w, fc_b), approximate="tanh"), proj_w, proj_b)
 
 
-def time_ms(fn, inputs, grad, iters):
+def time_ms(step, iters):
+    """Milliseconds per call of step(), after 3 warm-up calls (the first of which compiles or times the ways)."""
     for _ in range(3):
-        fn(*inputs).backward(grad)
+        step()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(iters):
-        fn(*inputs).backward(grad)
+        step()
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / iters
@@ -42,14 +43,14 @@ def main():
     flops = 3 * 2 * 2 * M * C * 4 * C  # two matmuls, forward and two backward products each
     for name, fn in (("separate kernels, eager", plain_mlp), ("separate kernels, compiled", torch.compile(plain_mlp)),
                      ("cuBLASLt epilogues, eager", gelu_mlp), ("cuBLASLt epilogues, compiled", torch.compile(gelu_mlp))):
-        ms = time_ms(fn, inputs, grad, a.iters)
+        ms = time_ms(lambda fn=fn: fn(*inputs).backward(grad), a.iters)
         print(f"RESULT {name:30s} {ms:8.3f} ms  {flops / ms / 1e9:7.1f} TFLOP/s")
     # the matmuls alone: cuBLAS through PyTorch against each cuBLASLt epilogue's candidates as timed on first use
     x, fc_w, fc_b, proj_w, _ = (t.detach() for t in inputs)
     one = 2 * M * C * 4 * C
     for name, fn in (("addmm x @ fc_w^T + fc_b", lambda: torch.addmm(fc_b, x, fc_w.t())),
                      ("mm grad_y @ proj_w", lambda: grad @ proj_w)):
-        ms = _time_plain(fn, a.iters)
+        ms = time_ms(fn, a.iters)
         print(f"RESULT {name:30s} {ms:8.3f} ms  {one / ms / 1e9:7.1f} TFLOP/s")
     names = {fused._EPILOGUE_GELU_AUX_BIAS: "GELU_AUX_BIAS", fused._EPILOGUE_DGELU_BGRAD: "DGELU_BGRAD", fused._EPILOGUE_DGELU: "DGELU"}
     lib = fused._cublaslt()
@@ -57,18 +58,6 @@ def main():
         print(f"RESULT {names.get(key[5], key[5]):13s} m,n,k {key[1:4]} candidate algorithms, ms: " + " ".join(f"{t:.3f}" for t in times))
     for key, times in fused.timings.items():
         print(f"RESULT {key[0]} {key[2:5]}: chose {fused.chosen[key]}; " + ", ".join(f"{k} {v:.3f} ms" for k, v in times.items()))
-
-
-def _time_plain(fn, iters):
-    for _ in range(3):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
 
 
 if __name__ == "__main__":
