@@ -19,6 +19,10 @@
 #   final     same GPUs, one after another: zerotrain XL ZeRO-2 at 16 × 16 and 32 × 8, the HF probe at 16 × 16 (it runs out
 #             of memory at 32 × 8); beside them pytest -m gpu and 200-step 124M curves, GELU fused and separate
 #   gelu      the GELU in cuBLASLt epilogues: its GPU tests and speed check, then XL ZeRO-1 32 × 16 and ZeRO-2 32 × 8
+#   buckets   XL ZeRO-2 32 × 8 with DeepSpeed's reduce bucket at its default (5e8 elements), 2e8 and 5e7 (one profiled)
+#   buckets16 XL ZeRO-2 32 × 16 with the reduce bucket at 2e8 and 5e8 elements, in both orders on the two lanes
+#   epilogue  XL ZeRO-2 32 × 16 with and without deepspeed.reduce_without_host_wait, in both orders on the two lanes
+#   confirm   pytest -m gpu tests/ then XL ZeRO-2 32 × 16 on GPUs 0,1; XL ZeRO-2 and ZeRO-1 32 × 16 on GPUs 2,3
 # Needs data/shakespeare-gpt2 and benchmarks/reference_probe.py (../shared/reference/probe_raw_deepspeed.py).
 set -uo pipefail
 OUT=${OUT:-profile-results}
@@ -30,7 +34,8 @@ common=(configs/gpt2-124m.toml --run.checkpoints=false --run.tensorboard=false -
 {
   echo "date $(date -u +%Y-%m-%dT%H:%MZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1
-  python3 -c "import torch, deepspeed, transformers; print('torch', torch.__version__, 'deepspeed', deepspeed.__version__, 'transformers', transformers.__version__)"
+  python3 -c "import torch, deepspeed, transformers; print('torch', torch.__version__, 'deepspeed', deepspeed.__version__, 'transformers', transformers.__version__, 'nccl', torch.cuda.nccl.version())"
+  env | grep '^NCCL_' | sort | tr '\n' ' '; echo
 } > "$OUT/env.txt"
 
 train() {  # train GPUS PORT NAME OVERRIDES...
@@ -241,6 +246,61 @@ gelu)
     train 2,3 29620 xl-z2-mb32-ga8 "${xl[@]}" --train.max_steps=10 --train.micro_batch_size=32 --train.grad_accum=8 --deepspeed.zero_stage=2
   ) &
   wait
+  ;;
+buckets)
+  noprof=(--train.profile_steps=0)
+  z2=("${xl[@]}" --train.micro_batch_size=32 --train.grad_accum=8 --deepspeed.zero_stage=2)
+  for n in 50000000 200000000 500000000; do echo "{\"zero_optimization\": {\"reduce_bucket_size\": $n}}" > "$RUNS/bucket-$n.json"; done
+  (
+    train 0,1 29610 xl-z2-mb32-ga8-bucket5e8 "${z2[@]}" --train.max_steps=8 --deepspeed.config="$RUNS/bucket-500000000.json" "${noprof[@]}"
+    train 0,1 29610 xl-z2-mb32-ga8-bucket5e7 "${z2[@]}" --train.max_steps=8 --deepspeed.config="$RUNS/bucket-50000000.json" "${noprof[@]}"
+  ) &
+  (
+    train 2,3 29620 xl-z2-mb32-ga8-bucket2e8 "${z2[@]}" --train.max_steps=8 --deepspeed.config="$RUNS/bucket-200000000.json" "${noprof[@]}"
+    train 2,3 29620 xl-z2-mb32-ga8-bucket5e7-profiled "${z2[@]}" --train.max_steps=10 --deepspeed.config="$RUNS/bucket-50000000.json"
+  ) &
+  wait
+  ;;
+buckets16)
+  noprof=(--train.profile_steps=0)
+  z2=("${xl[@]}" --train.max_steps=6 --train.micro_batch_size=32 --train.grad_accum=16 --deepspeed.zero_stage=2 "${noprof[@]}")
+  for n in 200000000 500000000; do echo "{\"zero_optimization\": {\"reduce_bucket_size\": $n}}" > "$RUNS/bucket-$n.json"; done
+  (
+    train 0,1 29610 xl-z2-mb32-ga16-bucket2e8-a "${z2[@]}" --deepspeed.config="$RUNS/bucket-200000000.json"
+    train 0,1 29610 xl-z2-mb32-ga16-bucket5e8-a "${z2[@]}" --deepspeed.config="$RUNS/bucket-500000000.json"
+  ) &
+  (
+    train 2,3 29620 xl-z2-mb32-ga16-bucket5e8-b "${z2[@]}" --deepspeed.config="$RUNS/bucket-500000000.json"
+    train 2,3 29620 xl-z2-mb32-ga16-bucket2e8-b "${z2[@]}" --deepspeed.config="$RUNS/bucket-200000000.json"
+  ) &
+  wait
+  ;;
+epilogue)
+  noprof=(--train.profile_steps=0)
+  z2=("${xl[@]}" --train.max_steps=6 --train.micro_batch_size=32 --train.grad_accum=16 --deepspeed.zero_stage=2 "${noprof[@]}")
+  (
+    train 0,1 29610 xl-z2-mb32-ga16-streamwait-a "${z2[@]}" --deepspeed.reduce_without_host_wait=true
+    train 0,1 29610 xl-z2-mb32-ga16-sync-a "${z2[@]}" --deepspeed.reduce_without_host_wait=false
+  ) &
+  (
+    train 2,3 29620 xl-z2-mb32-ga16-sync-b "${z2[@]}" --deepspeed.reduce_without_host_wait=false
+    train 2,3 29620 xl-z2-mb32-ga16-streamwait-b "${z2[@]}" --deepspeed.reduce_without_host_wait=true
+  ) &
+  wait
+  ;;
+confirm)
+  noprof=(--train.profile_steps=0)
+  big=("${xl[@]}" --train.max_steps=8 --train.micro_batch_size=32 --train.grad_accum=16 "${noprof[@]}")
+  (
+    CUDA_VISIBLE_DEVICES=0,1 timeout 320 python3 -m pytest -q -m gpu tests/ -p no:cacheprovider 2>&1 | tail -4 > "$OUT/pytest_gpu.txt"
+    train 0,1 29610 xl-z2-mb32-ga16-a "${big[@]}" --deepspeed.zero_stage=2
+  ) &
+  (
+    train 2,3 29620 xl-z2-mb32-ga16-b "${big[@]}" --deepspeed.zero_stage=2
+    train 2,3 29620 xl-z1-mb32-ga16-b "${big[@]}" --deepspeed.zero_stage=1
+  ) &
+  wait
+  cat "$OUT/pytest_gpu.txt" >> "$OUT/speed.txt"
   ;;
 esac
 tar czf "$OUT/lanes.tgz" -C "$OUT" lanes && rm -rf "$OUT/lanes"

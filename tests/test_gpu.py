@@ -66,3 +66,26 @@ def test_fast_path_follows_the_plain_loss_curve(tmp_path, char_data):
         curves[name] = train_losses(tmp_path / name)
     for step in (10, 30, 60):
         assert curves["fast"][step] == pytest.approx(curves["plain"][step], rel=0.02), step
+
+
+def test_reduction_without_host_waits_gives_the_same_losses(tmp_path, char_data):
+    """ZeRO-2 on 2 GPUs with accumulation and many small reduce buckets (so the double-buffered buckets are reused
+    within every micro-step): the compute stream waiting for the reduction stream must give the losses of DeepSpeed's
+    own host wait."""
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    buckets = tmp_path / "buckets.json"
+    buckets.write_text('{"zero_optimization": {"reduce_bucket_size": 5000}}')
+    curves = {}
+    for wait in ("true", "false"):
+        cfg = write_config(tmp_path / f"{wait}.toml", out_dir=tmp_path / wait, data_dir=char_data, zero_stage=2,
+                           max_steps=20, eval_interval=20, save_interval=20)
+        out = run_ok("train", cfg, "--nproc", 2, "--train.grad_accum=4", "--train.compile=none",
+                     f"--deepspeed.reduce_without_host_wait={wait}", f"--deepspeed.config={buckets}").stdout
+        assert ("reductions without host waits" in out) == (wait == "true")
+        curves[wait] = train_losses(tmp_path / wait)
+    assert curves["true"][20] < curves["true"][1] - 0.5
+    for step in range(1, 21):
+        assert curves["true"][step] == pytest.approx(curves["false"][step], rel=1e-3), step

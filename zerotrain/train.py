@@ -247,6 +247,32 @@ def _rng_state() -> dict:
     return state
 
 
+def _reduce_epilogue_without_host_wait(optimizer) -> bool:
+    """ZeRO-2 with overlap_comm ends every micro-step's backward with the host waiting for the whole GPU
+    (torch.cuda.synchronize in DeepSpeed's independent_gradient_partition_epilogue) before it drops the reduced
+    gradients, so the GPU idles while the host then launches the next micro-step, and the last bucket's reduction is
+    waited for. Here the compute stream waits for the reduction stream instead: every later kernel still runs after the
+    reductions, the reduce buffers are recorded on the reduction stream for the caching allocator, and only the host
+    no longer blocks (GPT-2 XL ZeRO-2 on 2 H200s: +0.4% and +1.4% tokens/s, docs/benchmarks.md).
+    Returns whether it applies: DeepSpeed's ZeRO-1/2 optimizer with a reduction stream."""
+    from deepspeed.accelerator import get_accelerator
+
+    original = getattr(optimizer, "independent_gradient_partition_epilogue", None)
+    if original is None or getattr(optimizer, "reduction_stream", None) is None or not optimizer.overlap_comm:
+        return False
+    accelerator = get_accelerator()
+
+    def epilogue():
+        accelerator.synchronize = lambda *_: accelerator.current_stream().wait_stream(optimizer.reduction_stream)
+        try:
+            original()
+        finally:
+            del accelerator.synchronize  # the accelerator class's own method again
+
+    optimizer.independent_gradient_partition_epilogue = epilogue
+    return True
+
+
 def _set_rng_state(state: dict) -> None:
     import torch
 
@@ -441,6 +467,7 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     else:
         optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=1e-8, fused=True)
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    host_runs_ahead = on_gpu and ds.reduce_without_host_wait and _reduce_epilogue_without_host_wait(engine.optimizer)
 
     sampler = BatchSampler([s.train for s in plan.data], plan.weights, plan.seq_len, t.micro_batch_size, d.rank, d.world, cfg.run.seed)
     step, tokens_seen, best_val, evals_since_best = 0, 0, float("inf"), 0
@@ -468,7 +495,7 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     say(f"{plan.batch.describe()} sequences of {plan.seq_len} tokens = {tokens_per_step:,} tokens per step")
     say(f"ZeRO stage {ds.zero_stage}, {dtype}, {d.world} × {d.device.type}{', compiled blocks' if compiled else ''}"
         f"{', parameters gathered per block' if per_block else ''}"
-        f"{gelu_note}, "
+        f"{gelu_note}{', reductions without host waits' if host_runs_ahead else ''}, "
         f"lr {t.lr:g} -> {t.min_lr:g}, run dir {plan.run_dir}")
     say("ds_config: " + json.dumps(ds_config, separators=(",", ":")))
 
