@@ -23,6 +23,7 @@
 #   buckets16 XL ZeRO-2 32 × 16 with the reduce bucket at 2e8 and 5e8 elements, in both orders on the two lanes
 #   epilogue  XL ZeRO-2 32 × 16 with and without deepspeed.reduce_without_host_wait, in both orders on the two lanes
 #   confirm   pytest -m gpu tests/ then XL ZeRO-2 32 × 16 on GPUs 0,1; XL ZeRO-2 and ZeRO-1 32 × 16 on GPUs 2,3
+#   proto     pytest -m gpu tests/ on GPUs 0,1; XL ZeRO-2 32 × 16 with NCCL's default protocol choice and NCCL_PROTO=Simple
 # Needs data/shakespeare-gpt2 and benchmarks/reference_probe.py (../shared/reference/probe_raw_deepspeed.py).
 set -uo pipefail
 OUT=${OUT:-profile-results}
@@ -298,6 +299,20 @@ confirm)
   (
     train 2,3 29620 xl-z2-mb32-ga16-b "${big[@]}" --deepspeed.zero_stage=2
     train 2,3 29620 xl-z1-mb32-ga16-b "${big[@]}" --deepspeed.zero_stage=1
+  ) &
+  wait
+  cat "$OUT/pytest_gpu.txt" >> "$OUT/speed.txt"
+  ;;
+proto)
+  noprof=(--train.profile_steps=0)
+  z2=("${xl[@]}" --train.max_steps=6 --train.micro_batch_size=32 --train.grad_accum=16 --deepspeed.zero_stage=2 "${noprof[@]}")
+  (
+    CUDA_VISIBLE_DEVICES=0,1 timeout 280 python3 -m pytest -q -rf -m gpu tests/ -p no:cacheprovider > "$OUT/pytest_gpu_full.txt" 2>&1
+    tail -8 "$OUT/pytest_gpu_full.txt" > "$OUT/pytest_gpu.txt"
+  ) &
+  (
+    train 2,3 29620 xl-z2-mb32-ga16-nccl-default "${z2[@]}"
+    NCCL_PROTO=Simple train 2,3 29620 xl-z2-mb32-ga16-nccl-simple "${z2[@]}"
   ) &
   wait
   cat "$OUT/pytest_gpu.txt" >> "$OUT/speed.txt"

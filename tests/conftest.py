@@ -15,10 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked gpu need an NVIDIA GPU: on machines without one they are deselected, not skipped. With one, the
-    tests that use CUDA in the pytest process itself run last: from then on pytest holds a CUDA context, which on a
-    GPU in exclusive-process compute mode leaves no room for the training runs the other gpu tests start. (On the
-    H200 host, one pytest -m gpu session failed all five tests of test_gpu.py after test_gelu_mlp.py's GPU tests; alone
-    they passed. The compute mode there was not checked: this order is the likely fix.)"""
+    tests that use CUDA in the pytest process itself run last, so that a GPU in exclusive-process compute mode is free
+    for the training runs the other gpu tests start."""
     import torch
 
     if torch.cuda.is_available():

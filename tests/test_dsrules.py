@@ -3,7 +3,6 @@ defaults against the installed DeepSpeed, DeepSpeed's own parser, fix, explain, 
 
 import copy
 import json
-import os
 import random
 import subprocess
 import sys
@@ -22,8 +21,6 @@ from zerotrain.dsrules import (
     new_config,
     parse_config_text,
 )
-
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 def keys_at(findings, level):

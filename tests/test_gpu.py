@@ -1,6 +1,8 @@
 """On an NVIDIA GPU (run on the GPU machine: `python -m pytest -m gpu`): bf16 ZeRO-2 and ZeRO-3 training
 on 1 GPU, then export and generation from the GPU checkpoint."""
 
+import os
+
 import pytest
 
 from conftest import metrics, run_ok, train_losses, write_config
@@ -14,6 +16,9 @@ def need_gpu():
 
     if not torch.cuda.is_available():
         pytest.fail("the gpu tests need an NVIDIA GPU; deselect them with -m 'not gpu'")
+    # A test module that sets DS_ACCELERATOR=cpu at import (test_dsrules.py once did) sends every training run of a
+    # whole-suite session to DeepSpeed's CPU accelerator.
+    assert os.environ.get("DS_ACCELERATOR", "cuda") == "cuda", "DS_ACCELERATOR is set to a non-GPU accelerator"
 
 
 @pytest.mark.parametrize("stage", [2, 3])
