@@ -153,7 +153,8 @@ class DeepSpeedSection:
     reduce_without_host_wait: bool = True
     """ZeRO-1/2 on GPUs: end each micro-step's gradient reduction with the compute stream waiting for DeepSpeed's
     reduction stream instead of the host waiting for the whole GPU, so the host queues the next micro-step while the
-    last gradients reduce (GPT-2 XL ZeRO-2 on 2 H200s: +0.4-1.4% tokens/s). false keeps DeepSpeed's host wait."""
+    last gradients reduce (GPT-2 XL ZeRO-2 on 2 H200s: +0.6% tokens/s, docs/benchmarks.md). false keeps DeepSpeed's
+    host wait."""
     config: str = ""
     """A ds_config JSON whose entries are merged over the generated one (for settings zerotrain has no key for)."""
 
