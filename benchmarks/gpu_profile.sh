@@ -24,8 +24,6 @@
 #   epilogue  XL ZeRO-2 32 × 16 with and without deepspeed.reduce_without_host_wait, in both orders on the two lanes
 #   confirm   pytest -m gpu tests/ then XL ZeRO-2 32 × 16 on GPUs 0,1; XL ZeRO-2 and ZeRO-1 32 × 16 on GPUs 2,3
 #   proto     pytest -m gpu tests/ on GPUs 0,1; XL ZeRO-2 32 × 16 with NCCL's default protocol choice and NCCL_PROTO=Simple
-#   wgrad1    one GPU: XL ZeRO-2 32 × 4 with zerotrain/gelu_mlp.py as it is, then as gelu_mlp_before.py, the version
-#             before the BGRADB way, placed in the repository root first: git show 910db9a:zerotrain/gelu_mlp.py > gelu_mlp_before.py
 # Needs data/shakespeare-gpt2 and benchmarks/reference_probe.py (../shared/reference/probe_raw_deepspeed.py).
 set -uo pipefail
 OUT=${OUT:-profile-results}
@@ -318,14 +316,6 @@ proto)
   ) &
   wait
   cat "$OUT/pytest_gpu.txt" >> "$OUT/speed.txt"
-  ;;
-wgrad1)
-  noprof=(--train.profile_steps=0)
-  one=("${xl[@]}" --train.max_steps=6 --train.micro_batch_size=32 --train.grad_accum=4 --deepspeed.zero_stage=2 "${noprof[@]}")
-  train 0 29610 xl-z2-mb32-ga4-1gpu-now "${one[@]}"
-  cp zerotrain/gelu_mlp.py "$RUNS/gelu_mlp_now.py" && cp gelu_mlp_before.py zerotrain/gelu_mlp.py
-  train 0 29610 xl-z2-mb32-ga4-1gpu-before "${one[@]}"
-  cp "$RUNS/gelu_mlp_now.py" zerotrain/gelu_mlp.py
   ;;
 esac
 tar czf "$OUT/lanes.tgz" -C "$OUT" lanes && rm -rf "$OUT/lanes"

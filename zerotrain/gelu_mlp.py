@@ -3,10 +3,8 @@
 Forward: one cuBLASLt matmul with the GELU_AUX_BIAS epilogue writes h = gelu(x @ W_fc^T + b_fc) and, beside it, the
 pre-activation the backward needs. Backward: the projection's input-gradient matmul runs with the DGELU epilogue,
 which multiplies by gelu'(pre) as it writes grad_pre (DGELU_BGRAD would also sum the c_fc bias gradient, but its
-reduction makes the matmul three times slower on an H200), and both weight-gradient matmuls may sum their layer's
-bias gradient in the BGRADB epilogue. Done as separate kernels, the GELU reads and writes the (tokens, 4·n_embd)
-activations once more each way, and each bias gradient reads its (tokens, width) gradient once more. cuBLASLt's
-GELU is the tanh approximation GPT-2 uses.
+reduction makes the matmul three times slower on an H200). Done as separate kernels, the GELU reads and writes the
+(tokens, 4·n_embd) activations once more each way. cuBLASLt's GELU is the tanh approximation GPT-2 uses.
 
 Each op times its ways (epilogues, or separate kernels) on its first call for a shape and keeps the fastest, so a
 GPU where an epilogue is slow keeps the separate kernels. Measured on H200s (docs/benchmarks.md): one XL MLP forward
@@ -39,7 +37,7 @@ _PREF_MAX_WORKSPACE_BYTES = 1
 _PREF_MIN_ALIGNMENT_A, _PREF_MIN_ALIGNMENT_B, _PREF_MIN_ALIGNMENT_C, _PREF_MIN_ALIGNMENT_D = 5, 6, 7, 8
 _EPILOGUE_GELU_AUX_BIAS = 32 | 128 | 4
 _EPILOGUE_DGELU = 64 | 128
-_EPILOGUE_BGRADB = 512
+_EPILOGUE_DGELU_BGRAD = _EPILOGUE_DGELU | 16
 _CANDIDATES = 8  # algorithms asked of cuBLASLt's heuristic per shape; the fastest on the first call is kept
 _WORKSPACE_BYTES = 32 << 20  # what cuBLAS itself reserves per handle on Hopper
 _DTYPES = {torch.bfloat16: _CUDA_R_16BF, torch.float16: _CUDA_R_16F}
@@ -109,25 +107,24 @@ class _CublasLt:
             self.workspaces[index] = torch.empty(_WORKSPACE_BYTES, dtype=torch.uint8, device=torch.device("cuda", index))
         return self.handles[index], self.workspaces[index]
 
-    def _plan(self, handle, m: int, n: int, k: int, transpose_a: bool, transpose_b: bool, epilogue: int, dtype: int,
-              bias: Tensor | None, aux: Tensor | None, alignments: tuple[int, int, int]):
-        """Descriptors for column-major D (m, n) = op(A) (m, k) @ op(B) (k, n) with one epilogue, and the algorithms
-        cuBLASLt's heuristic offers for them; None where it has none."""
+    def _plan(self, handle, m: int, n: int, k: int, transpose_a: bool, epilogue: int, dtype: int, bias: Tensor | None,
+              aux: Tensor, alignments: tuple[int, int, int]):
+        """Descriptors for column-major D (m, n) = op(A) (m, k) @ B (k, n) with one epilogue, and the algorithm cuBLASLt's
+        heuristic picks for them; None where it has none."""
         lib = self.lib
         desc = ctypes.c_void_p()
         self._check(lib.cublasLtMatmulDescCreate(ctypes.byref(desc), _CUBLAS_COMPUTE_32F, _CUDA_R_32F), "matmul descriptor")
         self._set(desc, _DESC_TRANSA, ctypes.c_int32(_CUBLAS_OP_T if transpose_a else _CUBLAS_OP_N))
-        self._set(desc, _DESC_TRANSB, ctypes.c_int32(_CUBLAS_OP_T if transpose_b else _CUBLAS_OP_N))
+        self._set(desc, _DESC_TRANSB, ctypes.c_int32(_CUBLAS_OP_N))
         self._set(desc, _DESC_EPILOGUE, ctypes.c_uint32(epilogue))
+        self._set(desc, _DESC_AUX_LD, ctypes.c_int64(m))
         # The heuristic reads the aux and bias addresses for their alignment, so the first call's are set here.
-        if aux is not None:
-            self._set(desc, _DESC_AUX_LD, ctypes.c_int64(m))
-            self._set(desc, _DESC_AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
+        self._set(desc, _DESC_AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
         if bias is not None:
             self._set(desc, _DESC_BIAS_DATA_TYPE, ctypes.c_int32(dtype))
             self._set(desc, _DESC_BIAS_POINTER, ctypes.c_void_p(bias.data_ptr()))
         layouts = []
-        for rows, cols in ((k, m) if transpose_a else (m, k), (n, k) if transpose_b else (k, n), (m, n)):
+        for rows, cols in ((k, m) if transpose_a else (m, k), (k, n), (m, n)):
             layout = ctypes.c_void_p()
             self._check(lib.cublasLtMatrixLayoutCreate(ctypes.byref(layout), dtype, rows, cols, rows), "matrix layout")
             layouts.append(layout)
@@ -173,23 +170,22 @@ class _CublasLt:
         return start.elapsed_time(end) / repeats
 
     def matmul(self, m: int, n: int, k: int, transpose_a: bool, a: Tensor, b: Tensor, d: Tensor, epilogue: int,
-               bias: Tensor | None, aux: Tensor | None, transpose_b: bool = False) -> bool:
-        """Column-major d (m, n) = op(a) (m, k) @ op(b) (k, n) with the epilogue, on the current stream; False (and
-        nothing written) where cuBLASLt has no algorithm for it."""
+               bias: Tensor | None, aux: Tensor) -> bool:
+        """Column-major d (m, n) = op(a) (m, k) @ b (k, n) with the epilogue, on the current stream; False (and nothing
+        written) where cuBLASLt has no algorithm for it."""
         dtype = _DTYPES[d.dtype]
         alignments = (_alignment(a), _alignment(b), _alignment(d))
-        key = (d.device, m, n, k, transpose_a, transpose_b, epilogue, dtype, alignments,
-               None if aux is None else _alignment(aux), None if bias is None else _alignment(bias))
+        key = (d.device, m, n, k, transpose_a, epilogue, dtype, alignments, _alignment(aux),
+               None if bias is None else _alignment(bias))
         with self.lock:
             handle, workspace = self._device(d.device)
             if key not in self.plans:
-                self.plans[key] = self._plan(handle, m, n, k, transpose_a, transpose_b, epilogue, dtype, bias, aux, alignments)
+                self.plans[key] = self._plan(handle, m, n, k, transpose_a, epilogue, dtype, bias, aux, alignments)
             plan = self.plans[key]
             if plan is None:
                 return False
             desc, layouts, algos = plan
-            if aux is not None:
-                self._set(desc, _DESC_AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
+            self._set(desc, _DESC_AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
             if bias is not None:
                 self._set(desc, _DESC_BIAS_POINTER, ctypes.c_void_p(bias.data_ptr()))
             stream = torch.cuda.current_stream(d.device)
@@ -255,9 +251,8 @@ def _fusable(*tensors: Tensor) -> bool:
 
 
 # The way each op runs for a (device, shape, dtype), picked by timing on its first call: on an H200 with cuBLAS 13
-# GELU_AUX_BIAS beats a matmul and a separate GELU kernel, while DGELU_BGRAD's bias-gradient reduction made it three
-# times slower than a plain matmul (benchmarks/gelu_mlp_speed.py; docs/performance.md), so the c_fc bias gradient is
-# summed in the weight-gradient matmul (BGRADB) or a separate reduction instead. Tests may preset it.
+# GELU_AUX_BIAS beats a matmul and a separate GELU kernel, while DGELU_BGRAD's bias-gradient reduction makes it three
+# times slower than a plain matmul (benchmarks/gelu_mlp_speed.py; docs/performance.md). Tests may preset it.
 chosen: dict[tuple, str] = {}
 timings: dict[tuple, dict[str, float]] = {}  # ms per call of each way, for benchmarks/gelu_mlp_speed.py
 
@@ -308,53 +303,34 @@ def _(x, weight, bias):
 
 
 @torch.library.custom_op("zerotrain::gelu_input_grad", mutates_args=())
-def gelu_input_grad(grad_out: Tensor, weight: Tensor, pre: Tensor) -> Tensor:
+def gelu_input_grad(grad_out: Tensor, weight: Tensor, pre: Tensor) -> tuple[Tensor, Tensor]:
     """The backward of out = gelu_tanh(pre) @ weight^T into pre: grad_out (M, K), weight (K, N), pre (M, N) ->
-    grad_pre = (grad_out @ weight) * gelu_tanh'(pre), (M, N)."""
+    (grad_pre = (grad_out @ weight) * gelu_tanh'(pre), grad_pre summed over rows: the bias gradient of the layer
+    that produced pre)."""
     (M, K), N = grad_out.shape, weight.shape[1]
 
     def separate_kernels():
-        return torch.ops.aten.gelu_backward(grad_out @ weight, pre, approximate="tanh")
+        grad_pre = torch.ops.aten.gelu_backward(grad_out @ weight, pre, approximate="tanh")
+        return grad_pre, grad_pre.sum(0)
+
+    # Column-major grad_pre^T (N, M) = weight (stored N x K column-major) @ grad_out^T (K, M).
+    def dgelu_bgrad():
+        grad_pre, grad_bias = pre.new_empty(M, N), pre.new_empty(N)
+        return (grad_pre, grad_bias) if _lib.matmul(N, M, K, False, weight, grad_out, grad_pre, _EPILOGUE_DGELU_BGRAD, grad_bias, pre) else None
 
     def dgelu():
         grad_pre = pre.new_empty(M, N)
-        # Column-major grad_pre^T (N, M) = weight (stored N x K column-major) @ grad_out^T (K, M).
-        return grad_pre if _lib.matmul(N, M, K, False, weight, grad_out, grad_pre, _EPILOGUE_DGELU, None, pre) else None
+        return (grad_pre, grad_pre.sum(0)) if _lib.matmul(N, M, K, False, weight, grad_out, grad_pre, _EPILOGUE_DGELU, None, pre) else None
 
     if _fusable(grad_out, weight, pre):
-        return _fastest(("gelu_input_grad", pre.device, M, N, K, pre.dtype), {"DGELU": dgelu, "separate kernels": separate_kernels})
+        return _fastest(("gelu_input_grad", pre.device, M, N, K, pre.dtype),
+                        {"DGELU_BGRAD": dgelu_bgrad, "DGELU": dgelu, "separate kernels": separate_kernels})
     return separate_kernels()
 
 
 @gelu_input_grad.register_fake
 def _(grad_out, weight, pre):
-    return pre.new_empty(pre.shape)
-
-
-@torch.library.custom_op("zerotrain::linear_weight_grad", mutates_args=())
-def linear_weight_grad(grad_out: Tensor, inp: Tensor) -> tuple[Tensor, Tensor]:
-    """The weight and bias gradients of out = inp @ weight^T + bias: grad_out (M, N), inp (M, K) ->
-    (grad_out^T @ inp (N, K), grad_out summed over its rows (N)). BGRADB sums the bias gradient inside the matmul,
-    which reads grad_out along the same (token) dimension anyway, instead of reading it once more in a reduction."""
-    (M, N), K = grad_out.shape, inp.shape[1]
-
-    def separate_kernels():
-        return grad_out.t() @ inp, grad_out.sum(0)
-
-    def bgradb():
-        grad_weight, grad_bias = inp.new_empty(N, K), grad_out.new_empty(N)
-        # Column-major grad_weight^T (K, N) = inp^T (stored K x M column-major) @ grad_out (stored N x M, transposed).
-        done = _lib.matmul(K, N, M, False, inp, grad_out, grad_weight, _EPILOGUE_BGRADB, grad_bias, None, transpose_b=True)
-        return (grad_weight, grad_bias) if done else None
-
-    if _fusable(grad_out, inp):
-        return _fastest(("linear_weight_grad", inp.device, M, N, K, inp.dtype), {"BGRADB": bgradb, "separate kernels": separate_kernels})
-    return separate_kernels()
-
-
-@linear_weight_grad.register_fake
-def _(grad_out, inp):
-    return inp.new_empty(grad_out.shape[1], inp.shape[1]), grad_out.new_empty(grad_out.shape[1])
+    return pre.new_empty(pre.shape), pre.new_empty(pre.shape[1])
 
 
 class _GeluMLP(torch.autograd.Function):
@@ -370,13 +346,11 @@ class _GeluMLP(torch.autograd.Function):
     def backward(ctx, grad_y):
         x2, fc_weight, proj_weight, h, pre = ctx.saved_tensors
         g = grad_y.reshape(-1, grad_y.shape[-1]).contiguous()  # (B·T, C)
-        grad_pre = gelu_input_grad(g, proj_weight, pre)  # (B·T, 4C)
+        grad_pre, grad_fc_bias = gelu_input_grad(g, proj_weight, pre)  # (B·T, 4C), (4C)
         need = ctx.needs_input_grad
         grad_x = (grad_pre @ fc_weight).view(ctx.x_shape) if need[0] else None
-        grad_fc_weight, grad_fc_bias = linear_weight_grad(grad_pre, x2) if need[1] or need[2] else (None, None)
-        grad_proj_weight, grad_proj_bias = linear_weight_grad(g, h) if need[3] or need[4] else (None, None)
-        return (grad_x, grad_fc_weight if need[1] else None, grad_fc_bias if need[2] else None,
-                grad_proj_weight if need[3] else None, grad_proj_bias if need[4] else None)
+        return (grad_x, grad_pre.t() @ x2 if need[1] else None, grad_fc_bias if need[2] else None,
+                g.t() @ h if need[3] else None, g.sum(0) if need[4] else None)
 
 
 def gelu_mlp(x: Tensor, fc_weight: Tensor, fc_bias: Tensor, proj_weight: Tensor, proj_bias: Tensor) -> Tensor:
