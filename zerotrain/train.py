@@ -255,12 +255,14 @@ def _reduce_epilogue_without_host_wait(optimizer) -> bool:
     reductions, the reduce buffers are recorded on the reduction stream for the caching allocator, and only the host
     no longer blocks (GPT-2 XL ZeRO-2 32 × 16 on 2 H200s: +0.6% tokens/s with the order of the runs taken out,
     docs/benchmarks.md).
-    Returns whether it applies: DeepSpeed's ZeRO-1/2 optimizer with a reduction stream."""
+    Returns whether it applies: DeepSpeed's ZeRO-1/2 optimizer with a reduction stream (ZeRO-3's epilogue waits on
+    its own stream, not the device)."""
     from deepspeed.accelerator import get_accelerator
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
 
-    original = getattr(optimizer, "independent_gradient_partition_epilogue", None)
-    if original is None or getattr(optimizer, "reduction_stream", None) is None or not optimizer.overlap_comm:
+    if not isinstance(optimizer, DeepSpeedZeroOptimizer) or optimizer.reduction_stream is None or not optimizer.overlap_comm:
         return False
+    original = optimizer.independent_gradient_partition_epilogue
     accelerator = get_accelerator()
 
     def epilogue():
