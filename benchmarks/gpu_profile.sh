@@ -24,6 +24,12 @@
 #   epilogue  XL ZeRO-2 32 × 16 with and without deepspeed.reduce_without_host_wait, in both orders on the two lanes
 #   confirm   pytest -m gpu tests/ then XL ZeRO-2 32 × 16 on GPUs 0,1; XL ZeRO-2 and ZeRO-1 32 × 16 on GPUs 2,3
 #   proto     pytest -m gpu tests/ on GPUs 0,1; XL ZeRO-2 32 × 16 with NCCL's default protocol choice and NCCL_PROTO=Simple
+#   reduce    benchmarks/attention_speed.py on GPU 0; XL ZeRO-2 32 × 16 with DeepSpeed's one all-reduce per bucket
+#             (use_multi_rank_bucket_allreduce) against one reduce per owning rank, in both orders, and with NCCL_MAX_CTAS=8
+#   mb40      XL ZeRO-2 at micro-batches 40 × 13 and 44 × 12 (expandable segments) beside 32 × 16, XL ZeRO-1 40 × 13;
+#             the GPUs' clocks, power and temperature sampled every 10 s into clocks.csv
+#   inplace   XL ZeRO-2 32 × 16 with the gradient buckets all-reduced in place and copied (DeepSpeed's way), in both
+#             orders on the two lanes; clocks.csv as in mb40
 # Needs data/shakespeare-gpt2 and benchmarks/reference_probe.py (../shared/reference/probe_raw_deepspeed.py).
 set -uo pipefail
 OUT=${OUT:-profile-results}
@@ -316,6 +322,58 @@ proto)
   ) &
   wait
   cat "$OUT/pytest_gpu.txt" >> "$OUT/speed.txt"
+  ;;
+reduce)
+  noprof=(--train.profile_steps=0)
+  z2=("${xl[@]}" --train.max_steps=6 --train.micro_batch_size=32 --train.grad_accum=16 --deepspeed.zero_stage=2 "${noprof[@]}")
+  echo '{"zero_optimization": {"use_multi_rank_bucket_allreduce": false}}' > "$RUNS/reduce.json"
+  CUDA_VISIBLE_DEVICES=0 timeout 120 python3 benchmarks/attention_speed.py 2>&1 | grep -v Warn | tee "$OUT/attention.txt" >> "$OUT/speed.txt"
+  CUDA_VISIBLE_DEVICES=0 timeout 60 python3 benchmarks/attention_speed.py --batch 16 2>&1 | grep RESULT >> "$OUT/speed.txt"
+  (
+    train 0,1 29610 xl-z2-mb32-ga16-allreduce-a "${z2[@]}"
+    train 0,1 29610 xl-z2-mb32-ga16-reduce-a "${z2[@]}" --deepspeed.config="$RUNS/reduce.json"
+    NCCL_MAX_CTAS=8 train 0,1 29610 xl-z2-mb32-ga16-allreduce-ctas8-a "${z2[@]}"
+  ) &
+  (
+    train 2,3 29620 xl-z2-mb32-ga16-reduce-b "${z2[@]}" --deepspeed.config="$RUNS/reduce.json"
+    train 2,3 29620 xl-z2-mb32-ga16-allreduce-b "${z2[@]}"
+    NCCL_MAX_CTAS=8 train 2,3 29620 xl-z2-mb32-ga16-reduce-ctas8-b "${z2[@]}" --deepspeed.config="$RUNS/reduce.json"
+  ) &
+  wait
+  ;;
+mb40)
+  noprof=(--train.profile_steps=0)
+  z2=("${xl[@]}" --train.max_steps=6 --deepspeed.zero_stage=2 "${noprof[@]}")
+  nvidia-smi --query-gpu=timestamp,index,clocks.sm,clocks.max.sm,power.draw,power.limit,temperature.gpu,clocks_throttle_reasons.active \
+    --format=csv -l 10 > "$OUT/clocks.csv" 2>&1 & sampler=$!
+  lanes=()
+  (
+    train 0,1 29610 xl-z2-mb40-ga13-a "${z2[@]}" --train.micro_batch_size=40 --train.grad_accum=13
+    train 0,1 29610 xl-z2-mb32-ga16-a "${z2[@]}" --train.micro_batch_size=32 --train.grad_accum=16
+  ) & lanes+=($!)
+  (
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True train 2,3 29620 xl-z2-mb44-ga12-b "${z2[@]}" --train.micro_batch_size=44 --train.grad_accum=12
+    train 2,3 29620 xl-z1-mb40-ga13-b "${xl[@]}" --train.max_steps=6 --deepspeed.zero_stage=1 "${noprof[@]}" --train.micro_batch_size=40 --train.grad_accum=13
+  ) & lanes+=($!)
+  wait "${lanes[@]}"
+  kill $sampler; wait $sampler 2>/dev/null
+  ;;
+inplace)
+  noprof=(--train.profile_steps=0)
+  z2=("${xl[@]}" --train.max_steps=8 --train.micro_batch_size=32 --train.grad_accum=16 --deepspeed.zero_stage=2 "${noprof[@]}")
+  nvidia-smi --query-gpu=timestamp,index,clocks.sm,clocks.max.sm,power.draw,power.limit,temperature.gpu,clocks_throttle_reasons.active \
+    --format=csv -l 10 > "$OUT/clocks.csv" 2>&1 & sampler=$!
+  lanes=()
+  (
+    ZEROTRAIN_AB_INPLACE=1 train 0,1 29610 xl-z2-mb32-ga16-inplace-a "${z2[@]}"
+    ZEROTRAIN_AB_INPLACE=0 train 0,1 29610 xl-z2-mb32-ga16-copied-a "${z2[@]}"
+  ) & lanes+=($!)
+  (
+    ZEROTRAIN_AB_INPLACE=0 train 2,3 29620 xl-z2-mb32-ga16-copied-b "${z2[@]}"
+    ZEROTRAIN_AB_INPLACE=1 train 2,3 29620 xl-z2-mb32-ga16-inplace-b "${z2[@]}"
+  ) & lanes+=($!)
+  wait "${lanes[@]}"
+  kill $sampler; wait $sampler 2>/dev/null
   ;;
 esac
 tar czf "$OUT/lanes.tgz" -C "$OUT" lanes && rm -rf "$OUT/lanes"
