@@ -29,7 +29,10 @@
 #   mb40      XL ZeRO-2 at micro-batches 40 × 13 and 44 × 12 (expandable segments) beside 32 × 16, XL ZeRO-1 40 × 13;
 #             the GPUs' clocks, power and temperature sampled every 10 s into clocks.csv
 #   inplace   XL ZeRO-2 32 × 16 with the gradient buckets all-reduced in place and copied (DeepSpeed's way), in both
-#             orders on the two lanes; clocks.csv as in mb40
+#             orders on the two lanes; clocks.csv as in mb40 (the in-place way and its ZEROTRAIN_AB_INPLACE switch were
+#             in 82afbc7 only: +0.1-0.2%, within the noise, so the next commit took them out)
+#   hfratio   HF GPT2 + raw DeepSpeed (the peers' probe) at its reference shape 8 × 8 and at 16 × 16, each on the GPUs
+#             zerotrain's XL ZeRO-2 32 × 16 runs on just before or after; clocks.csv as in mb40
 # Needs data/shakespeare-gpt2 and benchmarks/reference_probe.py (../shared/reference/probe_raw_deepspeed.py).
 set -uo pipefail
 OUT=${OUT:-profile-results}
@@ -371,6 +374,27 @@ inplace)
   (
     ZEROTRAIN_AB_INPLACE=0 train 2,3 29620 xl-z2-mb32-ga16-copied-b "${z2[@]}"
     ZEROTRAIN_AB_INPLACE=1 train 2,3 29620 xl-z2-mb32-ga16-inplace-b "${z2[@]}"
+  ) & lanes+=($!)
+  wait "${lanes[@]}"
+  kill $sampler; wait $sampler 2>/dev/null
+  ;;
+hfratio)
+  noprof=(--train.profile_steps=0)
+  z2=("${xl[@]}" --train.max_steps=8 --train.micro_batch_size=32 --train.grad_accum=16 --deepspeed.zero_stage=2 "${noprof[@]}")
+  probe() {  # probe GPUS PORT MB GA STEPS
+    CUDA_VISIBLE_DEVICES=$1 timeout 240 torchrun --nproc_per_node 2 --master_port "$2" benchmarks/reference_probe.py --model xl --mb "$3" \
+      --ga "$4" --stages 2 --impls hf --steps "$5" --warm 2 2>&1 | grep "RESULT\|Error" | sed "s/^/GPUs $1: /" >> "$OUT/speed.txt"
+  }
+  nvidia-smi --query-gpu=timestamp,index,clocks.sm,clocks.max.sm,power.draw,power.limit,temperature.gpu,clocks_throttle_reasons.active \
+    --format=csv -l 10 > "$OUT/clocks.csv" 2>&1 & sampler=$!
+  lanes=()
+  (
+    probe 0,1 29610 8 8 6
+    train 0,1 29610 xl-z2-mb32-ga16-a "${z2[@]}"
+  ) & lanes+=($!)
+  (
+    train 2,3 29620 xl-z2-mb32-ga16-b "${z2[@]}"
+    probe 2,3 29620 16 16 4
   ) & lanes+=($!)
   wait "${lanes[@]}"
   kill $sampler; wait $sampler 2>/dev/null

@@ -276,40 +276,6 @@ def _reduce_epilogue_without_host_wait(optimizer) -> bool:
     return True
 
 
-def _reduce_buckets_in_place(optimizer) -> bool:
-    """DeepSpeed's ZeRO-1/2 reduction copies every bucket of gradients into a new flat tensor before it all-reduces
-    it, then copies this rank's share back, although with contiguous_gradients the bucket already is one run of its
-    gradient buffer: here the flat tensor is a view of that run, so the all-reduce works in place and the copy back
-    (same memory) is skipped by torch. The other ranks' shares hold reduced values afterwards instead of local ones;
-    DeepSpeed drops those gradients once the bucket is reduced. Returns whether it applies."""
-    import torch
-    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
-
-    if not isinstance(optimizer, DeepSpeedZeroOptimizer) or not optimizer.contiguous_gradients:
-        return False
-    copy_flatten, original = optimizer.flatten, optimizer.allreduce_bucket
-
-    def flatten(tensors):
-        first = tensors[0]
-        offset = first.storage_offset()
-        for t in tensors:
-            if (not t.is_contiguous() or t.dtype != first.dtype or t.storage_offset() != offset
-                    or t.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()):
-                return copy_flatten(tensors)
-            offset += t.numel()
-        return first.new_empty(0).set_(first.untyped_storage(), first.storage_offset(), (offset - first.storage_offset(),))
-
-    def allreduce_bucket(bucket, *args, **kwargs):
-        optimizer.flatten = flatten
-        try:
-            return original(bucket, *args, **kwargs)
-        finally:
-            optimizer.flatten = copy_flatten
-
-    optimizer.allreduce_bucket = allreduce_bucket
-    return True
-
-
 def _set_rng_state(state: dict) -> None:
     import torch
 
@@ -505,8 +471,6 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
         optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=1e-8, fused=True)
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     host_runs_ahead = on_gpu and ds.reduce_without_host_wait and _reduce_epilogue_without_host_wait(engine.optimizer)
-    if os.environ.get("ZEROTRAIN_AB_INPLACE", "1") == "1":
-        _reduce_buckets_in_place(engine.optimizer)
 
     sampler = BatchSampler([s.train for s in plan.data], plan.weights, plan.seq_len, t.micro_batch_size, d.rank, d.world, cfg.run.seed)
     step, tokens_seen, best_val, evals_since_best = 0, 0, float("inf"), 0
