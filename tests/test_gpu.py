@@ -30,6 +30,13 @@ def test_bf16_training_on_one_gpu_then_export(tmp_path, char_data, stage):
     assert "bf16" in r.stdout
     losses = train_losses(tmp_path / "run")
     assert losses[30] < losses[1] - 0.5
+    # rank 0's GPU clock and power through NVML (zerotrain/clocks.py), in the records and the step lines
+    clocked = [row for row in metrics(tmp_path / "run") if "gpu_sm_clock_mhz" in row]
+    assert clocked and " MHz" in r.stdout
+    for row in clocked:
+        assert 100 < row["gpu_sm_clock_mhz"] <= row["gpu_max_sm_clock_mhz"] + 1
+        assert 0 < row["gpu_power_w"] <= 1.5 * row["gpu_power_limit_w"]
+        assert 0 <= row["gpu_power_capped"] <= 1 and 0 <= row["gpu_thermal_capped"] <= 1
     run_ok("export", tmp_path / "run", "--out", tmp_path / "hf")
     text = run_ok("generate", tmp_path / "hf", "--prompt", "The king", "--max-new-tokens", 20, "--device", "cuda").stdout
     assert text.startswith("The king")

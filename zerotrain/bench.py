@@ -51,6 +51,8 @@ class BenchResult:
     backward_s: float | None = None
     optimizer_s: float | None = None
     communication_wait_s: float | None = None  # from the profiled steps: communication no compute kernel overlapped
+    sm_clock_mhz: float | None = None  # rank 0's GPU while it worked (zerotrain/clocks.py)
+    power_capped: float | None = None  # the share of its samples with the power limit holding the clock down
     first_loss: float | None = None
     last_loss: float | None = None
     predicted: dict = field(default_factory=dict)  # the planner's per_gpu terms (bytes)
@@ -68,7 +70,8 @@ class BenchResult:
                 "peak_allocated": self.peak_allocated, "peak_reserved": self.peak_reserved,
                 "predicted_peak_allocated": self.predicted.get("peak_allocated"), "forward_s": self.forward_s,
                 "backward_s": self.backward_s, "optimizer_s": self.optimizer_s,
-                "communication_wait_s": self.communication_wait_s, "first_loss": self.first_loss, "last_loss": self.last_loss}
+                "communication_wait_s": self.communication_wait_s, "sm_clock_mhz": self.sm_clock_mhz,
+                "power_capped": self.power_capped, "first_loss": self.first_loss, "last_loss": self.last_loss}
 
 
 def sweep_configs(stages: list[int], micro_batches: list[int], offload: bool) -> list[BenchConfig]:
@@ -94,9 +97,12 @@ def summarize(records: list[dict], warmup_steps: int) -> dict:
     if not timed:
         return {}
     median = lambda key: statistics.median(r[key] for r in timed) if all(r.get(key) is not None for r in timed) else None
+    # steps shorter than the clock sampling interval leave some records without clock readings
+    sampled = lambda key: statistics.median(values) if (values := [r[key] for r in timed if r.get(key) is not None]) else None
     return {"step_time_s": median("step_time_s"), "tokens_per_s": median("tokens_per_s"), "mfu": median("mfu"),
             "peak_allocated": steps[-1].get("peak_mem_bytes"), "peak_reserved": steps[-1].get("peak_reserved_bytes"),
             "forward_s": median("forward_s"), "backward_s": median("backward_s"), "optimizer_s": median("optimizer_s"),
+            "sm_clock_mhz": sampled("gpu_sm_clock_mhz"), "power_capped": sampled("gpu_power_capped"),
             "first_loss": steps[0]["loss"], "last_loss": steps[-1]["loss"]}
 
 
@@ -164,21 +170,25 @@ def write_reports(results: list[BenchResult], out: Path, nproc: int) -> None:
     baseline = next((r.tokens_per_s for r in results if r.measured and r.config.zero_stage == 0), None) \
         or next((r.tokens_per_s for r in results if r.measured), None)
     lines = [("| configuration | status | step ms | tokens/s | speed-up | MFU | forward / backward / optimizer ms | "
-             "communication wait ms | peak alloc GiB | planned GiB (GPU) | peak reserved GiB | loss first → last |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "communication wait ms | SM clock MHz | peak alloc GiB | planned GiB (GPU) | peak reserved GiB | loss first → last |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         ok = r.measured
         split = " / ".join(f"{1000 * v:.0f}" for v in (r.forward_s, r.backward_s, r.optimizer_s)) if ok and r.forward_s is not None else ""
         wait = "" if r.communication_wait_s is None else f"{1000 * r.communication_wait_s:.1f}"
+        clock = "" if r.sm_clock_mhz is None else f"{r.sm_clock_mhz:.0f}" + (" (power limit)" if (r.power_capped or 0) >= 0.5 else "")
         lines.append(f"| {r.config.label} | {r.status} | {1000 * r.step_time_s:.0f} | {r.tokens_per_s:,.0f} | "
-                     f"{r.tokens_per_s / baseline:.2f}× | {'' if r.mfu is None else f'{100 * r.mfu:.1f}%'} | {split} | {wait} | "
+                     f"{r.tokens_per_s / baseline:.2f}× | {'' if r.mfu is None else f'{100 * r.mfu:.1f}%'} | {split} | {wait} | {clock} | "
                      f"{_gib(r.peak_allocated)} | {_gib(r.predicted.get('peak_allocated'))} | {_gib(r.peak_reserved)} | "
                      f"{r.first_loss:.3f} → {r.last_loss:.3f} |" if ok else
-                     f"| {r.config.label} | {r.status} | | | | | | | | {_gib(r.predicted.get('peak_allocated'))} | | |")
+                     f"| {r.config.label} | {r.status} | | | | | | | | | {_gib(r.predicted.get('peak_allocated'))} | | |")
     (out / "bench.md").write_text("\n".join(lines) + "\n\nspeed-up is relative to ZeRO-0 (or the first configuration that ran); "
                                   "peak memory is per GPU (on CPU: the process's peak RSS, which the GPU plan does not describe); "
                                   "communication wait: time in the profiled steps when a communication kernel ran and no compute "
-                                  "kernel beside it (GPU only; each run's profile/ holds the traces and the kernel breakdown).\n")
+                                  "kernel beside it (GPU only; each run's profile/ holds the traces and the kernel breakdown); "
+                                  "SM clock: the median over the measured steps of rank 0's GPU's mean SM clock while it worked, "
+                                  "\"power limit\" where the power limit held it down in most samples (MFU counts the peak at the "
+                                  "boost clock).\n")
     _plot(results, out)
 
 

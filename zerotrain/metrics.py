@@ -55,7 +55,7 @@ def _si(x: float) -> str:
 
 
 def format_line(r: dict, max_steps: int) -> str:
-    """step 120/5000 | loss 3.412 | lr 6.0e-04 | norm 0.91 | 412 ms | 1.27M tok/s | mfu 41.2% | mem 61.3 GiB"""
+    """step 120/5000 | loss 3.412 | lr 6.0e-04 | norm 0.91 | 412 ms | 1.27M tok/s | mfu 41.2% | mem 61.3 GiB | 1550 MHz (power limit)"""
     parts = [f"step {r['step']}/{max_steps}", f"loss {r['loss']:.4f}", f"lr {r['lr']:.1e}"]
     if r.get("grad_norm") is not None:
         parts.append(f"norm {r['grad_norm']:.2f}")
@@ -63,6 +63,9 @@ def format_line(r: dict, max_steps: int) -> str:
     if r.get("mfu") is not None:
         parts.append(f"mfu {100 * r['mfu']:.1f}%")
     parts.append(f"mem {r['peak_mem_bytes'] / 2**30:.2f} GiB")
+    if r.get("gpu_sm_clock_mhz") is not None:  # rank 0's GPU, zerotrain/clocks.py
+        held = [why for why, key in (("power", "gpu_power_capped"), ("thermal", "gpu_thermal_capped")) if r.get(key, 0) >= 0.5]
+        parts.append(f"{r['gpu_sm_clock_mhz']:.0f} MHz" + (f" ({' and '.join(held)} limit)" if held else ""))
     if r.get("loss_scale") is not None:
         parts.append(f"scale {r['loss_scale']:.0f}")
     return " | ".join(parts)

@@ -529,6 +529,10 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     profiler = StepProfiler(t.profile_steps, t.max_steps, step, plan.run_dir / "profile", d.rank, on_gpu)
     window_profiled = False
     progress = _progress(d.is_main, step, t.max_steps)
+    gpu_clocks = None
+    if on_gpu and d.is_main:  # rank 0's GPU: its SM clock and power in every log record
+        from zerotrain.clocks import ClockMonitor
+        gpu_clocks = ClockMonitor.start(d.device)
     engine.train()  # from_pretrained returns a model in eval mode: without this, dropout would only start after the first evaluation
     while step < t.max_steps:
         profiler.maybe_start(step + 1)
@@ -577,6 +581,8 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
                       "mfu": None if peak is None else flops_tok * tokens_per_step / step_time / d.world / peak,
                       **peak_memory(d.device), "tokens_seen": tokens_seen, "elapsed_s": time.perf_counter() - started}
             record.update(clock.per_step(window_steps))
+            if gpu_clocks:
+                record.update(gpu_clocks.window())
             if window_profiled:  # the profiler slowed these steps: `zerotrain bench` leaves them out
                 record["profiled"], window_profiled = True, False
             if setup_mem is not None:  # model states and DeepSpeed's buffers before the first step; `zerotrain plan` predicts it
@@ -621,6 +627,8 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
             if d.is_main:
                 _print(progress, f"saved checkpoint {ckpt_dir / last_saved}" + (f" ({', '.join(pointers + final)})" if pointers + final else ""))
             window_start, window_steps = time.perf_counter(), 0  # keep eval and save time out of step timing
+            if gpu_clocks:
+                gpu_clocks.window()  # and out of the clock readings
         if stop_reason:
             if d.is_main:
                 _print(progress, f"{stop_reason} at step {step}" + ("; continue with --run.resume=auto" if signum else ""))
@@ -628,6 +636,8 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
 
     if progress:
         progress.stop()
+    if gpu_clocks:
+        gpu_clocks.close()
     if writer:
         writer.close()
     distributed.barrier(d)
