@@ -80,6 +80,11 @@ EOF
   grep -v "Warning\|warn(" "$RUNS/$name.log" | tail -3 > "$OUT/lanes/$name/log-tail.txt"
 }
 
+sample_clocks() {  # the GPUs' SM clocks, power and throttle reasons every 10 s into clocks.csv (its pid in $sampler)
+  nvidia-smi --query-gpu=timestamp,index,clocks.sm,clocks.max.sm,power.draw,power.limit,temperature.gpu,clocks_throttle_reasons.active \
+    --format=csv -l 10 > "$OUT/clocks.csv" 2>&1 & sampler=$!
+}
+
 s124=(--train.max_steps=30 --train.log_interval=5 --train.micro_batch_size=64 --train.grad_accum=2)
 xl=(--model.preset=gpt2-xl --train.max_steps=12 --train.log_interval=2)
 case "${1:-speed}" in
@@ -347,8 +352,7 @@ reduce)
 mb40)
   noprof=(--train.profile_steps=0)
   z2=("${xl[@]}" --train.max_steps=6 --deepspeed.zero_stage=2 "${noprof[@]}")
-  nvidia-smi --query-gpu=timestamp,index,clocks.sm,clocks.max.sm,power.draw,power.limit,temperature.gpu,clocks_throttle_reasons.active \
-    --format=csv -l 10 > "$OUT/clocks.csv" 2>&1 & sampler=$!
+  sample_clocks
   lanes=()
   (
     train 0,1 29610 xl-z2-mb40-ga13-a "${z2[@]}" --train.micro_batch_size=40 --train.grad_accum=13
@@ -359,13 +363,12 @@ mb40)
     train 2,3 29620 xl-z1-mb40-ga13-b "${xl[@]}" --train.max_steps=6 --deepspeed.zero_stage=1 "${noprof[@]}" --train.micro_batch_size=40 --train.grad_accum=13
   ) & lanes+=($!)
   wait "${lanes[@]}"
-  kill $sampler; wait $sampler 2>/dev/null
+  kill $sampler; wait $sampler 2>/dev/null  # stop sample_clocks
   ;;
 inplace)
   noprof=(--train.profile_steps=0)
   z2=("${xl[@]}" --train.max_steps=8 --train.micro_batch_size=32 --train.grad_accum=16 --deepspeed.zero_stage=2 "${noprof[@]}")
-  nvidia-smi --query-gpu=timestamp,index,clocks.sm,clocks.max.sm,power.draw,power.limit,temperature.gpu,clocks_throttle_reasons.active \
-    --format=csv -l 10 > "$OUT/clocks.csv" 2>&1 & sampler=$!
+  sample_clocks
   lanes=()
   (
     ZEROTRAIN_AB_INPLACE=1 train 0,1 29610 xl-z2-mb32-ga16-inplace-a "${z2[@]}"
@@ -376,7 +379,7 @@ inplace)
     ZEROTRAIN_AB_INPLACE=1 train 2,3 29620 xl-z2-mb32-ga16-inplace-b "${z2[@]}"
   ) & lanes+=($!)
   wait "${lanes[@]}"
-  kill $sampler; wait $sampler 2>/dev/null
+  kill $sampler; wait $sampler 2>/dev/null  # stop sample_clocks
   ;;
 hfratio)
   noprof=(--train.profile_steps=0)
@@ -385,8 +388,7 @@ hfratio)
     CUDA_VISIBLE_DEVICES=$1 timeout 240 torchrun --nproc_per_node 2 --master_port "$2" benchmarks/reference_probe.py --model xl --mb "$3" \
       --ga "$4" --stages 2 --impls hf --steps "$5" --warm 2 2>&1 | grep "RESULT\|Error" | sed "s/^/GPUs $1: /" >> "$OUT/speed.txt"
   }
-  nvidia-smi --query-gpu=timestamp,index,clocks.sm,clocks.max.sm,power.draw,power.limit,temperature.gpu,clocks_throttle_reasons.active \
-    --format=csv -l 10 > "$OUT/clocks.csv" 2>&1 & sampler=$!
+  sample_clocks
   lanes=()
   (
     probe 0,1 29610 8 8 6
@@ -397,7 +399,7 @@ hfratio)
     probe 2,3 29620 16 16 4
   ) & lanes+=($!)
   wait "${lanes[@]}"
-  kill $sampler; wait $sampler 2>/dev/null
+  kill $sampler; wait $sampler 2>/dev/null  # stop sample_clocks
   ;;
 esac
 tar czf "$OUT/lanes.tgz" -C "$OUT" lanes && rm -rf "$OUT/lanes"
