@@ -29,10 +29,10 @@ def summarize_samples(samples: list[tuple[float, float, int]]) -> dict:
 class ClockMonitor:
     """Samples one GPU every `interval_s` until close(); window() returns the summary since its last call."""
 
-    def __init__(self, nvml, handle, interval_s: float):
-        self._nvml, self._handle, self._interval = nvml, handle, interval_s
-        self.max_sm_clock_mhz = nvml.nvmlDeviceGetMaxClockInfo(handle, nvml.NVML_CLOCK_SM)
-        self.power_limit_w = nvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000
+    def __init__(self, handle, interval_s: float):
+        self._handle, self._interval = handle, interval_s
+        self.max_sm_clock_mhz = pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM)
+        self.power_limit_w = pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000
         self._samples: list[tuple[float, float, int]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -48,14 +48,14 @@ class ClockMonitor:
             pynvml.nvmlInit()
             uuid = str(torch.cuda.get_device_properties(device).uuid)  # NVML numbers GPUs ignoring CUDA_VISIBLE_DEVICES
             handle = pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith(("GPU-", "MIG-")) else "GPU-" + uuid)
-            return cls(pynvml, handle, interval_s)
+            return cls(handle, interval_s)
         except (pynvml.NVMLError, RuntimeError, AttributeError):  # no driver, a GPU NVML cannot see, an older torch
             return None  # the records just lack the fields
 
     def _read(self) -> tuple[float, float, int]:
-        nvml, h = self._nvml, self._handle
-        return (nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_SM), nvml.nvmlDeviceGetPowerUsage(h) / 1000,
-                nvml.nvmlDeviceGetCurrentClocksEventReasons(h))
+        h = self._handle
+        return (pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM), pynvml.nvmlDeviceGetPowerUsage(h) / 1000,
+                pynvml.nvmlDeviceGetCurrentClocksEventReasons(h))
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
