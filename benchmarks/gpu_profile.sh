@@ -31,6 +31,8 @@
 #   inplace   XL ZeRO-2 32 × 16 with the gradient buckets all-reduced in place and copied (DeepSpeed's way), in both
 #             orders on the two lanes; clocks.csv as in mb40 (the in-place way and its ZEROTRAIN_AB_INPLACE switch were
 #             in 82afbc7 only: +0.1-0.2%, within the noise, so the next commit took them out)
+#   gaps      XL ZeRO-2 32 × 8 profiled, without and with Python stacks (ZEROTRAIN_PROFILE_STACK=1): benchmarks/idle_gaps.py
+#             on each rank's trace, into gaps-*.txt
 #   hfratio   HF GPT2 + raw DeepSpeed (the peers' probe) at its reference shape 8 × 8 and at 16 × 16, each on the GPUs
 #             zerotrain's XL ZeRO-2 32 × 16 runs on just before or after; clocks.csv as in mb40
 # Needs data/shakespeare-gpt2 and benchmarks/reference_probe.py (../shared/reference/probe_raw_deepspeed.py).
@@ -380,6 +382,18 @@ inplace)
   ) & lanes+=($!)
   wait "${lanes[@]}"
   kill $sampler; wait $sampler 2>/dev/null  # stop sample_clocks
+  ;;
+gaps)
+  z2=("${xl[@]}" --train.max_steps=6 --train.micro_batch_size=32 --train.grad_accum=8 --deepspeed.zero_stage=2)
+  lanes=()
+  ( train 0,1 29610 xl-z2-mb32-ga8-gaps "${z2[@]}" ) & lanes+=($!)
+  ( ZEROTRAIN_PROFILE_STACK=1 train 2,3 29620 xl-z2-mb32-ga8-gaps-stack "${z2[@]}" ) & lanes+=($!)
+  wait "${lanes[@]}"
+  for name in xl-z2-mb32-ga8-gaps xl-z2-mb32-ga8-gaps-stack; do
+    for rank in 0 1; do
+      python3 benchmarks/idle_gaps.py "$RUNS/$name/profile/trace-rank$rank.json.gz" --depth 3 > "$OUT/gaps-$name-rank$rank.txt" 2>&1
+    done
+  done
   ;;
 hfratio)
   noprof=(--train.profile_steps=0)

@@ -10,6 +10,7 @@ On a CPU, where there are no kernels, it lists the operators with the most self 
 
 import gzip
 import json
+import os
 import shutil
 import time
 from itertools import pairwise
@@ -136,7 +137,8 @@ class StepProfiler:
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.on_gpu else [])
         self._sync()
-        self.prof = profile(activities=activities)
+        # ZEROTRAIN_PROFILE_STACK=1 records the Python functions too (benchmarks/idle_gaps.py names the host's work by them)
+        self.prof = profile(activities=activities, with_stack=os.environ.get("ZEROTRAIN_PROFILE_STACK") == "1")
         self.prof.__enter__()
         self.started_at = time.perf_counter()
 
