@@ -18,7 +18,8 @@ def main():
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--depth", type=int, default=4)
     a = ap.parse_args()
-    events = json.load(gzip.open(a.trace)).get("traceEvents", [])
+    with gzip.open(a.trace) as f:
+        events = json.load(f).get("traceEvents", [])
     gpu = sorted((e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e),
                  key=lambda e: e["ts"])
     launches = {e["args"]["correlation"]: e for e in events if e.get("cat") == "cuda_runtime" and "correlation" in e.get("args", {})}

@@ -35,7 +35,6 @@ _DESC_TRANSA, _DESC_TRANSB, _DESC_EPILOGUE, _DESC_BIAS_POINTER = 3, 4, 7, 8
 _DESC_AUX_POINTER, _DESC_AUX_LD, _DESC_BIAS_DATA_TYPE = 11, 12, 26
 _PREF_MAX_WORKSPACE_BYTES = 1
 _PREF_MIN_ALIGNMENT_A, _PREF_MIN_ALIGNMENT_B, _PREF_MIN_ALIGNMENT_C, _PREF_MIN_ALIGNMENT_D = 5, 6, 7, 8
-_EPILOGUE_BIAS = 4
 _EPILOGUE_GELU_AUX_BIAS = 32 | 128 | 4
 _EPILOGUE_DGELU = 64 | 128
 _EPILOGUE_DGELU_BGRAD = _EPILOGUE_DGELU | 16
@@ -109,7 +108,7 @@ class _CublasLt:
         return self.handles[index], self.workspaces[index]
 
     def _plan(self, handle, m: int, n: int, k: int, transpose_a: bool, epilogue: int, dtype: int, bias: Tensor | None,
-              aux: Tensor | None, alignments: tuple[int, int, int], ldb: int):
+              aux: Tensor, alignments: tuple[int, int, int]):
         """Descriptors for column-major D (m, n) = op(A) (m, k) @ B (k, n) with one epilogue, and the algorithm cuBLASLt's
         heuristic picks for them; None where it has none."""
         lib = self.lib
@@ -118,17 +117,16 @@ class _CublasLt:
         self._set(desc, _DESC_TRANSA, ctypes.c_int32(_CUBLAS_OP_T if transpose_a else _CUBLAS_OP_N))
         self._set(desc, _DESC_TRANSB, ctypes.c_int32(_CUBLAS_OP_N))
         self._set(desc, _DESC_EPILOGUE, ctypes.c_uint32(epilogue))
+        self._set(desc, _DESC_AUX_LD, ctypes.c_int64(m))
         # The heuristic reads the aux and bias addresses for their alignment, so the first call's are set here.
-        if aux is not None:
-            self._set(desc, _DESC_AUX_LD, ctypes.c_int64(m))
-            self._set(desc, _DESC_AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
+        self._set(desc, _DESC_AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
         if bias is not None:
             self._set(desc, _DESC_BIAS_DATA_TYPE, ctypes.c_int32(dtype))
             self._set(desc, _DESC_BIAS_POINTER, ctypes.c_void_p(bias.data_ptr()))
         layouts = []
-        for rows, cols, ld in ((k, m, k) if transpose_a else (m, k, m), (k, n, ldb), (m, n, m)):
+        for rows, cols in ((k, m) if transpose_a else (m, k), (k, n), (m, n)):
             layout = ctypes.c_void_p()
-            self._check(lib.cublasLtMatrixLayoutCreate(ctypes.byref(layout), dtype, rows, cols, ld), "matrix layout")
+            self._check(lib.cublasLtMatrixLayoutCreate(ctypes.byref(layout), dtype, rows, cols, rows), "matrix layout")
             layouts.append(layout)
         pref = ctypes.c_void_p()
         self._check(lib.cublasLtMatmulPreferenceCreate(ctypes.byref(pref)), "matmul preference")
@@ -151,11 +149,10 @@ class _CublasLt:
             return None
         return desc, layouts, algos
 
-    def _launch(self, algo, handle, desc, layouts, a, b, d, c, workspace, stream) -> None:
-        one, beta = ctypes.c_float(1.0), ctypes.c_float(0.0 if c is None else 1.0)
-        c = d if c is None else c
+    def _launch(self, algo, handle, desc, layouts, a, b, d, workspace, stream) -> None:
+        one, zero = ctypes.c_float(1.0), ctypes.c_float(0.0)
         self._check(self.lib.cublasLtMatmul(handle, desc, ctypes.byref(one), a.data_ptr(), layouts[0], b.data_ptr(), layouts[1],
-                                            ctypes.byref(beta), c.data_ptr(), layouts[2], d.data_ptr(), layouts[2],
+                                            ctypes.byref(zero), d.data_ptr(), layouts[2], d.data_ptr(), layouts[2],
                                             ctypes.byref(algo), workspace.data_ptr(), _WORKSPACE_BYTES, stream), "cublasLtMatmul")
 
     def _time(self, algo, args, stream, repeats: int = 5) -> float:
@@ -173,29 +170,26 @@ class _CublasLt:
         return start.elapsed_time(end) / repeats
 
     def matmul(self, m: int, n: int, k: int, transpose_a: bool, a: Tensor, b: Tensor, d: Tensor, epilogue: int,
-               bias: Tensor | None, aux: Tensor | None, c: Tensor | None = None) -> bool:
-        """Column-major d (m, n) = op(a) (m, k) @ b (k, n) [+ c (m, n)] with the epilogue, on the current stream; b's
-        columns may lie further apart than k (a row-major tensor's row stride). False (and nothing written) where
-        cuBLASLt has no algorithm for it."""
+               bias: Tensor | None, aux: Tensor) -> bool:
+        """Column-major d (m, n) = op(a) (m, k) @ b (k, n) with the epilogue, on the current stream; False (and nothing
+        written) where cuBLASLt has no algorithm for it."""
         dtype = _DTYPES[d.dtype]
-        alignments = (_alignment(a), _alignment(b), _alignment(d) if c is None else min(_alignment(d), _alignment(c)))
-        ldb = b.stride(0) if b.dim() == 2 else k
-        key = (d.device, m, n, k, transpose_a, epilogue, dtype, alignments, None if aux is None else _alignment(aux),
-               None if bias is None else _alignment(bias), ldb, c is None)
+        alignments = (_alignment(a), _alignment(b), _alignment(d))
+        key = (d.device, m, n, k, transpose_a, epilogue, dtype, alignments, _alignment(aux),
+               None if bias is None else _alignment(bias))
         with self.lock:
             handle, workspace = self._device(d.device)
             if key not in self.plans:
-                self.plans[key] = self._plan(handle, m, n, k, transpose_a, epilogue, dtype, bias, aux, alignments, ldb)
+                self.plans[key] = self._plan(handle, m, n, k, transpose_a, epilogue, dtype, bias, aux, alignments)
             plan = self.plans[key]
             if plan is None:
                 return False
             desc, layouts, algos = plan
-            if aux is not None:
-                self._set(desc, _DESC_AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
+            self._set(desc, _DESC_AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
             if bias is not None:
                 self._set(desc, _DESC_BIAS_POINTER, ctypes.c_void_p(bias.data_ptr()))
             stream = torch.cuda.current_stream(d.device)
-            args = (handle, desc, layouts, a, b, d, c, workspace, stream.cuda_stream)
+            args = (handle, desc, layouts, a, b, d, workspace, stream.cuda_stream)
             if len(algos) > 1:  # first call of this shape: time the heuristic's candidates and keep the fastest
                 self.timings[key] = [self._time(algo, args, stream) for algo in algos]
                 algos = [algos[min(range(len(algos)), key=self.timings[key].__getitem__)]]
@@ -249,16 +243,11 @@ def cublaslt_unavailable(device: torch.device, dtype: torch.dtype) -> str | None
     return _lib_error if _cublaslt() is None else None
 
 
-def _rows_packed(t: Tensor) -> bool:
-    """Contiguous, or a matrix whose rows are contiguous and lie a multiple of 8 elements apart (a column slice)."""
-    return t.is_contiguous() or (t.dim() == 2 and t.stride(1) == 1 and t.stride(0) >= t.shape[1] and t.stride(0) % 8 == 0)
-
-
 def _fusable(*tensors: Tensor) -> bool:
     # cuBLASLt wants 16-byte-aligned operands and leading dimensions in multiples of 8 (the aux matrix's must be).
     t0 = tensors[0]
     return (t0.is_cuda and t0.dtype in _DTYPES and _cublaslt() is not None
-            and all(_rows_packed(t) and t.data_ptr() % 16 == 0 and t.dtype == t0.dtype and t.shape[-1] % 8 == 0 for t in tensors))
+            and all(t.is_contiguous() and t.data_ptr() % 16 == 0 and t.dtype == t0.dtype and t.shape[-1] % 8 == 0 for t in tensors))
 
 
 # The way each op runs for a (device, shape, dtype), picked by timing on its first call: on an H200 with cuBLAS 13
@@ -314,16 +303,15 @@ def _(x, weight, bias):
 
 
 @torch.library.custom_op("zerotrain::gelu_input_grad", mutates_args=())
-def gelu_input_grad(grad_out: Tensor, weight: Tensor, pre: Tensor, sum_rows: bool = True) -> tuple[Tensor, Tensor]:
+def gelu_input_grad(grad_out: Tensor, weight: Tensor, pre: Tensor) -> tuple[Tensor, Tensor]:
     """The backward of out = gelu_tanh(pre) @ weight^T into pre: grad_out (M, K), weight (K, N), pre (M, N) ->
     (grad_pre = (grad_out @ weight) * gelu_tanh'(pre), grad_pre summed over rows: the bias gradient of the layer
-    that produced pre; an empty tensor without sum_rows)."""
+    that produced pre)."""
     (M, K), N = grad_out.shape, weight.shape[1]
-    row_sum = (lambda g: g.sum(0)) if sum_rows else (lambda g: g.new_empty(0))
 
     def separate_kernels():
         grad_pre = torch.ops.aten.gelu_backward(grad_out @ weight, pre, approximate="tanh")
-        return grad_pre, row_sum(grad_pre)
+        return grad_pre, grad_pre.sum(0)
 
     # Column-major grad_pre^T (N, M) = weight (stored N x K column-major) @ grad_out^T (K, M).
     def dgelu_bgrad():
@@ -332,128 +320,39 @@ def gelu_input_grad(grad_out: Tensor, weight: Tensor, pre: Tensor, sum_rows: boo
 
     def dgelu():
         grad_pre = pre.new_empty(M, N)
-        return (grad_pre, row_sum(grad_pre)) if _lib.matmul(N, M, K, False, weight, grad_out, grad_pre, _EPILOGUE_DGELU, None, pre) else None
+        return (grad_pre, grad_pre.sum(0)) if _lib.matmul(N, M, K, False, weight, grad_out, grad_pre, _EPILOGUE_DGELU, None, pre) else None
 
     if _fusable(grad_out, weight, pre):
-        if not sum_rows:
-            return _fastest(("gelu_input_grad without the row sum", pre.device, M, N, K, pre.dtype),
-                            {"DGELU": dgelu, "separate kernels": separate_kernels})
         return _fastest(("gelu_input_grad", pre.device, M, N, K, pre.dtype),
                         {"DGELU_BGRAD": dgelu_bgrad, "DGELU": dgelu, "separate kernels": separate_kernels})
     return separate_kernels()
 
 
 @gelu_input_grad.register_fake
-def _(grad_out, weight, pre, sum_rows=True):
-    return pre.new_empty(pre.shape), pre.new_empty(pre.shape[1] if sum_rows else 0)
-
-
-@torch.library.custom_op("zerotrain::linear_residual", mutates_args=())
-def linear_residual(x: Tensor, weight: Tensor, bias: Tensor, residual: Tensor) -> Tensor:
-    """residual + x @ weight^T + bias for x (M, K), weight (N, K), bias (N), residual (M, N): on CUDA one cuBLASLt
-    matmul that reads the residual as its C matrix and adds the bias in its epilogue, so the sum is written once."""
-    (M, K), N = x.shape, weight.shape[0]
-
-    def separate_kernels():
-        return torch.addmm(bias, x, weight.t()) + residual
-
-    def bias_epilogue():
-        out = residual.new_empty(M, N)
-        return out if _lib.matmul(N, M, K, True, weight, x, out, _EPILOGUE_BIAS, bias, None, residual) else None
-
-    if _fusable(x, weight, bias, residual) and residual.is_contiguous():
-        return _fastest(("linear_residual", x.device, M, N, K, x.dtype),
-                        {"BIAS, C = residual": bias_epilogue, "separate kernels": separate_kernels})
-    return separate_kernels()
-
-
-@linear_residual.register_fake
-def _(x, weight, bias, residual):
-    return residual.new_empty(residual.shape)
-
-
-class _LinearResidual(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, residual):
-        ctx.save_for_backward(x, weight)
-        shape = residual.shape
-        return linear_residual(x.reshape(-1, x.shape[-1]), weight, bias, residual.reshape(-1, shape[-1])).view(shape)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
-        g = grad_out.reshape(-1, grad_out.shape[-1])
-        x2 = x.reshape(-1, x.shape[-1])
-        return (g @ weight).view(x.shape), g.t() @ x2, g.sum(0), grad_out
-
-
-def linear_plus(x: Tensor, weight: Tensor, bias: Tensor, residual: Tensor) -> Tensor:
-    """residual + F.linear(x, weight, bias), the sum written by the matmul itself where cuBLASLt can run it."""
-    return _LinearResidual.apply(x, weight, bias, residual)
-
-
-class _LinearOnes(torch.autograd.Function):
-    """F.linear(x, weight, bias) where x (..., K) is the first K columns of x_ones (..., K + 8), whose column K holds
-    ones: the weight gradient's matmul against x_ones gives the bias gradient as its column K, so no separate pass
-    sums the output gradient over the tokens."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, x_ones):
-        ctx.save_for_backward(x_ones, weight)
-        x2 = x.reshape(-1, x.shape[-1])
-        return torch.addmm(bias, x2, weight.t()).view(*x.shape[:-1], weight.shape[0])
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x_ones, weight = ctx.saved_tensors
-        K = weight.shape[1]
-        g = grad_out.reshape(-1, grad_out.shape[-1])
-        grad_w_ones = g.t() @ x_ones.reshape(-1, x_ones.shape[-1])  # (N, K + 8)
-        return ((g @ weight).view(*grad_out.shape[:-1], K), grad_w_ones[:, :K].contiguous(),
-                grad_w_ones[:, K].contiguous(), None)
-
-
-def linear_ones(x: Tensor, weight: Tensor, bias: Tensor, x_ones: Tensor) -> Tensor:
-    return _LinearOnes.apply(x, weight, bias, x_ones)
-
-
-def with_ones(x: Tensor) -> tuple[Tensor, Tensor]:
-    """x (..., K) written into the first K columns of x_ones (..., K + 8) whose other columns hold ones: (the view of
-    x in x_ones, x_ones detached) for linear_ones and gelu_mlp's x_ones."""
-    x_ones = F.pad(x, (0, 8), value=1.0)
-    return x_ones[..., :x.shape[-1]], x_ones.detach()
+def _(grad_out, weight, pre):
+    return pre.new_empty(pre.shape), pre.new_empty(pre.shape[1])
 
 
 class _GeluMLP(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, fc_weight, fc_bias, proj_weight, proj_bias, residual, x_ones):
+    def forward(ctx, x, fc_weight, fc_bias, proj_weight, proj_bias):
         x2 = x.reshape(-1, x.shape[-1])  # (B·T, C)
         h, pre = linear_gelu(x2, fc_weight, fc_bias)  # (B·T, 4C) each
-        ctx.save_for_backward(x2 if x_ones is None else x_ones.reshape(-1, x_ones.shape[-1]), fc_weight, proj_weight, h, pre)
-        ctx.x_shape, ctx.ones = x.shape, x_ones is not None
-        shape = (*x.shape[:-1], proj_weight.shape[0])
-        if residual is None:
-            return torch.addmm(proj_bias, h, proj_weight.t()).view(shape)  # (B, T, C)
-        return linear_residual(h, proj_weight, proj_bias, residual.reshape(-1, shape[-1])).view(shape)
+        ctx.save_for_backward(x2, fc_weight, proj_weight, h, pre)
+        ctx.x_shape = x.shape
+        return torch.addmm(proj_bias, h, proj_weight.t()).view(*x.shape[:-1], proj_weight.shape[0])  # (B, T, C)
 
     @staticmethod
     def backward(ctx, grad_y):
         x2, fc_weight, proj_weight, h, pre = ctx.saved_tensors
         g = grad_y.reshape(-1, grad_y.shape[-1]).contiguous()  # (B·T, C)
-        grad_pre, grad_fc_bias = gelu_input_grad(g, proj_weight, pre, not ctx.ones)  # (B·T, 4C), (4C)
+        grad_pre, grad_fc_bias = gelu_input_grad(g, proj_weight, pre)  # (B·T, 4C), (4C)
         need = ctx.needs_input_grad
         grad_x = (grad_pre @ fc_weight).view(ctx.x_shape) if need[0] else None
-        grad_fc_weight = grad_pre.t() @ x2 if need[1] or need[2] else None
-        if ctx.ones:  # x2 is x_ones: its column C holds ones, so the matmul's column C is the bias gradient
-            C = fc_weight.shape[1]
-            grad_fc_weight, grad_fc_bias = grad_fc_weight[:, :C].contiguous(), grad_fc_weight[:, C].contiguous()
-        return (grad_x, grad_fc_weight if need[1] else None, grad_fc_bias if need[2] else None,
-                g.t() @ h if need[3] else None, g.sum(0) if need[4] else None, grad_y if need[5] else None, None)
+        return (grad_x, grad_pre.t() @ x2 if need[1] else None, grad_fc_bias if need[2] else None,
+                g.t() @ h if need[3] else None, g.sum(0) if need[4] else None)
 
 
-def gelu_mlp(x: Tensor, fc_weight: Tensor, fc_bias: Tensor, proj_weight: Tensor, proj_bias: Tensor,
-             residual: Tensor | None = None, x_ones: Tensor | None = None) -> Tensor:
-    """c_proj(gelu_tanh(c_fc(x))) for x (..., C), with the GELU in cuBLASLt's epilogues where it can run there; plus
-    residual, added by the projection's matmul; with x_ones from with_ones(), c_fc's bias gradient comes out of its
-    weight gradient's matmul."""
-    return _GeluMLP.apply(x, fc_weight, fc_bias, proj_weight, proj_bias, residual, x_ones)
+def gelu_mlp(x: Tensor, fc_weight: Tensor, fc_bias: Tensor, proj_weight: Tensor, proj_bias: Tensor) -> Tensor:
+    """c_proj(gelu_tanh(c_fc(x))) for x (..., C), with the GELU in cuBLASLt's epilogues where it can run there."""
+    return _GeluMLP.apply(x, fc_weight, fc_bias, proj_weight, proj_bias)

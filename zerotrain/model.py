@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from zerotrain import UserError
-from zerotrain.gelu_mlp import gelu_mlp, linear_ones, linear_plus, with_ones
+from zerotrain.gelu_mlp import gelu_mlp
 from zerotrain.memory import GPT2_PRESETS
 
 IGNORE_INDEX = -100  # targets equal to this are left out of the loss (same value as Hugging Face)
@@ -59,15 +59,12 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, residual=None, x_ones=None):
+    def forward(self, x):
         B, T, C = x.shape
-        qkv = self.c_attn(x) if x_ones is None else linear_ones(x, self.c_attn.weight, self.c_attn.bias, x_ones)
-        q, k, v = qkv.split(C, dim=2)  # 3 x (B, T, C)
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
-        if residual is not None:
-            return linear_plus(y, self.c_proj.weight, self.c_proj.bias, residual)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -79,9 +76,9 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.fused_gelu = False  # GPT.fuse_gelu(): the GELU inside cuBLASLt's matmul epilogues (zerotrain/gelu_mlp.py)
 
-    def forward(self, x, residual=None, x_ones=None):
+    def forward(self, x):
         if self.fused_gelu:
-            return self.dropout(gelu_mlp(x, self.c_fc.weight, self.c_fc.bias, self.c_proj.weight, self.c_proj.bias, residual, x_ones))
+            return self.dropout(gelu_mlp(x, self.c_fc.weight, self.c_fc.bias, self.c_proj.weight, self.c_proj.bias))
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))  # (B, T, C)
 
 
@@ -93,17 +90,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd)
         self.mlp = MLP(cfg)
 
-    fuse_residual = False  # prototype switches
-    bias_grad_in_wgrad = False
-
     def forward(self, x):
-        if not self.mlp.fused_gelu or (not self.fuse_residual and not self.bias_grad_in_wgrad):
-            x = x + self.attn(self.ln_1(x))
-            return x + self.mlp(self.ln_2(x))
-        a, a_ones = with_ones(self.ln_1(x)) if self.bias_grad_in_wgrad else (self.ln_1(x), None)
-        x = self.attn(a, x, a_ones) if self.fuse_residual else x + self.attn(a, None, a_ones)
-        m, m_ones = with_ones(self.ln_2(x)) if self.bias_grad_in_wgrad else (self.ln_2(x), None)
-        return self.mlp(m, x, m_ones) if self.fuse_residual else x + self.mlp(m, None, m_ones)
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
 
 
 def masked_mean_cross_entropy(logits, targets):
