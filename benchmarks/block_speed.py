@@ -1,11 +1,14 @@
 """Forward + backward of one GPT-2 transformer block on a GPU (bf16, the GELU in cuBLASLt epilogues), run the ways
 --ways names: `compiled` (as `zerotrain train` runs it at ZeRO 0-2), `cudagraphs` (compiled with mode="reduce-overhead",
-so each replay launches the block's kernels as one CUDA graph) and `eager`. Lists each way's kernels with their time
+so each replay launches the block's kernels as one CUDA graph), `eager`, `autotune` (compiled with
+mode="max-autotune-no-cudagraphs": Inductor times its Triton matmul templates against cuBLAS for each matmul it sees)
+and `autotune_unfused` (the same with the GELU left to Inductor, so the MLP's matmuls are tuned and fused too). Lists each way's kernels with their time
 per call (torch.profiler), then times the ways in turn, a few calls each, many times over, since the GPU's clock drifts
 as it heats at its power limit. GPT-2 XL's width at micro-batch 32 by default. (At d88c8e4 the ways also included
 the residual add and the bias gradients done inside the matmuls: docs/benchmarks.md.)
     python3 benchmarks/block_speed.py [--batch 32] [--preset gpt2-xl] [--ways compiled,cudagraphs,eager] [--rounds 40]"""
 import argparse
+import copy
 
 import torch
 import torch._inductor.config
@@ -54,18 +57,22 @@ def main():
     torch._inductor.config.coordinate_descent_tuning = True  # as GPT.compile_blocks sets it
     cfg = gpt.config_from_preset(a.preset)
     torch.manual_seed(0)
-    block = gpt.Block(cfg).to("cuda", torch.bfloat16)
-    block.mlp.fused_gelu = True
+    base = gpt.Block(cfg).to("cuda", torch.bfloat16)
+    ways = {"compiled": (None, True), "cudagraphs": ("reduce-overhead", True), "eager": (None, True),
+            "autotune": ("max-autotune-no-cudagraphs", True), "autotune_unfused": ("max-autotune-no-cudagraphs", False)}
     x = torch.randn(a.batch, cfg.block_size, cfg.n_embd, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     grad = torch.randn_like(x)
     reference, steps = None, {}
     for way in a.ways.split(","):
         torch._dynamo.reset()
-        if way not in ("compiled", "cudagraphs", "eager"):
-            raise SystemExit(f"unknown way {way!r}: choose among compiled, cudagraphs, eager")
-        compiled = block if way == "eager" else torch.compile(block, mode="reduce-overhead" if way == "cudagraphs" else None)
+        if way not in ways:
+            raise SystemExit(f"unknown way {way!r}: choose among {', '.join(ways)}")
+        mode, fused_gelu = ways[way]
+        block = copy.deepcopy(base)  # each way its own copy of the same weights: compiled graphs guard on the module
+        block.mlp.fused_gelu = fused_gelu
+        compiled = block if way == "eager" else torch.compile(block, mode=mode)
 
-        def step(compiled=compiled):
+        def step(compiled=compiled, block=block):
             x.grad = None
             for p in block.parameters():
                 p.grad = None
