@@ -2,11 +2,12 @@
 --ways names: `compiled` (as `zerotrain train` runs it at ZeRO 0-2), `cudagraphs` (compiled with mode="reduce-overhead",
 so each replay launches the block's kernels as one CUDA graph), `eager`, `autotune` (compiled with
 mode="max-autotune-no-cudagraphs": Inductor times its Triton matmul templates against cuBLAS for each matmul it sees)
-and `autotune_unfused` (the same with the GELU left to Inductor, so the MLP's matmuls are tuned and fused too). Lists each way's kernels with their time
-per call (torch.profiler), then times the ways in turn, a few calls each, many times over, since the GPU's clock drifts
-as it heats at its power limit. GPT-2 XL's width at micro-batch 32 by default. (At d88c8e4 the ways also included
-the residual add and the bias gradients done inside the matmuls: docs/benchmarks.md.)
-    python3 benchmarks/block_speed.py [--batch 32] [--preset gpt2-xl] [--ways compiled,cudagraphs,eager] [--rounds 40]"""
+and `autotune_unfused` (the same with the GELU left to Inductor, so the MLP's matmuls are tuned too). Lists each way's
+kernels with their time per call (torch.profiler), then times the ways in turn, a few calls each, many times over,
+since the GPU's clock drifts as it heats at its power limit. GPT-2 XL's width at micro-batch 32 by default. (At
+d88c8e4 the ways also included the residual add and the bias gradients done inside the matmuls: docs/benchmarks.md.)
+    python3 benchmarks/block_speed.py [--batch 32] [--preset gpt2-xl] [--rounds 40]
+        [--ways compiled,cudagraphs,eager,autotune,autotune_unfused]"""
 import argparse
 import copy
 
