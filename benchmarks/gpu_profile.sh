@@ -35,6 +35,11 @@
 #             on each rank's trace, into gaps-*.txt
 #   hfratio   HF GPT2 + raw DeepSpeed (the peers' probe) at its reference shape 8 × 8 and at 16 × 16, each on the GPUs
 #             zerotrain's XL ZeRO-2 32 × 16 runs on just before or after; clocks.csv as in mb40
+#   accum     gradients accumulated in bf16 (DeepSpeed's default) and in fp32 (data_types.grad_accum_dtype): XL ZeRO-2
+#             32 × 16 on GPUs 0,1 and XL ZeRO-1 32 × 16 on GPUs 2,3, each pair one after the other; clocks.csv as in mb40
+#   accum2    deepspeed.grad_accum_dtype = "fp32": XL ZeRO-1, 2 and 3 at micro-batch 1 × 2 (where the optimizer step's
+#             buffers, not activations, make the peak: the planner's terms for it); 124M ZeRO-2 16 × 32 for 120 steps
+#             with gradients summed in bf16 (GPUs 0,1) and in fp32 (GPUs 2,3), the same data and seed
 # Needs data/shakespeare-gpt2 and benchmarks/reference_probe.py (../shared/reference/probe_raw_deepspeed.py).
 set -uo pipefail
 OUT=${OUT:-profile-results}
@@ -414,6 +419,45 @@ hfratio)
   ) & lanes+=($!)
   wait "${lanes[@]}"
   kill $sampler; wait $sampler 2>/dev/null  # stop sample_clocks
+  ;;
+accum)
+  noprof=(--train.profile_steps=0)
+  run=("${xl[@]}" --train.max_steps=6 --train.micro_batch_size=32 --train.grad_accum=16 "${noprof[@]}")
+  echo '{"data_types": {"grad_accum_dtype": "fp32"}}' > "$RUNS/fp32accum.json"
+  sample_clocks
+  lanes=()
+  (
+    train 0,1 29610 xl-z2-mb32-ga16-bf16accum "${run[@]}" --deepspeed.zero_stage=2
+    train 0,1 29610 xl-z2-mb32-ga16-fp32accum "${run[@]}" --deepspeed.zero_stage=2 --deepspeed.config="$RUNS/fp32accum.json"
+  ) & lanes+=($!)
+  (
+    train 2,3 29620 xl-z1-mb32-ga16-fp32accum "${run[@]}" --deepspeed.zero_stage=1 --deepspeed.config="$RUNS/fp32accum.json"
+    train 2,3 29620 xl-z1-mb32-ga16-bf16accum "${run[@]}" --deepspeed.zero_stage=1
+  ) & lanes+=($!)
+  wait "${lanes[@]}"
+  kill $sampler; wait $sampler 2>/dev/null  # stop sample_clocks
+  ;;
+accum2)
+  noprof=(--train.profile_steps=0)
+  small=("${xl[@]}" --train.max_steps=4 --train.log_interval=1 --train.micro_batch_size=1 --train.grad_accum=2 "${noprof[@]}"
+         --deepspeed.grad_accum_dtype=fp32)
+  curve=(--train.max_steps=120 --train.log_interval=10 --train.micro_batch_size=16 --train.grad_accum=32
+         --deepspeed.zero_stage=2 "${noprof[@]}")
+  lanes=()
+  (
+    train 0,1 29610 xl-z1-mb1-ga2-fp32accum "${small[@]}" --deepspeed.zero_stage=1
+    train 0,1 29610 xl-z3-mb1-ga2-fp32accum "${small[@]}" --deepspeed.zero_stage=3
+    train 0,1 29610 124m-z2-mb16-ga32-bf16accum "${curve[@]}"
+  ) & lanes+=($!)
+  (
+    train 2,3 29620 xl-z2-mb1-ga2-fp32accum "${small[@]}" --deepspeed.zero_stage=2
+    train 2,3 29620 124m-z2-mb16-ga32-fp32accum "${curve[@]}" --deepspeed.grad_accum_dtype=fp32
+  ) & lanes+=($!)
+  wait "${lanes[@]}"
+  for name in 124m-z2-mb16-ga32-bf16accum 124m-z2-mb16-ga32-fp32accum; do
+    python3 -c "import json, sys; print(sys.argv[1], [(r['step'], round(r['loss'], 4)) for r in map(json.loads, open(sys.argv[2])) if 'loss' in r])" \
+      "$name" "$RUNS/$name/metrics.jsonl" >> "$OUT/speed.txt"
+  done
   ;;
 esac
 tar czf "$OUT/lanes.tgz" -C "$OUT" lanes && rm -rf "$OUT/lanes"

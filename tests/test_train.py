@@ -160,6 +160,44 @@ def test_bf16_on_cpu(tmp_path, char_data):
     assert all(math.isfinite(v) for v in losses.values()) and losses[8] < losses[1]
 
 
+def test_fp32_gradient_accumulation_at_zero1_resumes_exactly_and_exports(tmp_path, char_data):
+    """bf16 with gradients summed in fp32 (deepspeed.grad_accum_dtype): at ZeRO-1 DeepSpeed switches to its BF16_Optimizer,
+    whose checkpoints are other files; they resume to the bit, refuse a resume that would sum in bf16, and export."""
+    import json
+
+    from zerotrain import checkpoint
+
+    common = ["--nproc", 2, "--deepspeed.dtype=bf16", "--train.grad_accum=4"]
+    cfg = write_config(tmp_path / "a.toml", out_dir=tmp_path / "run", data_dir=char_data, zero_stage=1, dropout=0.1,
+                       max_steps=8, eval_interval=8, save_interval=4)
+    run_ok("train", cfg, *common, "--deepspeed.grad_accum_dtype=fp32")
+    assert json.loads((tmp_path / "run" / "ds_config.json").read_text())["data_types"] == {"grad_accum_dtype": "fp32"}
+    step4 = tmp_path / "run" / "checkpoints" / "step_4"
+    assert sorted(p.name for p in step4.rglob("*optim_states.pt")) == [
+        "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    assert json.loads((step4 / "zerotrain.json").read_text())["grad_accum_dtype"] == "fp32"
+    straight = train_losses(tmp_path / "run")
+    assert straight[8] < straight[1] - 0.3
+
+    cfg = write_config(tmp_path / "r.toml", out_dir=tmp_path / "resumed", data_dir=char_data, zero_stage=1, dropout=0.1,
+                       max_steps=8, eval_interval=8, save_interval=4)
+    assert_clean_failure(zerotrain("train", cfg, *common, f"--run.resume={step4}"), "summed gradients in fp32",
+                         'deepspeed.grad_accum_dtype = "fp32"')
+    run_ok("train", cfg, *common, "--deepspeed.grad_accum_dtype=fp32", f"--run.resume={step4}")
+    resumed = train_losses(tmp_path / "resumed")
+    assert sorted(resumed) == [5, 6, 7, 8] and all(resumed[s] == straight[s] for s in resumed), (resumed, straight)
+
+    import torch
+
+    state = checkpoint.load_fp32_state_dict(*checkpoint.resolve(tmp_path / "run"))
+    module = torch.load(tmp_path / "run" / "checkpoints" / "step_8" / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    assert set(module) <= set(state)
+    for name, weight in module.items():  # every fp32 master lands on its parameter: it rounds to the bf16 weight trained
+        assert state[name].dtype == torch.float32 and torch.equal(state[name].to(torch.bfloat16), weight), name
+    run_ok("export", tmp_path / "run", "--out", tmp_path / "hf")
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
+
+
 def test_init_from_and_weighted_data_mixing(stage_runs, tmp_path, char_data, corpus_file):
     from zerotrain.data import prepare
 

@@ -179,17 +179,35 @@ def read_manifest(ckpt_dir: Path, tag: str) -> dict:
     return manifest
 
 
+def _bf16_optimizer_fp32_state_dict(folder: Path) -> dict:
+    """ZeRO-1 in bf16 with fp32 gradient sums runs DeepSpeed's BF16_Optimizer, whose shards hold the fp32 master
+    partitions laid out as ZeRO-1/2's but without the zero_stage entry zero_to_fp32 looks for: merge them with
+    zero_to_fp32's ZeRO-2 merge."""
+    import torch
+    from deepspeed.utils import zero_to_fp32
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        model_states = zero_to_fp32.parse_model_states(zero_to_fp32.get_model_state_files(str(folder)))
+        files = zero_to_fp32.get_optim_files(str(folder))
+        partitions = [torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"]["single_partition_of_fp32_groups"]
+                      for f in files]
+        return zero_to_fp32._get_fp32_state_dict_from_zero2_checkpoint(len(files), partitions, model_states,
+                                                                       exclude_frozen_parameters=False)
+
+
 def load_fp32_state_dict(ckpt_dir: Path, tag: str) -> dict:
     """Full fp32 weights from a checkpoint of any ZeRO stage and world size, on CPU, without DeepSpeed's
     engine. ZeRO 1-3 keep fp32 master partitions in shard files, which DeepSpeed's zero_to_fp32
-    consolidates. At stage 0 the model states file holds the full weights: in fp32 runs they are the
+    consolidates (BF16_Optimizer's shards too, above). At stage 0 the model states file holds the full weights: in fp32 runs they are the
     masters; in bf16/fp16 runs they are 16-bit copies and the masters are the optimizer's fp32_groups,
     matched to names through the parameter groups recorded in the manifest."""
     import torch
 
     manifest = read_manifest(ckpt_dir, tag)
     folder = ckpt_dir / tag
-    if any(folder.glob("*_optim_states.pt")):
+    if any(folder.glob("bf16_zero_*_optim_states.pt")):
+        state = _bf16_optimizer_fp32_state_dict(folder)
+    elif any(folder.glob("*_optim_states.pt")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # its progress output

@@ -283,7 +283,7 @@ def _plan_inputs(args):
         run = dataclasses.replace(run, micro_batch=t.micro_batch_size, grad_accum=t.grad_accum, zero_stage=ds.zero_stage,
                                   offload_optimizer=ds.offload_optimizer, offload_params=ds.offload_params,
                                   activation_checkpointing=ds.activation_checkpointing, contiguous_gradients=ds.zero_stage >= 2, overlap_comm=args.gpus is not None and args.gpus * (args.nodes or 1) > 1,
-                                  dtype="bf16" if ds.dtype == "auto" else ds.dtype,
+                                  dtype="bf16" if ds.dtype == "auto" else ds.dtype, grad_accum_dtype=ds.grad_accum_dtype,
                                   seq_len=t.seq_len or (m.block_size or memory.GPT2_PRESETS.get(m.preset, {}).get("block_size", 1024)))
     if model_spec is not None:
         model = memory.resolve_model(model_spec)
@@ -296,7 +296,7 @@ def _plan_inputs(args):
             raise UserError(f"--ds-config {args.ds_config} not found")
         run = memory.run_from_ds_config(load_user_config(args.ds_config), run)
     flags = {"gpus_per_node": args.gpus, "nodes": args.nodes, "micro_batch": args.micro_batch, "seq_len": args.seq_len,
-             "grad_accum": args.grad_accum, "dtype": args.dtype, "optimizer": args.optimizer, "attention": args.attention,
+             "grad_accum": args.grad_accum, "grad_accum_dtype": args.grad_accum_dtype, "dtype": args.dtype, "optimizer": args.optimizer, "attention": args.attention,
              "offload_optimizer": args.offload_optimizer, "offload_params": args.offload_params}
     run = dataclasses.replace(run, **{k: v for k, v in flags.items() if v is not None})
     if args.activation_checkpointing:
@@ -359,7 +359,8 @@ def cmd_plan(args, _extra) -> int:
     console = Console(highlight=False, width=max(Console().width, 110))
     console.print(model.describe())
     console.print(f"{run.world} GPU{'s' if run.world > 1 else ''} ({run.gpus_per_node} per node × {run.nodes} node{'s' if run.nodes > 1 else ''}), "
-                  f"micro-batch {run.micro_batch} × {run.seq_len} tokens, accumulation {run.grad_accum}, {run.dtype}"
+                  f"micro-batch {run.micro_batch} × {run.seq_len} tokens, accumulation {run.grad_accum}"
+                  f"{' (summed in fp32)' if run.grad_accum_dtype == 'fp32' else ''}, {run.dtype}"
                   f"{', activation checkpointing' if run.activation_checkpointing else ''}; GPU memory: "
                   + (f"{gpu_bytes / 2**30:.1f} GiB, {gpu_name}" if gpu_bytes else gpu_name))
     gib = lambda x: f"{x / 2**30:.2f}"
@@ -379,6 +380,8 @@ def cmd_plan(args, _extra) -> int:
     console.print(f"host/node: host RAM per node in GiB ({run.gpus_per_node} ranks, their pinned offload buffers, loading a checkpoint); "
                   f"checkpoint on disk: {first.checkpoint_bytes / 2**30:.1f} GiB"
                   + "".join(f"; NVMe for ZeRO-{p.run.zero_stage}: {p.nvme_bytes / 2**30:.1f} GiB" for p in plans if p.nvme_bytes))
+    for note in dict.fromkeys(note for p in plans for note in p.notes):
+        console.print(f"note: {note}")
     if gpu_bytes:
         if best:
             r = best.run
@@ -589,6 +592,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--seq-len", type=int, help="tokens per sequence (default: the model's context, at most 1024; 2048 for Llama-style)")
     pl.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
     pl.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="compute dtype (default bf16)")
+    pl.add_argument("--grad-accum-dtype", choices=("auto", "fp32"),
+                    help="sum gradients over micro-batches in the compute dtype (auto, DeepSpeed's default) or fp32")
     pl.add_argument("--optimizer", choices=("adamw", "adam", "sgd", "sgd-nomomentum"), help="default adamw")
     pl.add_argument("--zero", default="all", help="0, 1, 2, 3, a list (1,2) or all (default: all, with the offload variants)")
     pl.add_argument("--offload-optimizer", choices=("none", "cpu", "nvme"))

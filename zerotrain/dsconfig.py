@@ -60,6 +60,12 @@ def _offload(device: str, nvme_path: str, pin_memory: bool) -> dict:
     return entry
 
 
+def grad_accum_dtype(ds, dtype: str) -> str:
+    """The dtype DeepSpeed sums gradients in over a step's micro-batches: fp32 where asked for under bf16, else the
+    training dtype (DeepSpeed's default)."""
+    return "fp32" if dtype == "bf16" and ds.grad_accum_dtype == "fp32" else dtype
+
+
 def uses_config_optimizer(ds_config: dict) -> bool:
     """True when DeepSpeed builds the optimizer from the ds_config (needed for offload, which runs
     DeepSpeedCPUAdam); otherwise zerotrain passes torch's AdamW."""
@@ -97,6 +103,10 @@ def build(cfg: RunConfig, batch: Batch, dtype: str, device_type: str) -> dict:
         # Dynamic loss scaling (loss_scale 0) starting at 2^16, halving on overflow.
         config["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
                           "hysteresis": 2, "min_loss_scale": 1}
+    if grad_accum_dtype(ds, dtype) != dtype:
+        # ZeRO-2/3 sum each micro-step's gradient partition into an fp32 buffer; ZeRO-1 runs DeepSpeed's BF16_Optimizer,
+        # which keeps an fp32 gradient of every parameter (runconfig.validate refuses stage 0 and offload)
+        config["data_types"] = {"grad_accum_dtype": "fp32"}
     if ds.offload_optimizer != "none":
         # Offloaded optimizer states are updated on the CPU by DeepSpeedCPUAdam, which DeepSpeed only
         # builds from the config. Parameter groups (no decay on biases, norms, embeddings) still apply.

@@ -203,6 +203,7 @@ class RunShape:
     seq_len: int = 1024
     grad_accum: int = 1
     dtype: str = "bf16"
+    grad_accum_dtype: str = "auto"  # auto: DeepSpeed's default, the compute dtype; fp32: data_types.grad_accum_dtype
     optimizer: str = "adamw"
     zero_stage: int = 2
     offload_optimizer: str = "none"  # none | cpu | nvme
@@ -232,8 +233,15 @@ class RunShape:
         off = "".join([f", offload optimizer {self.offload_optimizer}" if self.offload_optimizer != "none" else "",
                        f", offload params {self.offload_params}" if self.offload_params != "none" else ""])
         return (f"ZeRO-{self.zero_stage}{off}, {self.world} GPU{'s' if self.world > 1 else ''}, micro-batch {self.micro_batch} × "
-                f"{self.seq_len} tokens, accumulation {self.grad_accum}, {self.dtype}"
+                f"{self.seq_len} tokens, accumulation {self.grad_accum}{' in fp32' if fp32_grad_accum(self) else ''}, {self.dtype}"
                 f"{', activation checkpointing' if self.activation_checkpointing else ''}")
+
+
+def fp32_grad_accum(run: RunShape) -> bool:
+    """Whether DeepSpeed sums this run's gradients in fp32 apart from its compute dtype: asked for, and where zerotrain
+    trains with it (bf16 at ZeRO 1-3 without an offloaded optimizer; elsewhere the planner plans DeepSpeed's default)."""
+    return (run.grad_accum_dtype == "fp32" and run.dtype == "bf16" and run.zero_stage >= 1
+            and run.offload_optimizer == "none")
 
 
 def check_run(run: RunShape, model: ModelShape | None = None) -> None:
@@ -249,6 +257,8 @@ def check_run(run: RunShape, model: ModelShape | None = None) -> None:
         problems.append(f"dtype {run.dtype!r} is not one of {', '.join(DTYPE_BYTES)}")
     if run.optimizer not in OPTIMIZER_STATE_BYTES:
         problems.append(f"optimizer {run.optimizer!r} is not one of {', '.join(OPTIMIZER_STATE_BYTES)}")
+    if run.grad_accum_dtype not in ("auto", "fp32"):
+        problems.append(f"gradient accumulation dtype {run.grad_accum_dtype!r} must be auto or fp32")
     for name in ("offload_optimizer", "offload_params"):
         if getattr(run, name) not in ("none", "cpu", "nvme"):
             problems.append(f"{name.replace('_', '-')} {getattr(run, name)!r} must be none, cpu or nvme")
@@ -383,6 +393,14 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
     offload_opt = run.offload_optimizer != "none"
     offload_par = run.offload_params != "none"
     notes = []
+    # gradients summed in fp32 (data_types.grad_accum_dtype): ZeRO-2/3 keep their gradient partition in fp32; ZeRO-1 runs
+    # DeepSpeed's BF16_Optimizer, which keeps an fp32 gradient of every parameter beside the bf16 ones (bf16_optimizer.py)
+    fp32_accum = fp32_grad_accum(run)
+    bf16_optimizer = fp32_accum and z == 1
+    g = 4 if fp32_accum else b  # bytes per element of the accumulated gradients
+    if run.grad_accum_dtype == "fp32" and not fp32_accum and b < 4:
+        notes.append(f"ZeRO-0 and offloaded-optimizer runs sum gradients in {run.dtype}: zerotrain sums them in fp32 at ZeRO 1-3 "
+                     "with the optimizer on the GPU, in bf16 training only")
 
     # --- parameters: the compute-dtype weights each GPU holds
     if z < 3:
@@ -406,11 +424,17 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
     # --- gradients: accumulated over micro-batches, reduce buffers during backward, and at the optimizer step
     if z == 3:
         # stage3.py preallocates the gradient partition (b·N/W) and the reduce bucket (reduce_bucket_size elements)
-        grads_backward = b * N / W + b * run.reduce_bucket_size if not offload_opt else b * run.reduce_bucket_size
+        grads_backward = g * N / W + b * run.reduce_bucket_size if not offload_opt else b * run.reduce_bucket_size
+        reduce_buffers = 0
+        grads_step = grads_backward
+    elif bf16_optimizer:
+        # bf16_optimizer.py: the fp32 gradients of all N parameters from the start, the bf16 ones from the first backward
+        # on (zeroed between steps, not freed); gradients are all-reduced once per step, from a flattened copy
+        grads_backward = (4 + b) * N
         reduce_buffers = 0
         grads_step = grads_backward
     else:
-        accumulated = {0: b * N, 1: b * N, 2: b * N / W}[z]  # gradients summed over micro-batches so far
+        accumulated = {0: b * N, 1: b * N, 2: g * N / W}[z]  # gradients summed over micro-batches so far
         grads_backward = accumulated if run.grad_accum > 1 else 0
         # From the first gradient hook of a backward, stages 1-2 hold reduce buffers: with contiguous_gradients
         # reduce_bucket_size elements, two with overlap_comm (stage_1_and_2.py setup_buckets; DeepSpeed's
@@ -422,7 +446,7 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
         else:
             reduce_buffers = b * min(run.reduce_bucket_size, N)
         # at the step, stages 1-2 hold the reduced gradient partition (param.grad freed after the copy)
-        grads_step = (b * N if z == 0 else b * N / W) + (reduce_buffers if run.contiguous_gradients else 0)
+        grads_step = (b * N if z == 0 else g * N / W) + (reduce_buffers if run.contiguous_gradients else 0)
     buffers = 0
     if offload_opt and z in (1, 2):
         buffers += b * model.largest_param  # stage_1_and_2.py temp_grad_buffer_for_gpu_offload
@@ -452,6 +476,13 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
         step_extra = 4 * N if b < 4 else 0
     elif offload_opt:
         step_extra = 0
+    elif bf16_optimizer:
+        # engine.py allreduce_bucket: a parameter group's flat fp32 gradients (a bucket of one tensor: flattening is a
+        # view) cast to bf16 for the all-reduce; the largest group holds every weight matrix but the embeddings
+        largest_group = max(N - model.vocab * model.hidden - model.small_params(), model.vocab * model.hidden)
+        step_extra = b * largest_group
+    elif fp32_accum and z < 3:
+        step_extra = 4 * N / W  # stage_1_and_2.py _build_compact_grad_partition_buffer: the partition, already in fp32
     else:
         step_extra = (4 + b) * N / W if z < 3 else 4 * min(N / W, run.sub_group_size)
     if model.impl == "zerotrain":
@@ -639,6 +670,9 @@ def run_from_ds_config(cfg: dict, base: RunShape) -> RunShape:
         changes["dtype"] = "fp16"
     elif "bf16" in cfg or "fp16" in cfg:
         changes["dtype"] = "fp32"
+    data_types = cfg.get("data_types") or {}
+    if isinstance(data_types, dict) and "grad_accum_dtype" in data_types:
+        changes["grad_accum_dtype"] = "fp32" if str(data_types["grad_accum_dtype"]).lower() in ("fp32", "float32", "float") else "auto"
     if "stage" in zero:
         changes["zero_stage"] = num(zero["stage"], "zero_optimization.stage")
     for key, attr in (("offload_optimizer", "offload_optimizer"), ("offload_param", "offload_params")):

@@ -143,6 +143,11 @@ class DeepSpeedSection:
     """Directory on a fast local disk for nvme offload."""
     dtype: str = "auto"
     """bf16, fp16 (dynamic loss scaling), fp32, or auto: bf16 where the GPU supports it, else fp32."""
+    grad_accum_dtype: str = "auto"
+    """Precision in which gradients are summed over the micro-steps of an optimizer step: auto (DeepSpeed's default,
+    the training dtype: bf16 sums in bf16) or fp32 (DeepSpeed's data_types.grad_accum_dtype; bf16 at ZeRO 1-3 without
+    offload). fp32 keeps long accumulations exact for about 1% of GPT-2 XL's speed and memory (ZeRO-2: +2 bytes per
+    parameter per rank; ZeRO-1 switches DeepSpeed to its BF16_Optimizer, +4 bytes per parameter; docs/memory.md)."""
     activation_checkpointing: bool = False
     """Recompute each transformer block in backward instead of keeping its activations."""
     zero3_gather_per_block: bool = True
@@ -268,6 +273,7 @@ CHOICES = {
     ("deepspeed", "dtype"): ("auto", "bf16", "fp16", "fp32"),
     ("deepspeed", "offload_optimizer"): ("none", "cpu", "nvme"),
     ("deepspeed", "offload_params"): ("none", "cpu", "nvme"),
+    ("deepspeed", "grad_accum_dtype"): ("auto", "fp32"),
     ("train", "compile"): ("auto", "blocks", "none"),
     ("train", "fused_gelu"): ("auto", "on", "off"),
 }
@@ -324,6 +330,16 @@ def validate(cfg: RunConfig) -> None:
         problems.append("deepspeed.offload_optimizer needs zero_stage 1, 2 or 3; raise zero_stage or set offload_optimizer = \"none\"")
     if ds.offload_params != "none" and ds.zero_stage != 3:
         problems.append("deepspeed.offload_params needs zero_stage = 3; set zero_stage = 3 or offload_params = \"none\"")
+    if ds.grad_accum_dtype == "fp32" and ds.dtype in ("bf16", "fp16", "auto"):
+        if ds.dtype == "fp16":
+            problems.append('deepspeed.grad_accum_dtype = "fp32" applies to bf16 training; with dtype = "fp16" set '
+                            'grad_accum_dtype = "auto", or train in bf16')
+        elif ds.zero_stage == 0:
+            problems.append('deepspeed.grad_accum_dtype = "fp32" needs zero_stage 1, 2 or 3 (DeepSpeed sums stage-0 gradients '
+                            'in the training dtype); raise zero_stage or set grad_accum_dtype = "auto"')
+        elif ds.offload_optimizer != "none":
+            problems.append('deepspeed.grad_accum_dtype = "fp32" does not work with an offloaded optimizer (DeepSpeed sums the '
+                            'offloaded gradients in the training dtype); set offload_optimizer = "none" or grad_accum_dtype = "auto"')
     if "nvme" in (ds.offload_optimizer, ds.offload_params) and not ds.nvme_path:
         problems.append("nvme offload needs deepspeed.nvme_path (a directory on a fast local disk)")
     if d.dir and d.dirs:

@@ -216,6 +216,11 @@ def preflight(cfg: runconfig.RunConfig, world: int, overwrite: bool = False) -> 
         if manifest["dtype"] != dtype:
             raise UserError(f"checkpoint {where} was trained in {manifest['dtype']} and this run would use {dtype}; "
                             f"set deepspeed.dtype = \"{manifest['dtype']}\" to resume it, or start a new run with run.init_from")
+        saved_accum, accum = manifest.get("grad_accum_dtype", manifest["dtype"]), dsconfig.grad_accum_dtype(cfg.deepspeed, dtype)
+        if saved_accum != accum and cfg.deepspeed.zero_stage == 1:  # ZeRO-1 in bf16 with fp32 sums is DeepSpeed's BF16_Optimizer
+            raise UserError(f"checkpoint {where} summed gradients in {saved_accum} and this run would sum them in {accum}: at ZeRO-1 "
+                            f"that is another DeepSpeed optimizer with other checkpoint files; set deepspeed.grad_accum_dtype = "
+                            f"\"{'fp32' if saved_accum == 'fp32' else 'auto'}\" to resume it, or start a new run with run.init_from")
     return Plan(cfg, model, seq_len, batch, data, weights, run_dir, resume_from, init_from, overwrite, dtype, hf_info,
                 cfg.model.init_from_hf if not resume_from else "")
 
@@ -498,7 +503,7 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     say(f"{plan.batch.describe()} sequences of {plan.seq_len} tokens = {tokens_per_step:,} tokens per step")
     say(f"ZeRO stage {ds.zero_stage}, {dtype}, {d.world} × {d.device.type}{', compiled blocks' if compiled else ''}"
         f"{', parameters gathered per block' if per_block else ''}"
-        f"{gelu_note}{', reductions without host waits' if host_runs_ahead else ''}, "
+        f"{', gradients summed in fp32' if dsconfig.grad_accum_dtype(ds, dtype) != dtype else ''}{gelu_note}{', reductions without host waits' if host_runs_ahead else ''}, "
         f"lr {t.lr:g} -> {t.min_lr:g}, run dir {plan.run_dir}")
     say("ds_config: " + json.dumps(ds_config, separators=(",", ":")))
 
@@ -514,7 +519,7 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
                                 "rng": distributed.all_gather_object(_rng_state(), d), "best_val_loss": best_val,
                                 "evals_since_best": evals_since_best, "run_config": runconfig.to_dict(cfg)}}
         manifest = {"step": step, "tokens_seen": tokens_seen, "world_size": d.world, "zero_stage": ds.zero_stage,
-                    "dtype": dtype, "model": dataclasses.asdict(plan.model), "val_loss": last_val,
+                    "dtype": dtype, "grad_accum_dtype": dsconfig.grad_accum_dtype(ds, dtype), "model": dataclasses.asdict(plan.model), "val_loss": last_val,
                     "tokenizer": plan.data[0].meta["tokenizer"], "param_group_names": group_names,
                     "hf": str(plan.hf.path.resolve()) if plan.hf else None, "hf_config": plan.hf.config if plan.hf else None}
         return checkpoint.save(engine, ckpt_dir, step, client, manifest, d, t.keep_last, pointers)
