@@ -28,8 +28,8 @@ def main() -> None:
         reserved_errors.append(er)
         off = "/".join(x for x in (r["offload_optimizer"] != "none" and "opt " + r["offload_optimizer"],
                                     r["offload_params"] != "none" and "params " + r["offload_params"]) if x) or "-"
-        print(f"| {r['impl']} {r['model']} | {r['gpus']} | {r['zero_stage']} | {r['micro_batch']} × {r['seq_len']} | {r['grad_accum']} "
-              f"| {r['dtype']} | {'yes' if r['activation_checkpointing'] else '-'} | {off} | {r['peak_allocated'] / 2**30:.2f} GiB "
+        print(f"| {r['impl']} {r['model']} | {r['gpus']} | {r['zero_stage']} | {r['micro_batch']} × {r['seq_len']} | {r['grad_accum']}"
+              f"{' (fp32 sums)' if r.get('grad_accum_dtype') == 'fp32' else ''} | {r['dtype']} | {'yes' if r['activation_checkpointing'] else '-'} | {off} | {r['peak_allocated'] / 2**30:.2f} GiB "
               f"| {p.per_gpu['peak_allocated'] / 2**30:.2f} GiB | {100 * e:+.1f}% | {r['peak_reserved'] / 2**30:.2f} GiB "
               f"| {p.per_gpu['peak_reserved'] / 2**30:.2f} GiB | {100 * er:+.1f}% |")
     print(f"\n{len(rows)} runs. Peak allocated: max |error| {100 * max(errors):.2f}%, mean |error| {100 * sum(errors) / len(errors):.2f}%. "

@@ -38,6 +38,15 @@ def test_generated_config_per_stage_and_dtype():
     assert ds["optimizer"]["type"] == "AdamW"  # DeepSpeedCPUAdam for offload
 
 
+def test_fp32_gradient_sums_only_where_training_is_bf16():
+    cfg = RunConfig()
+    cfg.deepspeed.grad_accum_dtype = "fp32"
+    assert build(cfg, Batch(4, 8, 2), "bf16", "cuda")["data_types"] == {"grad_accum_dtype": "fp32"}
+    assert "data_types" not in build(cfg, Batch(4, 8, 2), "fp32", "cpu")  # fp32 training sums in fp32 already
+    cfg.deepspeed.grad_accum_dtype = "auto"
+    assert "data_types" not in build(cfg, Batch(4, 8, 2), "bf16", "cuda")  # DeepSpeed's default: the training dtype
+
+
 def test_user_ds_config_is_merged_but_cannot_contradict(tmp_path):
     cfg = RunConfig()
     user = tmp_path / "ds.json"

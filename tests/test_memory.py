@@ -38,7 +38,8 @@ def _run_of_measurement(row: dict) -> RunShape:
                     dtype=row["dtype"], zero_stage=row["zero_stage"], offload_optimizer=row["offload_optimizer"],
                     offload_params=row["offload_params"], activation_checkpointing=row["activation_checkpointing"],
                     contiguous_gradients=contiguous, overlap_comm=overlap,
-                    compile=row.get("compile", "none"), fused_loss=row.get("fused_loss", False))
+                    compile=row.get("compile", "none"), fused_loss=row.get("fused_loss", False),
+                    grad_accum_dtype=row.get("grad_accum_dtype", "auto"))
 
 
 def _measurements() -> list[dict]:
@@ -67,6 +68,7 @@ def test_measurements_cover_the_axes_the_planner_claims():
     assert seen("gpus") == {1, 2, 4}
     assert seen("set") == {"calibration", "holdout", "fast-path"}
     assert seen("activation_checkpointing") == {True, False}
+    assert {r.get("grad_accum_dtype", "auto") for r in rows} == {"auto", "fp32"}
     assert {"cpu"} <= seen("offload_optimizer") and {"cpu"} <= seen("offload_params")
     assert {"bf16", "fp16", "fp32"} <= seen("dtype")
     assert len(seen("micro_batch")) >= 3 and len(seen("seq_len")) >= 2 and len(seen("grad_accum")) >= 2
@@ -235,6 +237,27 @@ def test_ds_config_fills_the_run():
         memory.run_from_ds_config({"train_micro_batch_size_per_gpu": "auto"}, RunShape())
 
 
+def test_fp32_gradient_sums_by_hand():
+    """deepspeed.grad_accum_dtype = "fp32" under bf16: ZeRO-2/3 hold their gradient partition in fp32 (2 more bytes per
+    parameter per rank); ZeRO-1 runs DeepSpeed's BF16_Optimizer, which keeps fp32 gradients of every parameter beside
+    the bf16 ones; where DeepSpeed has no fp32 sums (ZeRO-0, an offloaded optimizer) the plan says it used bf16."""
+    m = memory.resolve_model("gpt2-xl")
+    N, W = m.n_params, 2
+    run = RunShape(gpus_per_node=W, micro_batch=4, grad_accum=8, overlap_comm=True)
+    sums = lambda z, acc: plan(m, replace(run, zero_stage=z, grad_accum_dtype=acc, contiguous_gradients=z >= 2)).phases["forward end"]["grads"]
+    assert sums(2, "fp32") - sums(2, "auto") == 2 * N // W
+    assert sums(3, "fp32") - sums(3, "auto") == 2 * N // W
+    assert sums(1, "auto") == 2 * N and sums(1, "fp32") == 6 * N
+    assert "in fp32" in replace(run, zero_stage=2, grad_accum_dtype="fp32").describe()
+    for other in (replace(run, zero_stage=0), replace(run, zero_stage=2, offload_optimizer="cpu"), replace(run, dtype="fp16")):
+        fp32 = plan(m, replace(other, grad_accum_dtype="fp32"))
+        assert fp32.per_gpu == plan(m, other).per_gpu and any("sum gradients in" in n for n in fp32.notes)
+    assert memory.run_from_ds_config({"data_types": {"grad_accum_dtype": "fp32"}}, RunShape()).grad_accum_dtype == "fp32"
+    assert memory.run_from_ds_config({"data_types": {"grad_accum_dtype": "bf16"}}, RunShape()).grad_accum_dtype == "auto"
+    with pytest.raises(UserError, match="must be auto or fp32"):
+        plan(m, replace(run, grad_accum_dtype="fp64"))
+
+
 def test_max_live_parameters_bounds_what_zero3_gathers():
     m = memory.resolve_model("llama3-8b")
     run = RunShape(gpus_per_node=8, zero_stage=3, micro_batch=1, seq_len=2048)
@@ -272,6 +295,9 @@ def test_cli_json_schema():
         assert g["params"] + g["grads"] + g["optimizer"] + g["activations"] + g["buffers"] == g["peak_allocated"]
         assert isinstance(p["fits"], bool)
     assert doc["recommended"]["zero_stage"] == 1 and doc["recommended"]["micro_batch"] == 16
+    assert {p["grad_accum_dtype"] for p in doc["plans"]} == {"bf16"}
+    fp32 = json.loads(zerotrain("plan", "--model", "gpt2-xl", "--gpus", "2", "--grad-accum-dtype", "fp32", "--json").stdout)
+    assert [p["grad_accum_dtype"] for p in fp32["plans"] if p["offload_optimizer"] == "none"] == ["bf16", "fp32", "fp32", "fp32"]
     one = json.loads(zerotrain("plan", "--model", "gpt2", "--zero", "3", "--offload-optimizer", "cpu", "--json").stdout)
     assert [(p["zero_stage"], p["offload_optimizer"]) for p in one["plans"]] == [(3, "cpu")] and one["recommended"] is None
 
@@ -284,6 +310,11 @@ def test_cli_table_ds_config_run_config_and_inference(tmp_path):
     assert "micro-batch 2" in r.stdout and "recommended:" in r.stdout
     r = zerotrain("plan", "--config", "configs/gpt2-124m.toml", "--gpus", "2", "--gpu-memory", "80GiB")
     assert r.returncode == 0 and "micro-batch 16 × 1024 tokens, accumulation 8" in r.stdout
+    r = zerotrain("plan", "--model", "gpt2-xl", "--gpus", "2", "--zero", "1,2", "--grad-accum", "16", "--grad-accum-dtype", "fp32",
+                  "--gpu-memory", "h200")
+    assert r.returncode == 0 and "accumulation 16 (summed in fp32)" in r.stdout, r.stdout + r.stderr
+    r = zerotrain("plan", "--model", "gpt2-xl", "--gpus", "2", "--grad-accum-dtype", "fp32", "--gpu-memory", "h200")
+    assert "note: ZeRO-0 and offloaded-optimizer runs sum gradients in bf16" in " ".join(r.stdout.split()), r.stdout
     r = zerotrain("plan", "--model", "llama3-8b", "--inference", "--batch", "1", "--context", "8192", "--json")
     assert json.loads(r.stdout)["inference"]["kv_cache"] == GiB
 

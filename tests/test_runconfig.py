@@ -58,6 +58,18 @@ def test_compiled_blocks_are_refused_at_zero3(tmp_path):
     load_run_config(p, ["--train.compile=auto"])  # auto runs ZeRO-3 eager
 
 
+def test_fp32_gradient_sums_are_refused_where_deepspeed_has_none(tmp_path):
+    p = write(tmp_path, '[data]\ndir = "d"\n[deepspeed]\ndtype = "bf16"\ngrad_accum_dtype = "fp32"\n')
+    assert load_run_config(p).deepspeed.grad_accum_dtype == "fp32"  # bf16 at ZeRO-2 (the default stage)
+    for override, fix in (("--deepspeed.zero_stage=0", "raise zero_stage"), ("--deepspeed.dtype=fp16", "train in bf16"),
+                          ("--deepspeed.offload_optimizer=cpu", 'offload_optimizer = "none"')):
+        with pytest.raises(UserError, match=fix):
+            load_run_config(p, [override])
+    load_run_config(p, ["--deepspeed.zero_stage=0", "--deepspeed.dtype=fp32"])  # fp32 training sums in fp32 anyway
+    with pytest.raises(UserError, match="is not one of auto, fp32"):
+        load_run_config(p, ["--deepspeed.grad_accum_dtype=bf16"])
+
+
 def test_fused_gelu_on_is_refused_where_it_cannot_apply(tmp_path):
     p = write(tmp_path, '[data]\ndir = "d"\n[train]\nfused_gelu = "on"\n[deepspeed]\nzero_stage = 3\nzero3_gather_per_block = false\n')
     with pytest.raises(UserError, match="needs deepspeed.zero3_gather_per_block = true"):

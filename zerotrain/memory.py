@@ -376,6 +376,7 @@ class MemoryPlan:
         return {"zero_stage": self.run.zero_stage, "offload_optimizer": self.run.offload_optimizer,
                 "offload_params": self.run.offload_params, "micro_batch": self.run.micro_batch,
                 "grad_accum": self.run.grad_accum, "seq_len": self.run.seq_len, "dtype": self.run.dtype,
+                "grad_accum_dtype": "fp32" if fp32_grad_accum(self.run) else self.run.dtype, "notes": list(self.notes),
                 "activation_checkpointing": self.run.activation_checkpointing, "gpus": self.run.world,
                 "per_gpu": {k: int(v) for k, v in self.per_gpu.items()}, "peak_phase": self.peak_phase,
                 "phases": {name: {k: int(v) for k, v in terms.items()} for name, terms in self.phases.items()},
