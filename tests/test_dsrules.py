@@ -100,6 +100,10 @@ def with_(**changes):
 W2 = {"world_size": 2}
 TRIGGERS = [
     ("batch-inconsistent", with_(train_batch_size=32), W2, "error", "train_batch_size"),
+    # engine._do_optimizer_sanity_check raises NotImplementedError for this mix without ZeRO (checked on CPU with
+    # deepspeed.initialize, DeepSpeed 0.19.8); its twin sums in fp32 at ZeRO-2
+    ("fp32-grad-sums-without-zero", with_(zero_optimization__stage=0, data_types={"grad_accum_dtype": "fp32"}), W2, "error",
+     "data_types.grad_accum_dtype"),
     ("batch-not-divisible", with_(train_batch_size=18, gradient_accumulation_steps=None), W2, "error", "train_batch_size"),
     ("batch-missing", with_(train_batch_size=None, train_micro_batch_size_per_gpu=None), W2, "error", "train_batch_size"),
     ("unknown-top-level-typo", with_(gradient_clipp1ng=1.0), W2, "error", "gradient_clipp1ng"),
@@ -195,6 +199,7 @@ TRIGGERS = [
     ("wall-clock-breakdown", with_(wall_clock_breakdown=True), W2, "info", "wall_clock_breakdown"),
 ]
 CLEAN = {  # the same rule's clean twin, where the trigger needs more than BASE itself
+    "fp32-grad-sums-without-zero": (with_(data_types={"grad_accum_dtype": "fp32"}), W2),
     "fp16-on-bf16-gpu": (with_(bf16=None, fp16={"enabled": True}), {**W2, "gpu": "v100"}),
     "bf16-on-v100": (with_(), {**W2, "gpu": "h100"}),
     "offload-that-fits": (with_(zero_optimization__offload_optimizer={"device": "cpu"},

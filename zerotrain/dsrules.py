@@ -296,6 +296,8 @@ DESCRIPTIONS = {
     "zero_optimization.overlap_comm": "overlap gradient reduction with backward; faster on >1 GPU, costs extra buffers",
     "zero_optimization.load_from_fp32_weights": "restore master weights from the fp32 copy in checkpoints (exact)",
     "zero_optimization.round_robin_gradients": "spread gradient copies to CPU over ranks (offload, stages 1-2)",
+    "data_types.grad_accum_dtype": "dtype micro-batch gradients are summed in (default: the model's, bf16 under bf16); "
+                                   "fp32 costs 2 bytes/param/rank at ZeRO-2/3, 4 bytes/param at ZeRO-1 (BF16_Optimizer)",
     "zero_optimization.sub_group_size": "parameters per optimizer-step tile; bounds the step's temporary memory",
     "zero_optimization.stage3_prefetch_bucket_size": "parameters fetched ahead of use; more hides all-gather latency, costs memory",
     "zero_optimization.stage3_param_persistence_threshold": "parameters smaller than this stay unpartitioned (fewer tiny all-gathers)",
@@ -839,6 +841,13 @@ def _rule_precision(ctx: _Context):
     if ctx.bf16_gpu is False and (_enabled(cfg, "bf16") or _enabled(cfg, "bfloat16")):
         yield Finding("error", "bf16.enabled", "this GPU has no bf16 tensor cores; DeepSpeed raises \"Type bf16 is not "
                       "supported on your device\"", "use \"fp16\": {\"enabled\": true} (dynamic loss scaling)")
+    accum = _section(cfg, "data_types").get("grad_accum_dtype")
+    half = "bf16" if _enabled(cfg, "bf16") or _enabled(cfg, "bfloat16") else "fp16" if _enabled(cfg, "fp16") else None
+    if isinstance(accum, str) and accum.lower() in ("fp32", "float32", "float") and half and _stage(cfg) == 0:
+        # engine._do_optimizer_sanity_check: without ZeRO the model and accumulation dtypes must match
+        yield Finding("error", "data_types.grad_accum_dtype", f"fp32 gradient accumulation with {half} and no ZeRO: DeepSpeed "
+                      "raises NotImplementedError (unsupported mix of model_dtype and grad_accum_dtype) at initialize",
+                      "use ZeRO stage 1, 2 or 3, or remove data_types.grad_accum_dtype")
     comm = cfg.get("communication_data_type")
     if isinstance(comm, str) and comm.lower() not in COMMUNICATION_DTYPES:
         yield Finding("error", "communication_data_type", f"{comm!r} is not one of {', '.join(COMMUNICATION_DTYPES)}",
