@@ -430,7 +430,7 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
         grads_step = grads_backward
     elif bf16_optimizer:
         # bf16_optimizer.py: the fp32 gradients of all N parameters from the start, the bf16 ones from the first backward
-        # on (zeroed between steps, not freed); gradients are all-reduced once per step, from a flattened copy
+        # on (zeroed between steps, not freed); no reduce buckets: the fp32 gradients are all-reduced once per step
         grads_backward = (4 + b) * N
         reduce_buffers = 0
         grads_step = grads_backward

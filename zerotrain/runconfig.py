@@ -146,8 +146,8 @@ class DeepSpeedSection:
     grad_accum_dtype: str = "auto"
     """Precision in which gradients are summed over the micro-steps of an optimizer step: auto (DeepSpeed's default,
     the training dtype: bf16 sums in bf16) or fp32 (DeepSpeed's data_types.grad_accum_dtype; bf16 at ZeRO 1-3 without
-    offload). fp32 keeps long accumulations exact for about 1% of GPT-2 XL's speed and memory (ZeRO-2: +2 bytes per
-    parameter per rank; ZeRO-1 switches DeepSpeed to its BF16_Optimizer, +4 bytes per parameter; docs/memory.md)."""
+    offload). fp32 sums cost GPT-2 XL on 2 H200s 0-1.5% of its speed and 2 more bytes per parameter per rank at ZeRO-2/3,
+    4 more per parameter at ZeRO-1, which then runs DeepSpeed's BF16_Optimizer (docs/benchmarks.md, docs/memory.md)."""
     activation_checkpointing: bool = False
     """Recompute each transformer block in backward instead of keeping its activations."""
     zero3_gather_per_block: bool = True
@@ -335,11 +335,11 @@ def validate(cfg: RunConfig) -> None:
             problems.append('deepspeed.grad_accum_dtype = "fp32" applies to bf16 training; with dtype = "fp16" set '
                             'grad_accum_dtype = "auto", or train in bf16')
         elif ds.zero_stage == 0:
-            problems.append('deepspeed.grad_accum_dtype = "fp32" needs zero_stage 1, 2 or 3 (DeepSpeed sums stage-0 gradients '
-                            'in the training dtype); raise zero_stage or set grad_accum_dtype = "auto"')
+            problems.append('deepspeed.grad_accum_dtype = "fp32" needs zero_stage 1, 2 or 3 (without ZeRO DeepSpeed refuses '
+                            'the mix); raise zero_stage or set grad_accum_dtype = "auto"')
         elif ds.offload_optimizer != "none":
-            problems.append('deepspeed.grad_accum_dtype = "fp32" does not work with an offloaded optimizer (DeepSpeed sums the '
-                            'offloaded gradients in the training dtype); set offload_optimizer = "none" or grad_accum_dtype = "auto"')
+            problems.append('deepspeed.grad_accum_dtype = "fp32" is not supported with an offloaded optimizer (DeepSpeed\'s '
+                            'offload path sums gradients in the training dtype); set offload_optimizer = "none" or grad_accum_dtype = "auto"')
     if "nvme" in (ds.offload_optimizer, ds.offload_params) and not ds.nvme_path:
         problems.append("nvme offload needs deepspeed.nvme_path (a directory on a fast local disk)")
     if d.dir and d.dirs:
