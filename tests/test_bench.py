@@ -18,6 +18,10 @@ def test_sweep_configs_and_summary():
     assert names == ["zero0-mb4", "zero0-mb8", "zero2-mb4", "zero2-oo-cpu-mb4", "zero2-mb8", "zero2-oo-cpu-mb8",
                      "zero3-mb4", "zero3-oo-cpu-mb4", "zero3-oo-cpu-op-cpu-mb4", "zero3-mb8", "zero3-oo-cpu-mb8",
                      "zero3-oo-cpu-op-cpu-mb8"]
+    fp32 = sweep_configs([0, 1, 2], [4], offload=True, grad_accum_dtype="fp32")  # where zerotrain sums in fp32
+    assert [(c.name, c.grad_accum_dtype) for c in fp32] == [("zero0-mb4", "auto"), ("zero1-mb4-fp32sums", "fp32"),
+                                                            ("zero2-mb4-fp32sums", "fp32"), ("zero2-oo-cpu-mb4", "auto")]
+    assert fp32[1].label == "ZeRO-1, mb 4, fp32 sums"
     records = [{"step": s, "loss": 5.0 - s, "step_time_s": t, "tokens_per_s": 1000 / t, "mfu": None, "peak_mem_bytes": 10 * s,
                 "forward_s": t / 4, "backward_s": t / 2, "optimizer_s": t / 4} for s, t in ((1, 9.0), (2, 1.0), (3, 2.0), (4, 3.0))]
     records.append({**records[-1], "step": 5, "step_time_s": 50.0, "loss": 0.5, "profiled": True})  # left out of the medians

@@ -26,16 +26,18 @@ class BenchConfig:
     micro_batch: int
     offload_optimizer: str = "none"
     offload_params: str = "none"
+    grad_accum_dtype: str = "auto"  # deepspeed.grad_accum_dtype
 
     @property
     def name(self) -> str:
         off = "".join(f"-{what}-{where}" for what, where in (("oo", self.offload_optimizer), ("op", self.offload_params)) if where != "none")
-        return f"zero{self.zero_stage}{off}-mb{self.micro_batch}"
+        return f"zero{self.zero_stage}{off}-mb{self.micro_batch}" + ("-fp32sums" if self.grad_accum_dtype == "fp32" else "")
 
     @property
     def label(self) -> str:
         off = ", ".join(f"{what} {where}" for what, where in (("opt", self.offload_optimizer), ("params", self.offload_params)) if where != "none")
-        return f"ZeRO-{self.zero_stage}" + (f" + offload {off}" if off else "") + f", mb {self.micro_batch}"
+        return (f"ZeRO-{self.zero_stage}" + (f" + offload {off}" if off else "") + f", mb {self.micro_batch}"
+                + (", fp32 sums" if self.grad_accum_dtype == "fp32" else ""))
 
 
 @dataclass
@@ -65,7 +67,8 @@ class BenchResult:
     def row(self) -> dict:
         c = self.config
         return {"config": c.name, "zero_stage": c.zero_stage, "offload_optimizer": c.offload_optimizer,
-                "offload_params": c.offload_params, "micro_batch": c.micro_batch, "status": self.status,
+                "offload_params": c.offload_params, "micro_batch": c.micro_batch, "grad_accum_dtype": c.grad_accum_dtype,
+                "status": self.status,
                 "step_time_s": self.step_time_s, "tokens_per_s": self.tokens_per_s, "mfu": self.mfu,
                 "peak_allocated": self.peak_allocated, "peak_reserved": self.peak_reserved,
                 "predicted_peak_allocated": self.predicted.get("peak_allocated"), "forward_s": self.forward_s,
@@ -74,7 +77,10 @@ class BenchResult:
                 "power_capped": self.power_capped, "first_loss": self.first_loss, "last_loss": self.last_loss}
 
 
-def sweep_configs(stages: list[int], micro_batches: list[int], offload: bool) -> list[BenchConfig]:
+def sweep_configs(stages: list[int], micro_batches: list[int], offload: bool, grad_accum_dtype: str = "auto") -> list[BenchConfig]:
+    """Each stage at each micro-batch, with the offload variants; fp32 gradient sums where zerotrain trains with them
+    (ZeRO 1-3 with the optimizer on the GPU), DeepSpeed's default elsewhere."""
+    fp32 = lambda z, offload_optimizer="none": grad_accum_dtype if z >= 1 and offload_optimizer == "none" else "auto"
     out = []
     for z in stages:
         if z not in (0, 1, 2, 3):
@@ -82,7 +88,7 @@ def sweep_configs(stages: list[int], micro_batches: list[int], offload: bool) ->
         for mb in micro_batches:
             if mb < 1:
                 raise UserError("--micro-batch values must be ≥ 1")
-            out.append(BenchConfig(z, mb))
+            out.append(BenchConfig(z, mb, grad_accum_dtype=fp32(z)))
             if offload and z >= 2:
                 out.append(BenchConfig(z, mb, offload_optimizer="cpu"))
             if offload and z == 3:
@@ -112,7 +118,7 @@ def run_one(cfg: BenchConfig, base_config: str, overrides: list[str], nproc: int
             "--run.resume=", "--train.eval_interval=0", "--train.early_stop_patience=0", "--train.log_interval=1",
             "--train.time_phases=true", f"--train.micro_batch_size={cfg.micro_batch}", f"--deepspeed.zero_stage={cfg.zero_stage}",
             f"--deepspeed.offload_optimizer={cfg.offload_optimizer}", f"--deepspeed.offload_params={cfg.offload_params}",
-            *overrides, "--overwrite"]
+            f"--deepspeed.grad_accum_dtype={cfg.grad_accum_dtype}", *overrides, "--overwrite"]
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "zerotrain", "train", *args] + (["--nproc", str(nproc)] if nproc > 1 else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -145,6 +151,7 @@ def bench(base_config: str, overrides: list[str], nproc: int, configs: list[Benc
         result = run_one(cfg, base_config, overrides, nproc, out / "runs" / cfg.name, warmup_steps, max_steps)
         p = memory.plan(plan_model, replace(plan_run, zero_stage=cfg.zero_stage, micro_batch=cfg.micro_batch,
                                             offload_optimizer=cfg.offload_optimizer, offload_params=cfg.offload_params,
+                                            grad_accum_dtype=cfg.grad_accum_dtype,
                                             contiguous_gradients=cfg.zero_stage >= 2))  # as dsconfig.build sets it
         result.predicted = dict(p.per_gpu)
         results.append(result)

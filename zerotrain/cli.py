@@ -421,7 +421,9 @@ def cmd_bench(args, _extra) -> int:
         stages = [int(z) for z in args.stages.split(",")]
     except ValueError:
         raise UserError(f"--stages {args.stages}: give a comma-separated list such as 0,1,2,3") from None
-    configs = sweep_configs(stages, args.micro_batch or [8], args.offload)
+    if args.grad_accum_dtype == "fp32" and args.dtype == "fp16":
+        raise UserError("--grad-accum-dtype fp32 applies to bf16 training; use --dtype bf16 or drop --grad-accum-dtype")
+    configs = sweep_configs(stages, args.micro_batch or [8], args.offload, args.grad_accum_dtype)
     shape = memory.gpt2_shape(args.model)
     seq = args.seq_len or shape.max_positions
     base = to_dict(RunConfig())
@@ -570,6 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--grad-accum", type=int, default=1)
     bn.add_argument("--seq-len", type=int, help="default: the model's block size")
     bn.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
+    bn.add_argument("--grad-accum-dtype", default="auto", choices=("auto", "fp32"),
+                    help="fp32: sum gradients over micro-batches in fp32 at ZeRO 1-3 without offload (bf16 runs); "
+                         "ZeRO-0 and offload rows keep DeepSpeed's default")
     bn.add_argument("--steps", type=int, default=10, help="measured steps after warm-up (default 10)")
     bn.add_argument("--warmup-steps", type=int, default=3, help="steps left out of the medians (default 3)")
     bn.add_argument("--profile-steps", type=int, default=2,
