@@ -2,12 +2,13 @@
 --ways names: `compiled` (as `zerotrain train` runs it at ZeRO 0-2), `cudagraphs` (compiled with mode="reduce-overhead",
 so each replay launches the block's kernels as one CUDA graph), `eager`, `autotune` (compiled with
 mode="max-autotune-no-cudagraphs": Inductor times its Triton matmul templates against cuBLAS for each matmul it sees)
-and `autotune_unfused` (the same with the GELU left to Inductor, so the MLP's matmuls are tuned too). Lists each way's
+`autotune_unfused` (the same with the GELU left to Inductor, so the MLP's matmuls are tuned too) and `tuned` (compiled,
+every matmul by the faster of PyTorch's kernel and the best of cuBLASLt's candidates, cublaslt.tuned_linear). Lists each way's
 kernels with their time per call (torch.profiler), then times the ways in turn, a few calls each, many times over,
 since the GPU's clock drifts as it heats at its power limit. GPT-2 XL's width at micro-batch 32 by default. (At
 d88c8e4 the ways also included the residual add and the bias gradients done inside the matmuls: docs/benchmarks.md.)
     python3 benchmarks/block_speed.py [--batch 32] [--preset gpt2-xl] [--rounds 40]
-        [--ways compiled,cudagraphs,eager,autotune,autotune_unfused]"""
+        [--ways compiled,cudagraphs,eager,autotune,autotune_unfused,tuned]"""
 import argparse
 import copy
 
@@ -15,7 +16,7 @@ import torch
 import torch._inductor.config
 from torch.profiler import ProfilerActivity, profile
 
-from zerotrain import gelu_mlp as fused
+from zerotrain import cublaslt as fused
 from zerotrain import model as gpt
 
 
@@ -59,8 +60,9 @@ def main():
     cfg = gpt.config_from_preset(a.preset)
     torch.manual_seed(0)
     base = gpt.Block(cfg).to("cuda", torch.bfloat16)
-    ways = {"compiled": (None, True), "cudagraphs": ("reduce-overhead", True), "eager": (None, True),
-            "autotune": ("max-autotune-no-cudagraphs", True), "autotune_unfused": ("max-autotune-no-cudagraphs", False)}
+    ways = {"compiled": (None, True, False), "cudagraphs": ("reduce-overhead", True, False), "eager": (None, True, False),
+            "autotune": ("max-autotune-no-cudagraphs", True, False), "autotune_unfused": ("max-autotune-no-cudagraphs", False, False),
+            "tuned": (None, True, True)}
     x = torch.randn(a.batch, cfg.block_size, cfg.n_embd, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     grad = torch.randn_like(x)
     reference, steps = None, {}
@@ -68,9 +70,10 @@ def main():
         torch._dynamo.reset()
         if way not in ways:
             raise SystemExit(f"unknown way {way!r}: choose among {', '.join(ways)}")
-        mode, fused_gelu = ways[way]
+        mode, fused_gelu, tuned = ways[way]
         block = copy.deepcopy(base)  # each way its own copy of the same weights: compiled graphs guard on the module
         block.mlp.fused_gelu = fused_gelu
+        block.attn.tuned_matmuls = block.mlp.tuned_matmuls = tuned
         compiled = block if way == "eager" else torch.compile(block, mode=mode)
 
         def step(compiled=compiled, block=block):

@@ -40,6 +40,8 @@
 #   accum2    deepspeed.grad_accum_dtype = "fp32": XL ZeRO-1, 2 and 3 at micro-batch 1 × 2 (where the optimizer step's
 #             buffers, not activations, make the peak: the planner's terms for it); 124M ZeRO-2 16 × 32 for 120 steps
 #             with gradients summed in bf16 (GPUs 0,1) and in fp32 (GPUs 2,3), the same data and seed
+#   matmuls   train.tuned_matmuls (each matmul by the faster of PyTorch's kernel and cuBLASLt's best candidate) on and
+#             off: XL ZeRO-2 32 × 16 on GPUs 0,1, on / off / on one after the other (fits a 2-GPU host); clocks.csv
 # Needs data/shakespeare-gpt2 and benchmarks/reference_probe.py (../shared/reference/probe_raw_deepspeed.py).
 set -uo pipefail
 OUT=${OUT:-profile-results}
@@ -255,7 +257,7 @@ final)
   cat "$OUT/pytest_gpu.txt" >> "$OUT/speed.txt"
   ;;
 gelu)
-  CUDA_VISIBLE_DEVICES=0 timeout 200 python3 -m pytest -q -m gpu tests/test_gelu_mlp.py -p no:cacheprovider 2>&1 | tail -4 >> "$OUT/speed.txt"
+  CUDA_VISIBLE_DEVICES=0 timeout 200 python3 -m pytest -q -m gpu tests/test_cublaslt.py -p no:cacheprovider 2>&1 | tail -4 >> "$OUT/speed.txt"
   CUDA_VISIBLE_DEVICES=0 timeout 200 python3 benchmarks/gelu_mlp_speed.py 2>&1 | grep "RESULT\|cuBLASLt\|Error" | tee "$OUT/mlp.txt" >> "$OUT/speed.txt"
   # the training runs only where the fused MLP beats the separate kernels, both compiled
   python3 -c "import re,sys; t=dict(re.findall(r'RESULT (.+?), compiled +([\d.]+) ms', open(sys.argv[1]).read())); sys.exit(float(t['cuBLASLt epilogues']) >= float(t['separate kernels']))" "$OUT/mlp.txt" \
@@ -458,6 +460,16 @@ accum2)
     python3 -c "import json, sys; print(sys.argv[1], [(r['step'], round(r['loss'], 4)) for r in map(json.loads, open(sys.argv[2])) if 'loss' in r])" \
       "$name" "$RUNS/$name/metrics.jsonl" >> "$OUT/speed.txt"
   done
+  ;;
+matmuls)
+  noprof=(--train.profile_steps=0)
+  run=("${xl[@]}" --train.max_steps=6 --train.micro_batch_size=32 --train.grad_accum=16 --deepspeed.zero_stage=2 "${noprof[@]}")
+  sample_clocks
+  train 0,1 29610 xl-z2-mb32-ga16-tuned-1 "${run[@]}" --train.tuned_matmuls=on
+  train 0,1 29610 xl-z2-mb32-ga16-pytorch "${run[@]}" --train.tuned_matmuls=off
+  train 0,1 29610 xl-z2-mb32-ga16-tuned-2 "${run[@]}" --train.tuned_matmuls=on
+  kill $sampler; wait $sampler 2>/dev/null  # stop sample_clocks
+  grep -h "matmul kernels\|GELU" "$RUNS"/xl-z2-mb32-ga16-*.log | sort | uniq -c | head -5 >> "$OUT/speed.txt"
   ;;
 esac
 tar czf "$OUT/lanes.tgz" -C "$OUT" lanes && rm -rf "$OUT/lanes"

@@ -63,18 +63,19 @@ def test_zero3_with_optimizer_and_parameter_offload_on_gpu(tmp_path, char_data):
 
 
 def test_fast_path_follows_the_plain_loss_curve(tmp_path, char_data):
-    """Compiled blocks, the GELU in cuBLASLt epilogues and the fused, chunked loss (the GPU defaults) against eager
-    blocks, separate GELU kernels and the full fp32 logits: the same run, the same curve (bf16 rounding differs, so
+    """Compiled blocks, the GELU in cuBLASLt epilogues, matmul kernels timed per shape and the fused, chunked loss (the
+    GPU defaults) against eager blocks, separate GELU kernels, PyTorch's matmul kernels and the full fp32 logits: the same run, the same curve (bf16 rounding differs, so
     within 2%)."""
     curves = {}
-    for name, extra in (("fast", ["--train.compile=blocks", "--train.fused_loss=true", "--train.fused_gelu=auto"]),
-                        ("plain", ["--train.compile=none", "--train.fused_loss=false", "--train.fused_gelu=off"])):
+    for name, extra in (("fast", ["--train.compile=blocks", "--train.fused_loss=true", "--train.fused_gelu=auto", "--train.tuned_matmuls=auto"]),
+                        ("plain", ["--train.compile=none", "--train.fused_loss=false", "--train.fused_gelu=off", "--train.tuned_matmuls=off"])):
         cfg = write_config(tmp_path / f"{name}.toml", out_dir=tmp_path / name, data_dir=char_data, zero_stage=2,
                            max_steps=60, eval_interval=60, save_interval=60)
         cfg.write_text(cfg.read_text().replace('dtype = "fp32"', 'dtype = "bf16"'))
         out = run_ok("train", cfg, *extra).stdout
         assert ("compiled blocks" in out) == (name == "fast")
         assert ("GELU in cuBLASLt epilogues" in out) == (name == "fast")
+        assert ("matmul kernels timed per shape" in out) == (name == "fast")
         curves[name] = train_losses(tmp_path / name)
     for step in (10, 30, 60):
         assert curves["fast"][step] == pytest.approx(curves["plain"][step], rel=0.02), step

@@ -70,14 +70,17 @@ def test_fp32_gradient_sums_are_refused_where_deepspeed_has_none(tmp_path):
         load_run_config(p, ["--deepspeed.grad_accum_dtype=bf16"])
 
 
-def test_fused_gelu_on_is_refused_where_it_cannot_apply(tmp_path):
-    p = write(tmp_path, '[data]\ndir = "d"\n[train]\nfused_gelu = "on"\n[deepspeed]\nzero_stage = 3\nzero3_gather_per_block = false\n')
-    with pytest.raises(UserError, match="needs deepspeed.zero3_gather_per_block = true"):
+@pytest.mark.parametrize("key", ["fused_gelu", "tuned_matmuls"])
+def test_block_kernels_on_are_refused_where_they_cannot_apply(tmp_path, key):
+    p = write(tmp_path, f'[data]\ndir = "d"\n[train]\n{key} = "on"\n[deepspeed]\nzero_stage = 3\nzero3_gather_per_block = false\n')
+    with pytest.raises(UserError, match=f'train.{key} = "on" at ZeRO-3 needs deepspeed.zero3_gather_per_block = true'):
         load_run_config(p)
     load_run_config(p, ["--deepspeed.zero3_gather_per_block=true"])
-    load_run_config(p, ["--train.fused_gelu=auto"])  # auto leaves the MLP alone there
+    load_run_config(p, [f"--train.{key}=auto"])  # auto leaves the layers alone there
+    with pytest.raises(UserError, match=f"train.{key} = \"on\" applies to zerotrain's GPT"):
+        load_run_config(p, ["--deepspeed.zero3_gather_per_block=true", "--model.hf=some/dir"])
     with pytest.raises(UserError, match="is not one of auto, on, off"):
-        load_run_config(p, ["--train.fused_gelu=yes"])
+        load_run_config(p, [f"--train.{key}=yes"])
 
 
 def test_missing_data_and_bad_toml(tmp_path):

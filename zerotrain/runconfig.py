@@ -111,11 +111,17 @@ class TrainSection:
     materialising fp32 logits for the whole micro-batch (3 × 4 bytes × vocabulary per token). false: the
     textbook path, for comparison."""
     fused_gelu: str = "auto"
-    """The MLP's GELU inside cuBLASLt's matmul epilogues (GELU_AUX_BIAS forward, DGELU backward; zerotrain/gelu_mlp.py)
+    """The MLP's GELU inside cuBLASLt's matmul epilogues (GELU_AUX_BIAS forward, DGELU backward; zerotrain/cublaslt.py)
     instead of separate kernels. "auto": with compiled blocks (GPUs, ZeRO 0-2), where it measured faster (the MLP
     1.7%, GPT-2 124M 3%); eager blocks ran the MLP 1.9% slower with it (docs/benchmarks.md). "on": also eager (at
     ZeRO-3 it needs deepspeed.zero3_gather_per_block); off the GPU and in fp32 the same function then runs as separate
     kernels. "off": separate kernels. zerotrain's GPT only."""
+    tuned_matmuls: str = "auto"
+    """Each matmul of the attention and MLP layers and of the fused loss's output projection (forward, input gradient,
+    weight gradient) runs the faster of PyTorch's kernel and the best of the algorithms cuBLASLt's heuristic offers,
+    timed for its shape on first use (zerotrain/cublaslt.py). "auto": with compiled blocks (GPUs, ZeRO 0-2); "on": also
+    eager (at ZeRO-3 it needs deepspeed.zero3_gather_per_block); off the GPU and in fp32 PyTorch's kernels run. "off":
+    PyTorch's kernels. zerotrain's GPT only."""
     time_phases: bool = False
     """Synchronize the device around forward, backward and the optimizer step and log their times
     (forward_s, backward_s, optimizer_s per step). Costs a little speed; `zerotrain bench` turns it on."""
@@ -276,6 +282,7 @@ CHOICES = {
     ("deepspeed", "grad_accum_dtype"): ("auto", "fp32"),
     ("train", "compile"): ("auto", "blocks", "none"),
     ("train", "fused_gelu"): ("auto", "on", "off"),
+    ("train", "tuned_matmuls"): ("auto", "on", "off"),
 }
 POSITIVE = [("train", k) for k in ("max_steps", "micro_batch_size", "grad_accum", "eval_iters", "log_interval")]
 NON_NEGATIVE = [("train", k) for k in ("global_batch_size", "seq_len", "warmup_steps", "lr_decay_steps", "weight_decay",
@@ -293,12 +300,15 @@ def validate(cfg: RunConfig) -> None:
     if cfg.train.compile == "blocks" and cfg.deepspeed.zero_stage == 3:
         problems.append('train.compile = "blocks" does not work with ZeRO-3 (compiled blocks race with its backward on GPUs '
                         'and train on wrong gradients; docs/performance.md); use train.compile = "auto" or "none" at stage 3')
-    if cfg.train.fused_gelu == "on" and cfg.deepspeed.zero_stage == 3 and not cfg.deepspeed.zero3_gather_per_block:
-        problems.append('train.fused_gelu = "on" at ZeRO-3 needs deepspeed.zero3_gather_per_block = true (the fused MLP reads '
-                        'its layers\' weights, which are then gathered with the block); set it, or train.fused_gelu = "auto"')
-    if cfg.train.fused_gelu == "on" and cfg.model.hf:
-        problems.append('train.fused_gelu = "on" applies to zerotrain\'s GPT; a Hugging Face model (model.hf) runs its own MLP: '
-                        'use "auto" or "off"')
+    for key in ("fused_gelu", "tuned_matmuls"):
+        if getattr(cfg.train, key) != "on":
+            continue
+        if cfg.deepspeed.zero_stage == 3 and not cfg.deepspeed.zero3_gather_per_block:
+            problems.append(f'train.{key} = "on" at ZeRO-3 needs deepspeed.zero3_gather_per_block = true (the block reads '
+                            f'its layers\' weights, which are then gathered with the block); set it, or train.{key} = "auto"')
+        if cfg.model.hf:
+            problems.append(f'train.{key} = "on" applies to zerotrain\'s GPT; a Hugging Face model (model.hf) runs its own '
+                            'layers: use "auto" or "off"')
     for sec, key in POSITIVE:
         if getattr(getattr(cfg, sec), key) <= 0:
             problems.append(f"{sec}.{key} must be > 0")

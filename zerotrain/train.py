@@ -396,7 +396,7 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     import torch.distributed as dist
     from torch.profiler import record_function
 
-    from zerotrain import gelu_mlp
+    from zerotrain import cublaslt
     from zerotrain.metrics import (
         MetricsWriter,
         format_eval_line,
@@ -446,8 +446,14 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     gelu_note = ""
     if fuse_gelu:
         model.fuse_gelu()  # off the GPU, and in fp32, the same function runs as separate kernels
-        why_not = gelu_mlp.cublaslt_unavailable(d.device, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32))
+        why_not = cublaslt.cublaslt_unavailable(d.device, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32))
         gelu_note = ", GELU in cuBLASLt epilogues" if why_not is None else f", fused MLP with the GELU in separate kernels ({why_not})"
+    # Tuned matmuls read the layers' weights too: the same condition.
+    tune_matmuls = not plan.hf and (t.tuned_matmuls == "on" or (t.tuned_matmuls == "auto" and compiled)) and (ds.zero_stage < 3 or per_block)
+    if tune_matmuls:
+        model.tune_matmuls()
+        if cublaslt.cublaslt_unavailable(d.device, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32)) is None:
+            gelu_note += ", matmul kernels timed per shape"
     if per_block:
         deepspeed.utils.set_z3_leaf_modules(model, block_classes)  # one gather, one release, one gradient hook per block
     if plan.init_from:

@@ -1,19 +1,25 @@
-"""The GPT MLP, c_proj(gelu(c_fc(x))), with the GELU done inside cuBLASLt's matmul epilogues, as llm.c runs it.
+"""GPT matmuls through cuBLASLt, each timed against PyTorch's kernel on first use.
 
-Forward: one cuBLASLt matmul with the GELU_AUX_BIAS epilogue writes h = gelu(x @ W_fc^T + b_fc) and, beside it, the
-pre-activation the backward needs. Backward: the projection's input-gradient matmul runs with the DGELU epilogue,
-which multiplies by gelu'(pre) as it writes grad_pre (DGELU_BGRAD would also sum the c_fc bias gradient, but its
-reduction makes the matmul three times slower on an H200). Done as separate kernels, the GELU reads and writes the
-(tokens, 4·n_embd) activations once more each way. cuBLASLt's GELU is the tanh approximation GPT-2 uses.
+1. The GPT MLP, c_proj(gelu(c_fc(x))), with the GELU done inside cuBLASLt's matmul epilogues, as llm.c runs it
+   (`gelu_mlp`, train.fused_gelu). Forward: one cuBLASLt matmul with the GELU_AUX_BIAS epilogue writes
+   h = gelu(x @ W_fc^T + b_fc) and, beside it, the pre-activation the backward needs. Backward: the projection's
+   input-gradient matmul runs with the DGELU epilogue, which multiplies by gelu'(pre) as it writes grad_pre
+   (DGELU_BGRAD would also sum the c_fc bias gradient, but its reduction makes the matmul three times slower on an
+   H200). Done as separate kernels, the GELU reads and writes the (tokens, 4·n_embd) activations once more each way.
+   cuBLASLt's GELU is the tanh approximation GPT-2 uses. Measured on H200s (docs/benchmarks.md): one XL MLP forward
+   and backward in compiled blocks 6.42 -> 6.30 ms, but eager 6.39 -> 6.51 ms, so train.fused_gelu = "auto" uses it
+   with compiled blocks only; GPT-2 124M +3% tokens/s, XL ZeRO-2 +0.5%.
+2. Linear layers whose three matmuls (output, input gradient, weight gradient) each run the faster of PyTorch's
+   kernel and the best of the algorithms cuBLASLt's heuristic offers for the shape (`tuned_linear`, `linear_out`,
+   `matmul_nn`, `matmul_tn`; train.tuned_matmuls). PyTorch asks for one algorithm; at GPT-2 XL's shapes on an H200 a
+   later candidate is 2-10% faster for the forward matmuls (benchmarks/matmul_algos.py), while PyTorch's gradient
+   matmuls are as fast as any.
 
-Each op times its ways (epilogues, or separate kernels) on its first call for a shape and keeps the fastest, so a
-GPU where an epilogue is slow keeps the separate kernels. Measured on H200s (docs/benchmarks.md): one XL MLP forward
-and backward in compiled blocks 6.42 -> 6.30 ms, but eager 6.39 -> 6.51 ms, so train.fused_gelu = "auto" uses it with
-compiled blocks only; GPT-2 124M +3% tokens/s, XL ZeRO-2 +0.5%.
-
-cuBLASLt is called through ctypes from the libcublasLt that PyTorch itself loads, so nothing is compiled. Where it
-cannot run (CPU, fp32, a shape it has no algorithm for) the ops run as separate PyTorch kernels, so `gelu_mlp`
-computes the same function everywhere; `cublaslt_unavailable()` says why cuBLASLt is not used.
+Each op times its ways (epilogues, cuBLASLt's candidates, PyTorch's kernels) on its first call for a shape and keeps
+the fastest, so a GPU where cuBLASLt is slow keeps PyTorch's kernels. cuBLASLt is called through ctypes from the
+libcublasLt that PyTorch itself loads, so nothing is compiled. Where it cannot run (CPU, fp32, a shape it has no
+algorithm for) the ops run PyTorch's kernels, so every op computes the same function everywhere;
+`cublaslt_unavailable()` says why cuBLASLt is not used.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ _DESC_TRANSA, _DESC_TRANSB, _DESC_EPILOGUE, _DESC_BIAS_POINTER = 3, 4, 7, 8
 _DESC_AUX_POINTER, _DESC_AUX_LD, _DESC_BIAS_DATA_TYPE = 11, 12, 26
 _PREF_MAX_WORKSPACE_BYTES = 1
 _PREF_MIN_ALIGNMENT_A, _PREF_MIN_ALIGNMENT_B, _PREF_MIN_ALIGNMENT_C, _PREF_MIN_ALIGNMENT_D = 5, 6, 7, 8
+_EPILOGUE_DEFAULT, _EPILOGUE_BIAS = 1, 4
 _EPILOGUE_GELU_AUX_BIAS = 32 | 128 | 4
 _EPILOGUE_DGELU = 64 | 128
 _EPILOGUE_DGELU_BGRAD = _EPILOGUE_DGELU | 16
@@ -108,14 +115,14 @@ class _CublasLt:
         return self.handles[index], self.workspaces[index]
 
     def _plan(self, handle, m: int, n: int, k: int, transpose_a: bool, epilogue: int, dtype: int, bias: Tensor | None,
-              aux: Tensor, alignments: tuple[int, int, int]):
-        """Descriptors for column-major D (m, n) = op(A) (m, k) @ B (k, n) with one epilogue, and the algorithm cuBLASLt's
-        heuristic picks for them; None where it has none."""
+              aux: Tensor, alignments: tuple[int, int, int], transpose_b: bool = False, candidates: int = _CANDIDATES):
+        """Descriptors for column-major D (m, n) = op(A) (m, k) @ op(B) (k, n) with one epilogue, and the algorithms
+        cuBLASLt's heuristic offers for them, best first (at most `candidates`); None where it has none."""
         lib = self.lib
         desc = ctypes.c_void_p()
         self._check(lib.cublasLtMatmulDescCreate(ctypes.byref(desc), _CUBLAS_COMPUTE_32F, _CUDA_R_32F), "matmul descriptor")
         self._set(desc, _DESC_TRANSA, ctypes.c_int32(_CUBLAS_OP_T if transpose_a else _CUBLAS_OP_N))
-        self._set(desc, _DESC_TRANSB, ctypes.c_int32(_CUBLAS_OP_N))
+        self._set(desc, _DESC_TRANSB, ctypes.c_int32(_CUBLAS_OP_T if transpose_b else _CUBLAS_OP_N))
         self._set(desc, _DESC_EPILOGUE, ctypes.c_uint32(epilogue))
         self._set(desc, _DESC_AUX_LD, ctypes.c_int64(m))
         # The heuristic reads the aux and bias addresses for their alignment, so the first call's are set here.
@@ -124,7 +131,7 @@ class _CublasLt:
             self._set(desc, _DESC_BIAS_DATA_TYPE, ctypes.c_int32(dtype))
             self._set(desc, _DESC_BIAS_POINTER, ctypes.c_void_p(bias.data_ptr()))
         layouts = []
-        for rows, cols in ((k, m) if transpose_a else (m, k), (k, n), (m, n)):
+        for rows, cols in ((k, m) if transpose_a else (m, k), (n, k) if transpose_b else (k, n), (m, n)):
             layout = ctypes.c_void_p()
             self._check(lib.cublasLtMatrixLayoutCreate(ctypes.byref(layout), dtype, rows, cols, rows), "matrix layout")
             layouts.append(layout)
@@ -137,9 +144,9 @@ class _CublasLt:
         for attr, value in prefs:
             self._check(lib.cublasLtMatmulPreferenceSetAttribute(pref, attr, ctypes.byref(value), ctypes.sizeof(value)),
                         f"matmul preference {attr}")
-        results, found = (_Heuristic * _CANDIDATES)(), ctypes.c_int(0)
+        results, found = (_Heuristic * candidates)(), ctypes.c_int(0)
         status = lib.cublasLtMatmulAlgoGetHeuristic(handle, desc, layouts[0], layouts[1], layouts[2], layouts[2], pref,
-                                                    _CANDIDATES, results, ctypes.byref(found))
+                                                    candidates, results, ctypes.byref(found))
         lib.cublasLtMatmulPreferenceDestroy(pref)
         algos = [results[i].algo for i in range(found.value) if results[i].state == 0] if status == 0 else []
         if not algos:
@@ -170,17 +177,17 @@ class _CublasLt:
         return start.elapsed_time(end) / repeats
 
     def matmul(self, m: int, n: int, k: int, transpose_a: bool, a: Tensor, b: Tensor, d: Tensor, epilogue: int,
-               bias: Tensor | None, aux: Tensor) -> bool:
-        """Column-major d (m, n) = op(a) (m, k) @ b (k, n) with the epilogue, on the current stream; False (and nothing
-        written) where cuBLASLt has no algorithm for it."""
+               bias: Tensor | None, aux: Tensor, transpose_b: bool = False) -> bool:
+        """Column-major d (m, n) = op(a) (m, k) @ op(b) (k, n) with the epilogue, on the current stream; False (and
+        nothing written) where cuBLASLt has no algorithm for it."""
         dtype = _DTYPES[d.dtype]
         alignments = (_alignment(a), _alignment(b), _alignment(d))
-        key = (d.device, m, n, k, transpose_a, epilogue, dtype, alignments, _alignment(aux),
+        key = (d.device, m, n, k, transpose_a, transpose_b, epilogue, dtype, alignments, _alignment(aux),
                None if bias is None else _alignment(bias))
         with self.lock:
             handle, workspace = self._device(d.device)
             if key not in self.plans:
-                self.plans[key] = self._plan(handle, m, n, k, transpose_a, epilogue, dtype, bias, aux, alignments)
+                self.plans[key] = self._plan(handle, m, n, k, transpose_a, epilogue, dtype, bias, aux, alignments, transpose_b)
             plan = self.plans[key]
             if plan is None:
                 return False
@@ -267,13 +274,13 @@ def _time_ms(way, repeats: int = 3) -> float:
     return start.elapsed_time(end) / repeats
 
 
-def _fastest(key: tuple, ways: dict):
+def _fastest(key: tuple, ways: dict, reference: str = "separate kernels"):
     """Run the way chosen for key; on key's first call, time every way that can run (a way returns None where
     cuBLASLt has no algorithm) and choose the fastest."""
     if key not in chosen:
         times = {name: _time_ms(way) for name, way in ways.items() if way() is not None}
-        # a fused way must win by 2%, so near-ties keep the reference kernels rather than flip from run to run
-        timings[key], chosen[key] = times, min(times, key=lambda name: times[name] * (0.98 if name == "separate kernels" else 1))
+        # another way must beat the reference by 2%, so near-ties keep PyTorch's kernels rather than flip from run to run
+        timings[key], chosen[key] = times, min(times, key=lambda name: times[name] * (0.98 if name == reference else 1))
     return ways[chosen[key]]()
 
 
@@ -333,14 +340,110 @@ def _(grad_out, weight, pre):
     return pre.new_empty(pre.shape), pre.new_empty(pre.shape[1])
 
 
+@torch.library.custom_op("zerotrain::linear_out", mutates_args=())
+def linear_out(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """x (M, K), weight (N, K), bias (N) or None -> x @ weight^T + bias (M, N), by the faster of PyTorch's kernel and
+    the best of cuBLASLt's candidates for this shape (timed on its first call)."""
+    (M, K), N = x.shape, weight.shape[0]
+
+    def pytorch():
+        return F.linear(x, weight, bias)
+
+    def cublaslt():
+        y = x.new_empty(M, N)
+        epilogue = _EPILOGUE_DEFAULT if bias is None else _EPILOGUE_BIAS
+        return y if _lib.matmul(N, M, K, True, weight, x, y, epilogue, bias, y) else None
+
+    if _fusable(x, weight, *(() if bias is None else (bias,))):
+        return _fastest(("linear_out", x.device, M, N, K, x.dtype, bias is not None), {"PyTorch": pytorch, "cuBLASLt": cublaslt},
+                        reference="PyTorch")
+    return pytorch()
+
+
+@linear_out.register_fake
+def _(x, weight, bias):
+    return x.new_empty(x.shape[0], weight.shape[0])
+
+
+@torch.library.custom_op("zerotrain::matmul_nn", mutates_args=())
+def matmul_nn(a: Tensor, b: Tensor) -> Tensor:
+    """a (M, N) @ b (N, K) -> (M, K), as a linear layer's input gradient (grad_out @ weight), by the faster of PyTorch's
+    kernel and cuBLASLt's best candidate."""
+    (M, N), K = a.shape, b.shape[1]
+
+    def pytorch():
+        return a @ b
+
+    def cublaslt():
+        out = a.new_empty(M, K)
+        return out if _lib.matmul(K, M, N, False, b, a, out, _EPILOGUE_DEFAULT, None, out) else None
+
+    if _fusable(a, b):
+        return _fastest(("matmul_nn", a.device, M, N, K, a.dtype), {"PyTorch": pytorch, "cuBLASLt": cublaslt}, reference="PyTorch")
+    return pytorch()
+
+
+@matmul_nn.register_fake
+def _(a, b):
+    return a.new_empty(a.shape[0], b.shape[1])
+
+
+@torch.library.custom_op("zerotrain::matmul_tn", mutates_args=())
+def matmul_tn(a: Tensor, b: Tensor) -> Tensor:
+    """a^T (N, M) @ b (M, K) -> (N, K), as a linear layer's weight gradient (grad_out^T @ input), by the faster of
+    PyTorch's kernel and cuBLASLt's best candidate."""
+    (M, N), K = a.shape, b.shape[1]
+
+    def pytorch():
+        return a.t() @ b
+
+    def cublaslt():
+        out = a.new_empty(N, K)
+        # column-major out^T (K, N) = b^T (K, M) @ a (M, N): b read as stored, a transposed
+        return out if _lib.matmul(K, N, M, False, b, a, out, _EPILOGUE_DEFAULT, None, out, transpose_b=True) else None
+
+    if _fusable(a, b):
+        return _fastest(("matmul_tn", a.device, M, N, K, a.dtype), {"PyTorch": pytorch, "cuBLASLt": cublaslt}, reference="PyTorch")
+    return pytorch()
+
+
+@matmul_tn.register_fake
+def _(a, b):
+    return a.new_empty(a.shape[1], b.shape[1])
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        x2 = x.reshape(-1, x.shape[-1])
+        ctx.save_for_backward(x2, weight)
+        ctx.x_shape, ctx.has_bias = x.shape, bias is not None
+        return linear_out(x2, weight, bias).view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x2, weight = ctx.saved_tensors
+        g = grad_y.reshape(-1, grad_y.shape[-1]).contiguous()
+        need = ctx.needs_input_grad
+        return (matmul_nn(g, weight).view(ctx.x_shape) if need[0] else None, matmul_tn(g, x2) if need[1] else None,
+                g.sum(0) if ctx.has_bias and need[2] else None)
+
+
+def tuned_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """F.linear whose three matmuls (output, input gradient, weight gradient) each run the fastest kernel timed for
+    their shape: PyTorch's, or the best algorithm cuBLASLt's heuristic offers."""
+    return _Linear.apply(x, weight, bias)
+
+
 class _GeluMLP(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, fc_weight, fc_bias, proj_weight, proj_bias):
+    def forward(ctx, x, fc_weight, fc_bias, proj_weight, proj_bias, tuned):
         x2 = x.reshape(-1, x.shape[-1])  # (B·T, C)
         h, pre = linear_gelu(x2, fc_weight, fc_bias)  # (B·T, 4C) each
         ctx.save_for_backward(x2, fc_weight, proj_weight, h, pre)
-        ctx.x_shape = x.shape
-        return torch.addmm(proj_bias, h, proj_weight.t()).view(*x.shape[:-1], proj_weight.shape[0])  # (B, T, C)
+        ctx.x_shape, ctx.tuned = x.shape, tuned
+        out = linear_out(h, proj_weight, proj_bias) if tuned else torch.addmm(proj_bias, h, proj_weight.t())
+        return out.view(*x.shape[:-1], proj_weight.shape[0])  # (B, T, C)
 
     @staticmethod
     def backward(ctx, grad_y):
@@ -348,11 +451,14 @@ class _GeluMLP(torch.autograd.Function):
         g = grad_y.reshape(-1, grad_y.shape[-1]).contiguous()  # (B·T, C)
         grad_pre, grad_fc_bias = gelu_input_grad(g, proj_weight, pre)  # (B·T, 4C), (4C)
         need = ctx.needs_input_grad
-        grad_x = (grad_pre @ fc_weight).view(ctx.x_shape) if need[0] else None
-        return (grad_x, grad_pre.t() @ x2 if need[1] else None, grad_fc_bias if need[2] else None,
-                g.t() @ h if need[3] else None, g.sum(0) if need[4] else None)
+        mm_nn, mm_tn = (matmul_nn, matmul_tn) if ctx.tuned else (torch.matmul, lambda a, b: a.t() @ b)
+        grad_x = mm_nn(grad_pre, fc_weight).view(ctx.x_shape) if need[0] else None
+        return (grad_x, mm_tn(grad_pre, x2) if need[1] else None, grad_fc_bias if need[2] else None,
+                mm_tn(g, h) if need[3] else None, g.sum(0) if need[4] else None, None)
 
 
-def gelu_mlp(x: Tensor, fc_weight: Tensor, fc_bias: Tensor, proj_weight: Tensor, proj_bias: Tensor) -> Tensor:
-    """c_proj(gelu_tanh(c_fc(x))) for x (..., C), with the GELU in cuBLASLt's epilogues where it can run there."""
-    return _GeluMLP.apply(x, fc_weight, fc_bias, proj_weight, proj_bias)
+def gelu_mlp(x: Tensor, fc_weight: Tensor, fc_bias: Tensor, proj_weight: Tensor, proj_bias: Tensor,
+             tuned: bool = False) -> Tensor:
+    """c_proj(gelu_tanh(c_fc(x))) for x (..., C), with the GELU in cuBLASLt's epilogues where it can run there; tuned:
+    the other matmuls as in tuned_linear."""
+    return _GeluMLP.apply(x, fc_weight, fc_bias, proj_weight, proj_bias, tuned)
