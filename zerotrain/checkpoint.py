@@ -205,7 +205,10 @@ def load_fp32_state_dict(ckpt_dir: Path, tag: str) -> dict:
 
     manifest = read_manifest(ckpt_dir, tag)
     folder = ckpt_dir / tag
-    if any(folder.glob("bf16_zero_*_optim_states.pt")):
+    # DeepSpeed prefixes every bf16 run's shard files with "bf16_", whichever optimizer wrote them; BF16_Optimizer
+    # (ZeRO-1 with fp32 gradient sums) is told by the manifest.
+    bf16_optimizer = (manifest.get("zero_stage"), manifest.get("dtype"), manifest.get("grad_accum_dtype")) == (1, "bf16", "fp32")
+    if bf16_optimizer and any(folder.glob("bf16_zero_*_optim_states.pt")):
         state = _bf16_optimizer_fp32_state_dict(folder)
     elif any(folder.glob("*_optim_states.pt")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
