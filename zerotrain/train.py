@@ -441,19 +441,18 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
             model.compile_blocks()  # compiles lazily, on the first forward
         block_classes = [Block]
     per_block = ds.zero_stage == 3 and ds.zero3_gather_per_block and bool(block_classes)
-    # The fused MLP reads c_fc's and c_proj's weights itself, so ZeRO-3 must gather them with their block.
-    fuse_gelu = not plan.hf and (t.fused_gelu == "on" or (t.fused_gelu == "auto" and compiled)) and (ds.zero_stage < 3 or per_block)
-    gelu_note = ""
-    if fuse_gelu:
+    # The fused MLP and the tuned matmuls read their layers' weights themselves, so ZeRO-3 must gather them with their block.
+    def wanted(switch: str) -> bool:
+        return not plan.hf and (switch == "on" or (switch == "auto" and compiled)) and (ds.zero_stage < 3 or per_block)
+
+    why_not = cublaslt.cublaslt_unavailable(d.device, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32))
+    kernel_note = ""
+    if wanted(t.fused_gelu):
         model.fuse_gelu()  # off the GPU, and in fp32, the same function runs as separate kernels
-        why_not = cublaslt.cublaslt_unavailable(d.device, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32))
-        gelu_note = ", GELU in cuBLASLt epilogues" if why_not is None else f", fused MLP with the GELU in separate kernels ({why_not})"
-    # Tuned matmuls read the layers' weights too: the same condition.
-    tune_matmuls = not plan.hf and (t.tuned_matmuls == "on" or (t.tuned_matmuls == "auto" and compiled)) and (ds.zero_stage < 3 or per_block)
-    if tune_matmuls:
-        model.tune_matmuls()
-        if cublaslt.cublaslt_unavailable(d.device, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32)) is None:
-            gelu_note += ", matmul kernels timed per shape"
+        kernel_note = ", GELU in cuBLASLt epilogues" if why_not is None else f", fused MLP with the GELU in separate kernels ({why_not})"
+    if wanted(t.tuned_matmuls):
+        model.tune_matmuls()  # off the GPU, and in fp32, PyTorch's kernels run
+        kernel_note += ", matmul kernels timed per shape" if why_not is None else ""
     if per_block:
         deepspeed.utils.set_z3_leaf_modules(model, block_classes)  # one gather, one release, one gradient hook per block
     if plan.init_from:
@@ -509,7 +508,7 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     say(f"{plan.batch.describe()} sequences of {plan.seq_len} tokens = {tokens_per_step:,} tokens per step")
     say(f"ZeRO stage {ds.zero_stage}, {dtype}, {d.world} × {d.device.type}{', compiled blocks' if compiled else ''}"
         f"{', parameters gathered per block' if per_block else ''}"
-        f"{', gradients summed in fp32' if dsconfig.grad_accum_dtype(ds, dtype) != dtype else ''}{gelu_note}{', reductions without host waits' if host_runs_ahead else ''}, "
+        f"{', gradients summed in fp32' if dsconfig.grad_accum_dtype(ds, dtype) != dtype else ''}{kernel_note}{', reductions without host waits' if host_runs_ahead else ''}, "
         f"lr {t.lr:g} -> {t.min_lr:g}, run dir {plan.run_dir}")
     say("ds_config: " + json.dumps(ds_config, separators=(",", ":")))
 
