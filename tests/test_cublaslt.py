@@ -199,3 +199,11 @@ def test_tuned_linear_matches_a_float64_reference(monkeypatch, way, tokens, widt
     if way is None and width == 1600:
         timed = cublaslt.timings[("linear_out", device, tokens, out, width, torch.bfloat16, bias)]
         assert set(timed) == {"PyTorch", "cuBLASLt"} and all(0 < ms < 100 for ms in timed.values())
+
+
+def test_a_chosen_way_without_an_algorithm_falls_back_to_the_reference(monkeypatch):
+    """The choice is made per shape, cuBLASLt's plans per shape and alignment: where the chosen way finds no algorithm
+    for a later call (it returns None), the reference way's result comes back instead of None."""
+    monkeypatch.setitem(cublaslt.chosen, ("test", 1), "cuBLASLt")
+    assert cublaslt._fastest(("test", 1), {"PyTorch": lambda: "reference", "cuBLASLt": lambda: None}, reference="PyTorch") == "reference"
+    assert cublaslt._fastest(("test", 1), {"PyTorch": lambda: "reference", "cuBLASLt": lambda: "fused"}, reference="PyTorch") == "fused"
