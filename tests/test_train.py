@@ -198,17 +198,15 @@ def test_fp32_gradient_accumulation_at_zero1_resumes_exactly_and_exports(tmp_pat
     assert (tmp_path / "hf" / "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_bf16_zero_checkpoints_consolidate_and_export(tmp_path, char_data, stage):
-    """DeepSpeed names every bf16 run's shards bf16_zero_*, as it does BF16_Optimizer's: ZeRO-2 and ZeRO-3 bf16
-    checkpoints still consolidate through zero_to_fp32 (each fp32 master rounds to the bf16 weight trained, at ZeRO-2
-    where the model states hold them) and export."""
+def test_bf16_zero3_checkpoints_consolidate_and_export(tmp_path, char_data):
+    """DeepSpeed names every bf16 run's shards bf16_zero_*, as it does BF16_Optimizer's (ZeRO-1 with fp32 sums): a
+    ZeRO-3 bf16 checkpoint still consolidates through zero_to_fp32, every parameter in its shape, and exports."""
     import torch
 
     from zerotrain import checkpoint
     from zerotrain.model import GPT, GPTConfig
 
-    cfg = write_config(tmp_path / "a.toml", out_dir=tmp_path / "run", data_dir=char_data, zero_stage=stage,
+    cfg = write_config(tmp_path / "a.toml", out_dir=tmp_path / "run", data_dir=char_data, zero_stage=3,
                        max_steps=2, eval_interval=2, save_interval=2)
     run_ok("train", cfg, "--nproc", 2, "--deepspeed.dtype=bf16")
     step2 = tmp_path / "run" / "checkpoints" / "step_2"
@@ -219,10 +217,6 @@ def test_bf16_zero_checkpoints_consolidate_and_export(tmp_path, char_data, stage
     shapes = {name: p.shape for name, p in GPT(GPTConfig(**manifest["model"])).state_dict().items()}
     assert {name: t.shape for name, t in state.items() if name in shapes} == shapes
     assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in state.values())
-    if stage == 2:
-        module = torch.load(step2 / "mp_rank_00_model_states.pt", weights_only=False)["module"]
-        for name, weight in module.items():
-            assert torch.equal(state[name].to(torch.bfloat16), weight), name
     run_ok("export", tmp_path / "run", "--out", tmp_path / "hf")
     assert (tmp_path / "hf" / "model.safetensors").is_file()
 
