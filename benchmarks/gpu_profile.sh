@@ -42,6 +42,9 @@
 #             with gradients summed in bf16 (GPUs 0,1) and in fp32 (GPUs 2,3), the same data and seed
 #   matmuls   train.tuned_matmuls (each matmul by the faster of PyTorch's kernel and cuBLASLt's best candidate) on and
 #             off: XL ZeRO-2 32 × 16 on GPUs 0,1, on / off / on one after the other (fits a 2-GPU host); clocks.csv
+#   flash3    train.flash_attention_3 (FlashAttention-3's kernels) on and off: XL ZeRO-2 32 × 16 on GPUs 0,1, on / off / on
+#             one after the other, then XL ZeRO-1 32 × 16 and 124M ZeRO-2 128 × 2 with it; clocks.csv as in mb40. Needs
+#             FlashAttention-3 installed or ZEROTRAIN_FLASH3_LIBRARY set (zerotrain/flash3.py)
 # Needs data/shakespeare-gpt2 and benchmarks/reference_probe.py (../shared/reference/probe_raw_deepspeed.py).
 set -uo pipefail
 OUT=${OUT:-profile-results}
@@ -470,6 +473,19 @@ matmuls)
   train 0,1 29610 xl-z2-mb32-ga16-tuned-2 "${run[@]}" --train.tuned_matmuls=on
   kill $sampler; wait $sampler 2>/dev/null  # stop sample_clocks
   grep -h "matmul kernels\|GELU" "$RUNS"/xl-z2-mb32-ga16-*.log | sort | uniq -c | head -5 >> "$OUT/speed.txt"
+  ;;
+flash3)
+  noprof=(--train.profile_steps=0)
+  run=("${xl[@]}" --train.max_steps=6 --train.micro_batch_size=32 --train.grad_accum=16 "${noprof[@]}")
+  sample_clocks
+  train 0,1 29610 xl-z2-mb32-ga16-fa3-1 "${run[@]}" --deepspeed.zero_stage=2 --train.flash_attention_3=on
+  train 0,1 29610 xl-z2-mb32-ga16-sdpa "${run[@]}" --deepspeed.zero_stage=2 --train.flash_attention_3=off
+  train 0,1 29610 xl-z2-mb32-ga16-fa3-2 "${run[@]}" --deepspeed.zero_stage=2 --train.flash_attention_3=on
+  [ -n "${FLASH3_MORE:-}" ] && train 0,1 29610 xl-z1-mb32-ga16-fa3 "${run[@]}" --deepspeed.zero_stage=1 --train.flash_attention_3=on
+  [ -n "${FLASH3_MORE:-}" ] && train 0,1 29610 124m-z2-mb128-fa3 "${s124[@]}" --train.micro_batch_size=128 --train.grad_accum=2 \
+    --deepspeed.zero_stage=2 --train.flash_attention_3=on "${noprof[@]}"
+  kill $sampler; wait $sampler 2>/dev/null  # stop sample_clocks
+  grep -h "ZeRO stage" "$RUNS"/*fa3*.log "$RUNS"/*sdpa*.log | sed 's/, lr .*//' | sort | uniq -c | head -5 >> "$OUT/speed.txt"
   ;;
 esac
 tar czf "$OUT/lanes.tgz" -C "$OUT" lanes && rm -rf "$OUT/lanes"

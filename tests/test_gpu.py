@@ -63,12 +63,15 @@ def test_zero3_with_optimizer_and_parameter_offload_on_gpu(tmp_path, char_data):
 
 
 def test_fast_path_follows_the_plain_loss_curve(tmp_path, char_data):
-    """Compiled blocks, the GELU in cuBLASLt epilogues, matmul kernels timed per shape and the fused, chunked loss (the
-    GPU defaults) against eager blocks, separate GELU kernels, PyTorch's matmul kernels and the full fp32 logits: the same run, the same curve (bf16 rounding differs, so
+    """Compiled blocks, the GELU in cuBLASLt epilogues, matmul kernels timed per shape, FlashAttention-3 where it is
+    installed and the fused, chunked loss (the GPU defaults) against eager blocks, separate GELU kernels, PyTorch's
+    matmul kernels and attention and the full fp32 logits: the same run, the same curve (bf16 rounding differs, so
     within 2%)."""
-    curves = {}
-    for name, extra in (("fast", ["--train.compile=blocks", "--train.fused_loss=true", "--train.fused_gelu=auto", "--train.tuned_matmuls=auto"]),
-                        ("plain", ["--train.compile=none", "--train.fused_loss=false", "--train.fused_gelu=off", "--train.tuned_matmuls=off"])):
+    curves, flash3_noted = {}, {}
+    for name, extra in (("fast", ["--train.compile=blocks", "--train.fused_loss=true", "--train.fused_gelu=auto", "--train.tuned_matmuls=auto",
+                                  "--train.flash_attention_3=auto"]),
+                        ("plain", ["--train.compile=none", "--train.fused_loss=false", "--train.fused_gelu=off", "--train.tuned_matmuls=off",
+                                   "--train.flash_attention_3=off"])):
         cfg = write_config(tmp_path / f"{name}.toml", out_dir=tmp_path / name, data_dir=char_data, zero_stage=2,
                            max_steps=60, eval_interval=60, save_interval=60)
         cfg.write_text(cfg.read_text().replace('dtype = "fp32"', 'dtype = "bf16"'))
@@ -76,9 +79,16 @@ def test_fast_path_follows_the_plain_loss_curve(tmp_path, char_data):
         assert ("compiled blocks" in out) == (name == "fast")
         assert ("GELU in cuBLASLt epilogues" in out) == (name == "fast")
         assert ("matmul kernels timed per shape" in out) == (name == "fast")
+        flash3_noted[name] = "FlashAttention-3" in out
         curves[name] = train_losses(tmp_path / name)
     for step in (10, 30, 60):
         assert curves["fast"][step] == pytest.approx(curves["plain"][step], rel=0.02), step
+    import torch  # CUDA in this process only after the runs (a GPU in exclusive-process mode)
+
+    from zerotrain import flash3
+
+    has_flash3 = flash3.flash3_unavailable(torch.device("cuda"), torch.bfloat16, 16) is None
+    assert flash3_noted == {"fast": has_flash3, "plain": False}
 
 
 def test_reduction_without_host_waits_gives_the_same_losses(tmp_path, char_data):

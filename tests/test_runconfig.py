@@ -83,6 +83,18 @@ def test_block_kernels_on_are_refused_where_they_cannot_apply(tmp_path, key):
         load_run_config(p, [f"--train.{key}=yes"])
 
 
+def test_flash_attention_3_on_is_refused_where_it_cannot_apply(tmp_path):
+    p = write(tmp_path, '[data]\ndir = "d"\n[train]\nflash_attention_3 = "on"\n')
+    load_run_config(p)
+    with pytest.raises(UserError, match="train.flash_attention_3 = \"on\" applies to zerotrain's GPT"):
+        load_run_config(p, ["--model.hf=some/dir"])
+    with pytest.raises(UserError, match="set model.dropout = 0"):
+        load_run_config(p, ["--model.dropout=0.1"])
+    load_run_config(p, ["--model.dropout=0.1", "--train.flash_attention_3=auto"])  # PyTorch's attention there
+    with pytest.raises(UserError, match="is not one of auto, on, off"):
+        load_run_config(p, ["--train.flash_attention_3=true"])
+
+
 def test_missing_data_and_bad_toml(tmp_path):
     with pytest.raises(UserError, match="set data.dir"):
         load_run_config(write(tmp_path, "[train]\nlr = 1e-3\n"))

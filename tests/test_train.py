@@ -267,6 +267,13 @@ def test_gradient_norm_is_logged_at_every_stage_and_agrees(stage_runs):
             assert norms[stage][step] == pytest.approx(norm, rel=1e-3), (stage, step)
 
 
+def test_flash_attention_3_on_where_it_cannot_run_stops_with_the_reason(tmp_path, char_data):
+    cfg = write_config(tmp_path / "f.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=2, eval_interval=0, save_interval=0)
+    r = zerotrain("train", cfg, "--deepspeed.dtype=bf16", "--train.flash_attention_3=on")
+    assert_clean_failure(r, 'train.flash_attention_3 = "on"', "cpu tensors", 'train.flash_attention_3 = "auto"')
+    assert not (tmp_path / "run" / "checkpoints").exists() or not list((tmp_path / "run" / "checkpoints").iterdir())
+
+
 def test_divergence_stops_with_a_clear_line_and_publishes_no_checkpoint(tmp_path, char_data):
     from conftest import assert_clean_failure
 

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from zerotrain import UserError
+from zerotrain import UserError, flash3
 from zerotrain.cublaslt import gelu_mlp, linear_out, matmul_nn, matmul_tn, tuned_linear
 from zerotrain.memory import GPT2_PRESETS
 
@@ -59,10 +59,14 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.tuned_matmuls = False  # GPT.tune_matmuls()
+        self.flash_attention_3 = False  # GPT.use_flash_attention_3()
 
     def forward(self, x):
         B, T, C = x.shape
-        q, k, v = self.linear(self.c_attn, x).split(C, dim=2)  # 3 x (B, T, C)
+        qkv = self.linear(self.c_attn, x)  # (B, T, 3C)
+        if self.flash_attention_3:
+            return self.resid_dropout(self.linear(self.c_proj, flash3.causal_attention(qkv, self.n_head)))
+        q, k, v = qkv.split(C, dim=2)  # 3 x (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
@@ -257,6 +261,15 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.attn.tuned_matmuls = block.mlp.tuned_matmuls = True
         self.lm_head.tuned_matmuls = True
+
+    def use_flash_attention_3(self) -> None:
+        """Run each block's attention through FlashAttention-3's kernels (flash3.causal_attention), which take the qkv
+        projection as it is. Only without attention dropout (FlashAttention-3 has none); flash3.flash3_unavailable()
+        says where it cannot run."""
+        if self.config.dropout:
+            raise ValueError(f"FlashAttention-3 runs without dropout and this model has dropout {self.config.dropout}")
+        for block in self.transformer.h:
+            block.attn.flash_attention_3 = True
 
     def num_params(self) -> int:
         """Unique parameters (the tied embedding counted once), as in the MFU formula."""

@@ -122,6 +122,14 @@ class TrainSection:
     timed for its shape on first use (zerotrain/cublaslt.py). "auto": with compiled blocks (GPUs, ZeRO 0-2); "on": also
     eager (at ZeRO-3 it needs deepspeed.zero3_gather_per_block); off the GPU and in fp32 PyTorch's kernels run. "off":
     PyTorch's kernels. zerotrain's GPT only."""
+    flash_attention_3: str = "auto"
+    """The attention through FlashAttention-3's Hopper kernels (zerotrain/flash3.py) instead of
+    F.scaled_dot_product_attention, whose fastest backend on H100/H200 is cuDNN's: GPT-2 XL's attention forward and
+    backward 18% faster (docs/benchmarks.md). FlashAttention-3 is not part of PyTorch: install the flash_attn_3 package
+    (flash-attention's hopper/) or xformers 0.0.34, which ships a build (with a CUDA 13 PyTorch, also
+    nvidia-cuda-runtime-cu12), or set ZEROTRAIN_FLASH3_LIBRARY to its _C.so. "auto": where it can run (Hopper GPUs,
+    bf16/fp16, model.dropout = 0); "on": the same, and a run where it cannot stops and says why; "off": PyTorch's
+    attention. zerotrain's GPT only."""
     time_phases: bool = False
     """Synchronize the device around forward, backward and the optimizer step and log their times
     (forward_s, backward_s, optimizer_s per step). Costs a little speed; `zerotrain bench` turns it on."""
@@ -283,6 +291,7 @@ CHOICES = {
     ("train", "compile"): ("auto", "blocks", "none"),
     ("train", "fused_gelu"): ("auto", "on", "off"),
     ("train", "tuned_matmuls"): ("auto", "on", "off"),
+    ("train", "flash_attention_3"): ("auto", "on", "off"),
 }
 POSITIVE = [("train", k) for k in ("max_steps", "micro_batch_size", "grad_accum", "eval_iters", "log_interval")]
 NON_NEGATIVE = [("train", k) for k in ("global_batch_size", "seq_len", "warmup_steps", "lr_decay_steps", "weight_decay",
@@ -309,6 +318,12 @@ def validate(cfg: RunConfig) -> None:
         if cfg.model.hf:
             problems.append(f'train.{key} = "on" applies to zerotrain\'s GPT; a Hugging Face model (model.hf) runs its own '
                             'layers: use "auto" or "off"')
+    if cfg.train.flash_attention_3 == "on" and cfg.model.hf:
+        problems.append('train.flash_attention_3 = "on" applies to zerotrain\'s GPT; a Hugging Face model (model.hf) runs its '
+                        'own attention: use "auto" or "off"')
+    if cfg.train.flash_attention_3 == "on" and cfg.model.dropout:
+        problems.append('train.flash_attention_3 = "on" runs without attention dropout (FlashAttention-3 has none): set '
+                        'model.dropout = 0, or train.flash_attention_3 = "auto" (PyTorch\'s attention where there is dropout)')
     for sec, key in POSITIVE:
         if getattr(getattr(cfg, sec), key) <= 0:
             problems.append(f"{sec}.{key} must be > 0")

@@ -396,7 +396,7 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     import torch.distributed as dist
     from torch.profiler import record_function
 
-    from zerotrain import cublaslt
+    from zerotrain import cublaslt, flash3
     from zerotrain.metrics import (
         MetricsWriter,
         format_eval_line,
@@ -445,7 +445,8 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     def wanted(switch: str) -> bool:
         return not plan.hf and (switch == "on" or (switch == "auto" and compiled)) and (ds.zero_stage < 3 or per_block)
 
-    why_not = cublaslt.cublaslt_unavailable(d.device, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32))
+    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32)
+    why_not = cublaslt.cublaslt_unavailable(d.device, torch_dtype)
     kernel_note = ""
     if wanted(t.fused_gelu):
         model.fuse_gelu()  # off the GPU, and in fp32, the same function runs as separate kernels
@@ -453,6 +454,14 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     if wanted(t.tuned_matmuls):
         model.tune_matmuls()  # off the GPU, and in fp32, PyTorch's kernels run
         kernel_note += ", matmul kernels timed per shape" if why_not is None else ""
+    if not plan.hf and t.flash_attention_3 != "off" and not plan.model.dropout:
+        why_not_flash3 = flash3.flash3_unavailable(d.device, torch_dtype, plan.model.n_embd // plan.model.n_head)
+        if why_not_flash3 is None:
+            model.use_flash_attention_3()
+            kernel_note += ", FlashAttention-3"
+        elif t.flash_attention_3 == "on":
+            raise UserError(f'train.flash_attention_3 = "on" but FlashAttention-3 cannot run here: {why_not_flash3}; '
+                            'install it, or set train.flash_attention_3 = "auto" to train with PyTorch\'s attention')
     if per_block:
         deepspeed.utils.set_z3_leaf_modules(model, block_classes)  # one gather, one release, one gradient hook per block
     if plan.init_from:
