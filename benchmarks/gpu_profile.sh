@@ -43,8 +43,9 @@
 #   matmuls   train.tuned_matmuls (each matmul by the faster of PyTorch's kernel and cuBLASLt's best candidate) on and
 #             off: XL ZeRO-2 32 × 16 on GPUs 0,1, on / off / on one after the other (fits a 2-GPU host); clocks.csv
 #   flash3    train.flash_attention_3 (FlashAttention-3's kernels) on and off: XL ZeRO-2 32 × 16 on GPUs 0,1, on / off / on
-#             one after the other, then XL ZeRO-1 32 × 16 and 124M ZeRO-2 128 × 2 with it; clocks.csv as in mb40. Needs
-#             FlashAttention-3 installed or ZEROTRAIN_FLASH3_LIBRARY set (zerotrain/flash3.py)
+#             one after the other; clocks.csv as in mb40. Needs FlashAttention-3 installed or ZEROTRAIN_FLASH3_LIBRARY set
+#             (zerotrain/flash3.py)
+#   flash3b   with it: XL ZeRO-1 32 × 16, 124M ZeRO-2 128 × 2, and 200-step 124M ZeRO-2 32 × 2 curves with it and without
 # Needs data/shakespeare-gpt2 and benchmarks/reference_probe.py (../shared/reference/probe_raw_deepspeed.py).
 set -uo pipefail
 OUT=${OUT:-profile-results}
@@ -481,11 +482,20 @@ flash3)
   train 0,1 29610 xl-z2-mb32-ga16-fa3-1 "${run[@]}" --deepspeed.zero_stage=2 --train.flash_attention_3=on
   train 0,1 29610 xl-z2-mb32-ga16-sdpa "${run[@]}" --deepspeed.zero_stage=2 --train.flash_attention_3=off
   train 0,1 29610 xl-z2-mb32-ga16-fa3-2 "${run[@]}" --deepspeed.zero_stage=2 --train.flash_attention_3=on
-  [ -n "${FLASH3_MORE:-}" ] && train 0,1 29610 xl-z1-mb32-ga16-fa3 "${run[@]}" --deepspeed.zero_stage=1 --train.flash_attention_3=on
-  [ -n "${FLASH3_MORE:-}" ] && train 0,1 29610 124m-z2-mb128-fa3 "${s124[@]}" --train.micro_batch_size=128 --train.grad_accum=2 \
-    --deepspeed.zero_stage=2 --train.flash_attention_3=on "${noprof[@]}"
   kill $sampler; wait $sampler 2>/dev/null  # stop sample_clocks
   grep -h "ZeRO stage" "$RUNS"/*fa3*.log "$RUNS"/*sdpa*.log | sed 's/, lr .*//' | sort | uniq -c | head -5 >> "$OUT/speed.txt"
+  ;;
+flash3b)
+  noprof=(--train.profile_steps=0)
+  sample_clocks
+  train 0,1 29610 xl-z1-mb32-ga16-fa3 "${xl[@]}" --train.max_steps=6 --train.micro_batch_size=32 --train.grad_accum=16 \
+    --deepspeed.zero_stage=1 --train.flash_attention_3=on "${noprof[@]}"
+  train 0,1 29610 124m-z2-mb128-fa3 "${s124[@]}" --train.micro_batch_size=128 --train.grad_accum=2 --deepspeed.zero_stage=2 \
+    --train.flash_attention_3=on "${noprof[@]}"
+  c124=(--train.max_steps=200 --train.log_interval=10 --train.micro_batch_size=32 --train.grad_accum=2 --deepspeed.zero_stage=2 "${noprof[@]}")
+  train 0,1 29610 124m-z2-fa3-200 "${c124[@]}" --train.flash_attention_3=on
+  train 0,1 29610 124m-z2-sdpa-200 "${c124[@]}" --train.flash_attention_3=off
+  kill $sampler; wait $sampler 2>/dev/null  # stop sample_clocks
   ;;
 esac
 tar czf "$OUT/lanes.tgz" -C "$OUT" lanes && rm -rf "$OUT/lanes"
