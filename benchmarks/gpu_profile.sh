@@ -45,6 +45,8 @@
 #   flash3    train.flash_attention_3 (FlashAttention-3's kernels) on and off: XL ZeRO-2 32 × 16 on GPUs 0,1, on / off / on
 #             one after the other; clocks.csv as in mb40. Needs FlashAttention-3 installed or ZEROTRAIN_FLASH3_LIBRARY set
 #             (zerotrain/flash3.py)
+#   hfbest    a 2-GPU host: zerotrain's XL ZeRO-2 32 × 16 (defaults: FlashAttention-3 where installed), then the HF probe at
+#             16 × 16, its best shape, on the same GPUs
 #   flash3b   with it: XL ZeRO-1 32 × 16, 124M ZeRO-2 128 × 2, and 200-step 124M ZeRO-2 32 × 2 curves with it and without
 # Needs data/shakespeare-gpt2 and benchmarks/reference_probe.py (../shared/reference/probe_raw_deepspeed.py).
 set -uo pipefail
@@ -484,6 +486,15 @@ flash3)
   train 0,1 29610 xl-z2-mb32-ga16-fa3-2 "${run[@]}" --deepspeed.zero_stage=2 --train.flash_attention_3=on
   kill $sampler; wait $sampler 2>/dev/null  # stop sample_clocks
   grep -h "ZeRO stage" "$RUNS"/*fa3*.log "$RUNS"/*sdpa*.log | sed 's/, lr .*//' | sort | uniq -c | head -5 >> "$OUT/speed.txt"
+  ;;
+hfbest)
+  noprof=(--train.profile_steps=0)
+  sample_clocks
+  train 0,1 29610 xl-z2-mb32-ga16 "${xl[@]}" --train.max_steps=4 --train.micro_batch_size=32 --train.grad_accum=16 --deepspeed.zero_stage=2 "${noprof[@]}"
+  CUDA_VISIBLE_DEVICES=0,1 timeout 200 torchrun --nproc_per_node 2 --master_port 29610 benchmarks/reference_probe.py --model xl --mb 16 \
+    --ga 16 --stages 2 --impls hf --steps 4 --warm 2 2>&1 | grep "RESULT\|Error" >> "$OUT/speed.txt"
+  kill $sampler; wait $sampler 2>/dev/null  # stop sample_clocks
+  grep -h "ZeRO stage" "$RUNS"/xl-z2-mb32-ga16.log | sed 's/, lr .*//' >> "$OUT/speed.txt"
   ;;
 flash3b)
   noprof=(--train.profile_steps=0)
