@@ -54,6 +54,22 @@ def test_findings_for_a_broken_gpu_machine():
     assert "--shm-size" in keys["/dev/shm"]["fix"]
 
 
+def test_a_hopper_gpu_without_flash_attention_3_is_told_how_to_get_it():
+    r = {"gpus": [{"index": 0, "name": "NVIDIA H200", "bf16": True, "compute_capability": "9.0", "memory_bytes": 141 * 2**30,
+                  "multiprocessors": 132}], "driver": "580.1",
+         "cuda_available": True, "torch": "2.11.0+cu130", "ninja": True, "cxx": "/usr/bin/c++", "cuda_home": "/usr/local/cuda",
+         "cuda_build": "13.0", "nvcc": "13.0", "ops": {}, "deepspeed": "0.19.8", "shm": None, "env": {},
+         "flash_attention_3": "FlashAttention-3 is not installed (...)"}
+    keys = {f["key"]: f for f in doctor.environment_findings(r)}
+    assert "not installed" in keys["FlashAttention-3"]["message"] and "xformers==0.0.34" in keys["FlashAttention-3"]["fix"]
+    r["flash_attention_3"] = "ok"
+    assert "FlashAttention-3" not in {f["key"] for f in doctor.environment_findings(r)}
+    assert "FlashAttn-3   ok" in doctor.format_report({**r, "hostname": "h", "cpus": 16, "platform": "linux", "python": "3.12",
+                                                          "cudnn": 91900, "nccl": "2.28.9", "topology": None, "accelerator": "cuda",
+                                                          "ram": {"total_bytes": 2**40, "available_bytes": 2**40},
+                                                          "findings": doctor.environment_findings(r)})
+
+
 # ------------------------------------------------------------------------------------------------ comm
 
 def test_parse_sizes():

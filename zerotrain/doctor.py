@@ -98,6 +98,13 @@ def environment_report() -> dict:
             p = torch.cuda.get_device_properties(i)
             r["gpus"].append({"index": i, "name": p.name, "memory_bytes": p.total_memory, "compute_capability": f"{p.major}.{p.minor}",
                               "bf16": p.major >= 8, "multiprocessors": p.multi_processor_count})
+    # FlashAttention-3 (zerotrain/flash3.py, train.flash_attention_3) is for Hopper GPUs: "ok", or why it cannot run
+    hopper = [g for g in r["gpus"] if g["compute_capability"].startswith("9.")]
+    r["flash_attention_3"] = None
+    if hopper:
+        from zerotrain import flash3
+
+        r["flash_attention_3"] = flash3.flash3_unavailable(torch.device("cuda", hopper[0]["index"]), torch.bfloat16, 64) or "ok"
     smi = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
     r["driver"] = smi.splitlines()[0] if smi else None
     r["topology"] = _run(["nvidia-smi", "topo", "-m"])
@@ -136,6 +143,10 @@ def environment_findings(r: dict) -> list[dict]:
         if not g["bf16"]:
             out.append(finding("info", f"gpu{g['index']}", f"{g['name']} (sm {g['compute_capability']}) has no bf16",
                                "train with deepspeed.dtype = \"fp16\" (dynamic loss scaling) or fp32"))
+    if r.get("flash_attention_3") not in (None, "ok"):
+        out.append(finding("info", "FlashAttention-3", f"GPT's attention runs PyTorch's (cuDNN's) kernels: {r['flash_attention_3']}; "
+                           "FlashAttention-3 runs GPT-2 XL's attention in 18% less time on H200 (docs/benchmarks.md)",
+                           "pip install --no-deps xformers==0.0.34 (with a CUDA 13 torch also nvidia-cuda-runtime-cu12)"))
     if not r["ninja"]:
         out.append(finding("warning", "ninja", "ninja is not installed: DeepSpeed cannot JIT-build ops (FusedAdam, CPUAdam for offload)",
                            "pip install ninja"))
@@ -177,6 +188,7 @@ def format_report(r: dict) -> str:
              f"NCCL          {r['nccl'] or '-'}",
              f"driver        {r['driver'] or '- (no nvidia-smi)'}",
              f"CUDA toolkit  {r['cuda_home'] or '-'}" + (f" (nvcc {r['nvcc']})" if r["nvcc"] else ""),
+             f"FlashAttn-3   {r.get('flash_attention_3') or '- (no Hopper GPU)'}",
              (f"deepspeed     {r['deepspeed'] or 'not installed'} (accelerator {r['accelerator'] or '-'}; "
               f"ninja {'yes' if r['ninja'] else 'no'}, C++ compiler {'yes' if r['cxx'] else 'no'})")]
     if r["ops"]:
