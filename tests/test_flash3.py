@@ -24,6 +24,32 @@ def test_a_library_that_does_not_load_is_named(monkeypatch, tmp_path):
     assert flash3._load().startswith(f"{broken} does not load (")
 
 
+def test_xformers_copy_is_found_and_the_environment_variable_wins(monkeypatch, tmp_path):
+    """pip install --no-deps xformers==0.0.34 puts the build at xformers/flash_attn_3/_C.so; ZEROTRAIN_FLASH3_LIBRARY
+    names another one instead."""
+    library = tmp_path / "xformers" / "flash_attn_3" / "_C.so"
+    library.parent.mkdir(parents=True)
+    library.write_bytes(b"")
+    (tmp_path / "xformers" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv(flash3.LIBRARY_ENV, raising=False)
+    assert str(library) in flash3._candidate_libraries()
+    monkeypatch.setenv(flash3.LIBRARY_ENV, "/elsewhere/_C.so")
+    assert flash3._candidate_libraries() == ["/elsewhere/_C.so"]
+
+
+def test_the_cuda_runtime_a_build_links_is_loaded_from_beside_it(monkeypatch, tmp_path):
+    """A CUDA 12 build under a CUDA 13 PyTorch: the loader's message names libcudart.so.12, found beside the library
+    (or in the nvidia-cuda-runtime-cu12 wheel) and loaded globally before the library."""
+    (tmp_path / "libcudart.so.12").write_bytes(b"")
+    loaded = []
+    monkeypatch.setattr(flash3.ctypes, "CDLL", lambda path, mode=0: loaded.append((path, mode)))
+    error = OSError("libcudart.so.12: cannot open shared object file: No such file or directory")
+    assert flash3._preload_cuda_runtime(str(tmp_path / "_C.so"), error)
+    assert loaded == [(str(tmp_path / "libcudart.so.12"), flash3.ctypes.RTLD_GLOBAL)]
+    assert not flash3._preload_cuda_runtime(str(tmp_path / "_C.so"), OSError("libfoo.so: cannot open shared object file"))
+
+
 def test_dropout_is_refused():
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=40, dropout=0.1))
     with pytest.raises(ValueError, match="without dropout"):
