@@ -50,6 +50,15 @@ def test_the_cuda_runtime_a_build_links_is_loaded_from_beside_it(monkeypatch, tm
     assert not flash3._preload_cuda_runtime(str(tmp_path / "_C.so"), OSError("libfoo.so: cannot open shared object file"))
 
 
+def test_a_build_without_kernels_for_the_head_size_is_caught_at_startup(monkeypatch):
+    def missing_kernels(qkv, n_head):
+        raise RuntimeError("This flash attention build does not support headdim 40.\nmore")
+    monkeypatch.setattr(flash3, "causal_attention", missing_kernels)
+    monkeypatch.setattr(flash3, "_trials", {})
+    assert flash3._runs(torch.device("cpu"), torch.bfloat16, 40) == (
+        "this FlashAttention-3 fails on heads of 40 (This flash attention build does not support headdim 40.)")
+
+
 def test_dropout_is_refused():
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=40, dropout=0.1))
     with pytest.raises(ValueError, match="without dropout"):

@@ -107,7 +107,26 @@ def flash3_unavailable(device: torch.device, dtype: torch.dtype, head_dim: int) 
         return f"{dtype} tensors (FlashAttention-3 runs bf16 and fp16)"
     if head_dim % 8 or head_dim > 256:
         return f"heads of {head_dim} (FlashAttention-3 takes multiples of 8 up to 256)"
-    return _load()
+    return _load() or _runs(device, dtype, head_dim)
+
+
+_trials: dict[tuple, str | None] = {}
+
+
+def _runs(device: torch.device, dtype: torch.dtype, head_dim: int) -> str | None:
+    """One tiny forward and backward at this head size: a build may leave out kernels (FlashAttention-3 compiles each
+    head size apart), and a run should learn that at startup, not in its first step. Returns why it failed, or None."""
+    key = (device, dtype, head_dim)
+    if key not in _trials:
+        try:
+            qkv = torch.randn(1, 16, 3 * head_dim, device=device, dtype=dtype, requires_grad=True)
+            causal_attention(qkv, 1).float().sum().backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            _trials[key] = None
+        except RuntimeError as e:
+            _trials[key] = f"this FlashAttention-3 fails on heads of {head_dim} ({str(e).splitlines()[0][:200]})"
+    return _trials[key]
 
 
 def _heads(t: Tensor, n_head: int) -> tuple[Tensor, Tensor, Tensor]:
