@@ -28,7 +28,7 @@ from pathlib import Path
 from zerotrain import UserError
 
 GiB = 2**30
-ENV_PREFIXES = ("NCCL_", "CUDA_", "TORCH_NCCL_", "GLOO_", "PYTORCH_CUDA_ALLOC_CONF", "MASTER_", "DS_")
+ENV_PREFIXES = ("NCCL_", "CUDA_", "TORCH_NCCL_", "GLOO_", "PYTORCH_CUDA_ALLOC_CONF", "MASTER_", "DS_", "ZEROTRAIN_")
 
 
 def finding(level: str, key: str, message: str, fix: str = "") -> dict:
@@ -202,7 +202,7 @@ def format_report(r: dict) -> str:
     shm = r["shm"]
     lines.append(f"/dev/shm      {gib(shm['total_bytes'])} ({gib(shm['free_bytes'])} free)" if shm else "/dev/shm      not mounted")
     lines.append(f"host RAM      {gib(r['ram']['total_bytes'])} ({gib(r['ram']['available_bytes'])} available)")
-    lines.append("environment   " + (" ".join(f"{k}={v}" for k, v in r["env"].items()) or "no NCCL_*/CUDA_*/GLOO_* variables set"))
+    lines.append("environment   " + (" ".join(f"{k}={v}" for k, v in r["env"].items()) or "no NCCL_*/CUDA_*/GLOO_*/ZEROTRAIN_* variables set"))
     if r["topology"]:
         lines += ["topology (nvidia-smi topo -m):", *("  " + line for line in r["topology"].splitlines())]
     for f in r["findings"]:
