@@ -125,11 +125,11 @@ class TrainSection:
     flash_attention_3: str = "auto"
     """The attention through FlashAttention-3's Hopper kernels (zerotrain/flash3.py) instead of
     F.scaled_dot_product_attention, whose fastest backend on H100/H200 is cuDNN's: GPT-2 XL's attention forward and
-    backward in 18% less time, XL ZeRO-2 training 1.3% faster (docs/benchmarks.md). FlashAttention-3 is not part of PyTorch: install the flash_attn_3 package
-    (flash-attention's hopper/) or xformers 0.0.34, which ships a build (with a CUDA 13 PyTorch, also
-    nvidia-cuda-runtime-cu12), or set ZEROTRAIN_FLASH3_LIBRARY to its _C.so. "auto": where it can run (Hopper GPUs,
-    bf16/fp16, model.dropout = 0); "on": the same, and a run where it cannot stops and says why; "off": PyTorch's
-    attention. zerotrain's GPT only."""
+    backward in 18% less time, XL ZeRO-2 training 1.3% faster (docs/benchmarks.md). FlashAttention-3 is not part of
+    PyTorch: install the flash_attn_3 package (flash-attention's hopper/) or xformers 0.0.34, which ships a build (with
+    a CUDA 13 PyTorch, also nvidia-cuda-runtime-cu12), or set ZEROTRAIN_FLASH3_LIBRARY to its _C.so. "auto": where it
+    can run (Hopper GPUs, bf16/fp16, model.dropout = 0, kernels for the model's head size); "on": the same, and a run
+    where it cannot stops and says why; "off": PyTorch's attention. zerotrain's GPT only."""
     time_phases: bool = False
     """Synchronize the device around forward, backward and the optimizer step and log their times
     (forward_s, backward_s, optimizer_s per step). Costs a little speed; `zerotrain bench` turns it on."""
