@@ -13,12 +13,35 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true",
+                     help="the whole suite, slow multi-process tests included (what CI runs); without it, the quick tier")
+
+
+def quick_tier(config) -> bool:
+    """The quick tier (no `slow` tests) is the default for local work. `--full`, a `-m` expression or a test named
+    by its node id (file.py::test) runs what was asked for."""
+    named = any("::" in arg for arg in config.args)
+    return not (config.getoption("--full") or config.getoption("markexpr") or named)
+
+
+def pytest_report_header(config):
+    if quick_tier(config):
+        return "quick tier: tests marked slow are deselected; `python -m pytest --full` runs the whole suite"
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked gpu need an NVIDIA GPU: on machines without one they are deselected, not skipped. With one, the
-    tests that use CUDA in the pytest process itself run last, so that a GPU in exclusive-process compute mode is free
-    for the training runs the other gpu tests start."""
+    """Slow tests are left out of the quick tier (see quick_tier). Tests marked gpu need an NVIDIA GPU: on machines
+    without one they are deselected, not skipped. With one, the tests that use CUDA in the pytest process itself run
+    last, so that a GPU in exclusive-process compute mode is free for the training runs the other gpu tests start."""
     import torch
 
+    if quick_tier(config):
+        slow = [item for item in items if item.get_closest_marker("slow")]
+        if slow:
+            config.hook.pytest_deselected(items=slow)
+            items[:] = [item for item in items if not item.get_closest_marker("slow")]
     if torch.cuda.is_available():
         items.sort(key=lambda item: item.get_closest_marker("cuda_in_process") is not None)  # stable: order kept otherwise
         return

@@ -4,6 +4,7 @@ each started with its line of the generated torchrun commands. Both train ZeRO-2
 2-process run."""
 
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -21,6 +22,10 @@ from conftest import (
 )
 
 from zerotrain import UserError, launch
+
+
+def never_resolve(host, _port):
+    raise AssertionError(f"{host} was looked up")
 
 
 def fake_resolve(known):
@@ -120,14 +125,93 @@ def test_torchrun_one_command_per_node(tmp_path):
         launch.run(p)
 
 
-def test_slurm_script(tmp_path):
-    p = plan(tmp_path, "slurm", env={"NCCL_DEBUG": "WARN"})
+def test_slurm_script_with_pinned_hosts(tmp_path):
+    p = plan(tmp_path, "slurm", env={"NCCL_DEBUG": "WARN"}, resolve=never_resolve)  # pinned names are never looked up
     script = p.files[str(tmp_path / "out" / "zerotrain.sbatch")]
     assert "#SBATCH --nodes=2" in script and "#SBATCH --gpus-per-node=4" in script and "#SBATCH --nodelist=node-a,node-b" in script
     assert "export NCCL_DEBUG=WARN" in script
     assert ('srun --kill-on-bad-exit=1 torchrun --nnodes "$SLURM_NNODES" --nproc_per_node 4 --rdzv_id "$SLURM_JOB_ID" '
             '--rdzv_backend c10d --rdzv_endpoint "$head_node:29511" -m zerotrain train') in script
-    assert p.commands == [f"sbatch {tmp_path / 'out' / 'zerotrain.sbatch'}"]
+    assert p.commands == [f"sbatch {tmp_path / 'out' / 'zerotrain.sbatch'}"] and p.world == 8
+
+
+def test_slurm_lets_slurm_choose_the_nodes(tmp_path):
+    p = plan(tmp_path, "slurm", hosts=None, nodes=3, partition="gpu", account="proj42", time_limit="1-00:00:00", resolve=never_resolve)
+    script = p.files[str(tmp_path / "out" / "zerotrain.sbatch")]
+    header = [line for line in script.splitlines() if line.startswith("#SBATCH")]
+    assert {"#SBATCH --nodes=3", "#SBATCH --gpus-per-node=4", "#SBATCH --partition=gpu", "#SBATCH --account=proj42",
+            "#SBATCH --time=1-00:00:00"} <= set(header)
+    assert not any("--nodelist" in line for line in header) and p.world == 12 and p.hosts == []
+
+
+@pytest.mark.parametrize("kw, needle", [
+    (dict(hosts=None), "needs --nodes N"),
+    (dict(hosts=None, nodes=2, gpus_per_node=None), "--nodes needs --gpus-per-node"),
+    (dict(nodes=3), "--nodes 3 but 2 hosts are pinned"),
+    (dict(hosts=None, nodes=0), "--nodes 0 must be ≥ 1"),
+])
+def test_slurm_bad_requests(tmp_path, kw, needle):
+    with pytest.raises(UserError, match=re.escape(needle)):
+        plan(tmp_path, "slurm", **kw)
+
+
+def test_slurm_flags_refused_for_other_launchers(tmp_path):
+    with pytest.raises(UserError, match="are for --launcher slurm"):
+        plan(tmp_path, "torchrun", partition="gpu")
+
+
+FAKE_SCONTROL = """#!/bin/bash
+# scontrol show hostnames LIST: SLURM's expansion of a node list, here for "gpu[07-08]" only
+[ "$1 $2" = "show hostnames" ] && [ "$3" = "gpu[07-08]" ] || { echo "fake scontrol: unexpected $*" >&2; exit 1; }
+printf 'gpu07\ngpu08\n'
+"""
+
+# srun runs its command once per node of the allocation; each task sees its SLURM_NODEID. This one records, per task,
+# the node id, the environment the script exported, and the command, one argument a line.
+FAKE_SRUN = """#!/bin/bash
+for ((node = 0; node < SLURM_NNODES; node++)); do
+  { echo "node=$node NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-}"; printf '%s\n' "$@"; } > "$SRUN_LOG.$node"
+done
+"""
+
+
+def test_slurm_script_runs_under_fake_slurm(tmp_path):
+    """The sbatch script as SLURM would run it on an allocation of gpu07 and gpu08: it reads the nodes from
+    $SLURM_JOB_NODELIST, and every node's torchrun meets at the first of them."""
+    r = run_ok("launch", "--launcher", "slurm", "--nodes", 2, "--gpus-per-node", 8, "--partition", "h100", "--master-port", 29600,
+               "--out", tmp_path / "out", "--dry-run", "--", "train", "configs/gpt2-124m.toml", "--train.lr=3e-4",
+               env={"NCCL_SOCKET_IFNAME": "ib0"})
+    assert "2 nodes × 8 GPUs = world 16" in r.stderr and not (tmp_path / "out").exists()
+    script_text = r.stdout.split(f"--- {tmp_path / 'out' / 'zerotrain.sbatch'}\n")[1].split("--- command")[0]
+    assert "#SBATCH --partition=h100" in script_text
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("scontrol", FAKE_SCONTROL), ("srun", FAKE_SRUN)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    (tmp_path / "job.sbatch").write_text(script_text)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_NNODES": "2",
+           "SLURM_JOB_ID": "4242", "SRUN_LOG": str(tmp_path / "srun")}
+    job = subprocess.run(["bash", str(tmp_path / "job.sbatch")], capture_output=True, text=True, env=env, check=False)
+    assert job.returncode == 0, job.stderr
+    assert "job 4242 on 2 nodes (gpu07 gpu08) x 8 GPUs, rendezvous gpu07:29600" in job.stdout
+    for node in (0, 1):
+        first, *argv = (tmp_path / f"srun.{node}").read_text().splitlines()
+        assert first == f"node={node} NCCL_SOCKET_IFNAME=ib0"
+        assert argv[:2] == ["--kill-on-bad-exit=1", "torchrun"]
+        assert argv[argv.index("--nnodes") + 1] == "2" and argv[argv.index("--nproc_per_node") + 1] == "8"
+        assert argv[argv.index("--rdzv_id") + 1] == "4242" and argv[argv.index("--rdzv_endpoint") + 1] == "gpu07:29600"
+        assert argv[argv.index("-m") + 1:] == ["zerotrain", "train", "configs/gpt2-124m.toml", "--train.lr=3e-4"]
+
+
+def test_dry_run_never_resolves_names(tmp_path):
+    """A SLURM or torchrun launch written on a login node names compute nodes it cannot resolve."""
+    cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=tmp_path / "data")
+    for launcher in ("slurm", "torchrun", "deepspeed"):
+        r = run_ok("launch", "--launcher", launcher, "--hosts", "node0.invalid,node1.invalid", "--gpus-per-node", 4,
+                   "--out", tmp_path / "out", "--dry-run", "--", "train", cfg)
+        assert "2 nodes × 4 GPUs = world 8" in r.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_dry_run_prints_and_writes_nothing(tmp_path, char_data):
@@ -151,8 +235,8 @@ def test_bad_input_one_line_each(tmp_path):
     assert_clean_failure(zerotrain("launch", "--hostfile", tmp_path / "nope", *common), "not found", "slots=GPUS")
     assert_clean_failure(zerotrain("launch", "--hosts", "localhost", "--gpus-per-node", 1, "--launcher", "mpirun", *common),
                          "unknown launcher 'mpirun'", "deepspeed, torchrun or slurm")
-    assert_clean_failure(zerotrain("launch", "--hosts", "no-such-node.invalid", "--gpus-per-node", 1, *common),
-                         "no-such-node.invalid does not resolve", "/etc/hosts")
+    assert_clean_failure(zerotrain("launch", "--hosts", "no-such-node.invalid", "--gpus-per-node", 1, "--", "train", cfg),
+                         "no-such-node.invalid does not resolve", "/etc/hosts")  # a real launch looks the names up
     assert_clean_failure(zerotrain("launch", "--hosts", "localhost", *common), "needs --gpus-per-node")
     assert_clean_failure(zerotrain("launch", "--hosts", "localhost", "--gpus-per-node", 1, "--dry-run"), "nothing to launch")
     assert_clean_failure(zerotrain("launch", "--hosts", "localhost", "--gpus-per-node", 1, "--dry-run", "--", "export", "x"), "cannot launch 'export'")

@@ -454,9 +454,11 @@ def cmd_launch(args, _extra) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     plan = launch.plan_launch(hostfile=args.hostfile, hosts=args.hosts, gpus_per_node=args.gpus_per_node, launcher=args.launcher,
                               port=args.master_port, zt_args=command, out=args.out, runner=args.multinode_runner,
-                              gpus_here=launch.local_gpu_count())
-    print(f"{len(plan.hosts)} node{'s' if len(plan.hosts) > 1 else ''} × {plan.gpus_per_node} GPUs = world {plan.world}; "
-          f"master {plan.master}:{plan.port}; launcher {plan.launcher}", file=sys.stderr)
+                              gpus_here=launch.local_gpu_count(), nodes=args.nodes, partition=args.partition,
+                              account=args.account, time_limit=args.time, dry_run=args.dry_run)
+    n = plan.node_count
+    print(f"{n} node{'s' if n > 1 else ''} × {plan.gpus_per_node} GPUs = world {plan.world}; "
+          f"rendezvous {plan.master}:{plan.port}; launcher {plan.launcher}", file=sys.stderr)
     for path, text in plan.files.items():
         print(f"--- {path}{' (written)' if not args.dry_run else ''}\n{text}", end="" if text.endswith("\n") else "\n")
     print("--- command" + ("s, one per node" if len(plan.commands) > 1 else ""))
@@ -651,9 +653,15 @@ def build_parser() -> argparse.ArgumentParser:
     la = verbs.add_parser("launch", help="multi-node: validate hosts, write and run the DeepSpeed / torchrun / SLURM launch",
                           description="Validates the nodes (hostfile syntax, names that resolve, slots vs --gpus-per-node, a free "
                                       "master port), then writes the launch to --out and starts it. End with -- train CONFIG.toml "
-                                      "[overrides] (or -- doctor comm).")
+                                      "[overrides] (or -- doctor comm). --dry-run looks up no names; --launcher slurm --nodes N "
+                                      "writes an sbatch script that lets SLURM choose the nodes.")
     la.add_argument("--hostfile", help="DeepSpeed hostfile: one `HOSTNAME slots=GPUS` per line, # comments")
-    la.add_argument("--hosts", help="comma-separated node names (the first is the master)")
+    la.add_argument("--hosts", help="comma-separated node names (the first is the master); with slurm, optional: pins the nodes")
+    la.add_argument("--nodes", type=int, help="slurm: how many nodes to ask for; SLURM chooses them and the script reads "
+                                               "their names at run time")
+    la.add_argument("--partition", help="slurm: the partition to submit to (#SBATCH --partition)")
+    la.add_argument("--account", help="slurm: the account to charge (#SBATCH --account)")
+    la.add_argument("--time", help="slurm: the job's time limit in SLURM's syntax, e.g. 2-00:00:00 (#SBATCH --time)")
     la.add_argument("--gpus-per-node", type=int, help="GPUs to use on each node (default: the hostfile's slots)")
     la.add_argument("--launcher", default="deepspeed", help="deepspeed (pdsh/openmpi), torchrun (one command per node) or slurm (sbatch script)")
     la.add_argument("--multinode-runner", default="pdsh", help="for --launcher deepspeed: pdsh (default) or openmpi")

@@ -6,8 +6,11 @@ its fix, before anything starts) -> `plan_launch` builds one of three launches f
 - deepspeed: DeepSpeed's launcher over pdsh or OpenMPI with a hostfile; the environment travels in a
   .deepspeed_env file, which the launcher exports on every node (deepspeed/launcher/runner.py);
 - torchrun: one command per node (static rendezvous at the first host); each node runs its own;
-- slurm: an sbatch script, one `srun` task per node running torchrun with a c10d rendezvous.
+- slurm: an sbatch script that asks SLURM for `--nodes` x `--gpus-per-node`, reads the node list SLURM chose at run
+  time and starts one `srun` task per node running torchrun with a c10d rendezvous at the first of them. It is
+  written on a login node, where the compute nodes' names need not resolve, so nothing about them is checked here.
 
+A dry run never resolves a name: it checks what can be checked offline and prints the launch.
 No torch or deepspeed import: this only writes files and starts the launcher.
 """
 
@@ -95,8 +98,11 @@ def local_addresses() -> set[str]:
 
 
 def is_local(host: str, local: set[str], resolve=socket.getaddrinfo) -> bool:
+    """Whether `host` is this machine; with resolve=None (a dry run) by its name or address alone, no DNS."""
     if host in local:
         return True
+    if resolve is None:
+        return False
     try:
         return any(info[4][0] in local for info in resolve(host, None))
     except (OSError, UnicodeError):
@@ -119,17 +125,19 @@ def local_gpu_count() -> int | None:
 def check_hosts(hosts: list[Host], gpus_per_node: int, resolve=socket.getaddrinfo, local: set[str] | None = None,
                 gpus_here: int | None = None) -> None:
     """Every host resolves, and offers the GPUs asked for: its hostfile slots, and on this machine the GPUs
-    nvidia-smi sees. All problems in one UserError."""
+    nvidia-smi sees. All problems in one UserError. With resolve=None (a dry run) names are not looked up."""
     problems = []
     if gpus_per_node < 1:
         problems.append(f"--gpus-per-node {gpus_per_node} must be ≥ 1")
     for h in hosts:
-        try:
-            addresses = {info[4][0] for info in resolve(h.name, None)}
-        except (OSError, UnicodeError):
-            problems.append(f"host {h.name}{f' (line {h.line})' if h.line else ''} does not resolve; fix the name, "
-                            f"add it to /etc/hosts or DNS, or use its IP address")
-            continue
+        addresses = set()
+        if resolve is not None:
+            try:
+                addresses = {info[4][0] for info in resolve(h.name, None)}
+            except (OSError, UnicodeError):
+                problems.append(f"host {h.name}{f' (line {h.line})' if h.line else ''} does not resolve; fix the name, "
+                                f"add it to /etc/hosts or DNS, or use its IP address")
+                continue
         if len(hosts) > 1 and addresses and all(a.startswith("127.") or a == "::1" for a in addresses):
             problems.append(f"host {h.name}{f' (line {h.line})' if h.line else ''} is a loopback address, which other nodes "
                             f"cannot reach; use its hostname or network IP")
@@ -168,10 +176,11 @@ def forwarded_env(env=os.environ) -> dict[str, str]:
 @dataclass
 class LaunchPlan:
     launcher: str
-    hosts: list[Host]
+    hosts: list[Host]  # the pinned nodes; empty for an sbatch that lets SLURM choose them
     gpus_per_node: int
     master: str
     port: int
+    nodes: int = 0  # node count; 0 means len(hosts)
     files: dict[str, str] = field(default_factory=dict)  # path -> content, written before running
     commands: list[str] = field(default_factory=list)  # shell lines, one per node for torchrun
     run: list[str] | None = None  # what `zerotrain launch` runs here (argv), None when it only writes
@@ -180,8 +189,12 @@ class LaunchPlan:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def node_count(self) -> int:
+        return self.nodes or len(self.hosts)
+
+    @property
     def world(self) -> int:
-        return len(self.hosts) * self.gpus_per_node
+        return self.node_count * self.gpus_per_node
 
 
 def _env_prefix(env: dict[str, str]) -> str:
@@ -225,18 +238,36 @@ def torchrun_commands(hosts, gpus_per_node, master, port, zt_args, env) -> list[
             for i, _ in enumerate(hosts)]
 
 
-def slurm_script(hosts, gpus_per_node, port, zt_args, env, pinned_hosts: bool) -> str:
+@dataclass(frozen=True)
+class SlurmRequest:
+    """What the sbatch header asks SLURM for. Only `nodes` and `gpus_per_node` are required."""
+    nodes: int
+    gpus_per_node: int
+    nodelist: tuple[str, ...] = ()  # pinned hosts; empty: SLURM chooses
+    partition: str | None = None
+    account: str | None = None
+    time_limit: str | None = None  # SLURM's --time syntax, e.g. 2-00:00:00
+
+
+def slurm_script(request: SlurmRequest, port: int, zt_args: list[str], env: dict[str, str]) -> str:
     """sbatch script: one srun task per node, each a torchrun that meets the others at the first node of the
-    allocation through torchrun's c10d rendezvous (no node ranks to hand out)."""
-    lines = ["#!/bin/bash", "#SBATCH --job-name=zerotrain", f"#SBATCH --nodes={len(hosts)}", "#SBATCH --ntasks-per-node=1",
-             f"#SBATCH --gpus-per-node={gpus_per_node}", "#SBATCH --output=zerotrain-%j.log"]
-    if pinned_hosts:
-        lines.append(f"#SBATCH --nodelist={','.join(h.name for h in hosts)}")
+    allocation through torchrun's c10d rendezvous (no node ranks to hand out). The nodes are whatever SLURM
+    allocated: their names are read at run time from $SLURM_JOB_NODELIST, never fixed when the script is written."""
+    lines = ["#!/bin/bash", "#SBATCH --job-name=zerotrain", f"#SBATCH --nodes={request.nodes}", "#SBATCH --ntasks-per-node=1",
+             f"#SBATCH --gpus-per-node={request.gpus_per_node}", "#SBATCH --output=zerotrain-%j.log"]
+    for flag, value in (("partition", request.partition), ("account", request.account), ("time", request.time_limit)):
+        if value:
+            lines.append(f"#SBATCH --{flag}={value}")
+    if request.nodelist:
+        lines.append(f"#SBATCH --nodelist={','.join(request.nodelist)}")
     lines += ["", "set -euo pipefail"]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
-    lines += ['head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)', "",
+    lines += ['nodes=$(scontrol show hostnames "$SLURM_JOB_NODELIST")',
+              'head_node=$(echo "$nodes" | head -n 1)',
+              f'echo "zerotrain: job $SLURM_JOB_ID on $SLURM_NNODES nodes ($(echo $nodes)) x {request.gpus_per_node} GPUs, '
+              f'rendezvous $head_node:{port}"', "",
               ("srun --kill-on-bad-exit=1 torchrun --nnodes \"$SLURM_NNODES\" "
-               f"--nproc_per_node {gpus_per_node} --rdzv_id \"$SLURM_JOB_ID\" --rdzv_backend c10d "
+               f"--nproc_per_node {request.gpus_per_node} --rdzv_id \"$SLURM_JOB_ID\" --rdzv_backend c10d "
                f"--rdzv_endpoint \"$head_node:{port}\" -m zerotrain {shlex.join(zt_args)}"), ""]
     return "\n".join(lines)
 
@@ -264,49 +295,77 @@ def check_command(zt_args: list[str]) -> None:
 
 def plan_launch(*, hostfile: str | None, hosts: str | None, gpus_per_node: int | None, launcher: str, port: int,
                 zt_args: list[str], out: str | Path, runner: str = "pdsh", env=os.environ, resolve=socket.getaddrinfo,
-                gpus_here: int | None = None) -> LaunchPlan:
-    """Validate the set-up and build the launch; nothing is written or started here."""
+                gpus_here: int | None = None, nodes: int | None = None, partition: str | None = None,
+                account: str | None = None, time_limit: str | None = None, dry_run: bool = False) -> LaunchPlan:
+    """Validate the set-up and build the launch; nothing is written or started here. A dry run, and any SLURM
+    launch, never looks up a host name (resolve is not called)."""
     if launcher not in LAUNCHERS:
         raise UserError(f"unknown launcher {launcher!r}; use --launcher deepspeed, torchrun or slurm")
     if runner not in MULTINODE_RUNNERS:
         raise UserError(f"unknown --multinode-runner {runner!r}; use pdsh or openmpi")
-    if bool(hostfile) == bool(hosts):
+    if launcher != "slurm" and (nodes is not None or partition or account or time_limit):
+        raise UserError("--nodes, --partition, --account and --time are for --launcher slurm; with deepspeed or torchrun "
+                        "name the nodes with --hostfile or --hosts")
+    if hostfile and hosts:
+        raise UserError("name the nodes with --hostfile FILE or --hosts h1,h2, not both")
+    if nodes is not None and nodes < 1:
+        raise UserError(f"--nodes {nodes} must be ≥ 1")
+    if launcher == "slurm":
+        if not (hostfile or hosts or nodes):
+            raise UserError("--launcher slurm needs --nodes N (SLURM chooses the nodes), or --hosts/--hostfile to pin them")
+    elif not (hostfile or hosts):
         raise UserError("name the nodes with --hostfile FILE or --hosts h1,h2 (one of the two)")
-    node_list = parse_hostfile(hostfile) if hostfile else hosts_from_list(hosts)
+    node_list = parse_hostfile(hostfile) if hostfile else hosts_from_list(hosts) if hosts else []
+    if nodes is not None and node_list and nodes != len(node_list):
+        raise UserError(f"--nodes {nodes} but {len(node_list)} hosts are pinned; give one of the two, or as many hosts as nodes")
     if gpus_per_node is None:
         slots = {h.slots for h in node_list}
-        if None in slots:
-            raise UserError("--hosts needs --gpus-per-node N (GPUs to use on each node)")
+        if not node_list or None in slots:
+            raise UserError(f"{'--hosts' if node_list else '--nodes'} needs --gpus-per-node N (GPUs to use on each node)")
         if len(slots) > 1:
             raise UserError(f"the hostfile gives different slots ({', '.join(map(str, sorted(slots)))}); "
                             f"pass --gpus-per-node N to use N GPUs on every node")
         gpus_per_node = slots.pop()
-    local = local_addresses()
-    check_hosts(node_list, gpus_per_node, resolve, local, gpus_here)
-    master = node_list[0].name
-    check_port(master, port, local, resolve)
     check_command(zt_args)
     fwd = forwarded_env(env)
     out = Path(out)
-    if launcher == "deepspeed":
-        single_local = len(node_list) == 1 and is_local(master, local, resolve)
-        plan = deepspeed_launch(node_list, gpus_per_node, master, port, zt_args, fwd, out, runner, single_local)
-    elif launcher == "torchrun":
-        plan = LaunchPlan("torchrun", node_list, gpus_per_node, master, port,
-                          commands=torchrun_commands(node_list, gpus_per_node, master, port, zt_args, fwd))
-        plan.files[str(out / "torchrun.sh")] = "".join(
-            f"# node {i} ({h.name})\n{c}\n" for i, (h, c) in enumerate(zip(node_list, plan.commands)))
-        mine = [i for i, h in enumerate(node_list) if is_local(h.name, local, resolve)]
-        if mine:  # run this node's share; the others run the same `zerotrain launch` (or their line of torchrun.sh)
-            plan.run = ["bash", "-c", plan.commands[mine[0]]]
-        plan.notes.append("start the same command on every node (each runs its own line), or run each line of "
-                          f"{out / 'torchrun.sh'} on its node")
-    else:
+    if launcher == "slurm":  # written on a login node: the compute nodes are SLURM's to name and check
+        check_hosts(node_list, gpus_per_node, resolve=None)
+        if not 1 <= port <= 65535:
+            raise UserError(f"--master-port {port} is not a TCP port; choose one in 1024-65535")
+        request = SlurmRequest(nodes or len(node_list), gpus_per_node, tuple(h.name for h in node_list), partition, account,
+                               time_limit)
         script = out / "zerotrain.sbatch"
-        plan = LaunchPlan("slurm", node_list, gpus_per_node, master, port)
-        plan.files[str(script)] = slurm_script(node_list, gpus_per_node, port, zt_args, fwd, pinned_hosts=True)
+        plan = LaunchPlan("slurm", node_list, gpus_per_node, "the first node SLURM allocates", port, nodes=request.nodes)
+        plan.files[str(script)] = slurm_script(request, port, zt_args, fwd)
         plan.commands.append(f"sbatch {shlex.quote(str(script))}")
         plan.run = ["sbatch", str(script)]
+        if not node_list:
+            plan.notes.append("SLURM chooses the nodes; the script reads them from $SLURM_JOB_NODELIST when the job starts")
+    else:
+        if dry_run:
+            resolve = None  # print the launch without DNS; a real launch checks the names first
+            plan_notes = ["dry run: host names were not looked up"]
+        else:
+            plan_notes = []
+        local = local_addresses()
+        check_hosts(node_list, gpus_per_node, resolve, local, gpus_here)
+        master = node_list[0].name
+        check_port(master, port, local, resolve)
+        if launcher == "deepspeed":
+            single_local = len(node_list) == 1 and is_local(master, local, resolve)
+            plan = deepspeed_launch(node_list, gpus_per_node, master, port, zt_args, fwd, out, runner, single_local)
+        else:
+            plan = LaunchPlan("torchrun", node_list, gpus_per_node, master, port,
+                              commands=torchrun_commands(node_list, gpus_per_node, master, port, zt_args, fwd))
+            plan.files[str(out / "torchrun.sh")] = "".join(
+                f"# node {i} ({h.name})\n{c}\n" for i, (h, c) in enumerate(zip(node_list, plan.commands)))
+            mine = [i for i, h in enumerate(node_list) if is_local(h.name, local, resolve)]
+            if mine:  # run this node's share; the others run the same `zerotrain launch` (or their line of torchrun.sh)
+                plan.run = ["bash", "-c", plan.commands[mine[0]]]
+            plan.notes.append("start the same command on every node (each runs its own line), or run each line of "
+                              f"{out / 'torchrun.sh'} on its node")
+        plan.notes += plan_notes
     plan.zt_args = list(zt_args)
     if not fwd:
         plan.notes.append("no NCCL_*/GLOO_*/ZEROTRAIN_* variables set here; on multi-homed nodes set NCCL_SOCKET_IFNAME "
