@@ -158,13 +158,18 @@ def run_ok(*args, **kw):
     return r
 
 
+# The stage-0 run of stage_runs, whose losses tests/golden/losses.json holds (tests/golden/make_golden_losses.py).
+GOLDEN_RUN = {"zero_stage": 0, "dropout": 0.1}
+
+
 @pytest.fixture(scope="session")
 def stage_runs(tmp_path_factory, char_data):
     """The same 12-step run (dropout on) under ZeRO 0, 1, 2 and 3 in 2 processes, checkpoints at 6 and 12."""
     root = tmp_path_factory.mktemp("stages")
     runs = {}
     for stage in (0, 1, 2, 3):
-        cfg = write_config(root / f"s{stage}.toml", out_dir=root / f"s{stage}", data_dir=char_data, zero_stage=stage, dropout=0.1)
+        cfg = write_config(root / f"s{stage}.toml", out_dir=root / f"s{stage}", data_dir=char_data,
+                           **(GOLDEN_RUN | {"zero_stage": stage}))
         run_ok("train", cfg, "--nproc", 2)
         runs[stage] = root / f"s{stage}"
     return runs

@@ -82,12 +82,15 @@ def _fault_point(where: str, step: int, rank: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def save(engine, ckpt_dir: Path, step: int, client_state: dict, manifest: dict, d, keep_last: int,
-         pointers: tuple[str, ...] = ()) -> str:
-    """Collective: every rank calls it. Returns the published tag."""
+def save(engine, ckpt_dir: Path, state, manifest: dict, d, keep_last: int, pointers: tuple[str, ...] = ()) -> str:
+    """Collective: every rank calls it. `state` is the run's TrainState (its state_dict() is DeepSpeed's client
+    state); `manifest` is written beside the shards. Written under a temporary tag, published by an atomic
+    rename and then `latest`, so a crash mid-save never loses the previous checkpoint. Returns the published tag."""
     from zerotrain.distributed import barrier
 
-    tag = tag_for(step)
+    client_state = state.state_dict()  # collective too: every rank's RNG state is gathered
+    tag = tag_for(state.step)
+    step = state.step
     tmp_tag = f".tmp_{tag}"
     if d.is_main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)

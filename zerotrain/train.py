@@ -383,52 +383,56 @@ def sample_text(engine, plan: Plan, d, step: int) -> str:
     return tokenizer.decode(out[0].tolist())
 
 
-def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
-    """Run training as this process's rank; returns a summary (final step, losses, checkpoint tag)."""
-    from zerotrain import distributed
+# ------------------------------------------------------------------------------------------------ resume state
 
-    started = time.perf_counter()
-    distributed.check_not_a_bare_multitask_launch()
-    plan = preflight(cfg, distributed.world_size(), overwrite)  # bad input fails before any process group exists
-    d = distributed.init()
+class TrainState:
+    """Everything a resumed run needs beyond DeepSpeed's own state; `state_dict()` is exactly the checkpoint's
+    client state (under the key "zerotrain"), and `load_state_dict()` takes it back."""
+
+    def __init__(self, sampler: BatchSampler, run_config: dict, d):
+        self.step = 0  # optimizer steps taken
+        self.tokens_seen = 0
+        self.best_val_loss = float("inf")
+        self.evals_since_best = 0
+        self.last_val_loss: float | None = None  # the newest evaluation's; the manifest records it
+        self.sampler = sampler  # its position is the data position
+        self.run_config = run_config
+        self._d = d
+
+    def state_dict(self) -> dict:
+        """Collective: every rank's RNG states are gathered, so each rank restores its own."""
+        from zerotrain.distributed import all_gather_object
+
+        return {"zerotrain": {"step": self.step, "tokens_seen": self.tokens_seen, "sampler": self.sampler.state_dict(),
+                              "rng": all_gather_object(_rng_state(), self._d), "best_val_loss": self.best_val_loss,
+                              "evals_since_best": self.evals_since_best, "run_config": self.run_config}}
+
+    def load_state_dict(self, client: dict) -> None:
+        zt = client["zerotrain"]
+        self.step, self.tokens_seen = zt["step"], zt["tokens_seen"]
+        self.best_val_loss, self.evals_since_best = zt["best_val_loss"], zt["evals_since_best"]
+        self.sampler.load_state_dict(zt["sampler"])
+        if len(zt["rng"]) == self._d.world:  # another world size draws dropout masks afresh
+            _set_rng_state(zt["rng"][self._d.rank])
+
+
+# ------------------------------------------------------------------------------------------------ setup
+
+def build_model(plan: Plan, ds_config: dict, d, say):
+    """The model on this rank's device, with its fast kernels; returns (model, what was applied, for the startup line)."""
     import deepspeed
     import torch
-    import torch.distributed as dist
-    from torch.profiler import record_function
 
-    from zerotrain import cublaslt, flash3
-    from zerotrain.metrics import (
-        MetricsWriter,
-        format_eval_line,
-        format_line,
-        peak_flops,
-        peak_memory,
-    )
     from zerotrain.model import GPT, Block
-    from zerotrain.profiling import StepProfiler, format_summary
-    t, ds = cfg.train, cfg.deepspeed
+
+    t, ds = plan.cfg.train, plan.cfg.deepspeed
     on_gpu = d.device.type == "cuda"
-    dtype = plan.dtype
-    ds_config = dsconfig.build(cfg, plan.batch, dtype, d.device.type)
-    say = print if d.is_main else (lambda *a, **k: None)
-    # Each rank ran preflight on its own view of the filesystem; all must start from the same checkpoint.
-    views = distributed.all_gather_object((plan.resume_from, plan.init_from), d)
-    if any(v != views[0] for v in views):
-        raise UserError(f"ranks disagree on the checkpoint to start from ({views}); put run.out_dir on a filesystem every rank sees alike")
-    if ds.offload_optimizer != "none":
-        _check_cpu_adam_can_build(on_gpu)
-
-    if d.is_main:
-        _prepare_run_dir(plan, ds_config)
-    distributed.barrier(d)
-
-    # Same seed on every rank: identical initial weights whatever the ZeRO stage.
-    torch.manual_seed(cfg.run.seed)
+    torch.manual_seed(plan.cfg.run.seed)  # same seed on every rank: identical initial weights whatever the ZeRO stage
     compiled = False
     if plan.hf:
         from zerotrain import hf
 
-        model = hf.load(plan.hf, dtype, ds_config, ds.zero_stage, ds.activation_checkpointing)
+        model = hf.load(plan.hf, plan.dtype, ds_config, ds.zero_stage, ds.activation_checkpointing)
         say(f"fine-tuning {plan.hf.describe()}")
         block_classes = hf.decoder_layer_classes(model)
     else:
@@ -441,27 +445,8 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
             model.compile_blocks()  # compiles lazily, on the first forward
         block_classes = [Block]
     per_block = ds.zero_stage == 3 and ds.zero3_gather_per_block and bool(block_classes)
-    # The fused MLP and the tuned matmuls read their layers' weights themselves, so ZeRO-3 must gather them with their block.
-    def wanted(switch: str) -> bool:
-        return not plan.hf and (switch == "on" or (switch == "auto" and compiled)) and (ds.zero_stage < 3 or per_block)
-
-    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32)
-    why_not = cublaslt.cublaslt_unavailable(d.device, torch_dtype)
-    kernel_note = ""
-    if wanted(t.fused_gelu):
-        model.fuse_gelu()  # off the GPU, and in fp32, the same function runs as separate kernels
-        kernel_note = ", GELU in cuBLASLt epilogues" if why_not is None else f", fused MLP with the GELU in separate kernels ({why_not})"
-    if wanted(t.tuned_matmuls):
-        model.tune_matmuls()  # off the GPU, and in fp32, PyTorch's kernels run
-        kernel_note += ", matmul kernels timed per shape" if why_not is None else ""
-    if not plan.hf and t.flash_attention_3 != "off" and not plan.model.dropout:
-        why_not_flash3 = flash3.flash3_unavailable(d.device, torch_dtype, plan.model.n_embd // plan.model.n_head)
-        if why_not_flash3 is None:
-            model.use_flash_attention_3()
-            kernel_note += ", FlashAttention-3"
-        elif t.flash_attention_3 == "on":
-            raise UserError(f'train.flash_attention_3 = "on" but FlashAttention-3 cannot run here: {why_not_flash3}; '
-                            'install it, or set train.flash_attention_3 = "auto" to train with PyTorch\'s attention')
+    applied = (["compiled blocks"] if compiled else []) + (["parameters gathered per block"] if per_block else [])
+    applied += _apply_kernels(model, plan, d, compiled, per_block)
     if per_block:
         deepspeed.utils.set_z3_leaf_modules(model, block_classes)  # one gather, one release, one gradient hook per block
     if plan.init_from:
@@ -472,10 +457,47 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
 
         model.load_state_dict(hf.gpt2_weights(plan.init_from_hf)[1])
         say(f"weights from the Hugging Face GPT-2 in {plan.init_from_hf} (fresh optimizer and schedule)")
-    # ZeRO-3 models built by zero.Init hold partitions: count the full tensors
-    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
-    torch.manual_seed(cfg.run.seed + d.rank)  # dropout differs per rank
+    return model, applied
 
+
+def _apply_kernels(model, plan: Plan, d, compiled: bool, per_block: bool) -> list[str]:
+    """The optional fast paths of zerotrain's GPT (train.fused_gelu, tuned_matmuls, flash_attention_3), by their
+    auto/on/off switches; returns what was applied, for the startup line."""
+    import torch
+
+    from zerotrain import cublaslt, flash3
+
+    t, ds = plan.cfg.train, plan.cfg.deepspeed
+    # The fused MLP and the tuned matmuls read their layers' weights themselves, so ZeRO-3 must gather them with their block.
+    def wanted(switch: str) -> bool:
+        return not plan.hf and (switch == "on" or (switch == "auto" and compiled)) and (ds.zero_stage < 3 or per_block)
+
+    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.dtype, torch.float32)
+    why_not = cublaslt.cublaslt_unavailable(d.device, torch_dtype)
+    applied = []
+    if wanted(t.fused_gelu):
+        model.fuse_gelu()  # off the GPU, and in fp32, the same function runs as separate kernels
+        applied.append("GELU in cuBLASLt epilogues" if why_not is None else f"fused MLP with the GELU in separate kernels ({why_not})")
+    if wanted(t.tuned_matmuls):
+        model.tune_matmuls()  # off the GPU, and in fp32, PyTorch's kernels run
+        applied += ["matmul kernels timed per shape"] if why_not is None else []
+    if not plan.hf and t.flash_attention_3 != "off" and not plan.model.dropout:
+        why_not_flash3 = flash3.flash3_unavailable(d.device, torch_dtype, plan.model.n_embd // plan.model.n_head)
+        if why_not_flash3 is None:
+            model.use_flash_attention_3()
+            applied.append("FlashAttention-3")
+        elif t.flash_attention_3 == "on":
+            raise UserError(f'train.flash_attention_3 = "on" but FlashAttention-3 cannot run here: {why_not_flash3}; '
+                            'install it, or set train.flash_attention_3 = "auto" to train with PyTorch\'s attention')
+    return applied
+
+
+def build_engine(model, plan: Plan, ds_config: dict, d):
+    """DeepSpeed's engine around the model and its AdamW; returns (engine, parameter-group names, notes)."""
+    import deepspeed
+    import torch
+
+    t, ds = plan.cfg.train, plan.cfg.deepspeed
     groups, group_names = param_groups(model, t.weight_decay)
     if plan.resume_from:  # optimizer states are stored per group: another grouping cannot be loaded
         saved_groups = checkpoint.read_manifest(*plan.resume_from).get("param_group_names")
@@ -489,116 +511,201 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     else:
         optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=1e-8, fused=True)
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
-    host_runs_ahead = on_gpu and ds.reduce_without_host_wait and _reduce_epilogue_without_host_wait(engine.optimizer)
+    notes = []
+    if d.device.type == "cuda" and ds.reduce_without_host_wait and _reduce_epilogue_without_host_wait(engine.optimizer):
+        notes.append("reductions without host waits")
+    return engine, group_names, notes
 
+
+def restore(engine, state: TrainState, plan: Plan, say) -> None:
+    """Load run.resume's checkpoint into the engine (weights, optimizer) and the train state."""
+    ckpt_dir, tag = plan.resume_from
+    load_path, client = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False)
+    if load_path is None:
+        raise UserError(f"DeepSpeed found no loadable checkpoint at {ckpt_dir / tag}; pass a complete checkpoint to run.resume")
+    state.load_state_dict(client)
+    say(f"resumed from {ckpt_dir / tag} at step {state.step}")
+    if state.step >= plan.cfg.train.max_steps:
+        say(f"nothing to do: the run is at step {state.step} and train.max_steps is {plan.cfg.train.max_steps}; "
+            f"raise max_steps to train further")
+
+
+def manifest_for(plan: Plan, state: TrainState, d, group_names: list[list[str]]) -> dict:
+    """What checkpoint.save writes beside the shards: enough to resume, export or refuse without loading them."""
+    ds = plan.cfg.deepspeed
+    return {"step": state.step, "tokens_seen": state.tokens_seen, "world_size": d.world, "zero_stage": ds.zero_stage,
+            "dtype": plan.dtype, "grad_accum_dtype": dsconfig.grad_accum_dtype(ds, plan.dtype),
+            "model": dataclasses.asdict(plan.model), "val_loss": state.last_val_loss,
+            "tokenizer": plan.data[0].meta["tokenizer"], "param_group_names": group_names,
+            "hf": str(plan.hf.path.resolve()) if plan.hf else None, "hf_config": plan.hf.config if plan.hf else None}
+
+
+def _stop_signals() -> list[int]:
+    """SIGINT and SIGTERM are recorded, not obeyed at once: the loop ends after its step, with a checkpoint."""
+    received: list[int] = []
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, lambda signum, _f: received.append(signum))
+    return received
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+def optimizer_step(engine, sampler: BatchSampler, plan: Plan, d, clock: "_PhaseClock", loss_sum, measure_grad_norm: bool):
+    """One optimizer step: grad_accum × (forward, backward, engine.step()). The micro-batch losses are summed into
+    loss_sum on the device (no host sync). Returns the gradient norm when asked to measure it (stage 0 in fp32/fp16,
+    whose optimizers record none), else None."""
+    from torch.profiler import record_function
+
+    grad_norm = None
+    loss_sum.zero_()
+    for micro in range(plan.batch.accum):
+        # record_function names the phases in train.profile_steps traces (and costs microseconds otherwise)
+        with record_function("zerotrain.data"):
+            x, y = sampler.next_batch()
+            x, y = _to_device(x, d.device), _to_device(y, d.device)
+        clock.lap(None)
+        with record_function("zerotrain.forward"):
+            loss = engine(x, y)
+        clock.lap("forward_s")
+        with record_function("zerotrain.backward"):
+            engine.backward(loss)  # at the accumulation boundary this also reduces gradients across ranks
+        clock.lap("backward_s")
+        if measure_grad_norm and micro == plan.batch.accum - 1:
+            grad_norm = _grad_norm(engine.module) / (_loss_scale(engine.optimizer) if plan.dtype == "fp16" else 1.0)
+        with record_function("zerotrain.optimizer_step"):
+            engine.step()  # DeepSpeed applies the optimizer only at the accumulation boundary
+        clock.lap("optimizer_s")
+        loss_sum += loss.detach()
+    return grad_norm
+
+
+def evaluate_and_report(engine, plan: Plan, d, state: TrainState, writer, progress, started: float) -> tuple[str, ...]:
+    """Validation loss (and a sample, with train.sample_prompt) at an eval step; updates the best loss. Returns
+    ("best",) when this evaluation is the best so far: that checkpoint gets the `best` pointer."""
+    from zerotrain.metrics import format_eval_line
+
+    t = plan.cfg.train
+    state.last_val_loss = val = evaluate(engine, plan, d)
+    pointers = ()
+    if val < state.best_val_loss:
+        state.best_val_loss, state.evals_since_best, pointers = val, 0, ("best",)
+    else:
+        state.evals_since_best += 1
+    text = sample_text(engine, plan, d, state.step) if t.sample_prompt else None  # every rank: collective under ZeRO-3
+    if d.is_main:
+        record = {"step": state.step, "val_loss": val, "val_ppl": math.exp(min(val, 50)), "best_val_loss": state.best_val_loss,
+                  "elapsed_s": time.perf_counter() - started}
+        if text is not None:
+            record["sample"] = text
+        writer.write(record)
+        _print(progress, format_eval_line(record))
+        if text is not None:
+            _print(progress, f"sample: {text!r}")
+    return pointers
+
+
+def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
+    """Run training as this process's rank; returns a summary (final step, losses, checkpoint tag)."""
+    from zerotrain import distributed
+
+    started = time.perf_counter()
+    distributed.check_not_a_bare_multitask_launch()
+    plan = preflight(cfg, distributed.world_size(), overwrite)  # bad input fails before any process group exists
+    d = distributed.init()
+    import torch
+    import torch.distributed as dist
+
+    from zerotrain.metrics import MetricsWriter, format_line, peak_flops, peak_memory
+    from zerotrain.profiling import StepProfiler, format_summary
+
+    t, ds = cfg.train, cfg.deepspeed
+    on_gpu = d.device.type == "cuda"
+    ds_config = dsconfig.build(cfg, plan.batch, plan.dtype, d.device.type)
+    say = print if d.is_main else (lambda *a, **k: None)
+    # Each rank ran preflight on its own view of the filesystem; all must start from the same checkpoint.
+    views = distributed.all_gather_object((plan.resume_from, plan.init_from), d)
+    if any(v != views[0] for v in views):
+        raise UserError(f"ranks disagree on the checkpoint to start from ({views}); put run.out_dir on a filesystem every rank sees alike")
+    if ds.offload_optimizer != "none":
+        _check_cpu_adam_can_build(on_gpu)
+    if d.is_main:
+        _prepare_run_dir(plan, ds_config)
+    distributed.barrier(d)
+
+    # ---- setup: model, engine, state
+    model, applied = build_model(plan, ds_config, d, say)
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # zero.Init holds partitions: count full tensors
+    torch.manual_seed(cfg.run.seed + d.rank)  # dropout differs per rank
+    engine, group_names, engine_notes = build_engine(model, plan, ds_config, d)
     sampler = BatchSampler([s.train for s in plan.data], plan.weights, plan.seq_len, t.micro_batch_size, d.rank, d.world, cfg.run.seed)
-    step, tokens_seen, best_val, evals_since_best = 0, 0, float("inf"), 0
+    state = TrainState(sampler, runconfig.to_dict(cfg), d)
     if plan.resume_from:
-        ckpt_dir, tag = plan.resume_from
-        load_path, client = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False)
-        if load_path is None:
-            raise UserError(f"DeepSpeed found no loadable checkpoint at {ckpt_dir / tag}; pass a complete checkpoint to run.resume")
-        zt = client["zerotrain"]
-        step, tokens_seen, best_val, evals_since_best = zt["step"], zt["tokens_seen"], zt["best_val_loss"], zt["evals_since_best"]
-        sampler.load_state_dict(zt["sampler"])
-        if len(zt["rng"]) == d.world:
-            _set_rng_state(zt["rng"][d.rank])
-        say(f"resumed from {ckpt_dir / tag} at step {step}")
-        if step >= t.max_steps:
-            say(f"nothing to do: the run is at step {step} and train.max_steps is {t.max_steps}; raise max_steps to train further")
+        restore(engine, state, plan, say)
 
     setup_mem = torch.cuda.memory_allocated(d.device) if on_gpu else None
     tokens_per_step = plan.batch.global_size * plan.seq_len
     flops_tok = flops_per_token(plan.model, n_params, plan.seq_len)
     peak = peak_flops(torch.cuda.get_device_name(d.device) if on_gpu else None)
+    accum_note = ["gradients summed in fp32"] if dsconfig.grad_accum_dtype(ds, plan.dtype) != plan.dtype else []
     vocab = f"vocab {plan.model.vocab_size}" if plan.hf else f"vocab {plan.model.vocab_size} padded to {plan.model.padded_vocab_size}"
     say(f"model {n_params / 1e6:.2f}M parameters ({plan.model.n_layer} layers, {plan.model.n_head} heads, {plan.model.n_embd} wide, "
         f"{vocab}, block {plan.model.block_size})")
     say(f"{plan.batch.describe()} sequences of {plan.seq_len} tokens = {tokens_per_step:,} tokens per step")
-    say(f"ZeRO stage {ds.zero_stage}, {dtype}, {d.world} × {d.device.type}{', compiled blocks' if compiled else ''}"
-        f"{', parameters gathered per block' if per_block else ''}"
-        f"{', gradients summed in fp32' if dsconfig.grad_accum_dtype(ds, dtype) != dtype else ''}{kernel_note}{', reductions without host waits' if host_runs_ahead else ''}, "
-        f"lr {t.lr:g} -> {t.min_lr:g}, run dir {plan.run_dir}")
+    say(", ".join([f"ZeRO stage {ds.zero_stage}", plan.dtype, f"{d.world} × {d.device.type}",
+                   *applied, *accum_note, *engine_notes,
+                   f"lr {t.lr:g} -> {t.min_lr:g}", f"run dir {plan.run_dir}"]))
     say("ds_config: " + json.dumps(ds_config, separators=(",", ":")))
 
-    writer = MetricsWriter(plan.run_dir, step, cfg.run.tensorboard, cfg.run.wandb, cfg.run.wandb_project,
+    writer = MetricsWriter(plan.run_dir, state.step, cfg.run.tensorboard, cfg.run.wandb, cfg.run.wandb_project,
                            runconfig.to_dict(cfg)) if d.is_main else None
     ckpt_dir = plan.run_dir / "checkpoints"
-    stop_signal = []
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, lambda signum, _f: stop_signal.append(signum))
-
-    def save(pointers=()) -> str:
-        client = {"zerotrain": {"step": step, "tokens_seen": tokens_seen, "sampler": sampler.state_dict(),
-                                "rng": distributed.all_gather_object(_rng_state(), d), "best_val_loss": best_val,
-                                "evals_since_best": evals_since_best, "run_config": runconfig.to_dict(cfg)}}
-        manifest = {"step": step, "tokens_seen": tokens_seen, "world_size": d.world, "zero_stage": ds.zero_stage,
-                    "dtype": dtype, "grad_accum_dtype": dsconfig.grad_accum_dtype(ds, dtype), "model": dataclasses.asdict(plan.model), "val_loss": last_val,
-                    "tokenizer": plan.data[0].meta["tokenizer"], "param_group_names": group_names,
-                    "hf": str(plan.hf.path.resolve()) if plan.hf else None, "hf_config": plan.hf.config if plan.hf else None}
-        return checkpoint.save(engine, ckpt_dir, step, client, manifest, d, t.keep_last, pointers)
-
+    stop_signal = _stop_signals()
     # Stage 0 in fp32/fp16 keeps torch's optimizer or DeepSpeed's FP16_UnfusedOptimizer, which record no
     # (or a loss-scaled) gradient norm; there the loop measures it, on log steps only.
-    own_grad_norm = ds.zero_stage == 0 and dtype in ("fp32", "fp16")
-    last_val, last_saved, stop_reason, grad_norm = None, None, None, None
+    own_grad_norm = ds.zero_stage == 0 and plan.dtype in ("fp32", "fp16")
+    last_saved, stop_reason, grad_norm = None, None, None
     loss_sum = torch.zeros((), device=d.device)
     window_start, window_steps = time.perf_counter(), 0
     clock = _PhaseClock(t.time_phases, on_gpu)
-    profiler = StepProfiler(t.profile_steps, t.max_steps, step, plan.run_dir / "profile", d.rank, on_gpu)
+    profiler = StepProfiler(t.profile_steps, t.max_steps, state.step, plan.run_dir / "profile", d.rank, on_gpu)
     window_profiled = False
-    progress = _progress(d.is_main, step, t.max_steps)
+    progress = _progress(d.is_main, state.step, t.max_steps)
     gpu_clocks = None
     if on_gpu and d.is_main:  # rank 0's GPU: its SM clock and power in every log record
         from zerotrain.clocks import ClockMonitor
         gpu_clocks = ClockMonitor.start(d.device)
     engine.train()  # from_pretrained returns a model in eval mode: without this, dropout would only start after the first evaluation
-    while step < t.max_steps:
-        profiler.maybe_start(step + 1)
-        lr = lr_at(step, t)
+
+    # ---- the loop: one optimizer step = grad_accum × (forward, backward, engine.step())
+    while state.step < t.max_steps:
+        profiler.maybe_start(state.step + 1)
+        lr = lr_at(state.step, t)
         for group in engine.optimizer.param_groups:
             group["lr"] = lr
-        logging = (step + 1) % t.log_interval == 0 or step + 1 == t.max_steps
-        loss_sum.zero_()
-        for micro in range(plan.batch.accum):
-            # record_function names the phases in train.profile_steps traces (and costs microseconds otherwise)
-            with record_function("zerotrain.data"):
-                x, y = sampler.next_batch()
-                x, y = _to_device(x, d.device), _to_device(y, d.device)
-            clock.lap(None)
-            with record_function("zerotrain.forward"):
-                loss = engine(x, y)
-            clock.lap("forward_s")
-            with record_function("zerotrain.backward"):
-                engine.backward(loss)  # at the accumulation boundary this also reduces gradients across ranks
-            clock.lap("backward_s")
-            if own_grad_norm and logging and micro == plan.batch.accum - 1:
-                grad_norm = _grad_norm(model) / (_loss_scale(engine.optimizer) if dtype == "fp16" else 1.0)
-            with record_function("zerotrain.optimizer_step"):
-                engine.step()  # DeepSpeed applies the optimizer only at the accumulation boundary
-            clock.lap("optimizer_s")
-            loss_sum += loss.detach()
-        step += 1
-        tokens_seen += tokens_per_step
+        logging = (state.step + 1) % t.log_interval == 0 or state.step + 1 == t.max_steps
+        grad_norm = optimizer_step(engine, sampler, plan, d, clock, loss_sum, own_grad_norm and logging)
+        state.step += 1
+        state.tokens_seen += tokens_per_step
         window_steps += 1
-        window_profiled = window_profiled or profiler.active(step)
-        if (summary := profiler.maybe_stop(step)) and d.is_main:
+        window_profiled = window_profiled or profiler.active(state.step)
+        if (summary := profiler.maybe_stop(state.step)) and d.is_main:
             _print(progress, format_summary(summary) + f"; trace in {profiler.out_dir}")
         if progress:
             progress.advance()
 
+        # ---- log: the one host sync of a step, on log steps only
         if logging:
             dist.all_reduce(loss_sum)
             train_loss = loss_sum.item() / (plan.batch.accum * d.world)  # host sync: only at log steps
             if not math.isfinite(train_loss):  # the same all-reduced value on every rank: all stop together
-                raise _diverged(step, ckpt_dir)
+                raise _diverged(state.step, ckpt_dir)
             step_time = (time.perf_counter() - window_start) / window_steps
             if not own_grad_norm:
                 grad_norm = engine.get_global_grad_norm()
-            record = {"step": step, "loss": train_loss, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm),
+            record = {"step": state.step, "loss": train_loss, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm),
                       "step_time_s": step_time, "tokens_per_s": tokens_per_step / step_time,
                       "mfu": None if peak is None else flops_tok * tokens_per_step / step_time / d.world / peak,
-                      **peak_memory(d.device), "tokens_seen": tokens_seen, "elapsed_s": time.perf_counter() - started}
+                      **peak_memory(d.device), "tokens_seen": state.tokens_seen, "elapsed_s": time.perf_counter() - started}
             record.update(clock.per_step(window_steps))
             if gpu_clocks:
                 record.update(gpu_clocks.window())
@@ -606,43 +713,32 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
                 record["profiled"], window_profiled = True, False
             if setup_mem is not None:  # model states and DeepSpeed's buffers before the first step; `zerotrain plan` predicts it
                 record["setup_mem_bytes"], setup_mem = setup_mem, None
-            if dtype == "fp16":
+            if plan.dtype == "fp16":
                 record["loss_scale"], record["skipped_steps"] = _loss_scale(engine.optimizer), engine.skipped_steps
             if d.is_main:
                 writer.write(record)
                 _print(progress, format_line(record, t.max_steps))
             window_start, window_steps = time.perf_counter(), 0
 
+        # ---- evaluate
         pointers = ()
-        if t.eval_interval and (step % t.eval_interval == 0 or step == t.max_steps):
-            last_val = evaluate(engine, plan, d)
-            if last_val < best_val:
-                best_val, evals_since_best, pointers = last_val, 0, ("best",)
-            else:
-                evals_since_best += 1
-            text = sample_text(engine, plan, d, step) if t.sample_prompt else None  # every rank: collective under ZeRO-3
-            if d.is_main:
-                record = {"step": step, "val_loss": last_val, "val_ppl": math.exp(min(last_val, 50)), "best_val_loss": best_val,
-                          "elapsed_s": time.perf_counter() - started}
-                if text is not None:
-                    record["sample"] = text
-                writer.write(record)
-                _print(progress, format_eval_line(record))
-                if text is not None:
-                    _print(progress, f"sample: {text!r}")
-            if t.early_stop_patience and evals_since_best >= t.early_stop_patience:
-                stop_reason = f"early stop: no better val loss in {evals_since_best} evaluations"
-        # A signal reaches each process at its own moment; all ranks act on one all-reduced answer, so the
-        # collective save below is entered by every rank or by none.
+        if t.eval_interval and (state.step % t.eval_interval == 0 or state.step == t.max_steps):
+            pointers = evaluate_and_report(engine, plan, d, state, writer, progress, started)
+            if t.early_stop_patience and state.evals_since_best >= t.early_stop_patience:
+                stop_reason = f"early stop: no better val loss in {state.evals_since_best} evaluations"
+
+        # ---- stop and save. A signal reaches each process at its own moment; all ranks act on one all-reduced
+        # answer, so the collective save below is entered by every rank or by none.
         signum = distributed.max_over_ranks(stop_signal[0] if stop_signal else 0, d)
         if signum and not stop_reason:
             stop_reason = f"stopped by {signal.Signals(signum).name}"
-        ending = stop_reason is not None or step == t.max_steps
-        if cfg.run.checkpoints and (pointers or (t.save_interval and step % t.save_interval == 0) or ending):
+        ending = stop_reason is not None or state.step == t.max_steps
+        if cfg.run.checkpoints and (pointers or (t.save_interval and state.step % t.save_interval == 0) or ending):
             if not logging:  # never publish a checkpoint of diverged weights
-                _raise_if_diverged(loss_sum, step, ckpt_dir)
+                _raise_if_diverged(loss_sum, state.step, ckpt_dir)
             final = ("final",) if ending and not signum else ()
-            last_saved = save(pointers + final)
+            last_saved = checkpoint.save(engine, ckpt_dir, state, manifest_for(plan, state, d, group_names), d, t.keep_last,
+                                         pointers + final)
             if d.is_main:
                 _print(progress, f"saved checkpoint {ckpt_dir / last_saved}" + (f" ({', '.join(pointers + final)})" if pointers + final else ""))
             window_start, window_steps = time.perf_counter(), 0  # keep eval and save time out of step timing
@@ -650,9 +746,10 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
                 gpu_clocks.window()  # and out of the clock readings
         if stop_reason:
             if d.is_main:
-                _print(progress, f"{stop_reason} at step {step}" + ("; continue with --run.resume=auto" if signum else ""))
+                _print(progress, f"{stop_reason} at step {state.step}" + ("; continue with --run.resume=auto" if signum else ""))
             break
 
+    # ---- teardown
     if progress:
         progress.stop()
     if gpu_clocks:
@@ -665,7 +762,8 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     if not on_gpu:  # every rank mapped DeepSpeed's shared-memory buffers long ago; drop their names
         distributed.remove_shm_buffers(os.environ.get("MASTER_ADDR", "127.0.0.1"), os.environ.get("MASTER_PORT", ""), d.rank)
     os.environ["ZEROTRAIN_RANK_FINISHED"] = "1"  # cli.main_exit may skip interpreter teardown now
-    return {"step": step, "val_loss": last_val, "best_val_loss": None if best_val == float("inf") else best_val,
+    best = None if state.best_val_loss == float("inf") else state.best_val_loss
+    return {"step": state.step, "val_loss": state.last_val_loss, "best_val_loss": best,
             "checkpoint": str(ckpt_dir / last_saved) if last_saved else None, "stop_reason": stop_reason}
 
 
