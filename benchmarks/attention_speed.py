@@ -1,7 +1,7 @@
 """Forward + backward of GPT-2's causal attention (F.scaled_dot_product_attention, as zerotrain/model.py calls it)
 under each SDPA backend PyTorch has, under FlexAttention (torch.nn.attention.flex_attention, compiled; with
 --flex-autotune also under Inductor's max-autotune) and, where it is installed, under FlashAttention-3 as
-zerotrain/flash3.py calls it (q, k, v strided (B, T, H, D) views, no transposes): which kernel a GPU runs fastest
+zerotrain/kernels/flash3.py calls it (q, k, v strided (B, T, H, D) views, no transposes): which kernel a GPU runs fastest
 at a model's shape. GPT-2 XL at micro-batch 32 by default (25 heads of 64, 1024 tokens), timed as the model runs it: from the (B, T, 3C) projection,
 q, k and v strided views of it (or copied to contiguous (B, H, T, D) tensors first: "q,k,v copied"), to the
 (B, T, C) input of the output projection. Prints milliseconds per forward and per forward + backward, and the TFLOP/s each reaches,
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from zerotrain import flash3
+from zerotrain.kernels import flash3
 
 
 def time_ms(step, iters: int, device: str) -> float:

@@ -1,5 +1,5 @@
 """Forward + backward of one GPT-2 MLP on a GPU, bf16: the GELU as separate kernels (eager and compiled) against the
-GELU in cuBLASLt epilogues (zerotrain/cublaslt.py, eager and compiled). GPT-2 XL's width and micro-batch 32 by
+GELU in cuBLASLt epilogues (zerotrain/kernels/cublaslt.py, eager and compiled). GPT-2 XL's width and micro-batch 32 by
 default; prints milliseconds per call and the matmul TFLOP/s each reaches.
     python3 benchmarks/gelu_mlp_speed.py [--tokens 32768] [--width 1600] [--iters 30]"""
 import argparse
@@ -7,8 +7,8 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from zerotrain import cublaslt as fused
-from zerotrain.cublaslt import cublaslt_unavailable, gelu_mlp
+from zerotrain.kernels import cublaslt as fused
+from zerotrain.kernels.cublaslt import cublaslt_unavailable, gelu_mlp
 
 
 def plain_mlp(x, fc_w, fc_b, proj_w, proj_b):

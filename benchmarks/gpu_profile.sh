@@ -44,7 +44,7 @@
 #             off: XL ZeRO-2 32 × 16 on GPUs 0,1, on / off / on one after the other (fits a 2-GPU host); clocks.csv
 #   flash3    train.flash_attention_3 (FlashAttention-3's kernels) on and off: XL ZeRO-2 32 × 16 on GPUs 0,1, on / off / on
 #             one after the other; clocks.csv as in mb40. Needs FlashAttention-3 installed or ZEROTRAIN_FLASH3_LIBRARY set
-#             (zerotrain/flash3.py)
+#             (zerotrain/kernels/flash3.py)
 #   hfbest    a 2-GPU host: zerotrain's XL ZeRO-2 32 × 16 (defaults: FlashAttention-3 where installed), then the HF probe at
 #             16 × 16, its best shape, on the same GPUs
 #   flash3b   with it: XL ZeRO-1 32 × 16, 124M ZeRO-2 128 × 2, and 200-step 124M ZeRO-2 32 × 2 curves with it and without

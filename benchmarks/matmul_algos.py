@@ -1,6 +1,6 @@
 """Every matmul of a GPT-2 block's linears (forward, input gradient, weight gradient) and of the fused loss's lm_head
 chunk, at a model's width and micro-batch, timed as PyTorch runs it against each algorithm cuBLASLt's heuristic
-offers for the same product (zerotrain/cublaslt.py's ctypes binding): is torch's pick the fastest kernel there is?
+offers for the same product (zerotrain/kernels/cublaslt.py's ctypes binding): is torch's pick the fastest kernel there is?
 GPT-2 XL at micro-batch 32 by default. The MLP's c_fc forward and c_proj input gradient are left out: cublaslt.gelu_mlp runs
 them with GELU epilogues and already times the heuristic's candidates. Prints one row per matmul: torch's ms (the
 better of a run before and one after the candidates, as the GPU's clock drifts), the heuristic's first candidate,
@@ -12,7 +12,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from zerotrain import cublaslt
+from zerotrain.kernels import cublaslt
 
 _EPILOGUE_DEFAULT, _EPILOGUE_BIAS = 1, 4
 

@@ -1,4 +1,4 @@
-"""cuBLASLt matmuls (zerotrain/cublaslt.py). The MLP with its GELU in cuBLASLt epilogues: the same function and
+"""cuBLASLt matmuls (zerotrain/kernels/cublaslt.py). The MLP with its GELU in cuBLASLt epilogues: the same function and
 gradients as the plain MLP on CPU (where it runs as separate kernels), in the GPT, compiled, and recomputed; on a GPU
 (marked gpu) the cuBLASLt epilogues against an fp32 reference. tuned_linear: F.linear's function and gradients, in
 the GPT too, and on a GPU each way against a float64 reference."""
@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zerotrain import cublaslt
+from zerotrain import kernels
+from zerotrain.kernels import cublaslt
 from zerotrain.model import GPT, GPTConfig
 
 
@@ -65,7 +66,7 @@ def test_the_gpt_trains_the_same_with_it_and_with_recomputation():
     plain_loss = model(idx, idx)
     plain_loss.backward()
     plain = [p.grad.clone() for p in model.parameters()]
-    model.fuse_gelu()
+    kernels.fuse_gelu(model)
     assert all(b.mlp.fused_gelu for b in model.transformer.h)
     for checkpointing in (False, True):
         model.zero_grad()
@@ -149,13 +150,13 @@ def test_tuned_linear_is_a_linear_layer(bias):
 
 
 def test_gpt_with_tuned_matmuls_gives_the_plain_loss_and_gradients():
-    """GPT.tune_matmuls() reroutes the attention, MLP and fused-loss matmuls; the loss and every gradient stay put."""
+    """kernels.tune_matmuls() reroutes the attention, MLP and fused-loss matmuls; the loss and every gradient stay put."""
     cfg = GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=40)
     torch.manual_seed(0)
     plain = GPT(cfg).double()
     tuned = GPT(cfg).double()
     tuned.load_state_dict(plain.state_dict())
-    tuned.tune_matmuls()
+    kernels.tune_matmuls(tuned)
     idx = torch.randint(0, 40, (2, 8))
     losses, grads = [], []
     for model in (plain, tuned):

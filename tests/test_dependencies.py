@@ -13,7 +13,6 @@ import sys
 import tomllib
 from pathlib import Path
 
-import pytest
 from conftest import REPO
 
 PACKAGE = REPO / "zerotrain"

@@ -1,4 +1,4 @@
-"""FlashAttention-3 for GPT's attention (zerotrain/flash3.py, train.flash_attention_3). Everywhere: why it cannot run,
+"""FlashAttention-3 for GPT's attention (zerotrain/kernels/flash3.py, train.flash_attention_3). Everywhere: why it cannot run,
 and a library that does not load said so. On a Hopper GPU with FlashAttention-3 installed (marked gpu): the attention,
 its gradients and a GPT's loss and gradients against PyTorch's, eager and compiled."""
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zerotrain import flash3
+from zerotrain import kernels
+from zerotrain.kernels import flash3
 from zerotrain.model import GPT, GPTConfig
 
 
@@ -62,7 +63,7 @@ def test_a_build_without_kernels_for_the_head_size_is_caught_at_startup(monkeypa
 def test_dropout_is_refused():
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=40, dropout=0.1))
     with pytest.raises(ValueError, match="without dropout"):
-        model.use_flash_attention_3()
+        kernels.use_flash_attention_3(model)
 
 
 def available() -> str | None:
@@ -120,7 +121,7 @@ def test_gpt_with_flash_attention_3_gives_the_sdpa_loss_and_gradients():
     plain = GPT(cfg).cuda().bfloat16()
     fast = GPT(cfg).cuda().bfloat16()
     fast.load_state_dict(plain.state_dict())
-    fast.use_flash_attention_3()
+    kernels.use_flash_attention_3(fast)
     idx = torch.randint(0, 500, (4, 128), device="cuda")
     losses, grads = [], []
     for model in (plain, fast):

@@ -85,7 +85,7 @@ def test_fast_path_follows_the_plain_loss_curve(tmp_path, char_data):
         assert curves["fast"][step] == pytest.approx(curves["plain"][step], rel=0.02), step
     import torch  # CUDA in this process only after the runs (a GPU in exclusive-process mode)
 
-    from zerotrain import flash3
+    from zerotrain.kernels import flash3
 
     has_flash3 = flash3.flash3_unavailable(torch.device("cuda"), torch.bfloat16, 16) is None
     assert flash3_noted == {"fast": has_flash3, "plain": False}

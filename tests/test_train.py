@@ -133,7 +133,7 @@ def test_accumulation_checkpointing_and_zero3_gathering_keep_the_trajectory(tmp_
     base = write_config(tmp_path / "a.toml", out_dir=tmp_path / "a", data_dir=char_data, max_steps=6, eval_interval=0, save_interval=0)
     run_ok("train", base, "--train.micro_batch_size=8")
     run_ok("train", base, "--run.out_dir=" + str(tmp_path / "b"), "--train.micro_batch_size=4", "--train.grad_accum=2")
-    # the fused MLP function and the tuned linears (zerotrain/cublaslt.py; PyTorch's kernels on CPU) with recomputation
+    # the fused MLP function and the tuned linears (zerotrain/kernels/cublaslt.py; PyTorch's kernels on CPU) with recomputation
     run_ok("train", base, "--run.out_dir=" + str(tmp_path / "c"), "--train.micro_batch_size=8", "--deepspeed.activation_checkpointing=true",
            "--train.fused_gelu=on", "--train.tuned_matmuls=on")
     # ZeRO-3 in 2 ranks, the same 8 sequences per step: blocks gathered whole (the default) with accumulation,

@@ -98,11 +98,11 @@ def environment_report() -> dict:
             p = torch.cuda.get_device_properties(i)
             r["gpus"].append({"index": i, "name": p.name, "memory_bytes": p.total_memory, "compute_capability": f"{p.major}.{p.minor}",
                               "bf16": p.major >= 8, "multiprocessors": p.multi_processor_count})
-    # FlashAttention-3 (zerotrain/flash3.py, train.flash_attention_3) is for Hopper GPUs: "ok", or why it cannot run
+    # FlashAttention-3 (zerotrain/kernels/flash3.py, train.flash_attention_3) is for Hopper GPUs: "ok", or why it cannot run
     hopper = [g for g in r["gpus"] if g["compute_capability"].startswith("9.")]
     r["flash_attention_3"] = None
     if hopper:
-        from zerotrain import flash3
+        from zerotrain.kernels import flash3
 
         r["flash_attention_3"] = flash3.flash3_unavailable(torch.device("cuda", hopper[0]["index"]), torch.bfloat16, 64) or "ok"
     smi = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])

@@ -14,8 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from zerotrain import UserError, flash3
-from zerotrain.cublaslt import gelu_mlp, linear_out, matmul_nn, matmul_tn, tuned_linear
+from zerotrain import UserError
 from zerotrain.memory import GPT2_PRESETS
 
 IGNORE_INDEX = -100  # targets equal to this are left out of the loss (same value as Hugging Face)
@@ -58,22 +57,18 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.resid_dropout = nn.Dropout(cfg.dropout)
-        self.tuned_matmuls = False  # GPT.tune_matmuls()
-        self.flash_attention_3 = False  # GPT.use_flash_attention_3()
 
     def forward(self, x):
-        B, T, C = x.shape
-        qkv = self.linear(self.c_attn, x)  # (B, T, 3C)
-        if self.flash_attention_3:
-            return self.resid_dropout(self.linear(self.c_proj, flash3.causal_attention(qkv, self.n_head)))
+        return self.resid_dropout(self.c_proj(self.attend(self.c_attn(x))))  # (B, T, C)
+
+    def attend(self, qkv):
+        """Causal attention of the (B, T, 3C) qkv projection; returns (B, T, C) for c_proj."""
+        B, T, C3 = qkv.shape
+        C = C3 // 3
         q, k, v = qkv.split(C, dim=2)  # 3 x (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
-        return self.resid_dropout(self.linear(self.c_proj, y))
-
-    def linear(self, layer: nn.Linear, x):
-        return tuned_linear(x, layer.weight, layer.bias) if self.tuned_matmuls else layer(x)
+        return y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
 
 
 class MLP(nn.Module):
@@ -82,16 +77,8 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.fused_gelu = False  # GPT.fuse_gelu(): the GELU inside cuBLASLt's matmul epilogues (zerotrain/cublaslt.py)
-        self.tuned_matmuls = False  # GPT.tune_matmuls()
 
     def forward(self, x):
-        if self.fused_gelu:
-            return self.dropout(gelu_mlp(x, self.c_fc.weight, self.c_fc.bias, self.c_proj.weight, self.c_proj.bias,
-                                         tuned=self.tuned_matmuls))
-        if self.tuned_matmuls:
-            h = F.gelu(tuned_linear(x, self.c_fc.weight, self.c_fc.bias), approximate="tanh")
-            return self.dropout(tuned_linear(h, self.c_proj.weight, self.c_proj.bias))
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))  # (B, T, C)
 
 
@@ -157,11 +144,8 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     docs/memory.md); this one keeps the hidden-state gradient (b·h per token) and the weight gradient."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_fn, grad_enabled, tuned):
-        if tuned:  # the kernels timed fastest for each shape (cublaslt.tuned_linear)
-            logits_of, input_grad, weight_grad = (lambda h: linear_out(h, weight, None)), matmul_nn, matmul_tn
-        else:
-            logits_of, input_grad, weight_grad = (lambda h: h @ weight.t()), torch.matmul, (lambda g, h: g.t() @ h)
+    def forward(ctx, hidden, weight, targets, chunk_fn, grad_enabled, matmuls):
+        logits_of, input_grad, weight_grad = matmuls
         n_valid = (targets != IGNORE_INDEX).sum().clamp(min=1)
         scale = 1.0 / n_valid.float()
         want_grad = grad_enabled and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
@@ -170,7 +154,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.size(0), LOSS_CHUNK_TOKENS):
             h = hidden[start:start + LOSS_CHUNK_TOKENS]
-            loss, grad = chunk_fn(logits_of(h), targets[start:start + LOSS_CHUNK_TOKENS], scale)
+            loss, grad = chunk_fn(logits_of(h, weight), targets[start:start + LOSS_CHUNK_TOKENS], scale)
             total += loss
             if want_grad:
                 grad_hidden[start:start + LOSS_CHUNK_TOKENS] = input_grad(grad, weight)
@@ -184,13 +168,17 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         return grad_hidden * grad_output, grad_weight * grad_output, None, None, None, None
 
 
+# The fused loss's three matmuls: logits = h @ W^T, d(hidden) = g @ W, d(W) = g^T @ h (zerotrain.kernels may swap them).
+TORCH_MATMULS = ((lambda h, w: h @ w.t()), torch.matmul, (lambda g, h: g.t() @ h))
+
+
 class LMHead(nn.Linear):
     """The output projection. With targets it returns the loss through the fused, chunked cross-entropy, so
     ZeRO-3 still gathers the weight through this module's hooks."""
 
     chunk_fn = staticmethod(_chunk_loss_and_grad)  # GPT.compile_blocks swaps in a compiled version
     fused_loss = True  # False: the textbook path (full fp32 logits, F.cross_entropy), kept for comparison
-    tuned_matmuls = False  # GPT.tune_matmuls()
+    matmuls = TORCH_MATMULS
 
     def forward(self, x, targets=None):
         if targets is None:
@@ -200,7 +188,7 @@ class LMHead(nn.Linear):
             return masked_mean_cross_entropy(logits, targets)
         # evaluation (no_grad) computes the loss only; Function.forward always runs with grad mode off, so ask here
         return _FusedLinearCrossEntropy.apply(x.reshape(-1, x.size(-1)), self.weight, targets.reshape(-1), self.chunk_fn,
-                                              torch.is_grad_enabled(), self.tuned_matmuls)
+                                              torch.is_grad_enabled(), self.matmuls)
 
 
 class GPT(nn.Module):
@@ -245,31 +233,6 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.compile()
         self.lm_head.chunk_fn = torch.compile(_chunk_loss_and_grad_fusable, dynamic=False)
-
-    def fuse_gelu(self) -> None:
-        """Run each MLP's GELU inside its matmuls' cuBLASLt epilogues (forward and backward), where they can run
-        (CUDA, bf16/fp16; elsewhere the same function runs as separate kernels). The MLP then calls its Linear layers'
-        weights directly, so under ZeRO-3 it needs each block's parameters gathered whole. Speed on H200s:
-        docs/benchmarks.md."""
-        for block in self.transformer.h:
-            block.mlp.fused_gelu = True
-
-    def tune_matmuls(self) -> None:
-        """Run every matmul of the attention and MLP layers and of the fused loss by the faster of PyTorch's kernel and
-        cuBLASLt's best candidate, timed per shape on first use (cublaslt.tuned_linear). The layers then call their
-        Linear weights directly, so under ZeRO-3 each block's parameters must be gathered whole."""
-        for block in self.transformer.h:
-            block.attn.tuned_matmuls = block.mlp.tuned_matmuls = True
-        self.lm_head.tuned_matmuls = True
-
-    def use_flash_attention_3(self) -> None:
-        """Run each block's attention through FlashAttention-3's kernels (flash3.causal_attention), which take the qkv
-        projection as it is. Only without attention dropout (FlashAttention-3 has none); flash3.flash3_unavailable()
-        says where it cannot run."""
-        if self.config.dropout:
-            raise ValueError(f"FlashAttention-3 runs without dropout and this model has dropout {self.config.dropout}")
-        for block in self.transformer.h:
-            block.attn.flash_attention_3 = True
 
     def num_params(self) -> int:
         """Unique parameters (the tied embedding counted once), as in the MFU formula."""

@@ -111,7 +111,7 @@ class TrainSection:
     materialising fp32 logits for the whole micro-batch (3 × 4 bytes × vocabulary per token). false: the
     textbook path, for comparison."""
     fused_gelu: str = "auto"
-    """The MLP's GELU inside cuBLASLt's matmul epilogues (GELU_AUX_BIAS forward, DGELU backward; zerotrain/cublaslt.py)
+    """The MLP's GELU inside cuBLASLt's matmul epilogues (GELU_AUX_BIAS forward, DGELU backward; zerotrain/kernels/cublaslt.py)
     instead of separate kernels. "auto": with compiled blocks (GPUs, ZeRO 0-2), where it measured faster (the MLP
     1.7%, GPT-2 124M 3%); eager blocks ran the MLP 1.9% slower with it (docs/benchmarks.md). "on": also eager (at
     ZeRO-3 it needs deepspeed.zero3_gather_per_block); off the GPU and in fp32 the same function then runs as separate
@@ -119,11 +119,11 @@ class TrainSection:
     tuned_matmuls: str = "auto"
     """Each matmul of the attention and MLP layers and of the fused loss's output projection (forward, input gradient,
     weight gradient) runs the faster of PyTorch's kernel and the best of the algorithms cuBLASLt's heuristic offers,
-    timed for its shape on first use (zerotrain/cublaslt.py). "auto": with compiled blocks (GPUs, ZeRO 0-2); "on": also
+    timed for its shape on first use (zerotrain/kernels/cublaslt.py). "auto": with compiled blocks (GPUs, ZeRO 0-2); "on": also
     eager (at ZeRO-3 it needs deepspeed.zero3_gather_per_block); off the GPU and in fp32 PyTorch's kernels run. "off":
     PyTorch's kernels. zerotrain's GPT only."""
     flash_attention_3: str = "auto"
-    """The attention through FlashAttention-3's Hopper kernels (zerotrain/flash3.py) instead of
+    """The attention through FlashAttention-3's Hopper kernels (zerotrain/kernels/flash3.py) instead of
     F.scaled_dot_product_attention, whose fastest backend on H100/H200 is cuDNN's: GPT-2 XL's attention forward and
     backward in 18% less time, XL ZeRO-2 training 1.3% faster (docs/benchmarks.md). FlashAttention-3 is not part of
     PyTorch: install the flash_attn_3 package (flash-attention's hopper/) or xformers 0.0.34, which ships a build (with

@@ -446,7 +446,11 @@ def build_model(plan: Plan, ds_config: dict, d, say):
         block_classes = [Block]
     per_block = ds.zero_stage == 3 and ds.zero3_gather_per_block and bool(block_classes)
     applied = (["compiled blocks"] if compiled else []) + (["parameters gathered per block"] if per_block else [])
-    applied += _apply_kernels(model, plan, d, compiled, per_block)
+    if not plan.hf:
+        from zerotrain import kernels
+
+        applied += kernels.apply(model, t, d.device, plan.dtype, compiled=compiled, zero_stage=ds.zero_stage,
+                                 whole_blocks=per_block)
     if per_block:
         deepspeed.utils.set_z3_leaf_modules(model, block_classes)  # one gather, one release, one gradient hook per block
     if plan.init_from:
@@ -458,38 +462,6 @@ def build_model(plan: Plan, ds_config: dict, d, say):
         model.load_state_dict(hf.gpt2_weights(plan.init_from_hf)[1])
         say(f"weights from the Hugging Face GPT-2 in {plan.init_from_hf} (fresh optimizer and schedule)")
     return model, applied
-
-
-def _apply_kernels(model, plan: Plan, d, compiled: bool, per_block: bool) -> list[str]:
-    """The optional fast paths of zerotrain's GPT (train.fused_gelu, tuned_matmuls, flash_attention_3), by their
-    auto/on/off switches; returns what was applied, for the startup line."""
-    import torch
-
-    from zerotrain import cublaslt, flash3
-
-    t, ds = plan.cfg.train, plan.cfg.deepspeed
-    # The fused MLP and the tuned matmuls read their layers' weights themselves, so ZeRO-3 must gather them with their block.
-    def wanted(switch: str) -> bool:
-        return not plan.hf and (switch == "on" or (switch == "auto" and compiled)) and (ds.zero_stage < 3 or per_block)
-
-    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.dtype, torch.float32)
-    why_not = cublaslt.cublaslt_unavailable(d.device, torch_dtype)
-    applied = []
-    if wanted(t.fused_gelu):
-        model.fuse_gelu()  # off the GPU, and in fp32, the same function runs as separate kernels
-        applied.append("GELU in cuBLASLt epilogues" if why_not is None else f"fused MLP with the GELU in separate kernels ({why_not})")
-    if wanted(t.tuned_matmuls):
-        model.tune_matmuls()  # off the GPU, and in fp32, PyTorch's kernels run
-        applied += ["matmul kernels timed per shape"] if why_not is None else []
-    if not plan.hf and t.flash_attention_3 != "off" and not plan.model.dropout:
-        why_not_flash3 = flash3.flash3_unavailable(d.device, torch_dtype, plan.model.n_embd // plan.model.n_head)
-        if why_not_flash3 is None:
-            model.use_flash_attention_3()
-            applied.append("FlashAttention-3")
-        elif t.flash_attention_3 == "on":
-            raise UserError(f'train.flash_attention_3 = "on" but FlashAttention-3 cannot run here: {why_not_flash3}; '
-                            'install it, or set train.flash_attention_3 = "auto" to train with PyTorch\'s attention')
-    return applied
 
 
 def build_engine(model, plan: Plan, ds_config: dict, d):
