@@ -225,8 +225,8 @@ class GPT(nn.Module):
         matmuls) and the per-chunk loss math. Per block, not the whole model, so DeepSpeed's hooks on the
         model stay outside the compiled graphs and one compiled graph serves every layer. Not under ZeRO-3:
         there compiled blocks train on wrong gradients (docs/performance.md). Inductor's coordinate-descent tuning
-        picks the fused kernels' block sizes by timing them: GPT-2 XL ZeRO-1 53.8% -> 54.7% MFU on H200s, for
-        a longer first step."""
+        picks the fused kernels' block sizes by timing them, for a longer first step (what it gains:
+        docs/performance.md)."""
         import torch._inductor.config
 
         torch._inductor.config.coordinate_descent_tuning = True

@@ -258,8 +258,7 @@ def _reduce_epilogue_without_host_wait(optimizer) -> bool:
     gradients, so the GPU idles while the host then launches the next micro-step, and the last bucket's reduction is
     waited for. Here the compute stream waits for the reduction stream instead: every later kernel still runs after the
     reductions, the reduce buffers are recorded on the reduction stream for the caching allocator, and only the host
-    no longer blocks (GPT-2 XL ZeRO-2 32 × 16 on 2 H200s: +0.6% tokens/s with the order of the runs taken out,
-    docs/benchmarks.md).
+    no longer blocks (what it gains: docs/benchmarks.md).
     Returns whether it applies: DeepSpeed's ZeRO-1/2 optimizer with a reduction stream (ZeRO-3's epilogue waits on
     its own stream, not the device)."""
     from deepspeed.accelerator import get_accelerator

@@ -6,14 +6,13 @@
    input-gradient matmul runs with the DGELU epilogue, which multiplies by gelu'(pre) as it writes grad_pre
    (DGELU_BGRAD would also sum the c_fc bias gradient, but its reduction makes the matmul three times slower on an
    H200). Done as separate kernels, the GELU reads and writes the (tokens, 4·n_embd) activations once more each way.
-   cuBLASLt's GELU is the tanh approximation GPT-2 uses. Measured on H200s (docs/benchmarks.md): one XL MLP forward
-   and backward in compiled blocks 6.42 -> 6.30 ms, but eager 6.39 -> 6.51 ms, so train.fused_gelu = "auto" uses it
-   with compiled blocks only; GPT-2 124M +3% tokens/s, XL ZeRO-2 +0.5%.
+   cuBLASLt's GELU is the tanh approximation GPT-2 uses. It was measured faster inside compiled blocks and slower
+   eager (docs/benchmarks.md), so train.fused_gelu = "auto" uses it with compiled blocks only.
 2. Linear layers whose three matmuls (output, input gradient, weight gradient) each run the faster of PyTorch's
    kernel and the best of the algorithms cuBLASLt's heuristic offers for the shape (`tuned_linear`, `linear_out`,
    `matmul_nn`, `matmul_tn`; train.tuned_matmuls). PyTorch asks for one algorithm; at GPT-2 XL's shapes on an H200 a
-   later candidate is 2-10% faster for the forward matmuls (benchmarks/matmul_algos.py), while PyTorch's gradient
-   matmuls are as fast as any.
+   later candidate is faster for the forward matmuls (benchmarks/matmul_algos.py, docs/benchmarks.md), while
+   PyTorch's gradient matmuls are as fast as any.
 
 Each op times its ways (epilogues, cuBLASLt's candidates, PyTorch's kernels) on its first call for a shape and keeps
 the fastest, so a GPU where cuBLASLt is slow keeps PyTorch's kernels. cuBLASLt is called through ctypes from the

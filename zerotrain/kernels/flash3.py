@@ -1,9 +1,8 @@
 """GPT's causal attention through FlashAttention-3's Hopper kernels (train.flash_attention_3).
 
 On H100/H200, PyTorch 2.11's fastest attention backend at GPT-2's head size of 64 is cuDNN's; FlashAttention-3 runs the
-forward and backward of GPT-2 XL's attention (batch 32, 25 heads, 1024 tokens) in 1.45 ms where cuDNN takes 1.76 on an
-H200 (benchmarks/attention_speed.py, docs/benchmarks.md): its forward is slower (0.35 against 0.31 ms), its backward
-takes 24% less time. GPT-2 XL ZeRO-2 trains 1.3% faster with it. FlashAttention-3 is not part of PyTorch:
+forward and backward of GPT-2 XL's attention faster than cuDNN (its forward is slower, its backward faster;
+benchmarks/attention_speed.py, with the figures in docs/benchmarks.md). FlashAttention-3 is not part of PyTorch:
 it is the `flash_attn_3` package built from flash-attention's hopper/ directory, and xformers 0.0.34 ships a build of
 it (xformers/flash_attn_3/_C.so, made for PyTorch's stable ABI, so it loads into later PyTorch versions too; it links
 CUDA 12's runtime, which a CUDA 13 PyTorch finds in the nvidia-cuda-runtime-cu12 wheel). Whichever is installed
