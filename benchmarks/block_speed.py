@@ -6,7 +6,8 @@ mode="max-autotune-no-cudagraphs": Inductor times its Triton matmul templates ag
 every matmul by the faster of PyTorch's kernel and the best of cuBLASLt's candidates, cublaslt.tuned_linear). Lists each way's
 kernels with their time per call (torch.profiler), then times the ways in turn, a few calls each, many times over,
 since the GPU's clock drifts as it heats at its power limit. GPT-2 XL's width at micro-batch 32 by default. (At
-d88c8e4 the ways also included the residual add and the bias gradients done inside the matmuls: docs/benchmarks.md.)
+d88c8e4 the ways also included the residual add and the bias gradients done inside the matmuls:
+docs/log/2026-11-21-block-bytes-cuda-graphs.md.)
     python3 benchmarks/block_speed.py [--batch 32] [--preset gpt2-xl] [--rounds 40]
         [--ways compiled,cudagraphs,eager,autotune,autotune_unfused,tuned]"""
 import argparse

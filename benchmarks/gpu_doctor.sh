@@ -36,4 +36,4 @@ python3 -m zerotrain launch --hosts "$(hostname)" --gpus-per-node 2 --dry-run --
   > "$OUT/launch_dry_run.txt" 2>&1; echo "launch rc=$?" >> "$OUT/launch_dry_run.txt"
 
 # 6. the quick doctor/launch tests on this machine too
-python3 -m pytest -q tests/test_doctor.py tests/test_launch.py -m "not slow" -p no:cacheprovider 2>&1 | tail -3 | tee "$OUT/pytest_doctor.txt"
+python3 -m pytest -q tests/test_doctor.py tests/test_comm.py tests/test_postmortem.py tests/test_launch.py -m "not slow" -p no:cacheprovider 2>&1 | tail -3 | tee "$OUT/pytest_doctor.txt"

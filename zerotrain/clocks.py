@@ -1,8 +1,8 @@
 """The GPU's SM clock and power while it trains, read through NVML (nvidia-ml-py) in a background thread.
 
 MFU divides by the tensor cores' peak at the boost clock; a GPU held at its power limit runs below that clock, so
-the same code reaches a different MFU on another GPU of the same kind (2 H200s training GPT-2 XL sat at their 700 W
-limit with their SMs at about 1,550 of 1,980 MHz, docs/benchmarks.md). Each log record gets the window's mean SM
+the same code reaches a different MFU on another GPU of the same kind (H200s training GPT-2 XL sit at their power
+limit, their SMs well below the boost clock: docs/benchmarks.md). Each log record gets the window's mean SM
 clock and power and the share of samples in which a power or thermal limit held the clock down."""
 
 import threading

@@ -545,9 +545,9 @@ def variants(run: RunShape, stages: list[int], offload: bool = True) -> list[Run
 
 
 # Stages from fastest to slowest under DeepSpeed 0.19 with bf16: ZeRO-1 and ZeRO-2 beat ZeRO-0, whose bf16 path
-# runs DeepSpeed's per-tensor FP16_UnfusedOptimizer on the full model (2×H200, GPT-2 XL: 35.3%, 34.9%, 31.0%
-# MFU; ../shared/reference), and ZeRO-3 re-gathers parameters every micro-step (25.3%). zerotrain's own best on
-# that pair (docs/benchmarks.md): ZeRO-1 54.7%, ZeRO-2 52.8%, ZeRO-3 45.8%.
+# runs DeepSpeed's per-tensor FP16_UnfusedOptimizer on the full model, and ZeRO-3 re-gathers parameters every
+# micro-step. Measured in that order on 2×H200 with GPT-2 XL: under raw DeepSpeed in ../shared/reference, and
+# zerotrain's own per stage in docs/benchmarks.md.
 STAGES_FASTEST_FIRST = (1, 2, 0, 3)
 
 

@@ -112,10 +112,10 @@ class TrainSection:
     textbook path, for comparison."""
     fused_gelu: str = "auto"
     """The MLP's GELU inside cuBLASLt's matmul epilogues (GELU_AUX_BIAS forward, DGELU backward; zerotrain/kernels/cublaslt.py)
-    instead of separate kernels. "auto": with compiled blocks (GPUs, ZeRO 0-2), where it measured faster (the MLP
-    1.7%, GPT-2 124M 3%); eager blocks ran the MLP 1.9% slower with it (docs/benchmarks.md). "on": also eager (at
-    ZeRO-3 it needs deepspeed.zero3_gather_per_block); off the GPU and in fp32 the same function then runs as separate
-    kernels. "off": separate kernels. zerotrain's GPT only."""
+    instead of separate kernels. "auto": with compiled blocks (GPUs, ZeRO 0-2), where it measured faster; eager
+    blocks ran the MLP slower with it, their bias-gradient sums being separate kernels (docs/benchmarks.md). "on":
+    also eager (at ZeRO-3 it needs deepspeed.zero3_gather_per_block); off the GPU and in fp32 the same function then
+    runs as separate kernels. "off": separate kernels. zerotrain's GPT only."""
     tuned_matmuls: str = "auto"
     """Each matmul of the attention and MLP layers and of the fused loss's output projection (forward, input gradient,
     weight gradient) runs the faster of PyTorch's kernel and the best of the algorithms cuBLASLt's heuristic offers,
@@ -124,12 +124,13 @@ class TrainSection:
     PyTorch's kernels. zerotrain's GPT only."""
     flash_attention_3: str = "auto"
     """The attention through FlashAttention-3's Hopper kernels (zerotrain/kernels/flash3.py) instead of
-    F.scaled_dot_product_attention, whose fastest backend on H100/H200 is cuDNN's: GPT-2 XL's attention forward and
-    backward in 18% less time, XL ZeRO-2 training 1.3% faster (docs/benchmarks.md). FlashAttention-3 is not part of
-    PyTorch: install the flash_attn_3 package (flash-attention's hopper/) or xformers 0.0.34, which ships a build (with
-    a CUDA 13 PyTorch, also nvidia-cuda-runtime-cu12), or set ZEROTRAIN_FLASH3_LIBRARY to its _C.so. "auto": where it
-    can run (Hopper GPUs, bf16/fp16, model.dropout = 0, kernels for the model's head size); "on": the same, and a run
-    where it cannot stops and says why; "off": PyTorch's attention. zerotrain's GPT only."""
+    F.scaled_dot_product_attention, whose fastest backend on H100/H200 is cuDNN's: at GPT-2's head size its forward
+    is a little slower than cuDNN's and its backward faster, so attention and training take less time
+    (docs/benchmarks.md). FlashAttention-3 is not part of PyTorch: install the flash_attn_3 package (flash-attention's
+    hopper/) or xformers 0.0.34, which ships a build (with a CUDA 13 PyTorch, also nvidia-cuda-runtime-cu12), or set
+    ZEROTRAIN_FLASH3_LIBRARY to its _C.so. "auto": where it can run (Hopper GPUs, bf16/fp16, model.dropout = 0,
+    kernels for the model's head size); "on": the same, and a run where it cannot stops and says why; "off":
+    PyTorch's attention. zerotrain's GPT only."""
     time_phases: bool = False
     """Synchronize the device around forward, backward and the optimizer step and log their times
     (forward_s, backward_s, optimizer_s per step). Costs a little speed; `zerotrain bench` turns it on."""
@@ -160,19 +161,19 @@ class DeepSpeedSection:
     grad_accum_dtype: str = "auto"
     """Precision in which gradients are summed over the micro-steps of an optimizer step: auto (DeepSpeed's default,
     the training dtype: bf16 sums in bf16) or fp32 (DeepSpeed's data_types.grad_accum_dtype; bf16 at ZeRO 1-3 without
-    offload). fp32 sums cost GPT-2 XL on 2 H200s 0-1.5% of its speed and 2 more bytes per parameter per rank at ZeRO-2/3,
-    4 more per parameter at ZeRO-1, which then runs DeepSpeed's BF16_Optimizer (docs/benchmarks.md, docs/memory.md)."""
+    offload). fp32 sums cost a little speed (docs/benchmarks.md) and 2 more bytes per parameter per rank at ZeRO-2/3,
+    4 more per parameter at ZeRO-1, which then runs DeepSpeed's BF16_Optimizer (docs/memory.md)."""
     activation_checkpointing: bool = False
     """Recompute each transformer block in backward instead of keeping its activations."""
     zero3_gather_per_block: bool = True
     """ZeRO-3: gather each transformer block's parameters at once (DeepSpeed leaf modules: zerotrain's GPT blocks, a
     Hugging Face model's decoder layers), so ZeRO-3's Python hooks run once per block instead of around every
-    Linear and norm (GPT-2 XL on 2 H200s: 42.6% -> 45.8% MFU, docs/performance.md). false gathers layer by layer,
+    Linear and norm, which trains GPT-2 XL faster at ZeRO-3 (docs/benchmarks.md). false gathers layer by layer,
     for blocks too large to hold whole on one GPU."""
     reduce_without_host_wait: bool = True
     """ZeRO-1/2 on GPUs: end each micro-step's gradient reduction with the compute stream waiting for DeepSpeed's
     reduction stream instead of the host waiting for the whole GPU, so the host queues the next micro-step while the
-    last gradients reduce (GPT-2 XL ZeRO-2 on 2 H200s: +0.6% tokens/s, docs/benchmarks.md). false keeps DeepSpeed's
+    last gradients reduce (a small gain for GPT-2 XL at ZeRO-2, docs/benchmarks.md). false keeps DeepSpeed's
     host wait."""
     config: str = ""
     """A ds_config JSON whose entries are merged over the generated one (for settings zerotrain has no key for)."""
