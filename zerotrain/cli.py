@@ -147,30 +147,30 @@ def cmd_config_check(args, _extra) -> int:
     import json
     from pathlib import Path
 
-    from zerotrain import dsrules
+    from zerotrain import dsconfig
 
     _printable_output()
-    config, text = dsrules.load_config_file(args.file)
+    config, text = dsconfig.load_config_file(args.file)
     options = {"world_size": args.world_size, "gpu": args.gpu, "hf_integration": args.hf}
     if args.model:  # lets the performance rules ask the memory planner whether offload is needed
         from zerotrain import memory
 
         shape = memory.resolve_model(args.model)
-        options.update(model_params=shape.n_params, fits_without_offload=dsrules.planner_fits_without_offload(shape))
-    findings = dsrules.check_text(text, args.file, **options)
+        options.update(model_params=shape.n_params, fits_without_offload=dsconfig.planner_fits_without_offload(shape))
+    findings = dsconfig.check_text(text, args.file, **options)
     if not args.no_engine:
-        findings += dsrules.engine_findings(config, args.world_size, args.hf)
+        findings += dsconfig.engine_findings(config, args.world_size, args.hf)
     report = {"findings": [f.to_dict() for f in findings]}
     final = findings
     if args.fix:
         if args.in_place and args.out:
             raise UserError("give --out FILE or --in-place, not both")
         out = Path(args.file) if args.in_place else Path(args.out or Path(args.file).with_suffix(".fixed.json"))
-        fixed, changes = dsrules.fix(config, args.world_size, args.gpu, args.hf)
+        fixed, changes = dsconfig.fix(config, args.world_size, args.gpu, args.hf)
         _write_new_file(out, json.dumps(fixed, indent=2) + "\n", overwrite=args.in_place or args.overwrite)
-        final = dsrules.check(fixed, **options)
+        final = dsconfig.check(fixed, **options)
         if not args.no_engine:
-            final += dsrules.engine_findings(fixed, args.world_size, args.hf)
+            final += dsconfig.engine_findings(fixed, args.world_size, args.hf)
         report["fixed"] = {"path": str(out), "changes": changes, "findings": [f.to_dict() for f in final]}
     if args.json:
         print(json.dumps(report, indent=2))
@@ -188,12 +188,12 @@ def cmd_config_check(args, _extra) -> int:
 def cmd_config_explain(args, _extra) -> int:
     import json
 
-    from zerotrain import dsrules
+    from zerotrain import dsconfig
 
     _printable_output()
-    config, _ = dsrules.load_config_file(args.file)
-    rows = dsrules.explain(config)
-    verdict = [] if args.no_engine else dsrules.engine_findings(config, dsrules.implied_world_size(config))
+    config, _ = dsconfig.load_config_file(args.file)
+    rows = dsconfig.explain(config)
+    verdict = [] if args.no_engine else dsconfig.engine_findings(config, dsconfig.implied_world_size(config))
     if args.json:
         print(json.dumps({"keys": [{"key": k, "value": v, "default": d, "description": t} for k, v, d, t in rows],
                           "findings": [f.to_dict() for f in verdict]}, indent=2, default=str))
@@ -211,11 +211,11 @@ def cmd_config_new(args, _extra) -> int:
     import json
     from pathlib import Path
 
-    from zerotrain import dsrules
+    from zerotrain import dsconfig
 
     _printable_output()
-    config, notes = dsrules.new_config(args.model, args.gpus, args.nodes, args.gpu, args.micro_batch, args.global_batch,
-                                       args.seq_len, args.target)
+    config, notes = dsconfig.new_config(args.model, args.gpus, args.nodes, args.gpu, args.micro_batch, args.global_batch,
+                                        args.seq_len, args.target)
     out = args.out or ("ds_config.json" if args.target == "accelerate" else None)
     text = json.dumps(config, indent=2) + "\n"
     if out is None:
@@ -227,13 +227,13 @@ def cmd_config_new(args, _extra) -> int:
         import yaml
 
         yaml_path = Path(out).with_name("accelerate_config.yaml")
-        accel = dsrules.accelerate_config(str(out), args.gpus, args.nodes, config["zero_optimization"]["stage"])
+        accel = dsconfig.accelerate_config(str(out), args.gpus, args.nodes, config["zero_optimization"]["stage"])
         _write_new_file(yaml_path, yaml.safe_dump(accel, sort_keys=False), args.overwrite)
         notes.append(f"wrote {yaml_path}: accelerate launch --config_file {yaml_path} train.py")
     world = args.gpus * args.nodes
-    findings = dsrules.check(config, world_size=world, gpu=args.gpu, hf_integration=args.target == "hf-trainer")
+    findings = dsconfig.check(config, world_size=world, gpu=args.gpu, hf_integration=args.target == "hf-trainer")
     if not args.no_engine:
-        findings += dsrules.engine_findings(config, world, args.target == "hf-trainer")
+        findings += dsconfig.engine_findings(config, world, args.target == "hf-trainer")
     for note in notes:
         print(note, file=sys.stderr)
     errors = [f for f in findings if f.level == "error"]
