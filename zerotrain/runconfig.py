@@ -11,8 +11,13 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from zerotrain import UserError
+
+# Keys that take one of a few strings: the Literal is the one list of their values (validate() reads it).
+Switch = Literal["auto", "on", "off"]
+Offload = Literal["none", "cpu", "nvme"]
 
 
 @dataclass
@@ -101,7 +106,7 @@ class TrainSection:
     """Keep this many step checkpoints (the best and the latest are always kept)."""
     early_stop_patience: int = 0
     """Stop after this many evaluations without a better val loss; 0 disables early stopping."""
-    compile: str = "auto"
+    compile: Literal["auto", "blocks", "none"] = "auto"
     """torch.compile: "blocks" compiles each transformer block and the loss, "none" runs eager, "auto" compiles on
     GPUs at ZeRO stages 0-2 (not on CPU, where compiling takes longer than it saves). Never under ZeRO-3: with
     DeepSpeed 0.19.8 compiled blocks race with ZeRO-3's backward on GPUs and train on wrong gradients
@@ -110,19 +115,19 @@ class TrainSection:
     """Cross-entropy a chunk of tokens at a time, with its gradient computed in the same pass, instead of
     materialising fp32 logits for the whole micro-batch (3 × 4 bytes × vocabulary per token). false: the
     textbook path, for comparison."""
-    fused_gelu: str = "auto"
+    fused_gelu: Switch = "auto"
     """The MLP's GELU inside cuBLASLt's matmul epilogues (GELU_AUX_BIAS forward, DGELU backward; zerotrain/cublaslt.py)
     instead of separate kernels. "auto": with compiled blocks (GPUs, ZeRO 0-2), where it measured faster (the MLP
     1.7%, GPT-2 124M 3%); eager blocks ran the MLP 1.9% slower with it (docs/benchmarks.md). "on": also eager (at
     ZeRO-3 it needs deepspeed.zero3_gather_per_block); off the GPU and in fp32 the same function then runs as separate
     kernels. "off": separate kernels. zerotrain's GPT only."""
-    tuned_matmuls: str = "auto"
+    tuned_matmuls: Switch = "auto"
     """Each matmul of the attention and MLP layers and of the fused loss's output projection (forward, input gradient,
     weight gradient) runs the faster of PyTorch's kernel and the best of the algorithms cuBLASLt's heuristic offers,
     timed for its shape on first use (zerotrain/cublaslt.py). "auto": with compiled blocks (GPUs, ZeRO 0-2); "on": also
     eager (at ZeRO-3 it needs deepspeed.zero3_gather_per_block); off the GPU and in fp32 PyTorch's kernels run. "off":
     PyTorch's kernels. zerotrain's GPT only."""
-    flash_attention_3: str = "auto"
+    flash_attention_3: Switch = "auto"
     """The attention through FlashAttention-3's Hopper kernels (zerotrain/flash3.py) instead of
     F.scaled_dot_product_attention, whose fastest backend on H100/H200 is cuDNN's: GPT-2 XL's attention forward and
     backward in 18% less time, XL ZeRO-2 training 1.3% faster (docs/benchmarks.md). FlashAttention-3 is not part of
@@ -149,15 +154,15 @@ class TrainSection:
 class DeepSpeedSection:
     zero_stage: int = 2
     """ZeRO stage: 0 (plain data parallel), 1 (optimizer states), 2 (+gradients), 3 (+parameters) partitioned."""
-    offload_optimizer: str = "none"
+    offload_optimizer: Offload = "none"
     """none, cpu or nvme: where optimizer states live (stages 1-3)."""
-    offload_params: str = "none"
+    offload_params: Offload = "none"
     """none, cpu or nvme: where parameters live between uses (stage 3 only)."""
     nvme_path: str = ""
     """Directory on a fast local disk for nvme offload."""
-    dtype: str = "auto"
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     """bf16, fp16 (dynamic loss scaling), fp32, or auto: bf16 where the GPU supports it, else fp32."""
-    grad_accum_dtype: str = "auto"
+    grad_accum_dtype: Literal["auto", "fp32"] = "auto"
     """Precision in which gradients are summed over the micro-steps of an optimizer step: auto (DeepSpeed's default,
     the training dtype: bf16 sums in bf16) or fp32 (DeepSpeed's data_types.grad_accum_dtype; bf16 at ZeRO 1-3 without
     offload). fp32 sums cost GPT-2 XL on 2 H200s 0-1.5% of its speed and 2 more bytes per parameter per rank at ZeRO-2/3,
@@ -200,6 +205,8 @@ def _describe(tp) -> str:
 
 def _coerce(where: str, tp, value):
     """Check a TOML value against the field type; ints are accepted where floats are expected."""
+    if typing.get_origin(tp) is Literal:  # the value's type here; whether it is one of the choices, in validate()
+        return _coerce(where, type(typing.get_args(tp)[0]), value)
     if isinstance(tp, types.UnionType):  # `int | None`
         inner = [t for t in typing.get_args(tp) if t is not type(None)][0]
         return None if value is None else _coerce(where, inner, value)
@@ -222,6 +229,8 @@ def _parse_override_value(where: str, tp, text: str):
         if text.lower() in ("none", ""):
             return None
         tp = [t for t in typing.get_args(tp) if t is not type(None)][0]
+    if typing.get_origin(tp) is Literal:
+        tp = type(typing.get_args(tp)[0])
     if typing.get_origin(tp) is list:
         (item_tp,) = typing.get_args(tp)
         items = [t.strip() for t in text.split(",") if t.strip()]
@@ -283,16 +292,9 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -
     return cfg
 
 
-CHOICES = {
-    ("deepspeed", "dtype"): ("auto", "bf16", "fp16", "fp32"),
-    ("deepspeed", "offload_optimizer"): ("none", "cpu", "nvme"),
-    ("deepspeed", "offload_params"): ("none", "cpu", "nvme"),
-    ("deepspeed", "grad_accum_dtype"): ("auto", "fp32"),
-    ("train", "compile"): ("auto", "blocks", "none"),
-    ("train", "fused_gelu"): ("auto", "on", "off"),
-    ("train", "tuned_matmuls"): ("auto", "on", "off"),
-    ("train", "flash_attention_3"): ("auto", "on", "off"),
-}
+# (section, key) -> the values a Literal[...] field accepts, read from its annotation.
+CHOICES = {(section, key): typing.get_args(tp) for section, cls in SECTIONS.items()
+           for key, tp in _field_types(cls).items() if typing.get_origin(tp) is Literal}
 POSITIVE = [("train", k) for k in ("max_steps", "micro_batch_size", "grad_accum", "eval_iters", "log_interval")]
 NON_NEGATIVE = [("train", k) for k in ("global_batch_size", "seq_len", "warmup_steps", "lr_decay_steps", "weight_decay",
                                        "grad_clip", "eval_interval", "save_interval", "early_stop_patience", "min_lr",
