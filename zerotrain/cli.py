@@ -242,6 +242,23 @@ def cmd_config_new(args, _extra) -> int:
     return 1 if errors else 0
 
 
+def cmd_config_keys(args, _extra) -> int:
+    import json
+    import re
+
+    from zerotrain.runconfig import key_table
+
+    rows = []
+    for key, type_name, default, doc in key_table():
+        first_sentence = re.split(r"(?<=[.!?])\s", " ".join(doc.split()), maxsplit=1)[0]
+        # defaults as a TOML file writes them; None as an override spells it (--model.n_layer=none)
+        rows.append((key, type_name, "none" if default is None else json.dumps(default), first_sentence))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for key, type_name, default, first_sentence in rows:
+        print(f"{key:<{widths[0]}}  {type_name:<{widths[1]}}  {default:<{widths[2]}}  {first_sentence}".rstrip())
+    return 0
+
+
 def _gpu_memory(spec: str | None) -> tuple[int | None, str]:
     """Bytes of one GPU from --gpu-memory (a name such as h100, or an amount such as 80GiB), else from
     nvidia-smi when there is one (no torch import: plan must start instantly)."""
@@ -614,7 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true", help="machine-readable output, sizes in bytes")
     pl.set_defaults(func=cmd_plan)
 
-    cf = verbs.add_parser("config", help="check, fix, explain or generate a DeepSpeed ds_config").add_subparsers(
+    cf = verbs.add_parser("config", help="check, fix, explain or generate a DeepSpeed ds_config; list the run-config keys").add_subparsers(
         dest="config_verb", required=True, metavar="ACTION")
     ck = cf.add_parser("check", help="every problem in a ds_config, with the fix (exit 1 on errors)")
     ck.add_argument("file", help="ds_config JSON")
@@ -649,6 +666,8 @@ def build_parser() -> argparse.ArgumentParser:
     nw.add_argument("--overwrite", action="store_true", help="replace existing output files")
     nw.add_argument("--no-engine", action="store_true", help="skip checking the result with DeepSpeed's own parser")
     nw.set_defaults(func=cmd_config_new)
+    ky = cf.add_parser("keys", help="every run-config key (section.key): its type, default and what it does")
+    ky.set_defaults(func=cmd_config_keys)
 
     la = verbs.add_parser("launch", help="multi-node: validate hosts, write and run the DeepSpeed / torchrun / SLURM launch",
                           description="Validates the nodes (hostfile syntax, names that resolve, slots vs --gpus-per-node, a free "

@@ -4,8 +4,12 @@ Every key is a dataclass field below with its unit in the name or the docstring.
 value of the wrong type is a UserError that lists the valid keys, so a typo never goes unnoticed.
 """
 
+import ast
 import dataclasses
 import difflib
+import inspect
+import json
+import textwrap
 import tomllib
 import types
 import typing
@@ -400,3 +404,34 @@ def from_dict(doc: dict) -> RunConfig:
 def dumps_toml(cfg: RunConfig) -> str:
     import tomli_w
     return tomli_w.dumps(to_dict(cfg))
+
+
+def field_docs(section_cls) -> dict[str, str]:
+    """Each field's docstring: the string literal under it in the class body. Python keeps no attribute
+    docstrings at run time, so they are read from the source."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(section_cls))).body[0].body
+    return {node.target.id: inspect.cleandoc(doc.value.value) for node, doc in zip(body, body[1:])
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(doc, ast.Expr)
+            and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)}
+
+
+def type_name(tp) -> str:
+    """A field's type as TOML values spell it: `"auto" | "on" | "off"`, `int | none`, `list[str]`."""
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(json.dumps(v) for v in typing.get_args(tp))
+    if isinstance(tp, types.UnionType):
+        return " | ".join(type_name(t) for t in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"list[{type_name(typing.get_args(tp)[0])}]"
+    return "none" if tp is type(None) else tp.__name__
+
+
+def key_table() -> list[tuple[str, str, object, str]]:
+    """(section.key, type, default, docstring) of every run-config key, in the order of the dataclasses above."""
+    rows = []
+    for section, cls in SECTIONS.items():
+        docs, hints = field_docs(cls), _field_types(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            rows.append((f"{section}.{f.name}", type_name(hints[f.name]), default, docs.get(f.name, "")))
+    return rows
