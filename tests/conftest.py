@@ -1,6 +1,7 @@
-"""Tiny fixtures: a deterministic corpus, prepared data, and helpers that run the real CLI (and so the
-real DeepSpeed engine, over gloo on CPU) in subprocesses."""
+"""Tiny fixtures: a deterministic corpus, prepared data, helpers that run the real CLI (and so the
+real DeepSpeed engine, over gloo on CPU) in subprocesses, and ds_configs for the tests of zerotrain/dsconfig/."""
 
+import copy
 import json
 import os
 import random
@@ -173,3 +174,74 @@ def stage_runs(tmp_path_factory, char_data):
         run_ok("train", cfg, "--nproc", 2)
         runs[stage] = root / f"s{stage}"
     return runs
+
+
+# ------------------------------------------------------------------------------------------------ ds_configs
+
+def keys_at(findings, level):
+    return {f.key for f in findings if f.level == level}
+
+
+def errors(findings):
+    return [f for f in findings if f.level == "error"]
+
+
+# Configs written the way DeepSpeed's tutorials and the HF docs write them.
+GUIDE_ZERO1_WARMUP_DECAY = {
+    "train_batch_size": 64, "train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 4,
+    "steps_per_print": 100, "gradient_clipping": 1.0,
+    "optimizer": {"type": "Adam", "params": {"lr": 1e-4, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01}},
+    "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0, "warmup_max_lr": 1e-4,
+                                                      "warmup_num_steps": 1000, "total_num_steps": 10000}},
+    "bf16": {"enabled": True},
+    "zero_optimization": {"stage": 1, "reduce_bucket_size": 5e8, "allgather_bucket_size": 5e8, "overlap_comm": True},
+}
+GUIDE_ZERO2_OFFLOAD = {
+    "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2, "gradient_clipping": 1.0,
+    "fp16": {"enabled": True, "loss_scale": 0, "loss_scale_window": 1000, "initial_scale_power": 16, "hysteresis": 2,
+             "min_loss_scale": 1},
+    "optimizer": {"type": "AdamW", "params": {"lr": 3e-5, "betas": [0.8, 0.999], "eps": 1e-8, "weight_decay": 3e-7}},
+    "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu", "pin_memory": True},
+                          "allgather_partitions": True, "allgather_bucket_size": 2e8, "overlap_comm": True,
+                          "reduce_scatter": True, "reduce_bucket_size": 2e8, "contiguous_gradients": True},
+}
+GUIDE_ZERO3_OFFLOAD = {
+    "train_batch_size": 16, "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 4,
+    "bf16": {"enabled": True},
+    "optimizer": {"type": "AdamW", "params": {"lr": 3e-5, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}},
+    "scheduler": {"type": "WarmupLR", "params": {"warmup_min_lr": 0, "warmup_max_lr": 3e-5, "warmup_num_steps": 500}},
+    "zero_optimization": {
+        "stage": 3, "offload_optimizer": {"device": "cpu", "pin_memory": True},
+        "offload_param": {"device": "cpu", "pin_memory": True}, "overlap_comm": True, "contiguous_gradients": True,
+        "sub_group_size": 1e9, "reduce_bucket_size": 1e6, "stage3_prefetch_bucket_size": 943718,
+        "stage3_param_persistence_threshold": 1e4, "stage3_max_live_parameters": 1e9,
+        "stage3_max_reuse_distance": 1e9, "stage3_gather_16bit_weights_on_model_save": True,
+    },
+}
+GUIDES = {"zero1-warmupdecay": (GUIDE_ZERO1_WARMUP_DECAY, 2, "a100"), "zero2-offload": (GUIDE_ZERO2_OFFLOAD, 4, "v100"),
+          "zero3-offload": (GUIDE_ZERO3_OFFLOAD, 2, "h100")}
+
+
+# A clean ds_config, and with_(a__b=value): BASE with one key set (None removes it), as each rule test uses it.
+BASE = {"train_batch_size": 16, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2,
+        "bf16": {"enabled": True}, "zero_optimization": {"stage": 2, "overlap_comm": True}}
+
+
+def with_(**changes):
+    cfg = copy.deepcopy(BASE)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        node = cfg
+        for p in parents:
+            node = node.setdefault(p, {})
+        if value is None:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    return cfg
+
+
+def write_ds_config(tmp_path, config, name="ds.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(config) if isinstance(config, dict) else config)
+    return path

@@ -16,7 +16,7 @@ def need_gpu():
 
     if not torch.cuda.is_available():
         pytest.fail("the gpu tests need an NVIDIA GPU; deselect them with -m 'not gpu'")
-    # A test module that sets DS_ACCELERATOR=cpu at import (test_dsrules.py once did) sends every training run of a
+    # A test module that sets DS_ACCELERATOR=cpu at import (the ds_config rule tests once did) sends every training run of a
     # whole-suite session to DeepSpeed's CPU accelerator.
     assert os.environ.get("DS_ACCELERATOR", "cuda") == "cuda", "DS_ACCELERATOR is set to a non-GPU accelerator"
 

@@ -1,7 +1,10 @@
+import dataclasses
+import re
+
 import pytest
 
 from zerotrain import UserError
-from zerotrain.runconfig import dumps_toml, from_dict, load_run_config, to_dict
+from zerotrain.runconfig import SECTIONS, dumps_toml, from_dict, load_run_config, to_dict
 
 
 def write(tmp_path, text):
@@ -110,3 +113,18 @@ def test_round_trip_through_toml(tmp_path):
     again = from_dict(tomllib.loads(dumps_toml(cfg)))
     assert to_dict(again) == to_dict(cfg)
     assert again.data.weights == [1.0, 3.0]
+
+
+def test_config_keys_lists_every_key_with_type_default_and_first_sentence(capsys):
+    from zerotrain.cli import main
+
+    assert main(["config", "keys"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    fields = [f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+    assert [line.split()[0] for line in lines] == fields  # one line per dataclass field, in order
+    by_key = dict(zip(fields, lines))
+    assert {key.split(".")[0] for key in by_key} == {"run", "data", "model", "train", "deepspeed"}
+    assert re.fullmatch(r"train\.lr +float +0\.0006 +Peak learning rate, reached after warmup_steps\.", by_key["train.lr"])
+    assert re.fullmatch(r'deepspeed\.dtype +"auto" \| "bf16" \| "fp16" \| "fp32" +"auto" +bf16, fp16 .*', by_key["deepspeed.dtype"])
+    assert re.fullmatch(r"model\.n_layer +int \| none +none", by_key["model.n_layer"])  # no docstring: nothing after
+    assert by_key["train.compile"].endswith("(not on CPU, where compiling takes longer than it saves).")  # one sentence

@@ -147,30 +147,30 @@ def cmd_config_check(args, _extra) -> int:
     import json
     from pathlib import Path
 
-    from zerotrain import dsrules
+    from zerotrain import dsconfig
 
     _printable_output()
-    config, text = dsrules.load_config_file(args.file)
+    config, text = dsconfig.load_config_file(args.file)
     options = {"world_size": args.world_size, "gpu": args.gpu, "hf_integration": args.hf}
     if args.model:  # lets the performance rules ask the memory planner whether offload is needed
         from zerotrain import memory
 
         shape = memory.resolve_model(args.model)
-        options.update(model_params=shape.n_params, fits_without_offload=dsrules.planner_fits_without_offload(shape))
-    findings = dsrules.check_text(text, args.file, **options)
+        options.update(model_params=shape.n_params, fits_without_offload=dsconfig.planner_fits_without_offload(shape))
+    findings = dsconfig.check_text(text, args.file, **options)
     if not args.no_engine:
-        findings += dsrules.engine_findings(config, args.world_size, args.hf)
+        findings += dsconfig.engine_findings(config, args.world_size, args.hf)
     report = {"findings": [f.to_dict() for f in findings]}
     final = findings
     if args.fix:
         if args.in_place and args.out:
             raise UserError("give --out FILE or --in-place, not both")
         out = Path(args.file) if args.in_place else Path(args.out or Path(args.file).with_suffix(".fixed.json"))
-        fixed, changes = dsrules.fix(config, args.world_size, args.gpu, args.hf)
+        fixed, changes = dsconfig.fix(config, args.world_size, args.gpu, args.hf)
         _write_new_file(out, json.dumps(fixed, indent=2) + "\n", overwrite=args.in_place or args.overwrite)
-        final = dsrules.check(fixed, **options)
+        final = dsconfig.check(fixed, **options)
         if not args.no_engine:
-            final += dsrules.engine_findings(fixed, args.world_size, args.hf)
+            final += dsconfig.engine_findings(fixed, args.world_size, args.hf)
         report["fixed"] = {"path": str(out), "changes": changes, "findings": [f.to_dict() for f in final]}
     if args.json:
         print(json.dumps(report, indent=2))
@@ -188,12 +188,12 @@ def cmd_config_check(args, _extra) -> int:
 def cmd_config_explain(args, _extra) -> int:
     import json
 
-    from zerotrain import dsrules
+    from zerotrain import dsconfig
 
     _printable_output()
-    config, _ = dsrules.load_config_file(args.file)
-    rows = dsrules.explain(config)
-    verdict = [] if args.no_engine else dsrules.engine_findings(config, dsrules.implied_world_size(config))
+    config, _ = dsconfig.load_config_file(args.file)
+    rows = dsconfig.explain(config)
+    verdict = [] if args.no_engine else dsconfig.engine_findings(config, dsconfig.implied_world_size(config))
     if args.json:
         print(json.dumps({"keys": [{"key": k, "value": v, "default": d, "description": t} for k, v, d, t in rows],
                           "findings": [f.to_dict() for f in verdict]}, indent=2, default=str))
@@ -211,11 +211,11 @@ def cmd_config_new(args, _extra) -> int:
     import json
     from pathlib import Path
 
-    from zerotrain import dsrules
+    from zerotrain import dsconfig
 
     _printable_output()
-    config, notes = dsrules.new_config(args.model, args.gpus, args.nodes, args.gpu, args.micro_batch, args.global_batch,
-                                       args.seq_len, args.target)
+    config, notes = dsconfig.new_config(args.model, args.gpus, args.nodes, args.gpu, args.micro_batch, args.global_batch,
+                                        args.seq_len, args.target)
     out = args.out or ("ds_config.json" if args.target == "accelerate" else None)
     text = json.dumps(config, indent=2) + "\n"
     if out is None:
@@ -227,19 +227,36 @@ def cmd_config_new(args, _extra) -> int:
         import yaml
 
         yaml_path = Path(out).with_name("accelerate_config.yaml")
-        accel = dsrules.accelerate_config(str(out), args.gpus, args.nodes, config["zero_optimization"]["stage"])
+        accel = dsconfig.accelerate_config(str(out), args.gpus, args.nodes, config["zero_optimization"]["stage"])
         _write_new_file(yaml_path, yaml.safe_dump(accel, sort_keys=False), args.overwrite)
         notes.append(f"wrote {yaml_path}: accelerate launch --config_file {yaml_path} train.py")
     world = args.gpus * args.nodes
-    findings = dsrules.check(config, world_size=world, gpu=args.gpu, hf_integration=args.target == "hf-trainer")
+    findings = dsconfig.check(config, world_size=world, gpu=args.gpu, hf_integration=args.target == "hf-trainer")
     if not args.no_engine:
-        findings += dsrules.engine_findings(config, world, args.target == "hf-trainer")
+        findings += dsconfig.engine_findings(config, world, args.target == "hf-trainer")
     for note in notes:
         print(note, file=sys.stderr)
     errors = [f for f in findings if f.level == "error"]
     for f in errors:
         print(f"error    {f.key}  {f.message}", file=sys.stderr)
     return 1 if errors else 0
+
+
+def cmd_config_keys(args, _extra) -> int:
+    import json
+    import re
+
+    from zerotrain.runconfig import key_table
+
+    rows = []
+    for key, type_name, default, doc in key_table():
+        first_sentence = re.split(r"(?<=[.!?])\s", " ".join(doc.split()), maxsplit=1)[0]
+        # defaults as a TOML file writes them; None as an override spells it (--model.n_layer=none)
+        rows.append((key, type_name, "none" if default is None else json.dumps(default), first_sentence))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for key, type_name, default, first_sentence in rows:
+        print(f"{key:<{widths[0]}}  {type_name:<{widths[1]}}  {default:<{widths[2]}}  {first_sentence}".rstrip())
+    return 0
 
 
 def _gpu_memory(spec: str | None) -> tuple[int | None, str]:
@@ -614,7 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true", help="machine-readable output, sizes in bytes")
     pl.set_defaults(func=cmd_plan)
 
-    cf = verbs.add_parser("config", help="check, fix, explain or generate a DeepSpeed ds_config").add_subparsers(
+    cf = verbs.add_parser("config", help="check, fix, explain or generate a DeepSpeed ds_config; list the run-config keys").add_subparsers(
         dest="config_verb", required=True, metavar="ACTION")
     ck = cf.add_parser("check", help="every problem in a ds_config, with the fix (exit 1 on errors)")
     ck.add_argument("file", help="ds_config JSON")
@@ -649,6 +666,8 @@ def build_parser() -> argparse.ArgumentParser:
     nw.add_argument("--overwrite", action="store_true", help="replace existing output files")
     nw.add_argument("--no-engine", action="store_true", help="skip checking the result with DeepSpeed's own parser")
     nw.set_defaults(func=cmd_config_new)
+    ky = cf.add_parser("keys", help="every run-config key (section.key): its type, default and what it does")
+    ky.set_defaults(func=cmd_config_keys)
 
     la = verbs.add_parser("launch", help="multi-node: validate hosts, write and run the DeepSpeed / torchrun / SLURM launch",
                           description="Validates the nodes (hostfile syntax, names that resolve, slots vs --gpus-per-node, a free "

@@ -4,15 +4,24 @@ Every key is a dataclass field below with its unit in the name or the docstring.
 value of the wrong type is a UserError that lists the valid keys, so a typo never goes unnoticed.
 """
 
+import ast
 import dataclasses
 import difflib
+import inspect
+import json
+import textwrap
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from zerotrain import UserError
+
+# Keys that take one of a few strings: the Literal is the one list of their values (validate() reads it).
+Switch = Literal["auto", "on", "off"]
+Offload = Literal["none", "cpu", "nvme"]
 
 
 @dataclass
@@ -101,7 +110,7 @@ class TrainSection:
     """Keep this many step checkpoints (the best and the latest are always kept)."""
     early_stop_patience: int = 0
     """Stop after this many evaluations without a better val loss; 0 disables early stopping."""
-    compile: str = "auto"
+    compile: Literal["auto", "blocks", "none"] = "auto"
     """torch.compile: "blocks" compiles each transformer block and the loss, "none" runs eager, "auto" compiles on
     GPUs at ZeRO stages 0-2 (not on CPU, where compiling takes longer than it saves). Never under ZeRO-3: with
     DeepSpeed 0.19.8 compiled blocks race with ZeRO-3's backward on GPUs and train on wrong gradients
@@ -110,19 +119,19 @@ class TrainSection:
     """Cross-entropy a chunk of tokens at a time, with its gradient computed in the same pass, instead of
     materialising fp32 logits for the whole micro-batch (3 × 4 bytes × vocabulary per token). false: the
     textbook path, for comparison."""
-    fused_gelu: str = "auto"
+    fused_gelu: Switch = "auto"
     """The MLP's GELU inside cuBLASLt's matmul epilogues (GELU_AUX_BIAS forward, DGELU backward; zerotrain/kernels/cublaslt.py)
     instead of separate kernels. "auto": with compiled blocks (GPUs, ZeRO 0-2), where it measured faster; eager
     blocks ran the MLP slower with it, their bias-gradient sums being separate kernels (docs/benchmarks.md). "on":
     also eager (at ZeRO-3 it needs deepspeed.zero3_gather_per_block); off the GPU and in fp32 the same function then
     runs as separate kernels. "off": separate kernels. zerotrain's GPT only."""
-    tuned_matmuls: str = "auto"
+    tuned_matmuls: Switch = "auto"
     """Each matmul of the attention and MLP layers and of the fused loss's output projection (forward, input gradient,
     weight gradient) runs the faster of PyTorch's kernel and the best of the algorithms cuBLASLt's heuristic offers,
     timed for its shape on first use (zerotrain/kernels/cublaslt.py). "auto": with compiled blocks (GPUs, ZeRO 0-2); "on": also
     eager (at ZeRO-3 it needs deepspeed.zero3_gather_per_block); off the GPU and in fp32 PyTorch's kernels run. "off":
     PyTorch's kernels. zerotrain's GPT only."""
-    flash_attention_3: str = "auto"
+    flash_attention_3: Switch = "auto"
     """The attention through FlashAttention-3's Hopper kernels (zerotrain/kernels/flash3.py) instead of
     F.scaled_dot_product_attention, whose fastest backend on H100/H200 is cuDNN's: at GPT-2's head size its forward
     is a little slower than cuDNN's and its backward faster, so attention and training take less time
@@ -150,15 +159,15 @@ class TrainSection:
 class DeepSpeedSection:
     zero_stage: int = 2
     """ZeRO stage: 0 (plain data parallel), 1 (optimizer states), 2 (+gradients), 3 (+parameters) partitioned."""
-    offload_optimizer: str = "none"
+    offload_optimizer: Offload = "none"
     """none, cpu or nvme: where optimizer states live (stages 1-3)."""
-    offload_params: str = "none"
+    offload_params: Offload = "none"
     """none, cpu or nvme: where parameters live between uses (stage 3 only)."""
     nvme_path: str = ""
     """Directory on a fast local disk for nvme offload."""
-    dtype: str = "auto"
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     """bf16, fp16 (dynamic loss scaling), fp32, or auto: bf16 where the GPU supports it, else fp32."""
-    grad_accum_dtype: str = "auto"
+    grad_accum_dtype: Literal["auto", "fp32"] = "auto"
     """Precision in which gradients are summed over the micro-steps of an optimizer step: auto (DeepSpeed's default,
     the training dtype: bf16 sums in bf16) or fp32 (DeepSpeed's data_types.grad_accum_dtype; bf16 at ZeRO 1-3 without
     offload). fp32 sums cost a little speed (docs/benchmarks.md) and 2 more bytes per parameter per rank at ZeRO-2/3,
@@ -201,6 +210,8 @@ def _describe(tp) -> str:
 
 def _coerce(where: str, tp, value):
     """Check a TOML value against the field type; ints are accepted where floats are expected."""
+    if typing.get_origin(tp) is Literal:  # the value's type here; whether it is one of the choices, in validate()
+        return _coerce(where, type(typing.get_args(tp)[0]), value)
     if isinstance(tp, types.UnionType):  # `int | None`
         inner = [t for t in typing.get_args(tp) if t is not type(None)][0]
         return None if value is None else _coerce(where, inner, value)
@@ -223,6 +234,8 @@ def _parse_override_value(where: str, tp, text: str):
         if text.lower() in ("none", ""):
             return None
         tp = [t for t in typing.get_args(tp) if t is not type(None)][0]
+    if typing.get_origin(tp) is Literal:
+        tp = type(typing.get_args(tp)[0])
     if typing.get_origin(tp) is list:
         (item_tp,) = typing.get_args(tp)
         items = [t.strip() for t in text.split(",") if t.strip()]
@@ -284,16 +297,9 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -
     return cfg
 
 
-CHOICES = {
-    ("deepspeed", "dtype"): ("auto", "bf16", "fp16", "fp32"),
-    ("deepspeed", "offload_optimizer"): ("none", "cpu", "nvme"),
-    ("deepspeed", "offload_params"): ("none", "cpu", "nvme"),
-    ("deepspeed", "grad_accum_dtype"): ("auto", "fp32"),
-    ("train", "compile"): ("auto", "blocks", "none"),
-    ("train", "fused_gelu"): ("auto", "on", "off"),
-    ("train", "tuned_matmuls"): ("auto", "on", "off"),
-    ("train", "flash_attention_3"): ("auto", "on", "off"),
-}
+# (section, key) -> the values a Literal[...] field accepts, read from its annotation.
+CHOICES = {(section, key): typing.get_args(tp) for section, cls in SECTIONS.items()
+           for key, tp in _field_types(cls).items() if typing.get_origin(tp) is Literal}
 POSITIVE = [("train", k) for k in ("max_steps", "micro_batch_size", "grad_accum", "eval_iters", "log_interval")]
 NON_NEGATIVE = [("train", k) for k in ("global_batch_size", "seq_len", "warmup_steps", "lr_decay_steps", "weight_decay",
                                        "grad_clip", "eval_interval", "save_interval", "early_stop_patience", "min_lr",
@@ -399,3 +405,34 @@ def from_dict(doc: dict) -> RunConfig:
 def dumps_toml(cfg: RunConfig) -> str:
     import tomli_w
     return tomli_w.dumps(to_dict(cfg))
+
+
+def field_docs(section_cls) -> dict[str, str]:
+    """Each field's docstring: the string literal under it in the class body. Python keeps no attribute
+    docstrings at run time, so they are read from the source."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(section_cls))).body[0].body
+    return {node.target.id: inspect.cleandoc(doc.value.value) for node, doc in zip(body, body[1:])
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(doc, ast.Expr)
+            and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)}
+
+
+def type_name(tp) -> str:
+    """A field's type as TOML values spell it: `"auto" | "on" | "off"`, `int | none`, `list[str]`."""
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(json.dumps(v) for v in typing.get_args(tp))
+    if isinstance(tp, types.UnionType):
+        return " | ".join(type_name(t) for t in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"list[{type_name(typing.get_args(tp)[0])}]"
+    return "none" if tp is type(None) else tp.__name__
+
+
+def key_table() -> list[tuple[str, str, object, str]]:
+    """(section.key, type, default, docstring) of every run-config key, in the order of the dataclasses above."""
+    rows = []
+    for section, cls in SECTIONS.items():
+        docs, hints = field_docs(cls), _field_types(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            rows.append((f"{section}.{f.name}", type_name(hints[f.name]), default, docs.get(f.name, "")))
+    return rows

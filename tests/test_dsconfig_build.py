@@ -1,9 +1,14 @@
+"""The ds_config a zerotrain run gets: the batch triple, dtype, ZeRO sections per stage, a user ds_config merged
+over it, and each preset's passing `config check`."""
+
 import json
 
 import pytest
+from conftest import REPO, errors
 
 from zerotrain import UserError
-from zerotrain.dsconfig import Batch, build, derive_batch, resolve_dtype
+from zerotrain.dsconfig.build import Batch, build, derive_batch, resolve_dtype
+from zerotrain.dsconfig.check import check
 from zerotrain.runconfig import RunConfig, TrainSection
 
 
@@ -91,3 +96,13 @@ def test_parameter_offload_alone_keeps_torch_adamw():
     cfg = RunConfig()
     cfg.deepspeed.zero_stage, cfg.deepspeed.offload_params = 3, "cpu"
     assert "optimizer" not in build(cfg, Batch(4, 1, 1), "bf16", "cuda")  # no CPUAdam build needed
+
+
+def test_presets_shipped_in_configs_pass_check():
+    from zerotrain.runconfig import load_run_config
+
+    for path in sorted((REPO / "configs").glob("*.toml")):
+        cfg = load_run_config(path)
+        for world, device, dtype in ((1, "cpu", "fp32"), (2, "cuda", "bf16")):
+            ds = build(cfg, derive_batch(cfg.train, world), dtype, device)
+            assert not errors(check(ds, world_size=world)), path.name
