@@ -44,8 +44,14 @@ def test_comm_bad_input():
 @pytest.mark.slow
 def test_comm_two_gloo_ranks(tmp_path):
     out = tmp_path / "comm.json"
-    r = run_ok("doctor", "comm", "--nproc", 2, "--sizes", "4K,1M", "--iters", 3, "--timeout", 60, "--json", out)
-    assert "2 ranks over gloo" in r.stdout and "no outlier ranks or links" in r.stdout
+    r = zerotrain("doctor", "comm", "--nproc", 2, "--sizes", "4K,1M", "--iters", 3, "--timeout", 60, "--json", out)
+    assert "2 ranks over gloo" in r.stdout, r.stdout + r.stderr
+    # Two ranks sharing 2 busy cores measure their links with a noise of 2x: a rank or link flagged slow (exit 1) is the
+    # report doing its job, not a failure of the check. How flags are decided is tested on fixed numbers above.
+    if r.returncode == 1:
+        assert "FLAG" in r.stdout and "Traceback" not in r.stderr, r.stdout + r.stderr
+    else:
+        assert r.returncode == 0 and "no outlier ranks or links" in r.stdout, r.stdout + r.stderr
     report = json.loads(out.read_text())
     assert {row["op"] for row in report["collectives"]} == {"all_reduce", "all_gather", "reduce_scatter"}
     assert [row["bytes"] for row in report["collectives"][:2]] == [4096, 2**20]

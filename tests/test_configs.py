@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from zerotrain.dsconfig.build import build, derive_batch
+from zerotrain.dsconfig.from_run import build, derive_batch
 from zerotrain.runconfig import load_run_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))

@@ -7,7 +7,7 @@ import pytest
 from conftest import assert_clean_failure, errors, zerotrain
 
 from zerotrain import UserError, memory
-from zerotrain.dsconfig.check import check
+from zerotrain.dsconfig.rules import check
 from zerotrain.dsconfig.engine import engine_findings
 from zerotrain.dsconfig.new import choose_layout, new_config
 

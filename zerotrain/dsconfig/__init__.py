@@ -1,20 +1,17 @@
 """The ds_config: built from the run config for zerotrain's own runs, and checked, fixed, explained or written
 from intent for any DeepSpeed config (`zerotrain config`). Only engine.py imports torch and DeepSpeed.
 
-  build.py    the ds_config a zerotrain run gets: the batch triple, dtype, ZeRO sections, a user ds_config merged over it
+  from_run.py the ds_config a zerotrain run gets (build): the batch triple, dtype, ZeRO sections, a user ds_config merged over it
   schema.py   DeepSpeed 0.19.8's keys and their types, aliases, removed and deprecated keys, defaults, descriptions
   parse.py    reading a ds_config file: JSON, with line:column errors that name the fix
-  check.py    the lint rules: every finding (level, key, message, fix), never stopping at the first
+  rules.py    the lint rules (check): every finding (level, key, message, fix), never stopping at the first
   engine.py   DeepSpeed's own config parser as the last word
-  fix.py      the unambiguous fixes
-  explain.py  the effective config, DeepSpeed's defaults filled in
+  fixes.py    the unambiguous fixes (fix)
+  effective.py the effective config, DeepSpeed's defaults filled in (explain)
   new.py      a ds_config from intent: model, GPUs, batch (`zerotrain config new`)
 """
 
-# build, check, explain and fix are functions named like their modules: importing them here makes
-# `dsconfig.build(...)` the function. Import a module's other names from the module itself
-# (`from zerotrain.dsconfig.check import BATCH_KEYS`).
-from zerotrain.dsconfig.build import (
+from zerotrain.dsconfig.from_run import (
     Batch,
     build,
     derive_batch,
@@ -25,10 +22,10 @@ from zerotrain.dsconfig.build import (
     resolve_dtype,
     uses_config_optimizer,
 )
-from zerotrain.dsconfig.check import LEVELS, Finding, check, check_text, gpu_spec, planner_fits_without_offload
+from zerotrain.dsconfig.rules import LEVELS, Finding, check, check_text, gpu_spec, planner_fits_without_offload
 from zerotrain.dsconfig.engine import engine_findings, implied_world_size
-from zerotrain.dsconfig.explain import explain
-from zerotrain.dsconfig.fix import fix
+from zerotrain.dsconfig.effective import explain
+from zerotrain.dsconfig.fixes import fix
 from zerotrain.dsconfig.new import TARGETS, Layout, accelerate_config, choose_layout, new_config
 from zerotrain.dsconfig.parse import load_config_file, parse_config_text
 from zerotrain.dsconfig.schema import DEEPSPEED_VERSION

@@ -3,7 +3,7 @@ zerotrain.dsconfig that imports DeepSpeed and torch, inside engine_findings."""
 
 import copy
 
-from zerotrain.dsconfig.check import BATCH_KEYS, Finding
+from zerotrain.dsconfig.rules import BATCH_KEYS, Finding
 from zerotrain.dsconfig.schema import _as_int, _without_auto
 
 

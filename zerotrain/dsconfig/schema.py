@@ -8,7 +8,7 @@ tests/test_dsconfig_schema.py compares them with the installed DeepSpeed so they
 
 import math
 
-from zerotrain.dsconfig.build import get_dotted
+from zerotrain.dsconfig.from_run import get_dotted
 
 DEEPSPEED_VERSION = "0.19.8"  # the version the tables below were taken from
 

@@ -4,9 +4,9 @@ import json
 
 from conftest import assert_clean_failure, errors, with_, write_ds_config, zerotrain
 
-from zerotrain.dsconfig.check import check
+from zerotrain.dsconfig.rules import check
 from zerotrain.dsconfig.engine import engine_findings
-from zerotrain.dsconfig.fix import fix
+from zerotrain.dsconfig.fixes import fix
 
 
 def test_fix_unquotes_numbers_and_nests_dotted_keys():

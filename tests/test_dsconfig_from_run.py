@@ -7,8 +7,8 @@ import pytest
 from conftest import REPO, errors
 
 from zerotrain import UserError
-from zerotrain.dsconfig.build import Batch, build, derive_batch, resolve_dtype
-from zerotrain.dsconfig.check import check
+from zerotrain.dsconfig.from_run import Batch, build, derive_batch, resolve_dtype
+from zerotrain.dsconfig.rules import check
 from zerotrain.runconfig import RunConfig, TrainSection
 
 

@@ -23,10 +23,10 @@ from conftest import (
 )
 
 from zerotrain import UserError
-from zerotrain.dsconfig.check import LEVELS, check, check_text, gpu_spec
+from zerotrain.dsconfig.rules import LEVELS, check, check_text, gpu_spec
 from zerotrain.dsconfig.engine import engine_findings
-from zerotrain.dsconfig.explain import explain
-from zerotrain.dsconfig.fix import fix
+from zerotrain.dsconfig.effective import explain
+from zerotrain.dsconfig.fixes import fix
 from zerotrain.dsconfig.new import new_config
 from zerotrain.dsconfig.schema import SCHEMA
 

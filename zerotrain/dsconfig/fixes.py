@@ -4,7 +4,7 @@ fixes are applied; the re-check reports what needs a decision."""
 import copy
 import json
 
-from zerotrain.dsconfig.check import (
+from zerotrain.dsconfig.rules import (
     BATCH_KEYS,
     _close,
     _dotted_section,

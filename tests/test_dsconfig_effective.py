@@ -3,7 +3,7 @@
 from conftest import GUIDE_ZERO1_WARMUP_DECAY, GUIDE_ZERO3_OFFLOAD
 
 from zerotrain.dsconfig.engine import implied_world_size
-from zerotrain.dsconfig.explain import explain
+from zerotrain.dsconfig.effective import explain
 
 
 def test_explain_fills_in_deepspeeds_defaults():
