@@ -8,6 +8,7 @@ q, k and v strided views of it (or copied to contiguous (B, H, T, D) tensors fir
 counting causal attention's FLOPs (half of the full T×T products; backward does 2.5× forward).
     python3 benchmarks/attention_speed.py [--batch 32] [--heads 25] [--head-dim 64] [--seq 1024] [--iters 20]
                                           [--flex-autotune] [--device cuda]"""
+
 import argparse
 import time
 
@@ -61,10 +62,17 @@ def main():
     # QK^T and PV, 2 FLOPs per multiply-add, half of the T×T entries under the causal mask; backward does 2.5× forward
     forward_flops = 2 * 2 * B * H * T * T * D / 2
     sdpa_ways, ways = {}, {}
-    for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH):
+    for backend in (
+        SDPBackend.CUDNN_ATTENTION,
+        SDPBackend.FLASH_ATTENTION,
+        SDPBackend.EFFICIENT_ATTENTION,
+        SDPBackend.MATH,
+    ):
+
         def attend(q, k, v, backend=backend):
             with sdpa_kernel([backend]):
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
         sdpa_ways[backend.name] = attend
     for name, mode in (("FLEX", None), ("FLEX_MAX_AUTOTUNE", "max-autotune-no-cudagraphs")):
         if mode is not None and not a.flex_autotune:
@@ -76,12 +84,15 @@ def main():
     def as_model_does(attend, contiguous):
         """The attention of model.CausalSelfAttention from the (B, T, 3C) projection to the (B, T, C) input of c_proj:
         q, k, v strided (B, H, T, D) views of the projection, or (contiguous) copied to (B, H, T, D) first."""
+
         def run(qkv):
             q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in qkv.split(H * D, dim=2))
             if contiguous:
                 q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
             return attend(q, k, v).transpose(1, 2).contiguous().view(B, T, H * D)
+
         return run
+
     for name, attend in sdpa_ways.items():
         ways[name] = as_model_does(attend, contiguous=False)
         if name in ("CUDNN_ATTENTION", "FLASH_ATTENTION", "FLEX"):
@@ -93,13 +104,16 @@ def main():
         print(f"RESULT {'FLASH_ATTENTION_3':30s} not available: {why_not}")
     reference = None
     for name, attend in ways.items():
+
         def forward_backward(attend=attend):
             out = attend(qkv)
             out.backward(grad)
             return out
+
         def forward(attend=attend):
             with torch.no_grad():
                 return attend(qkv)
+
         try:
             qkv.grad = None
             out = forward_backward().detach()
@@ -112,10 +126,12 @@ def main():
         grad_error = ((qkv.grad.float() - reference[1].float()).norm() / reference[1].float().norm()).item()
         ms_forward = time_ms(forward, a.iters, a.device)
         ms = time_ms(forward_backward, a.iters, a.device)
-        print(f"RESULT {name:30s} forward {ms_forward:7.3f} ms {forward_flops / ms_forward / 1e9:6.1f} TFLOP/s | "
-              f"forward+backward {ms:7.3f} ms {3.5 * forward_flops / ms / 1e9:6.1f} TFLOP/s | backward alone "
-              f"{2.5 * forward_flops / (ms - ms_forward) / 1e9:6.1f} TFLOP/s (output, qkv gradient off the first way's "
-              f"by {error:.1e}, {grad_error:.1e})")
+        print(
+            f"RESULT {name:30s} forward {ms_forward:7.3f} ms {forward_flops / ms_forward / 1e9:6.1f} TFLOP/s | "
+            f"forward+backward {ms:7.3f} ms {3.5 * forward_flops / ms / 1e9:6.1f} TFLOP/s | backward alone "
+            f"{2.5 * forward_flops / (ms - ms_forward) / 1e9:6.1f} TFLOP/s (output, qkv gradient off the first way's "
+            f"by {error:.1e}, {grad_error:.1e})"
+        )
 
 
 if __name__ == "__main__":

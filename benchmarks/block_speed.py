@@ -10,6 +10,7 @@ d88c8e4 the ways also included the residual add and the bias gradients done insi
 docs/log/2026-11-21-block-bytes-cuda-graphs.md.)
     python3 benchmarks/block_speed.py [--batch 32] [--preset gpt2-xl] [--rounds 40]
         [--ways compiled,cudagraphs,eager,autotune,autotune_unfused,tuned]"""
+
 import argparse
 import copy
 
@@ -62,9 +63,14 @@ def main():
     cfg = gpt.config_from_preset(a.preset)
     torch.manual_seed(0)
     base = gpt.Block(cfg).to("cuda", torch.bfloat16)
-    ways = {"compiled": (None, True, False), "cudagraphs": ("reduce-overhead", True, False), "eager": (None, True, False),
-            "autotune": ("max-autotune-no-cudagraphs", True, False), "autotune_unfused": ("max-autotune-no-cudagraphs", False, False),
-            "tuned": (None, True, True)}
+    ways = {
+        "compiled": (None, True, False),
+        "cudagraphs": ("reduce-overhead", True, False),
+        "eager": (None, True, False),
+        "autotune": ("max-autotune-no-cudagraphs", True, False),
+        "autotune_unfused": ("max-autotune-no-cudagraphs", False, False),
+        "tuned": (None, True, True),
+    }
     x = torch.randn(a.batch, cfg.block_size, cfg.n_embd, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     grad = torch.randn_like(x)
     reference, steps = None, {}
@@ -74,7 +80,10 @@ def main():
             raise SystemExit(f"unknown way {way!r}: choose among {', '.join(ways)}")
         mode, fused_gelu, tuned = ways[way]
         block = copy.deepcopy(base)  # each way its own copy of the same weights: compiled graphs guard on the module
-        block.mlp.__class__, block.attn.__class__ = kernels.FastMLP, kernels.FastAttention  # what kernels.apply swaps in
+        block.mlp.__class__, block.attn.__class__ = (
+            kernels.FastMLP,
+            kernels.FastAttention,
+        )  # what kernels.apply swaps in
         block.mlp.fused_gelu = fused_gelu
         block.attn.tuned_matmuls = block.mlp.tuned_matmuls = tuned
         compiled = block if way == "eager" else torch.compile(block, mode=mode)
@@ -94,7 +103,9 @@ def main():
         error = max(((g - r).norm() / r.norm()).item() for g, r in zip([out] + grads, [reference[0]] + reference[1]))
         ms = time_ms(step, a.iters)
         steps[way] = step
-        print(f"RESULT {way:12s} {ms:8.3f} ms per block forward + backward (largest relative difference from the first way {error:.1e})")
+        print(
+            f"RESULT {way:12s} {ms:8.3f} ms per block forward + backward (largest relative difference from the first way {error:.1e})"
+        )
         for line in kernel_table(step, 5, a.kernels):
             print(line)
     # The GPU's clock drifts as it heats (by 5-10% over a minute at its power limit), so the ways are compared by
@@ -105,9 +116,15 @@ def main():
             totals[way] += time_ms(step, 5, warmup=1)
     base = totals[next(iter(totals))]
     for way, total in totals.items():
-        print(f"RESULT interleaved {way:12s} {total / a.rounds:8.3f} ms ({100 * (total / base - 1):+.1f}% against the first way)")
+        print(
+            f"RESULT interleaved {way:12s} {total / a.rounds:8.3f} ms ({100 * (total / base - 1):+.1f}% against the first way)"
+        )
     for key, times in fused.timings.items():
-        print(f"RESULT {key[0]} {key[2:5]}: chose {fused.chosen[key]}; " + ", ".join(f"{k} {v:.3f} ms" for k, v in times.items()))
+        print(
+            f"RESULT {key[0]} {key[2:5]}: chose {fused.chosen[key]}; "
+            + ", ".join(f"{k} {v:.3f} ms" for k, v in times.items())
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -36,19 +36,42 @@ def main():
     a = p.parse_args()
     shutil.rmtree(a.run_dir, ignore_errors=True)
     commands = {
-        "plain PyTorch, 1 process (nanoGPT CPU recipe, 2000 steps)":
-            [sys.executable, "benchmarks/plain_pytorch_baseline.py", "--data", a.data, "--eval-interval", "100"],
-        "zerotrain demo, 2 processes, ZeRO-2 (configs/shakespeare-char.toml)":
-            [sys.executable, "-m", "zerotrain", "train", "configs/shakespeare-char.toml", "--nproc", "2",
-             f"--data.dir={a.data}", f"--run.out_dir={a.run_dir}", "--train.eval_interval=100"],
+        "plain PyTorch, 1 process (nanoGPT CPU recipe, 2000 steps)": [
+            sys.executable,
+            "benchmarks/plain_pytorch_baseline.py",
+            "--data",
+            a.data,
+            "--eval-interval",
+            "100",
+        ],
+        "zerotrain demo, 2 processes, ZeRO-2 (configs/shakespeare-char.toml)": [
+            sys.executable,
+            "-m",
+            "zerotrain",
+            "train",
+            "configs/shakespeare-char.toml",
+            "--nproc",
+            "2",
+            f"--data.dir={a.data}",
+            f"--run.out_dir={a.run_dir}",
+            "--train.eval_interval=100",
+        ],
     }
     rows = []
     for name, cmd in commands.items():
         evals, total = timed_evals(cmd)
         hit = next(((t, s, v) for t, s, v in evals if v <= a.target), None)
-        rows.append({"run": name, "first_eval_at_or_below_target": None if hit is None else
-                     {"seconds": round(hit[0], 1), "step": hit[1], "val_loss": hit[2]},
-                     "final_val_loss": evals[-1][2], "final_step": evals[-1][1], "total_seconds": round(total, 1)})
+        rows.append(
+            {
+                "run": name,
+                "first_eval_at_or_below_target": None
+                if hit is None
+                else {"seconds": round(hit[0], 1), "step": hit[1], "val_loss": hit[2]},
+                "final_val_loss": evals[-1][2],
+                "final_step": evals[-1][1],
+                "total_seconds": round(total, 1),
+            }
+        )
     print(json.dumps(rows, indent=1))
     print(f"\n| run | first val loss <= {a.target} | final val loss | total wall |\n|---|---|---|---|")
     for r in rows:

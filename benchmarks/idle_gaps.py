@@ -4,6 +4,7 @@ stream) longer than --min-us, and sums them by what the host was running when ea
 operators, or Python functions with ZEROTRAIN_PROFILE_STACK=1, on the thread that launched the kernel ending the gap)
 and by the operator that launched that kernel.
     python3 benchmarks/idle_gaps.py RUN/profile/trace-rank0.json.gz [--min-us 50] [--top 25]"""
+
 import argparse
 import bisect
 import gzip
@@ -20,9 +21,15 @@ def main():
     a = ap.parse_args()
     with gzip.open(a.trace) as f:
         events = json.load(f).get("traceEvents", [])
-    gpu = sorted((e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e),
-                 key=lambda e: e["ts"])
-    launches = {e["args"]["correlation"]: e for e in events if e.get("cat") == "cuda_runtime" and "correlation" in e.get("args", {})}
+    gpu = sorted(
+        (e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e),
+        key=lambda e: e["ts"],
+    )
+    launches = {
+        e["args"]["correlation"]: e
+        for e in events
+        if e.get("cat") == "cuda_runtime" and "correlation" in e.get("args", {})
+    }
     host = defaultdict(list)  # (pid, tid) -> spans of CPU ops and Python functions
     for e in events:
         if e.get("cat") in ("cpu_op", "python_function", "user_annotation") and "dur" in e:
@@ -35,9 +42,9 @@ def main():
         """The innermost --depth spans of the thread that contain time t."""
         spans = host.get(thread, [])
         i = bisect.bisect_right(starts.get(thread, []), t)
-        around = [s for s in spans[max(0, i - 4000):i] if s[1] >= t]
+        around = [s for s in spans[max(0, i - 4000) : i] if s[1] >= t]
         around.sort(key=lambda s: s[1] - s[0])
-        return " < ".join(s[2][:60] for s in around[:a.depth]) or "(nothing recorded)"
+        return " < ".join(s[2][:60] for s in around[: a.depth]) or "(nothing recorded)"
 
     by_host, by_launcher, total, busy_end, count = defaultdict(float), defaultdict(float), 0.0, None, 0
     first, last = gpu[0]["ts"], max(e["ts"] + e["dur"] for e in gpu)
@@ -51,10 +58,15 @@ def main():
             total += gap
             count += 1
         busy_end = max(busy_end or 0.0, e["ts"] + e["dur"])
-    print(f"RESULT {count} gaps over {a.min_us:.0f} us: {total / 1000:.1f} ms idle in {(last - first) / 1000:.1f} ms of trace")
-    for title, table in (("host busy with, when the GPU ran dry", by_host), ("launched the kernel that ended the gap", by_launcher)):
+    print(
+        f"RESULT {count} gaps over {a.min_us:.0f} us: {total / 1000:.1f} ms idle in {(last - first) / 1000:.1f} ms of trace"
+    )
+    for title, table in (
+        ("host busy with, when the GPU ran dry", by_host),
+        ("launched the kernel that ended the gap", by_launcher),
+    ):
         print(f"RESULT -- {title}:")
-        for name, us in sorted(table.items(), key=lambda kv: -kv[1])[:a.top]:
+        for name, us in sorted(table.items(), key=lambda kv: -kv[1])[: a.top]:
             print(f"RESULT {us / 1000:9.2f} ms  {name}")
 
 

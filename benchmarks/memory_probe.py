@@ -21,10 +21,26 @@ import time
 from pathlib import Path
 
 LLAMA_SHAPES = {  # transformers LlamaConfig arguments for the Llama-style shapes we calibrate on
-    "smollm2-135m": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
-                         "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True, "max_position_embeddings": 8192},
-    "tinyllama-1.1b": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32,
-                           "num_key_value_heads": 4, "vocab_size": 32000, "tie_word_embeddings": False, "max_position_embeddings": 2048},
+    "smollm2-135m": {
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "vocab_size": 49152,
+        "tie_word_embeddings": True,
+        "max_position_embeddings": 8192,
+    },
+    "tinyllama-1.1b": {
+        "hidden_size": 2048,
+        "intermediate_size": 5632,
+        "num_hidden_layers": 22,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+        "vocab_size": 32000,
+        "tie_word_embeddings": False,
+        "max_position_embeddings": 2048,
+    },
 }
 
 
@@ -50,11 +66,13 @@ def parse_args():
 
 
 def config_name(a) -> str:
-    return (f"{a.impl}-{a.model.replace(':', '-')}-z{a.zero}-mb{a.micro_batch}-ga{a.grad_accum}-t{a.seq_len}-{a.dtype}"
-            f"{'-ckpt' if a.checkpointing else ''}{'-oo' + a.offload_optimizer if a.offload_optimizer != 'none' else ''}"
-            f"{'-op' + a.offload_params if a.offload_params != 'none' else ''}"
-            f"{'-compiled' if a.impl == 'zerotrain' and a.compile == 'blocks' else ''}{'-plainloss' if a.plain_loss else ''}"
-            f"-w{os.environ.get('WORLD_SIZE', '1')}")
+    return (
+        f"{a.impl}-{a.model.replace(':', '-')}-z{a.zero}-mb{a.micro_batch}-ga{a.grad_accum}-t{a.seq_len}-{a.dtype}"
+        f"{'-ckpt' if a.checkpointing else ''}{'-oo' + a.offload_optimizer if a.offload_optimizer != 'none' else ''}"
+        f"{'-op' + a.offload_params if a.offload_params != 'none' else ''}"
+        f"{'-compiled' if a.impl == 'zerotrain' and a.compile == 'blocks' else ''}{'-plainloss' if a.plain_loss else ''}"
+        f"-w{os.environ.get('WORLD_SIZE', '1')}"
+    )
 
 
 def run_zerotrain(a, out: Path) -> dict:
@@ -62,23 +80,45 @@ def run_zerotrain(a, out: Path) -> dict:
     from zerotrain.train import train
 
     run_dir = Path("/tmp/memprobe") / config_name(a)  # the same on every rank
-    overrides = [f"--run.out_dir={run_dir}", "--run.checkpoints=false", "--run.tensorboard=false", f"--data.dir={a.data}",
-                 f"--model.preset={a.model}", f"--train.max_steps={a.steps}", "--train.log_interval=1", "--train.eval_interval=0",
-                 "--train.early_stop_patience=0", f"--train.micro_batch_size={a.micro_batch}", f"--train.grad_accum={a.grad_accum}",
-                 f"--train.seq_len={a.seq_len}", f"--deepspeed.zero_stage={a.zero}", f"--deepspeed.dtype={a.dtype}",
-                 f"--deepspeed.activation_checkpointing={'true' if a.checkpointing else 'false'}",
-                 f"--deepspeed.offload_optimizer={a.offload_optimizer}", f"--deepspeed.offload_params={a.offload_params}",
-                 f"--train.compile={a.compile}", f"--train.fused_loss={'false' if a.plain_loss else 'true'}"]
+    overrides = [
+        f"--run.out_dir={run_dir}",
+        "--run.checkpoints=false",
+        "--run.tensorboard=false",
+        f"--data.dir={a.data}",
+        f"--model.preset={a.model}",
+        f"--train.max_steps={a.steps}",
+        "--train.log_interval=1",
+        "--train.eval_interval=0",
+        "--train.early_stop_patience=0",
+        f"--train.micro_batch_size={a.micro_batch}",
+        f"--train.grad_accum={a.grad_accum}",
+        f"--train.seq_len={a.seq_len}",
+        f"--deepspeed.zero_stage={a.zero}",
+        f"--deepspeed.dtype={a.dtype}",
+        f"--deepspeed.activation_checkpointing={'true' if a.checkpointing else 'false'}",
+        f"--deepspeed.offload_optimizer={a.offload_optimizer}",
+        f"--deepspeed.offload_params={a.offload_params}",
+        f"--train.compile={a.compile}",
+        f"--train.fused_loss={'false' if a.plain_loss else 'true'}",
+    ]
     cfg = load_run_config("configs/gpt2-124m.toml", overrides)
     train(cfg, overwrite=True)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()] if (run_dir / "metrics.jsonl").exists() else []
+    records = (
+        [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        if (run_dir / "metrics.jsonl").exists()
+        else []
+    )
     steps = [r for r in records if "loss" in r]
     if not steps:
         return {}
-    return {"setup_allocated": next((r["setup_mem_bytes"] for r in steps if "setup_mem_bytes" in r), None),
-            "peak_allocated": steps[-1]["peak_mem_bytes"], "peak_reserved": steps[-1].get("peak_reserved_bytes"),
-            "peak_allocated_per_step": [r["peak_mem_bytes"] for r in steps], "loss": steps[-1]["loss"],
-            "tokens_per_s": steps[-1]["tokens_per_s"]}
+    return {
+        "setup_allocated": next((r["setup_mem_bytes"] for r in steps if "setup_mem_bytes" in r), None),
+        "peak_allocated": steps[-1]["peak_mem_bytes"],
+        "peak_reserved": steps[-1].get("peak_reserved_bytes"),
+        "peak_allocated_per_step": [r["peak_mem_bytes"] for r in steps],
+        "loss": steps[-1]["loss"],
+        "tokens_per_s": steps[-1]["tokens_per_s"],
+    }
 
 
 def run_hf(a) -> dict:
@@ -91,8 +131,11 @@ def run_hf(a) -> dict:
     family, _, shape = a.model.partition(":")
     if family == "hf-gpt2":
         from zerotrain.model import PRESETS
+
         s = PRESETS[shape]
-        cfg = transformers.GPT2Config(n_layer=s["n_layer"], n_head=s["n_head"], n_embd=s["n_embd"], n_positions=1024, vocab_size=50257)
+        cfg = transformers.GPT2Config(
+            n_layer=s["n_layer"], n_head=s["n_head"], n_embd=s["n_embd"], n_positions=1024, vocab_size=50257
+        )
     else:
         cfg = transformers.LlamaConfig(**LLAMA_SHAPES[shape])
     cfg._attn_implementation = "sdpa"
@@ -106,8 +149,14 @@ def run_hf(a) -> dict:
         zero["offload_optimizer"] = {"device": a.offload_optimizer, "pin_memory": True}
     if a.offload_params != "none":
         zero["offload_param"] = {"device": a.offload_params, "pin_memory": True}
-    ds_config = {"train_micro_batch_size_per_gpu": a.micro_batch, "gradient_accumulation_steps": a.grad_accum,
-                 "gradient_clipping": 1.0, "zero_optimization": zero, "steps_per_print": 10**9, a.dtype: {"enabled": True}}
+    ds_config = {
+        "train_micro_batch_size_per_gpu": a.micro_batch,
+        "gradient_accumulation_steps": a.grad_accum,
+        "gradient_clipping": 1.0,
+        "zero_optimization": zero,
+        "steps_per_print": 10**9,
+        a.dtype: {"enabled": True},
+    }
     if a.offload_optimizer != "none":
         ds_config["optimizer"] = {"type": "AdamW", "params": {"lr": 1e-4, "weight_decay": 0.1}}
         engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
@@ -119,7 +168,11 @@ def run_hf(a) -> dict:
     peaks, t0 = [], time.perf_counter()
     for _ in range(a.steps):
         for _ in range(a.grad_accum):
-            ids = torch.randint(0, cfg.vocab_size, (a.micro_batch, a.seq_len), generator=g).pin_memory().cuda(non_blocking=True)
+            ids = (
+                torch.randint(0, cfg.vocab_size, (a.micro_batch, a.seq_len), generator=g)
+                .pin_memory()
+                .cuda(non_blocking=True)
+            )
             loss = engine(input_ids=ids, labels=ids).loss
             engine.backward(loss)
             engine.step()
@@ -127,9 +180,14 @@ def run_hf(a) -> dict:
     torch.cuda.synchronize()
     step_s = (time.perf_counter() - t0) / a.steps
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    return {"setup_allocated": setup, "peak_allocated": torch.cuda.max_memory_allocated(),
-            "peak_reserved": torch.cuda.max_memory_reserved(), "peak_allocated_per_step": peaks, "loss": loss.item(),
-            "tokens_per_s": a.micro_batch * a.grad_accum * a.seq_len * world / step_s}
+    return {
+        "setup_allocated": setup,
+        "peak_allocated": torch.cuda.max_memory_allocated(),
+        "peak_reserved": torch.cuda.max_memory_reserved(),
+        "peak_allocated_per_step": peaks,
+        "loss": loss.item(),
+        "tokens_per_s": a.micro_batch * a.grad_accum * a.seq_len * world / step_s,
+    }
 
 
 def main() -> int:
@@ -151,17 +209,36 @@ def main() -> int:
     name = config_name(a)
     if a.snapshot:
         torch.cuda.memory._dump_snapshot(str(out / f"{name}.pickle"))
-    row = {"name": name, "impl": a.impl, "model": a.model, "gpus": int(os.environ.get("WORLD_SIZE", "1")), "zero_stage": a.zero,
-           "micro_batch": a.micro_batch, "grad_accum": a.grad_accum, "seq_len": a.seq_len, "dtype": a.dtype,
-           "activation_checkpointing": a.checkpointing, "offload_optimizer": a.offload_optimizer, "offload_params": a.offload_params,
-           **({"compile": a.compile, "fused_loss": not a.plain_loss} if a.impl == "zerotrain" else {}),
-           **result, "gpu": torch.cuda.get_device_name(), "gpu_total_bytes": torch.cuda.get_device_properties(0).total_memory,
-           "versions": f"torch {torch.__version__}, deepspeed {deepspeed.__version__}, transformers {transformers.__version__}",
-           "date": time.strftime("%Y-%m-%d", time.gmtime(started)), "wall_s": round(time.time() - started, 1)}
+    row = {
+        "name": name,
+        "impl": a.impl,
+        "model": a.model,
+        "gpus": int(os.environ.get("WORLD_SIZE", "1")),
+        "zero_stage": a.zero,
+        "micro_batch": a.micro_batch,
+        "grad_accum": a.grad_accum,
+        "seq_len": a.seq_len,
+        "dtype": a.dtype,
+        "activation_checkpointing": a.checkpointing,
+        "offload_optimizer": a.offload_optimizer,
+        "offload_params": a.offload_params,
+        **({"compile": a.compile, "fused_loss": not a.plain_loss} if a.impl == "zerotrain" else {}),
+        **result,
+        "gpu": torch.cuda.get_device_name(),
+        "gpu_total_bytes": torch.cuda.get_device_properties(0).total_memory,
+        "versions": f"torch {torch.__version__}, deepspeed {deepspeed.__version__}, transformers {transformers.__version__}",
+        "date": time.strftime("%Y-%m-%d", time.gmtime(started)),
+        "wall_s": round(time.time() - started, 1),
+    }
     with open(out / "measurements.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
-    print("MEASURED", name, f"setup {result.get('setup_allocated', 0) / 2**30:.2f} GiB",
-          f"peak {result.get('peak_allocated', 0) / 2**30:.2f} GiB reserved {result.get('peak_reserved', 0) / 2**30:.2f} GiB", flush=True)
+    print(
+        "MEASURED",
+        name,
+        f"setup {result.get('setup_allocated', 0) / 2**30:.2f} GiB",
+        f"peak {result.get('peak_allocated', 0) / 2**30:.2f} GiB reserved {result.get('peak_reserved', 0) / 2**30:.2f} GiB",
+        flush=True,
+    )
     return 0
 
 

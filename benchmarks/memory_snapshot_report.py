@@ -9,7 +9,15 @@ import argparse
 import pickle
 from collections import defaultdict
 
-INTERESTING = ("deepspeed/", "zerotrain/", "transformers/", "torch/optim", "memory_probe.py", "torch/utils/checkpoint", "torch/nn/functional")
+INTERESTING = (
+    "deepspeed/",
+    "zerotrain/",
+    "transformers/",
+    "torch/optim",
+    "memory_probe.py",
+    "torch/utils/checkpoint",
+    "torch/nn/functional",
+)
 
 
 def site(frames: list[dict]) -> str:
@@ -43,9 +51,11 @@ def main() -> None:
     for size, where in peak_live.values():
         groups[where][0] += size
         groups[where][1] += 1
-    print(f"{a.snapshot}: {len(events)} events, peak {peak / 2**30:.3f} GiB at event {peak_index} "
-          f"(allocating at {site(events[peak_index].get('frames', []))})")
-    for where, (size, count) in sorted(groups.items(), key=lambda kv: -kv[1][0])[:a.top]:
+    print(
+        f"{a.snapshot}: {len(events)} events, peak {peak / 2**30:.3f} GiB at event {peak_index} "
+        f"(allocating at {site(events[peak_index].get('frames', []))})"
+    )
+    for where, (size, count) in sorted(groups.items(), key=lambda kv: -kv[1][0])[: a.top]:
         print(f"  {size / 2**20:10.1f} MiB {count:6d}x  {where}")
 
 

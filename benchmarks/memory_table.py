@@ -1,6 +1,6 @@
 """Measured vs predicted peak memory, as a markdown table for docs/memory.md.
 
-  python benchmarks/memory_table.py [docs/memory-measurements.jsonl]
+python benchmarks/memory_table.py [docs/memory-measurements.jsonl]
 """
 
 import json
@@ -16,8 +16,10 @@ from zerotrain.memory import plan
 def main() -> None:
     path = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/memory-measurements.jsonl")
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    print("| run | GPUs | ZeRO | micro-batch × seq | accum | dtype | ckpt | offload | measured peak alloc | predicted | error "
-          "| measured reserved | predicted | error |")
+    print(
+        "| run | GPUs | ZeRO | micro-batch × seq | accum | dtype | ckpt | offload | measured peak alloc | predicted | error "
+        "| measured reserved | predicted | error |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     errors, reserved_errors = [], []
     for r in rows:
@@ -26,14 +28,27 @@ def main() -> None:
         er = p.per_gpu["peak_reserved"] / r["peak_reserved"] - 1
         errors.append(abs(e))
         reserved_errors.append(er)
-        off = "/".join(x for x in (r["offload_optimizer"] != "none" and "opt " + r["offload_optimizer"],
-                                    r["offload_params"] != "none" and "params " + r["offload_params"]) if x) or "-"
-        print(f"| {r['impl']} {r['model']} | {r['gpus']} | {r['zero_stage']} | {r['micro_batch']} × {r['seq_len']} | {r['grad_accum']}"
-              f"{' (fp32 sums)' if r.get('grad_accum_dtype') == 'fp32' else ''} | {r['dtype']} | {'yes' if r['activation_checkpointing'] else '-'} | {off} | {r['peak_allocated'] / 2**30:.2f} GiB "
-              f"| {p.per_gpu['peak_allocated'] / 2**30:.2f} GiB | {100 * e:+.1f}% | {r['peak_reserved'] / 2**30:.2f} GiB "
-              f"| {p.per_gpu['peak_reserved'] / 2**30:.2f} GiB | {100 * er:+.1f}% |")
-    print(f"\n{len(rows)} runs. Peak allocated: max |error| {100 * max(errors):.2f}%, mean |error| {100 * sum(errors) / len(errors):.2f}%. "
-          f"Peak reserved: error from {100 * min(reserved_errors):+.1f}% to {100 * max(reserved_errors):+.1f}%.")
+        off = (
+            "/".join(
+                x
+                for x in (
+                    r["offload_optimizer"] != "none" and "opt " + r["offload_optimizer"],
+                    r["offload_params"] != "none" and "params " + r["offload_params"],
+                )
+                if x
+            )
+            or "-"
+        )
+        print(
+            f"| {r['impl']} {r['model']} | {r['gpus']} | {r['zero_stage']} | {r['micro_batch']} × {r['seq_len']} | {r['grad_accum']}"
+            f"{' (fp32 sums)' if r.get('grad_accum_dtype') == 'fp32' else ''} | {r['dtype']} | {'yes' if r['activation_checkpointing'] else '-'} | {off} | {r['peak_allocated'] / 2**30:.2f} GiB "
+            f"| {p.per_gpu['peak_allocated'] / 2**30:.2f} GiB | {100 * e:+.1f}% | {r['peak_reserved'] / 2**30:.2f} GiB "
+            f"| {p.per_gpu['peak_reserved'] / 2**30:.2f} GiB | {100 * er:+.1f}% |"
+        )
+    print(
+        f"\n{len(rows)} runs. Peak allocated: max |error| {100 * max(errors):.2f}%, mean |error| {100 * sum(errors) / len(errors):.2f}%. "
+        f"Peak reserved: error from {100 * min(reserved_errors):+.1f}% to {100 * max(reserved_errors):+.1f}%."
+    )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,9 @@ def main():
     model = GPT(GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=data.vocab_size, dropout=0.0))
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and not n.startswith("transformer.w")]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and not n.startswith("transformer.w"))]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=1e-3, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.99)
+    )
     sampler = BatchSampler([data.train], [1.0], 64, 12, 0, 1, 1337)
 
     def lr_at(it):
@@ -54,7 +55,10 @@ def main():
     def evaluate():
         model.eval()
         with torch.no_grad():
-            losses = [model(torch.from_numpy(x), torch.from_numpy(y)).item() for x, y in eval_batches(data.val, 64, 12, 40, 0, 1)]
+            losses = [
+                model(torch.from_numpy(x), torch.from_numpy(y)).item()
+                for x, y in eval_batches(data.val, 64, 12, 40, 0, 1)
+            ]
         model.train()
         return float(np.mean(losses))
 
@@ -76,8 +80,17 @@ def main():
             print(f"iter {it} | val loss {val:.4f} | {elapsed:.1f} s", flush=True)
             if reached is None and val <= a.target:
                 reached = history[-1]
-    print(json.dumps({"baseline": "plain PyTorch, nanoGPT CPU recipe", "threads": a.threads, "target": a.target,
-                      "first_eval_at_or_below_target": reached, "history": history}))
+    print(
+        json.dumps(
+            {
+                "baseline": "plain PyTorch, nanoGPT CPU recipe",
+                "threads": a.threads,
+                "target": a.target,
+                "first_eval_at_or_below_target": reached,
+                "history": history,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

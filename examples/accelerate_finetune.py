@@ -26,9 +26,11 @@ def packed_blocks(tokenizer, text_file: str, seq_len: int) -> torch.Tensor:
         ids = torch.tensor(tokenizer(f.read())["input_ids"])
     n = len(ids) // seq_len
     if n == 0:
-        raise ValueError(f"{text_file} has {len(ids)} tokens, fewer than one block of {seq_len}; "
-                         "use a longer file or a smaller --seq-len")
-    return ids[:n * seq_len].view(n, seq_len)
+        raise ValueError(
+            f"{text_file} has {len(ids)} tokens, fewer than one block of {seq_len}; "
+            "use a longer file or a smaller --seq-len"
+        )
+    return ids[: n * seq_len].view(n, seq_len)
 
 
 def leave_without_teardown_on_cpu():
@@ -64,8 +66,9 @@ def main():
     # With zero3_init_flag (written for ZeRO-3) from_pretrained builds the model already partitioned.
     model = AutoModelForCausalLM.from_pretrained(args.model_dir)
     blocks = packed_blocks(tokenizer, args.text_file, args.seq_len)
-    loader = DataLoader(blocks, batch_size=micro_batch, shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        blocks, batch_size=micro_batch, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(0)
+    )
 
     # An optimizer or scheduler in the ds_config is built by DeepSpeed: Accelerate then takes a Dummy placeholder
     # and refuses a real one (accelerate/accelerator.py, _prepare_deepspeed).
@@ -77,8 +80,10 @@ def main():
         model, optimizer, loader, _ = accelerator.prepare(model, optimizer, loader, DummyScheduler(optimizer))
     else:
         model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    accelerator.print(f"global batch {ds_config['train_batch_size']} = micro {micro_batch} × accumulation "
-                      f"{accumulation} × world {accelerator.num_processes}, ZeRO stage {model.zero_optimization_stage()}")
+    accelerator.print(
+        f"global batch {ds_config['train_batch_size']} = micro {micro_batch} × accumulation "
+        f"{accumulation} × world {accelerator.num_processes}, ZeRO stage {model.zero_optimization_stage()}"
+    )
 
     model.train()
     step, micro_step = 0, 0

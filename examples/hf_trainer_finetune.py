@@ -15,13 +15,7 @@ import sys
 
 import torch
 from accelerate import PartialState
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    Trainer,
-    TrainingArguments,
-    default_data_collator,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, default_data_collator
 
 
 def packed_blocks(tokenizer, text_file: str, seq_len: int) -> list[dict]:
@@ -30,9 +24,11 @@ def packed_blocks(tokenizer, text_file: str, seq_len: int) -> list[dict]:
         ids = torch.tensor(tokenizer(f.read())["input_ids"])
     n = len(ids) // seq_len
     if n == 0:
-        raise ValueError(f"{text_file} has {len(ids)} tokens, fewer than one block of {seq_len}; "
-                         "use a longer file or a smaller --seq-len")
-    return [{"input_ids": block, "labels": block} for block in ids[:n * seq_len].view(n, seq_len)]
+        raise ValueError(
+            f"{text_file} has {len(ids)} tokens, fewer than one block of {seq_len}; "
+            "use a longer file or a smaller --seq-len"
+        )
+    return [{"input_ids": block, "labels": block} for block in ids[: n * seq_len].view(n, seq_len)]
 
 
 def leave_without_teardown_on_cpu():
@@ -85,9 +81,11 @@ def main():
     )
     ds = training_args.hf_deepspeed_config.config  # with the "auto" fields filled in
     if training_args.process_index == 0:
-        print(f"global batch {ds['train_batch_size']} = micro {ds['train_micro_batch_size_per_gpu']} × accumulation "
-              f"{ds['gradient_accumulation_steps']} × world {training_args.world_size}, "
-              f"ZeRO stage {ds['zero_optimization']['stage']}")
+        print(
+            f"global batch {ds['train_batch_size']} = micro {ds['train_micro_batch_size_per_gpu']} × accumulation "
+            f"{ds['gradient_accumulation_steps']} × world {training_args.world_size}, "
+            f"ZeRO stage {ds['zero_optimization']['stage']}"
+        )
 
     # Loaded after TrainingArguments on purpose: under ZeRO-3 it has registered the ds_config, and
     # from_pretrained then builds the model already partitioned (deepspeed.zero.Init), never whole on one rank.
@@ -102,8 +100,10 @@ def main():
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(args.out)
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-        print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f} over {trainer.state.global_step} steps "
-              f"(ZeRO stage {trainer.model_wrapped.zero_optimization_stage()}); saved {args.out}")
+        print(
+            f"loss {losses[0]:.4f} -> {losses[-1]:.4f} over {trainer.state.global_step} steps "
+            f"(ZeRO stage {trainer.model_wrapped.zero_optimization_stage()}); saved {args.out}"
+        )
     training_args.distributed_state.wait_for_everyone()
     leave_without_teardown_on_cpu()
 

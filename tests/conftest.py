@@ -15,8 +15,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_addoption(parser):
-    parser.addoption("--full", action="store_true",
-                     help="the whole suite, slow multi-process tests included (what CI runs); without it, the quick tier")
+    parser.addoption(
+        "--full",
+        action="store_true",
+        help="the whole suite, slow multi-process tests included (what CI runs); without it, the quick tier",
+    )
 
 
 def quick_tier(config) -> bool:
@@ -44,7 +47,9 @@ def pytest_collection_modifyitems(config, items):
             config.hook.pytest_deselected(items=slow)
             items[:] = [item for item in items if not item.get_closest_marker("slow")]
     if torch.cuda.is_available():
-        items.sort(key=lambda item: item.get_closest_marker("cuda_in_process") is not None)  # stable: order kept otherwise
+        items.sort(
+            key=lambda item: item.get_closest_marker("cuda_in_process") is not None
+        )  # stable: order kept otherwise
         return
     gpu = [item for item in items if item.get_closest_marker("gpu")]
     if gpu:
@@ -55,8 +60,10 @@ def pytest_collection_modifyitems(config, items):
 def make_corpus(n_chars: int = 60_000, seed: int = 0) -> str:
     """Pseudo-English with enough structure for a tiny model's loss to fall quickly."""
     rng = random.Random(seed)
-    words = ("the king and queen of the realm speak to their people in the hall while a fool sings "
-             "of love and war and gold upon the hill where shepherds keep their flock by night").split()
+    words = (
+        "the king and queen of the realm speak to their people in the hall while a fool sings "
+        "of love and war and gold upon the hill where shepherds keep their flock by night"
+    ).split()
     lines = []
     while sum(len(line) + 1 for line in lines) < n_chars:
         lines.append(" ".join(rng.choice(words) for _ in range(rng.randint(4, 12))).capitalize() + ".")
@@ -68,8 +75,14 @@ def zerotrain(*args, env=None, timeout=600, cwd=None) -> subprocess.CompletedPro
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
     full_env.pop("RANK", None)
     full_env.pop("WORLD_SIZE", None)
-    return subprocess.run([sys.executable, "-m", "zerotrain", *map(str, args)], capture_output=True, text=True,
-                          env=full_env, timeout=timeout, cwd=cwd or REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "zerotrain", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=cwd or REPO,
+    )
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -169,14 +182,19 @@ def stage_runs(tmp_path_factory, char_data):
     root = tmp_path_factory.mktemp("stages")
     runs = {}
     for stage in (0, 1, 2, 3):
-        cfg = write_config(root / f"s{stage}.toml", out_dir=root / f"s{stage}", data_dir=char_data,
-                           **(GOLDEN_RUN | {"zero_stage": stage}))
+        cfg = write_config(
+            root / f"s{stage}.toml",
+            out_dir=root / f"s{stage}",
+            data_dir=char_data,
+            **(GOLDEN_RUN | {"zero_stage": stage}),
+        )
         run_ok("train", cfg, "--nproc", 2)
         runs[stage] = root / f"s{stage}"
     return runs
 
 
 # ------------------------------------------------------------------------------------------------ ds_configs
+
 
 def keys_at(findings, level):
     return {f.key for f in findings if f.level == level}
@@ -188,43 +206,80 @@ def errors(findings):
 
 # Configs written the way DeepSpeed's tutorials and the HF docs write them.
 GUIDE_ZERO1_WARMUP_DECAY = {
-    "train_batch_size": 64, "train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 4,
-    "steps_per_print": 100, "gradient_clipping": 1.0,
+    "train_batch_size": 64,
+    "train_micro_batch_size_per_gpu": 8,
+    "gradient_accumulation_steps": 4,
+    "steps_per_print": 100,
+    "gradient_clipping": 1.0,
     "optimizer": {"type": "Adam", "params": {"lr": 1e-4, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01}},
-    "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0, "warmup_max_lr": 1e-4,
-                                                      "warmup_num_steps": 1000, "total_num_steps": 10000}},
+    "scheduler": {
+        "type": "WarmupDecayLR",
+        "params": {"warmup_min_lr": 0, "warmup_max_lr": 1e-4, "warmup_num_steps": 1000, "total_num_steps": 10000},
+    },
     "bf16": {"enabled": True},
     "zero_optimization": {"stage": 1, "reduce_bucket_size": 5e8, "allgather_bucket_size": 5e8, "overlap_comm": True},
 }
 GUIDE_ZERO2_OFFLOAD = {
-    "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2, "gradient_clipping": 1.0,
-    "fp16": {"enabled": True, "loss_scale": 0, "loss_scale_window": 1000, "initial_scale_power": 16, "hysteresis": 2,
-             "min_loss_scale": 1},
+    "train_micro_batch_size_per_gpu": 4,
+    "gradient_accumulation_steps": 2,
+    "gradient_clipping": 1.0,
+    "fp16": {
+        "enabled": True,
+        "loss_scale": 0,
+        "loss_scale_window": 1000,
+        "initial_scale_power": 16,
+        "hysteresis": 2,
+        "min_loss_scale": 1,
+    },
     "optimizer": {"type": "AdamW", "params": {"lr": 3e-5, "betas": [0.8, 0.999], "eps": 1e-8, "weight_decay": 3e-7}},
-    "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu", "pin_memory": True},
-                          "allgather_partitions": True, "allgather_bucket_size": 2e8, "overlap_comm": True,
-                          "reduce_scatter": True, "reduce_bucket_size": 2e8, "contiguous_gradients": True},
+    "zero_optimization": {
+        "stage": 2,
+        "offload_optimizer": {"device": "cpu", "pin_memory": True},
+        "allgather_partitions": True,
+        "allgather_bucket_size": 2e8,
+        "overlap_comm": True,
+        "reduce_scatter": True,
+        "reduce_bucket_size": 2e8,
+        "contiguous_gradients": True,
+    },
 }
 GUIDE_ZERO3_OFFLOAD = {
-    "train_batch_size": 16, "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 4,
+    "train_batch_size": 16,
+    "train_micro_batch_size_per_gpu": 2,
+    "gradient_accumulation_steps": 4,
     "bf16": {"enabled": True},
     "optimizer": {"type": "AdamW", "params": {"lr": 3e-5, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}},
     "scheduler": {"type": "WarmupLR", "params": {"warmup_min_lr": 0, "warmup_max_lr": 3e-5, "warmup_num_steps": 500}},
     "zero_optimization": {
-        "stage": 3, "offload_optimizer": {"device": "cpu", "pin_memory": True},
-        "offload_param": {"device": "cpu", "pin_memory": True}, "overlap_comm": True, "contiguous_gradients": True,
-        "sub_group_size": 1e9, "reduce_bucket_size": 1e6, "stage3_prefetch_bucket_size": 943718,
-        "stage3_param_persistence_threshold": 1e4, "stage3_max_live_parameters": 1e9,
-        "stage3_max_reuse_distance": 1e9, "stage3_gather_16bit_weights_on_model_save": True,
+        "stage": 3,
+        "offload_optimizer": {"device": "cpu", "pin_memory": True},
+        "offload_param": {"device": "cpu", "pin_memory": True},
+        "overlap_comm": True,
+        "contiguous_gradients": True,
+        "sub_group_size": 1e9,
+        "reduce_bucket_size": 1e6,
+        "stage3_prefetch_bucket_size": 943718,
+        "stage3_param_persistence_threshold": 1e4,
+        "stage3_max_live_parameters": 1e9,
+        "stage3_max_reuse_distance": 1e9,
+        "stage3_gather_16bit_weights_on_model_save": True,
     },
 }
-GUIDES = {"zero1-warmupdecay": (GUIDE_ZERO1_WARMUP_DECAY, 2, "a100"), "zero2-offload": (GUIDE_ZERO2_OFFLOAD, 4, "v100"),
-          "zero3-offload": (GUIDE_ZERO3_OFFLOAD, 2, "h100")}
+GUIDES = {
+    "zero1-warmupdecay": (GUIDE_ZERO1_WARMUP_DECAY, 2, "a100"),
+    "zero2-offload": (GUIDE_ZERO2_OFFLOAD, 4, "v100"),
+    "zero3-offload": (GUIDE_ZERO3_OFFLOAD, 2, "h100"),
+}
 
 
 # A clean ds_config, and with_(a__b=value): BASE with one key set (None removes it), as each rule test uses it.
-BASE = {"train_batch_size": 16, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2,
-        "bf16": {"enabled": True}, "zero_optimization": {"stage": 2, "overlap_comm": True}}
+BASE = {
+    "train_batch_size": 16,
+    "train_micro_batch_size_per_gpu": 4,
+    "gradient_accumulation_steps": 2,
+    "bf16": {"enabled": True},
+    "zero_optimization": {"stage": 2, "overlap_comm": True},
+}
 
 
 def with_(**changes):

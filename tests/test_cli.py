@@ -18,11 +18,18 @@ def tree_digest(path):
 
 
 def test_missing_and_empty_corpus(tmp_path):
-    assert_clean_failure(zerotrain("data", "prepare", "--source", tmp_path / "nope.txt", "--tokenizer", "char", "--out", tmp_path / "d"),
-                         "not found", "--source")
+    assert_clean_failure(
+        zerotrain("data", "prepare", "--source", tmp_path / "nope.txt", "--tokenizer", "char", "--out", tmp_path / "d"),
+        "not found",
+        "--source",
+    )
     (tmp_path / "empty.txt").write_text("")
-    assert_clean_failure(zerotrain("data", "prepare", "--source", tmp_path / "empty.txt", "--tokenizer", "char", "--out", tmp_path / "d"),
-                         "holds no text")
+    assert_clean_failure(
+        zerotrain(
+            "data", "prepare", "--source", tmp_path / "empty.txt", "--tokenizer", "char", "--out", tmp_path / "d"
+        ),
+        "holds no text",
+    )
     assert not (tmp_path / "d").exists()
 
 
@@ -31,8 +38,10 @@ def test_data_prepare_refuses_to_replace_other_data(tmp_path, char_data):
     shutil.copytree(char_data, out)
     before = tree_digest(out)
     (tmp_path / "other.txt").write_text("different text entirely\n")
-    assert_clean_failure(zerotrain("data", "prepare", "--source", tmp_path / "other.txt", "--tokenizer", "char", "--out", out),
-                         "--overwrite")
+    assert_clean_failure(
+        zerotrain("data", "prepare", "--source", tmp_path / "other.txt", "--tokenizer", "char", "--out", out),
+        "--overwrite",
+    )
     assert tree_digest(out) == before
 
 
@@ -78,7 +87,9 @@ def test_batch_triple_that_does_not_divide(tmp_path, char_data):
 
 def test_unknown_key_and_wrong_type(tmp_path, char_data):
     cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data)
-    assert_clean_failure(zerotrain("train", cfg, "--train.gradient_clipp1ng=1"), "unknown key train.gradient_clipp1ng", "valid keys")
+    assert_clean_failure(
+        zerotrain("train", cfg, "--train.gradient_clipp1ng=1"), "unknown key train.gradient_clipp1ng", "valid keys"
+    )
     assert_clean_failure(zerotrain("train", cfg, "--train.max_steps=ten"), "expected int")
     cfg.write_text(cfg.read_text().replace("max_steps = 12", 'max_steps = "12"'))
     assert_clean_failure(zerotrain("train", cfg), "train.max_steps must be int")
@@ -87,7 +98,10 @@ def test_unknown_key_and_wrong_type(tmp_path, char_data):
 def test_mixing_data_with_different_tokenizers(tmp_path, char_data):
     other = tmp_path / "other"
     (tmp_path / "o.txt").write_text("0123456789 digits only\n" * 50)
-    assert zerotrain("data", "prepare", "--source", tmp_path / "o.txt", "--tokenizer", "char", "--out", other).returncode == 0
+    assert (
+        zerotrain("data", "prepare", "--source", tmp_path / "o.txt", "--tokenizer", "char", "--out", other).returncode
+        == 0
+    )
     cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data)
     cfg.write_text(cfg.read_text().replace(f'dir = "{char_data}"', f'dirs = ["{char_data}", "{other}"]'))
     assert_clean_failure(zerotrain("train", cfg), "different tokenizers")
@@ -108,7 +122,9 @@ def test_resume_without_a_complete_checkpoint(tmp_path, stage_runs, char_data):
 @pytest.mark.slow
 def test_resume_with_another_world_size_or_stage_is_refused(tmp_path, stage_runs, char_data):
     cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data, zero_stage=2)
-    assert_clean_failure(zerotrain("train", cfg, f"--run.resume={stage_runs[2]}"), "written by 2 ranks", "run.init_from")
+    assert_clean_failure(
+        zerotrain("train", cfg, f"--run.resume={stage_runs[2]}"), "written by 2 ranks", "run.init_from"
+    )
     assert_clean_failure(zerotrain("train", cfg, "--nproc", 2, f"--run.resume={stage_runs[3]}"), "zero_stage 3")
 
 
@@ -119,8 +135,11 @@ def test_out_dir_holding_a_run_is_not_overwritten(tmp_path, stage_runs, char_dat
     before = tree_digest(run)
     cfg = write_config(tmp_path / "c.toml", out_dir=run, data_dir=char_data, dropout=0.1)
     assert_clean_failure(zerotrain("train", cfg, "--nproc", 2), "already holds a run", "run.resume", "--overwrite")
-    assert_clean_failure(zerotrain("train", cfg, "--nproc", 2, "--run.resume=auto", "--model.n_layer=3"),
-                         "holds a different run", "model.n_layer")
+    assert_clean_failure(
+        zerotrain("train", cfg, "--nproc", 2, "--run.resume=auto", "--model.n_layer=3"),
+        "holds a different run",
+        "model.n_layer",
+    )
     assert tree_digest(run) == before
     # a finished run continued with resume=auto has nothing left to do, and says so without harm
     r = zerotrain("train", cfg, "--nproc", 2, "--run.resume=auto")
@@ -145,11 +164,14 @@ def test_generate_with_characters_outside_the_vocabulary(stage_runs):
     assert_clean_failure(zerotrain("generate", stage_runs[2], "--prompt", "Zebra €"), "not in this char vocabulary")
 
 
-@pytest.mark.parametrize("override,message", [
-    ("--model.n_head=3", "not divisible by model.n_head 3"),
-    ("--model.preset=gpt5", "unknown model.preset 'gpt5'"),
-    ("--model.block_size=0", "model.block_size must be > 0"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("--model.n_head=3", "not divisible by model.n_head 3"),
+        ("--model.preset=gpt5", "unknown model.preset 'gpt5'"),
+        ("--model.block_size=0", "model.block_size must be > 0"),
+    ],
+)
 def test_bad_model_shapes(tmp_path, char_data, override, message):
     cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data)
     assert_clean_failure(zerotrain("train", cfg, override), message)
@@ -167,8 +189,10 @@ def test_overwrite_never_deletes_the_checkpoint_it_starts_from(tmp_path, stage_r
     shutil.copytree(stage_runs[2], run, symlinks=True)
     before = tree_digest(run)
     cfg = write_config(tmp_path / "c.toml", out_dir=run, data_dir=char_data)
-    assert_clean_failure(zerotrain("train", cfg, "--overwrite", f"--run.init_from={run}/checkpoints/step_6"),
-                         "--overwrite would delete run.init_from")
+    assert_clean_failure(
+        zerotrain("train", cfg, "--overwrite", f"--run.init_from={run}/checkpoints/step_6"),
+        "--overwrite would delete run.init_from",
+    )
     assert tree_digest(run) == before
 
 
@@ -178,11 +202,21 @@ def test_resume_of_another_run_into_a_run_dir_and_in_another_dtype(tmp_path, sta
     shutil.copytree(stage_runs[2], run, symlinks=True)
     before = tree_digest(run)
     cfg = write_config(tmp_path / "c.toml", out_dir=run, data_dir=char_data, dropout=0.1)
-    assert_clean_failure(zerotrain("train", cfg, "--nproc", 2, f"--run.resume={stage_runs[1]}/checkpoints/step_6",
-                                   "--deepspeed.zero_stage=1"), "names another run's checkpoint")
-    assert_clean_failure(zerotrain("train", cfg, "--nproc", 2, f"--run.resume={run}/checkpoints/step_6"),
-                         "older than step_12", "new run.out_dir")
+    assert_clean_failure(
+        zerotrain(
+            "train", cfg, "--nproc", 2, f"--run.resume={stage_runs[1]}/checkpoints/step_6", "--deepspeed.zero_stage=1"
+        ),
+        "names another run's checkpoint",
+    )
+    assert_clean_failure(
+        zerotrain("train", cfg, "--nproc", 2, f"--run.resume={run}/checkpoints/step_6"),
+        "older than step_12",
+        "new run.out_dir",
+    )
     assert tree_digest(run) == before
     cfg2 = write_config(tmp_path / "c2.toml", out_dir=tmp_path / "new", data_dir=char_data, dropout=0.1)
-    assert_clean_failure(zerotrain("train", cfg2, "--nproc", 2, f"--run.resume={stage_runs[2]}", "--deepspeed.dtype=bf16"),
-                         "trained in fp32", 'deepspeed.dtype = "fp32"')
+    assert_clean_failure(
+        zerotrain("train", cfg2, "--nproc", 2, f"--run.resume={stage_runs[2]}", "--deepspeed.dtype=bf16"),
+        "trained in fp32",
+        'deepspeed.dtype = "fp32"',
+    )

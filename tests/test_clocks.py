@@ -19,18 +19,32 @@ def test_samples_summarize_the_working_gpu():
 
 
 def test_the_step_line_names_the_clock_and_what_held_it_down():
-    record = {"step": 3, "loss": 2.0, "lr": 1e-4, "step_time_s": 1.0, "tokens_per_s": 1e5, "mfu": 0.54, "peak_mem_bytes": 2**30}
+    record = {
+        "step": 3,
+        "loss": 2.0,
+        "lr": 1e-4,
+        "step_time_s": 1.0,
+        "tokens_per_s": 1e5,
+        "mfu": 0.54,
+        "peak_mem_bytes": 2**30,
+    }
     assert "MHz" not in format_line(record, 10)
-    assert format_line({**record, "gpu_sm_clock_mhz": 1549.6, "gpu_power_capped": 0.9, "gpu_thermal_capped": 0.0}, 10) \
-        .endswith("| 1550 MHz (power limit)")
-    assert format_line({**record, "gpu_sm_clock_mhz": 1980, "gpu_power_capped": 0.2, "gpu_thermal_capped": 0.6}, 10) \
-        .endswith("| 1980 MHz (thermal limit)")
-    assert format_line({**record, "gpu_sm_clock_mhz": 1980, "gpu_power_capped": 0.0, "gpu_thermal_capped": 0.0}, 10) \
-        .endswith("| 1980 MHz")
+    assert format_line(
+        {**record, "gpu_sm_clock_mhz": 1549.6, "gpu_power_capped": 0.9, "gpu_thermal_capped": 0.0}, 10
+    ).endswith("| 1550 MHz (power limit)")
+    assert format_line(
+        {**record, "gpu_sm_clock_mhz": 1980, "gpu_power_capped": 0.2, "gpu_thermal_capped": 0.6}, 10
+    ).endswith("| 1980 MHz (thermal limit)")
+    assert format_line(
+        {**record, "gpu_sm_clock_mhz": 1980, "gpu_power_capped": 0.0, "gpu_thermal_capped": 0.0}, 10
+    ).endswith("| 1980 MHz")
 
 
 def test_bench_reports_the_median_clock_of_the_records_that_have_one(tmp_path):
-    steps = [{"step": s, "loss": 3.0, "step_time_s": 0.1, "tokens_per_s": 1e4, "mfu": 0.5, "peak_mem_bytes": 1} for s in range(1, 6)]
+    steps = [
+        {"step": s, "loss": 3.0, "step_time_s": 0.1, "tokens_per_s": 1e4, "mfu": 0.5, "peak_mem_bytes": 1}
+        for s in range(1, 6)
+    ]
     steps[2].update(gpu_sm_clock_mhz=1500.0, gpu_power_capped=1.0)  # short steps: not every window holds a sample
     steps[3].update(gpu_sm_clock_mhz=1600.0, gpu_power_capped=1.0)
     s = summarize(steps, warmup_steps=1)
@@ -39,7 +53,9 @@ def test_bench_reports_the_median_clock_of_the_records_that_have_one(tmp_path):
     write_reports([result], tmp_path, 2)
     row = next(line for line in (tmp_path / "bench.md").read_text().splitlines() if line.startswith("| ZeRO-2"))
     assert "| 1550 (power limit) |" in row
-    assert summarize([{k: v for k, v in r.items() if not k.startswith("gpu_")} for r in steps], 1)["sm_clock_mhz"] is None
+    assert (
+        summarize([{k: v for k, v in r.items() if not k.startswith("gpu_")} for r in steps], 1)["sm_clock_mhz"] is None
+    )
 
 
 def test_no_monitor_without_an_nvidia_driver():

@@ -5,9 +5,10 @@ import json
 import time
 
 import pytest
-from conftest import assert_clean_failure, run_ok, zerotrain
 
 from zerotrain import UserError, comm
+
+from conftest import assert_clean_failure, zerotrain
 
 
 def test_parse_sizes():
@@ -19,9 +20,17 @@ def test_parse_sizes():
 def test_bus_bandwidth_and_outliers():
     """nccl-tests' bus bandwidth: all_reduce moves 2(n-1)/n of the data over each link, all_gather and
     reduce_scatter (n-1)/n; a slow device and a slow link are named."""
+
     def rank(r, tflops, link, seconds):
-        return {"rank": r, "where": f"node{r // 2} cuda:{r % 2}", "matmul_tflops": tflops, "matmul_dtype": "bfloat16",
-                "link_GBps": link, "collectives": {op: [{"bytes": 2**30, "seconds": seconds}] for op in comm.BUS_FACTOR}}
+        return {
+            "rank": r,
+            "where": f"node{r // 2} cuda:{r % 2}",
+            "matmul_tflops": tflops,
+            "matmul_dtype": "bfloat16",
+            "link_GBps": link,
+            "collectives": {op: [{"bytes": 2**30, "seconds": seconds}] for op in comm.BUS_FACTOR},
+        }
+
     results = [rank(0, 700, 150, 0.010), rank(1, 690, 150, 0.011), rank(2, 300, 149, 0.010), rank(3, 705, 12, 0.012)]
     s = comm.summarize(results, 4, "nccl")
     rows = {row["op"]: row for row in s["collectives"]}
@@ -64,7 +73,18 @@ def test_comm_names_the_rank_that_never_answers():
     """Rank 1 hangs before the first collective; rank 0 must not hang with it: after --timeout it names rank 1
     (and what it last did) and the job exits non-zero."""
     started = time.perf_counter()
-    r = zerotrain("doctor", "comm", "--nproc", 2, "--sizes", "4K", "--timeout", 5, env={"ZEROTRAIN_DOCTOR_STALL_RANK": "1"}, timeout=120)
+    r = zerotrain(
+        "doctor",
+        "comm",
+        "--nproc",
+        2,
+        "--sizes",
+        "4K",
+        "--timeout",
+        5,
+        env={"ZEROTRAIN_DOCTOR_STALL_RANK": "1"},
+        timeout=120,
+    )
     elapsed = time.perf_counter() - started
     assert r.returncode != 0, r.stdout + r.stderr
     assert "TIMEOUT after 5 s in all_reduce of 4 KiB: rank(s) 1 did not answer" in r.stderr, r.stderr

@@ -93,8 +93,15 @@ def preset_ways(monkeypatch, tokens, width, forward, backward):
 
 @pytest.mark.gpu
 @pytest.mark.cuda_in_process
-@pytest.mark.parametrize("forward,backward", [("GELU_AUX_BIAS", "DGELU_BGRAD"), ("GELU_AUX_BIAS", "DGELU"),
-                                              ("separate kernels", "separate kernels"), (None, None)])
+@pytest.mark.parametrize(
+    "forward,backward",
+    [
+        ("GELU_AUX_BIAS", "DGELU_BGRAD"),
+        ("GELU_AUX_BIAS", "DGELU"),
+        ("separate kernels", "separate kernels"),
+        (None, None),
+    ],
+)
 @pytest.mark.parametrize("tokens,width", [((4, 1024), 1600), ((3, 100), 64), ((2, 7), 36)])
 def test_each_way_matches_a_float64_reference(monkeypatch, tokens, width, forward, backward):
     """GPT-2 XL's MLP width, a small one, and one that always runs separate kernels (a width of 36 is not a multiple
@@ -172,15 +179,19 @@ def test_gpt_with_tuned_matmuls_gives_the_plain_loss_and_gradients():
 @pytest.mark.gpu
 @pytest.mark.cuda_in_process
 @pytest.mark.parametrize("way", ["PyTorch", "cuBLASLt", None])
-@pytest.mark.parametrize("tokens,width,out,bias", [(4096, 1600, 4800, True), (4096, 1600, 1600, False), (100, 64, 56, True)])
+@pytest.mark.parametrize(
+    "tokens,width,out,bias", [(4096, 1600, 4800, True), (4096, 1600, 1600, False), (100, 64, 56, True)]
+)
 def test_tuned_linear_matches_a_float64_reference(monkeypatch, way, tokens, width, out, bias):
     """Each way of tuned_linear's three matmuls (None: the one timed fastest) within bf16 rounding of float64, and
     no worse than F.linear in bf16."""
     device = torch.device("cuda", torch.cuda.current_device())
     if way is not None:
-        for key in (("linear_out", device, tokens, out, width, torch.bfloat16, bias),
-                    ("matmul_nn", device, tokens, out, width, torch.bfloat16),
-                    ("matmul_tn", device, tokens, out, width, torch.bfloat16)):
+        for key in (
+            ("linear_out", device, tokens, out, width, torch.bfloat16, bias),
+            ("matmul_nn", device, tokens, out, width, torch.bfloat16),
+            ("matmul_tn", device, tokens, out, width, torch.bfloat16),
+        ):
             monkeypatch.setitem(cublaslt.chosen, key, way)
     torch.manual_seed(0)
     shapes = [(tokens, width), (out, width)] + ([(out,)] if bias else [])
@@ -206,5 +217,13 @@ def test_a_chosen_way_without_an_algorithm_falls_back_to_the_reference(monkeypat
     """The choice is made per shape, cuBLASLt's plans per shape and alignment: where the chosen way finds no algorithm
     for a later call (it returns None), the reference way's result comes back instead of None."""
     monkeypatch.setitem(cublaslt.chosen, ("test", 1), "cuBLASLt")
-    assert cublaslt._fastest(("test", 1), {"PyTorch": lambda: "reference", "cuBLASLt": lambda: None}, reference="PyTorch") == "reference"
-    assert cublaslt._fastest(("test", 1), {"PyTorch": lambda: "reference", "cuBLASLt": lambda: "fused"}, reference="PyTorch") == "fused"
+    assert (
+        cublaslt._fastest(("test", 1), {"PyTorch": lambda: "reference", "cuBLASLt": lambda: None}, reference="PyTorch")
+        == "reference"
+    )
+    assert (
+        cublaslt._fastest(
+            ("test", 1), {"PyTorch": lambda: "reference", "cuBLASLt": lambda: "fused"}, reference="PyTorch"
+        )
+        == "fused"
+    )

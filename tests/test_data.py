@@ -42,7 +42,9 @@ def test_gpt2_round_trip_with_end_of_text_between_documents(tmp_path):
     data = TokenData(tmp_path / "d")
     ids = np.concatenate([data.train, data.val]).tolist()
     tok = GPT2Tokenizer()
-    assert ids == tok.encode("First document.\nSecond line.").tolist() + [50256] + tok.encode("Another one.").tolist() + [50256]
+    assert ids == tok.encode("First document.\nSecond line.").tolist() + [50256] + tok.encode(
+        "Another one."
+    ).tolist() + [50256]
     assert meta["documents"] == 2 and meta["tokenizer"]["kind"] == "gpt2"
 
 
@@ -50,7 +52,9 @@ def test_hf_tokenizer_dir_and_jsonl(tmp_path):
     tok_dir = tmp_path / "tok"
     GPT2Tokenizer().save(tok_dir)
     src = tmp_path / "c.jsonl"
-    src.write_text("\n".join(json.dumps({"text": t}) for t in ["Hello world", "Goodbye moon", "Third text here"]) + "\n")
+    src.write_text(
+        "\n".join(json.dumps({"text": t}) for t in ["Hello world", "Goodbye moon", "Third text here"]) + "\n"
+    )
     prepare(str(src), str(tok_dir), tmp_path / "d", val_fraction=0.3)
     data = TokenData(tmp_path / "d")
     assert data.tokenizer().kind == "hf"

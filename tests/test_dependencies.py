@@ -10,8 +10,9 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 from conftest import REPO
 
@@ -33,7 +34,9 @@ def requirement_name(spec: str) -> str:
 def declared() -> tuple[set[str], dict[str, set[str]]]:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     core = {requirement_name(d) for d in project["dependencies"]}
-    extras = {extra: {requirement_name(d) for d in deps} for extra, deps in project.get("optional-dependencies", {}).items()}
+    extras = {
+        extra: {requirement_name(d) for d in deps} for extra, deps in project.get("optional-dependencies", {}).items()
+    }
     return core, extras
 
 
@@ -73,12 +76,18 @@ def test_every_import_is_a_declared_dependency():
         dists = providers(module)
         where = ", ".join(sorted(files))
         if not dists:
-            problems.append(f"{module} (imported in {where}) is not installed: declare the distribution that provides it")
+            problems.append(
+                f"{module} (imported in {where}) is not installed: declare the distribution that provides it"
+            )
         elif not dists & (core | in_extras):
-            problems.append(f"{module} (imported in {where}) comes from {', '.join(sorted(dists))}, which pyproject.toml does not declare")
+            problems.append(
+                f"{module} (imported in {where}) comes from {', '.join(sorted(dists))}, which pyproject.toml does not declare"
+            )
         elif not dists & core and any(files.values()):
             at_top = ", ".join(f for f, top in files.items() if top)
-            problems.append(f"{module} is only in an extra but {at_top} imports it at module level: import it where it is used")
+            problems.append(
+                f"{module} is only in an extra but {at_top} imports it at module level: import it where it is used"
+            )
     assert not problems, "\n".join(problems)
 
 

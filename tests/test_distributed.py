@@ -29,6 +29,8 @@ def test_cpu_runs_leave_no_shared_memory_behind(tmp_path, char_data):
     if not shm.is_dir():
         pytest.skip("no /dev/shm here")
     before = set(shm.glob("deepspeed_allreduce_buffer_*"))
-    cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=2, eval_interval=0, save_interval=0)
+    cfg = write_config(
+        tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=2, eval_interval=0, save_interval=0
+    )
     run_ok("train", cfg, "--nproc", 2)
     assert set(shm.glob("deepspeed_allreduce_buffer_*")) - before == set()

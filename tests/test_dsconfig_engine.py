@@ -3,9 +3,9 @@
 import copy
 import random
 
-from conftest import GUIDE_ZERO2_OFFLOAD, with_
-
 from zerotrain.dsconfig.engine import engine_findings
+
+from conftest import GUIDE_ZERO2_OFFLOAD, with_
 
 
 def test_fuzzed_configs_through_deepspeeds_parser_become_findings():

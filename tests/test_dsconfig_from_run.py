@@ -4,12 +4,13 @@ over it, and each preset's passing `config check`."""
 import json
 
 import pytest
-from conftest import REPO, errors
 
 from zerotrain import UserError
 from zerotrain.dsconfig.from_run import Batch, build, derive_batch, resolve_dtype
 from zerotrain.dsconfig.rules import check
 from zerotrain.runconfig import RunConfig, TrainSection
+
+from conftest import REPO, errors
 
 
 def test_batch_triple_is_derived_and_described():
@@ -21,7 +22,9 @@ def test_batch_triple_is_derived_and_described():
 
 
 def test_batch_triple_that_does_not_divide_names_the_fix():
-    with pytest.raises(UserError, match=r"not divisible by micro_batch_size 8 × world 3 = 24; use a multiple of 24 such as 96 or 120"):
+    with pytest.raises(
+        UserError, match=r"not divisible by micro_batch_size 8 × world 3 = 24; use a multiple of 24 such as 96 or 120"
+    ):
         derive_batch(TrainSection(micro_batch_size=8, global_batch_size=100), world=3)
 
 
@@ -59,10 +62,12 @@ def test_user_ds_config_is_merged_but_cannot_contradict(tmp_path):
     cfg.deepspeed.config = str(user)
     ds = build(cfg, Batch(4, 2, 2), "fp32", "cpu")
     assert ds["zero_optimization"]["reduce_bucket_size"] == 1000 and ds["zero_optimization"]["stage"] == 2
-    user.write_text(json.dumps({"train_batch_size": 32, "scheduler": {"type": "WarmupLR"}, "gradient_clipping": "auto"}))
+    user.write_text(
+        json.dumps({"train_batch_size": 32, "scheduler": {"type": "WarmupLR"}, "gradient_clipping": "auto"})
+    )
     with pytest.raises(UserError) as e:
         build(cfg, Batch(4, 2, 2), "fp32", "cpu")
-    for part in ("train_batch_size = 32 contradicts the run's 16", "'scheduler' is set", "gradient_clipping = \"auto\""):
+    for part in ("train_batch_size = 32 contradicts the run's 16", "'scheduler' is set", 'gradient_clipping = "auto"'):
         assert part in str(e.value)
     user.write_text('{\n  // comment\n  "a": 1\n}')
     with pytest.raises(UserError, match=r"ds.json:2:3: not valid JSON.*remove the // lines"):
@@ -80,15 +85,29 @@ def test_user_ds_config_may_repeat_but_not_contradict_run_keys(tmp_path):
     cfg = RunConfig()
     user = tmp_path / "ds.json"
     cfg.deepspeed.config = str(user)
-    user.write_text(json.dumps({"zero_optimization": {"stage": 2}, "gradient_clipping": 1.0, "bf16": {"enabled": False}}))
+    user.write_text(
+        json.dumps({"zero_optimization": {"stage": 2}, "gradient_clipping": 1.0, "bf16": {"enabled": False}})
+    )
     build(cfg, Batch(4, 1, 1), "fp32", "cpu")  # repeats the run's values: fine
-    user.write_text(json.dumps({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}},
-                                "bf16": {"enabled": True}, "gradient_clipping": 0.5, "checkpoint": {"use_node_local_storage": True}}))
+    user.write_text(
+        json.dumps(
+            {
+                "zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}},
+                "bf16": {"enabled": True},
+                "gradient_clipping": 0.5,
+                "checkpoint": {"use_node_local_storage": True},
+            }
+        )
+    )
     with pytest.raises(UserError) as e:
         build(cfg, Batch(4, 1, 1), "fp32", "cpu")
-    for part in ("zero_optimization.stage = 3 contradicts the run's 2 (set [deepspeed] zero_stage",
-                 "zero_optimization.offload_optimizer.device = 'cpu'", "bf16.enabled = True", "gradient_clipping = 0.5",
-                 "'checkpoint' is set"):
+    for part in (
+        "zero_optimization.stage = 3 contradicts the run's 2 (set [deepspeed] zero_stage",
+        "zero_optimization.offload_optimizer.device = 'cpu'",
+        "bf16.enabled = True",
+        "gradient_clipping = 0.5",
+        "'checkpoint' is set",
+    ):
         assert part in str(e.value), part
 
 

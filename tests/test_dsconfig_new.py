@@ -4,15 +4,20 @@ plan needs it, the Hugging Face "auto" form, and the files the verb writes."""
 import json
 
 import pytest
-from conftest import assert_clean_failure, errors, zerotrain
 
 from zerotrain import UserError, memory
-from zerotrain.dsconfig.rules import check
 from zerotrain.dsconfig.engine import engine_findings
 from zerotrain.dsconfig.new import choose_layout, new_config
+from zerotrain.dsconfig.rules import check
 
-GRID = [(model, gpus, gpu) for model in (*memory.GPT2_PRESETS, "smollm2-135m", "llama3-8b") for gpus in (1, 2, 4, 8)
-        for gpu in ("h100", "a100-40gb", "v100", "rtx4090")]
+from conftest import assert_clean_failure, errors, zerotrain
+
+GRID = [
+    (model, gpus, gpu)
+    for model in (*memory.GPT2_PRESETS, "smollm2-135m", "llama3-8b")
+    for gpus in (1, 2, 4, 8)
+    for gpu in ("h100", "a100-40gb", "v100", "rtx4090")
+]
 
 
 def test_every_generated_config_passes_check_and_deepspeed():
@@ -30,7 +35,11 @@ def test_every_generated_config_passes_check_and_deepspeed():
     with pytest.raises(UserError, match="does not fit"):
         new_config("llama3-8b", 1, gpu="v100")
     config, _ = new_config("gpt2-large", 4, nodes=2, gpu="h100", global_batch=512, seq_len=512)
-    assert config["train_batch_size"] == 512 == config["train_micro_batch_size_per_gpu"] * config["gradient_accumulation_steps"] * 8
+    assert (
+        config["train_batch_size"]
+        == 512
+        == config["train_micro_batch_size_per_gpu"] * config["gradient_accumulation_steps"] * 8
+    )
     assert not errors(check(config, world_size=8, gpu="h100"))
 
 
@@ -40,7 +49,9 @@ def test_layout_uses_offload_only_when_needed():
     assert small_gpu.offload_optimizer == "cpu"
     big_gpu = choose_layout(xl, 8, 1, 80 * 2**30, None, None, 1024)
     assert big_gpu.offload_optimizer == "none" and big_gpu.stage == 1 and big_gpu.micro_batch >= 4
-    assert memory.plan(xl, memory.RunShape(gpus_per_node=8, micro_batch=big_gpu.micro_batch, zero_stage=1)).fits(80 * 2**30, 0.10)
+    assert memory.plan(xl, memory.RunShape(gpus_per_node=8, micro_batch=big_gpu.micro_batch, zero_stage=1)).fits(
+        80 * 2**30, 0.10
+    )
     with pytest.raises(UserError, match="not divisible"):
         choose_layout(xl, 8, 1, 80 * 2**30, None, 100, 1024)
     with pytest.raises(UserError, match="does not fit"):
@@ -62,7 +73,9 @@ def test_cli_new_and_explain(tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads(out.read_text())["train_batch_size"] == 64
     assert "global batch 64 = micro" in r.stderr
-    assert_clean_failure(zerotrain("config", "new", "--model", "gpt2", "--gpus", 2, "--out", out, "--no-engine"), "exists")
+    assert_clean_failure(
+        zerotrain("config", "new", "--model", "gpt2", "--gpus", 2, "--out", out, "--no-engine"), "exists"
+    )
     assert zerotrain("config", "check", out, "--world-size", 2, "--gpu", "h100").returncode == 0
     ex = zerotrain("config", "explain", out, "--no-engine", "--json")
     keys = {row["key"]: row for row in json.loads(ex.stdout)["keys"]}
@@ -72,8 +85,23 @@ def test_cli_new_and_explain(tmp_path):
 
 def test_cli_new_for_accelerate_writes_a_yaml_accelerate_loads(tmp_path):
     out = tmp_path / "ds.json"
-    r = zerotrain("config", "new", "--model", "gpt2-xl", "--gpus", 4, "--nodes", 2, "--gpu", "a100-40gb", "--for",
-                  "accelerate", "--out", out, "--no-engine")
+    r = zerotrain(
+        "config",
+        "new",
+        "--model",
+        "gpt2-xl",
+        "--gpus",
+        4,
+        "--nodes",
+        2,
+        "--gpu",
+        "a100-40gb",
+        "--for",
+        "accelerate",
+        "--out",
+        out,
+        "--no-engine",
+    )
     assert r.returncode == 0, r.stderr
     yaml_path = tmp_path / "accelerate_config.yaml"
     accelerate = pytest.importorskip("accelerate.commands.config.config_args")

@@ -4,11 +4,12 @@
 import json
 
 import pytest
-from conftest import BASE, assert_clean_failure, write_ds_config, zerotrain
 
 from zerotrain import UserError
 from zerotrain.dsconfig.parse import parse_config_text
 from zerotrain.dsconfig.schema import FP16_SCHEMA, SCHEMA, ZERO_SCHEMA
+
+from conftest import BASE, assert_clean_failure, write_ds_config, zerotrain
 
 
 def test_parse_errors_name_line_and_column():
@@ -39,9 +40,16 @@ def test_cli_parse_error_and_missing_file(tmp_path):
 # Files that crashed or confused `config check` / `explain` once: each must end in findings (exit 0/1) or one
 # `error:` line (exit 2), never a traceback.
 NASTY_FILES = {
-    "empty": b"", "whitespace": b"  \n\t ", "binary": bytes(range(256)), "latin-1": '{"a": "caf\xe9"}'.encode("latin-1"),
-    "utf-16": '{"train_batch_size": 8}'.encode("utf-16"), "bom": '\ufeff{"train_batch_size": 8}'.encode(),
-    "null": b"null", "list": b"[]", "string": b'"str"', "number": b"3",
+    "empty": b"",
+    "whitespace": b"  \n\t ",
+    "binary": bytes(range(256)),
+    "latin-1": '{"a": "caf\xe9"}'.encode("latin-1"),
+    "utf-16": '{"train_batch_size": 8}'.encode("utf-16"),
+    "bom": '\ufeff{"train_batch_size": 8}'.encode(),
+    "null": b"null",
+    "list": b"[]",
+    "string": b'"str"',
+    "number": b"3",
     "deep-10000": b'{"a":' * 10_000 + b"1" + b"}" * 10_000,
     "deep-500-under-zero": b'{"zero_optimization":' + b'{"offload_optimizer":' * 500 + b"1" + b"}" * 501,
     "deep-lists": b'{"a":' + b"[" * 900 + b"]" * 900 + b"}",
@@ -49,28 +57,68 @@ NASTY_FILES = {
     "int-beyond-float": b'{"train_batch_size": 1' + b"0" * 400 + b', "train_micro_batch_size_per_gpu": 3}',
     "int-5000-digits": b'{"train_batch_size": ' + b"9" * 5000 + b"}",
     "huge-batch-prime-search": b'{"train_batch_size": 1000000000000000000, "train_micro_batch_size_per_gpu": 1}',
-    "nan": b'{"gradient_clipping": NaN}', "infinity": b'{"gradient_clipping": -Infinity}',
+    "nan": b'{"gradient_clipping": NaN}',
+    "infinity": b'{"gradient_clipping": -Infinity}',
     "nulls": json.dumps({k: None for k in SCHEMA}).encode(),
-    "nulls-nested": json.dumps({"train_batch_size": 8, "zero_optimization": {k: None for k in ZERO_SCHEMA},
-                                "fp16": {k: None for k in FP16_SCHEMA}, "optimizer": {"type": None, "params": None},
-                                "scheduler": {"type": "WarmupDecayLR", "params": {"total_num_steps": None}}}).encode(),
-    "wrong-shapes": json.dumps({"train_batch_size": [8], "zero_optimization": True, "fp16": 1, "bf16": "yes",
-                                "optimizer": [], "scheduler": 3, "activation_checkpointing": "x"}).encode(),
-    "wrong-shapes-nested": json.dumps({"train_batch_size": 8, "zero_optimization": {
-        "stage": [3], "offload_optimizer": "cpu", "offload_param": True, "reduce_bucket_size": {"a": 1}},
-        "optimizer": {"type": 5, "params": [1]}, "scheduler": {"type": ["WarmupLR"], "params": "x"}}).encode(),
-    "odd-keys": json.dumps({"zero_optimization.stage": 2, "train_batch_size": 8, "ünïcødé": 1, "": {}, "\x00": 1,
-                            "zero_optimization": {"ß.x": 3, "": 1}}).encode(),
+    "nulls-nested": json.dumps(
+        {
+            "train_batch_size": 8,
+            "zero_optimization": {k: None for k in ZERO_SCHEMA},
+            "fp16": {k: None for k in FP16_SCHEMA},
+            "optimizer": {"type": None, "params": None},
+            "scheduler": {"type": "WarmupDecayLR", "params": {"total_num_steps": None}},
+        }
+    ).encode(),
+    "wrong-shapes": json.dumps(
+        {
+            "train_batch_size": [8],
+            "zero_optimization": True,
+            "fp16": 1,
+            "bf16": "yes",
+            "optimizer": [],
+            "scheduler": 3,
+            "activation_checkpointing": "x",
+        }
+    ).encode(),
+    "wrong-shapes-nested": json.dumps(
+        {
+            "train_batch_size": 8,
+            "zero_optimization": {
+                "stage": [3],
+                "offload_optimizer": "cpu",
+                "offload_param": True,
+                "reduce_bucket_size": {"a": 1},
+            },
+            "optimizer": {"type": 5, "params": [1]},
+            "scheduler": {"type": ["WarmupLR"], "params": "x"},
+        }
+    ).encode(),
+    "odd-keys": json.dumps(
+        {
+            "zero_optimization.stage": 2,
+            "train_batch_size": 8,
+            "ünïcødé": 1,
+            "": {},
+            "\x00": 1,
+            "zero_optimization": {"ß.x": 3, "": 1},
+        }
+    ).encode(),
     "lone-surrogate": b'{"train_batch_size": 8, "\\ud800x": 1, "zero_optimization": {"\\udfff": "\\ud800"}}',
     "duplicates": b'{"train_batch_size": 8, "train_batch_size": 16, "zero_optimization": {"stage": 1, "stage": 3}}',
-    "comments": b'{\n  // ZeRO\n  "train_batch_size": 8 /* x */\n}', "block-comment-first": b'/* x */ {"a": 1}',
+    "comments": b'{\n  // ZeRO\n  "train_batch_size": 8 /* x */\n}',
+    "block-comment-first": b'/* x */ {"a": 1}',
     "trailing-comma": b'{"train_batch_size": 8, "zero_optimization": {"stage": 2,},}',
     "quoted-numbers": b'{"train_batch_size": "8", "zero_optimization": {"stage": "2", "reduce_bucket_size": "inf"}}',
     "auto-everywhere": b'{"train_batch_size": "auto", "zero_optimization": "auto", "optimizer": {"type": "auto"}}',
 }
-VERBS = [("check", "--no-engine"), ("check", "--no-engine", "--json", "--world-size", "2", "--gpu", "v100"),
-         ("check", "--hf", "--world-size", "4"), ("check", "--no-engine", "--fix", "--overwrite"),
-         ("explain", "--no-engine"), ("explain", "--json")]
+VERBS = [
+    ("check", "--no-engine"),
+    ("check", "--no-engine", "--json", "--world-size", "2", "--gpu", "v100"),
+    ("check", "--hf", "--world-size", "4"),
+    ("check", "--no-engine", "--fix", "--overwrite"),
+    ("explain", "--no-engine"),
+    ("explain", "--json"),
+]
 
 
 @pytest.mark.parametrize("name", NASTY_FILES)
@@ -94,11 +142,16 @@ def test_unusable_paths_are_one_error_line(tmp_path, capsys):
     from zerotrain.cli import main
 
     good = write_ds_config(tmp_path, BASE)
-    cases = [(["config", "check", str(tmp_path)], "is a directory"),
-             (["config", "explain", str(tmp_path / "missing.json")], "not found"),
-             (["config", "check", str(good), "--no-engine", "--fix", "--out", str(tmp_path)], "is a directory"),
-             (["config", "check", str(good), "--no-engine", "--fix", "--out", str(tmp_path / "no" / "x.json")], "cannot write"),
-             (["config", "new", "--model", "gpt2", "--gpus", "2", "--no-engine", "--out", str(tmp_path)], "is a directory")]
+    cases = [
+        (["config", "check", str(tmp_path)], "is a directory"),
+        (["config", "explain", str(tmp_path / "missing.json")], "not found"),
+        (["config", "check", str(good), "--no-engine", "--fix", "--out", str(tmp_path)], "is a directory"),
+        (
+            ["config", "check", str(good), "--no-engine", "--fix", "--out", str(tmp_path / "no" / "x.json")],
+            "cannot write",
+        ),
+        (["config", "new", "--model", "gpt2", "--gpus", "2", "--no-engine", "--out", str(tmp_path)], "is a directory"),
+    ]
     for argv, message in cases:
         assert main(argv) == 2
         stderr = capsys.readouterr().err

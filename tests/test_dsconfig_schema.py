@@ -24,17 +24,9 @@ from zerotrain.dsconfig.schema import (
 def test_schema_matches_deepspeeds_pydantic_models():
     from deepspeed.comm.config import CommsLoggerConfig
     from deepspeed.compile.config import CompileConfig
-    from deepspeed.monitor.config import (
-        CometConfig,
-        CSVConfig,
-        TensorBoardConfig,
-        WandbConfig,
-    )
+    from deepspeed.monitor.config import CometConfig, CSVConfig, TensorBoardConfig, WandbConfig
     from deepspeed.runtime.config import HybridEngineConfig
-    from deepspeed.runtime.precision_config import (
-        DeepSpeedBF16Config,
-        DeepSpeedFP16Config,
-    )
+    from deepspeed.runtime.precision_config import DeepSpeedBF16Config, DeepSpeedFP16Config
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
     from deepspeed.runtime.zero.offload_config import (
         DeepSpeedZeroOffloadOptimizerConfig,
@@ -46,15 +38,26 @@ def test_schema_matches_deepspeeds_pydantic_models():
         return out | {f.alias for f in model.model_fields.values() if f.alias}
 
     s = SCHEMA
-    pairs = [(s["zero_optimization"], DeepSpeedZeroConfig), (OFFLOAD_PARAM_SCHEMA, DeepSpeedZeroOffloadParamConfig),
-             (OFFLOAD_OPTIMIZER_SCHEMA, DeepSpeedZeroOffloadOptimizerConfig), (s["fp16"], DeepSpeedFP16Config),
-             (s["bf16"], DeepSpeedBF16Config), (s["tensorboard"], TensorBoardConfig), (s["wandb"], WandbConfig),
-             (s["csv_monitor"], CSVConfig), (s["comet"], CometConfig), (s["comms_logger"], CommsLoggerConfig),
-             (s["compile"], CompileConfig), (s["hybrid_engine"], HybridEngineConfig)]
+    pairs = [
+        (s["zero_optimization"], DeepSpeedZeroConfig),
+        (OFFLOAD_PARAM_SCHEMA, DeepSpeedZeroOffloadParamConfig),
+        (OFFLOAD_OPTIMIZER_SCHEMA, DeepSpeedZeroOffloadOptimizerConfig),
+        (s["fp16"], DeepSpeedFP16Config),
+        (s["bf16"], DeepSpeedBF16Config),
+        (s["tensorboard"], TensorBoardConfig),
+        (s["wandb"], WandbConfig),
+        (s["csv_monitor"], CSVConfig),
+        (s["comet"], CometConfig),
+        (s["comms_logger"], CommsLoggerConfig),
+        (s["compile"], CompileConfig),
+        (s["hybrid_engine"], HybridEngineConfig),
+    ]
     for schema, model in pairs:
         assert set(schema) == names(model), model.__name__
     assert ZERO_ALIASES == {f.alias: n for n, f in DeepSpeedZeroConfig.model_fields.items() if f.alias}
-    deprecated = {n for n, f in DeepSpeedZeroConfig.model_fields.items() if (f.json_schema_extra or {}).get("deprecated")}
+    deprecated = {
+        n for n, f in DeepSpeedZeroConfig.model_fields.items() if (f.json_schema_extra or {}).get("deprecated")
+    }
     assert set(DEPRECATED_ZERO_KEYS) == deprecated
 
 
@@ -88,6 +91,7 @@ def test_schema_covers_every_key_deepspeed_reads():
 
                 def __iter__(self):
                     return iter(dict.keys(outer))
+
             return Keys()
 
         def __copy__(self):
@@ -110,8 +114,13 @@ def test_optimizer_and_scheduler_names_match_torch_and_deepspeed():
     import torch
     from deepspeed.runtime import lr_schedules
 
-    torch_optims = {n for n in dir(torch.optim) if isinstance(getattr(torch.optim, n), type)
-                    and issubclass(getattr(torch.optim, n), torch.optim.Optimizer) and n != "Optimizer"}
+    torch_optims = {
+        n
+        for n in dir(torch.optim)
+        if isinstance(getattr(torch.optim, n), type)
+        and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)
+        and n != "Optimizer"
+    }
     assert set(TORCH_OPTIMIZERS) == torch_optims
     assert set(DEEPSPEED_SCHEDULERS) == set(lr_schedules.VALID_LR_SCHEDULES)
     for name in TORCH_SCHEDULERS:
@@ -120,10 +129,7 @@ def test_optimizer_and_scheduler_names_match_torch_and_deepspeed():
 
 def test_defaults_match_deepspeed():
     from deepspeed.runtime import constants
-    from deepspeed.runtime.precision_config import (
-        DeepSpeedBF16Config,
-        DeepSpeedFP16Config,
-    )
+    from deepspeed.runtime.precision_config import DeepSpeedBF16Config, DeepSpeedFP16Config
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
     from deepspeed.runtime.zero.offload_config import (
         DeepSpeedZeroOffloadOptimizerConfig,
@@ -134,9 +140,12 @@ def test_defaults_match_deepspeed():
     for key, value in ZERO_DEFAULTS.items():
         field = zero[ZERO_ALIASES.get(key, key)]
         assert field.get_default() == value, key
-    for table, model in ((OFFLOAD_PARAM_DEFAULTS, DeepSpeedZeroOffloadParamConfig),
-                         (OFFLOAD_OPTIMIZER_DEFAULTS, DeepSpeedZeroOffloadOptimizerConfig),
-                         (FP16_DEFAULTS, DeepSpeedFP16Config), (BF16_DEFAULTS, DeepSpeedBF16Config)):
+    for table, model in (
+        (OFFLOAD_PARAM_DEFAULTS, DeepSpeedZeroOffloadParamConfig),
+        (OFFLOAD_OPTIMIZER_DEFAULTS, DeepSpeedZeroOffloadOptimizerConfig),
+        (FP16_DEFAULTS, DeepSpeedFP16Config),
+        (BF16_DEFAULTS, DeepSpeedBF16Config),
+    ):
         for key, value in table.items():
             assert model.model_fields[key].get_default() == value, (model.__name__, key)
     for key, value in TOP_LEVEL_DEFAULTS.items():

@@ -68,6 +68,8 @@ def test_generate_gives_the_same_text_from_run_and_export(stage_runs, tmp_path):
         a = zerotrain("generate", stage_runs[3], "--prompt", "The king", "--max-new-tokens", 40, *flags)
         b = zerotrain("generate", out, "--prompt", "The king", "--max-new-tokens", 40, *flags)
         assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
-        assert a.stdout == b.stdout and a.stdout.startswith("The king") and len(a.stdout) == len("The king") + 40 + 1  # + print's newline
+        assert (
+            a.stdout == b.stdout and a.stdout.startswith("The king") and len(a.stdout) == len("The king") + 40 + 1
+        )  # + print's newline
     seeded = [zerotrain("generate", out, "--prompt", "The", "--seed", s, "--max-new-tokens", 30).stdout for s in (1, 2)]
     assert seeded[0] != seeded[1]

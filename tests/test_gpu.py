@@ -23,8 +23,15 @@ def need_gpu():
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_bf16_training_on_one_gpu_then_export(tmp_path, char_data, stage):
-    cfg = write_config(tmp_path / "g.toml", out_dir=tmp_path / "run", data_dir=char_data, zero_stage=stage,
-                       max_steps=30, eval_interval=30, save_interval=30)
+    cfg = write_config(
+        tmp_path / "g.toml",
+        out_dir=tmp_path / "run",
+        data_dir=char_data,
+        zero_stage=stage,
+        max_steps=30,
+        eval_interval=30,
+        save_interval=30,
+    )
     cfg.write_text(cfg.read_text().replace('dtype = "fp32"', 'dtype = "auto"'))
     r = run_ok("train", cfg)
     assert "bf16" in r.stdout
@@ -38,13 +45,22 @@ def test_bf16_training_on_one_gpu_then_export(tmp_path, char_data, stage):
         assert 0 < row["gpu_power_w"] <= 1.5 * row["gpu_power_limit_w"]
         assert 0 <= row["gpu_power_capped"] <= 1 and 0 <= row["gpu_thermal_capped"] <= 1
     run_ok("export", tmp_path / "run", "--out", tmp_path / "hf")
-    text = run_ok("generate", tmp_path / "hf", "--prompt", "The king", "--max-new-tokens", 20, "--device", "cuda").stdout
+    text = run_ok(
+        "generate", tmp_path / "hf", "--prompt", "The king", "--max-new-tokens", 20, "--device", "cuda"
+    ).stdout
     assert text.startswith("The king")
 
 
 def test_fp16_with_dynamic_loss_scaling(tmp_path, char_data):
-    cfg = write_config(tmp_path / "h.toml", out_dir=tmp_path / "run", data_dir=char_data, zero_stage=2,
-                       max_steps=30, eval_interval=30, save_interval=30)
+    cfg = write_config(
+        tmp_path / "h.toml",
+        out_dir=tmp_path / "run",
+        data_dir=char_data,
+        zero_stage=2,
+        max_steps=30,
+        eval_interval=30,
+        save_interval=30,
+    )
     cfg.write_text(cfg.read_text().replace('dtype = "fp32"', 'dtype = "fp16"'))
     run_ok("train", cfg)
     rows = [r for r in metrics(tmp_path / "run") if "loss" in r]
@@ -53,8 +69,15 @@ def test_fp16_with_dynamic_loss_scaling(tmp_path, char_data):
 
 
 def test_zero3_with_optimizer_and_parameter_offload_on_gpu(tmp_path, char_data):
-    cfg = write_config(tmp_path / "o.toml", out_dir=tmp_path / "run", data_dir=char_data, zero_stage=3,
-                       max_steps=20, eval_interval=20, save_interval=20)
+    cfg = write_config(
+        tmp_path / "o.toml",
+        out_dir=tmp_path / "run",
+        data_dir=char_data,
+        zero_stage=3,
+        max_steps=20,
+        eval_interval=20,
+        save_interval=20,
+    )
     cfg.write_text(cfg.read_text().replace('dtype = "fp32"', 'dtype = "bf16"'))
     run_ok("train", cfg, "--deepspeed.offload_optimizer=cpu", "--deepspeed.offload_params=cpu")
     losses = train_losses(tmp_path / "run")
@@ -68,12 +91,37 @@ def test_fast_path_follows_the_plain_loss_curve(tmp_path, char_data):
     matmul kernels and attention and the full fp32 logits: the same run, the same curve (bf16 rounding differs, so
     within 2%)."""
     curves, flash3_noted = {}, {}
-    for name, extra in (("fast", ["--train.compile=blocks", "--train.fused_loss=true", "--train.fused_gelu=auto", "--train.tuned_matmuls=auto",
-                                  "--train.flash_attention_3=auto"]),
-                        ("plain", ["--train.compile=none", "--train.fused_loss=false", "--train.fused_gelu=off", "--train.tuned_matmuls=off",
-                                   "--train.flash_attention_3=off"])):
-        cfg = write_config(tmp_path / f"{name}.toml", out_dir=tmp_path / name, data_dir=char_data, zero_stage=2,
-                           max_steps=60, eval_interval=60, save_interval=60)
+    for name, extra in (
+        (
+            "fast",
+            [
+                "--train.compile=blocks",
+                "--train.fused_loss=true",
+                "--train.fused_gelu=auto",
+                "--train.tuned_matmuls=auto",
+                "--train.flash_attention_3=auto",
+            ],
+        ),
+        (
+            "plain",
+            [
+                "--train.compile=none",
+                "--train.fused_loss=false",
+                "--train.fused_gelu=off",
+                "--train.tuned_matmuls=off",
+                "--train.flash_attention_3=off",
+            ],
+        ),
+    ):
+        cfg = write_config(
+            tmp_path / f"{name}.toml",
+            out_dir=tmp_path / name,
+            data_dir=char_data,
+            zero_stage=2,
+            max_steps=60,
+            eval_interval=60,
+            save_interval=60,
+        )
         cfg.write_text(cfg.read_text().replace('dtype = "fp32"', 'dtype = "bf16"'))
         out = run_ok("train", cfg, *extra).stdout
         assert ("compiled blocks" in out) == (name == "fast")
@@ -103,10 +151,25 @@ def test_reduction_without_host_waits_gives_the_same_losses(tmp_path, char_data)
     buckets.write_text('{"zero_optimization": {"reduce_bucket_size": 5000}}')
     curves = {}
     for wait in ("true", "false"):
-        cfg = write_config(tmp_path / f"{wait}.toml", out_dir=tmp_path / wait, data_dir=char_data, zero_stage=2,
-                           max_steps=20, eval_interval=20, save_interval=20)
-        out = run_ok("train", cfg, "--nproc", 2, "--train.grad_accum=4", "--train.compile=none",
-                     f"--deepspeed.reduce_without_host_wait={wait}", f"--deepspeed.config={buckets}").stdout
+        cfg = write_config(
+            tmp_path / f"{wait}.toml",
+            out_dir=tmp_path / wait,
+            data_dir=char_data,
+            zero_stage=2,
+            max_steps=20,
+            eval_interval=20,
+            save_interval=20,
+        )
+        out = run_ok(
+            "train",
+            cfg,
+            "--nproc",
+            2,
+            "--train.grad_accum=4",
+            "--train.compile=none",
+            f"--deepspeed.reduce_without_host_wait={wait}",
+            f"--deepspeed.config={buckets}",
+        ).stdout
         assert ("reductions without host waits" in out) == (wait == "true")
         curves[wait] = train_losses(tmp_path / wait)
     assert curves["true"][20] < curves["true"][1] - 0.5
@@ -125,10 +188,19 @@ def test_fp32_gradient_sums_follow_the_bf16_curve(tmp_path, char_data):
     nproc = 2 if torch.cuda.device_count() >= 2 else 1
     curves = {}
     for name, stage, sums in (("z2-bf16", 2, "auto"), ("z2-fp32", 2, "fp32"), ("z1-fp32", 1, "fp32")):
-        cfg = write_config(tmp_path / f"{name}.toml", out_dir=tmp_path / name, data_dir=char_data, zero_stage=stage,
-                           max_steps=30, eval_interval=30, save_interval=30)
+        cfg = write_config(
+            tmp_path / f"{name}.toml",
+            out_dir=tmp_path / name,
+            data_dir=char_data,
+            zero_stage=stage,
+            max_steps=30,
+            eval_interval=30,
+            save_interval=30,
+        )
         cfg.write_text(cfg.read_text().replace('dtype = "fp32"', 'dtype = "bf16"'))
-        out = run_ok("train", cfg, "--nproc", nproc, "--train.grad_accum=4", f"--deepspeed.grad_accum_dtype={sums}").stdout
+        out = run_ok(
+            "train", cfg, "--nproc", nproc, "--train.grad_accum=4", f"--deepspeed.grad_accum_dtype={sums}"
+        ).stdout
         assert ("gradients summed in fp32" in out) == (sums == "fp32")
         ds_config = json.loads((tmp_path / name / "ds_config.json").read_text())
         assert ds_config.get("data_types") == ({"grad_accum_dtype": "fp32"} if sums == "fp32" else None)

@@ -8,13 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import (
-    assert_clean_failure,
-    metrics,
-    run_ok,
-    train_losses,
-    zerotrain,
-)
+from tests.conftest import assert_clean_failure, metrics, run_ok, train_losses, zerotrain
 
 HF_RUN = """
 [run]
@@ -55,8 +49,12 @@ def build_tokenizer(text: str, out: Path):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<unk>", "<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<unk>", "<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator([text], trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", unk_token="<unk>")
     fast.save_pretrained(str(out))
@@ -73,11 +71,30 @@ def hf_models(tmp_path_factory, corpus_file):
     root = tmp_path_factory.mktemp("hf")
     tok = build_tokenizer(corpus_file.read_text(), root / "tok")
     torch.manual_seed(0)
-    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=len(tok), max_position_embeddings=64, tie_word_embeddings=True, eos_token_id=tok.eos_token_id))
-    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=len(tok), n_positions=64,
-                                                                eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id))
+    llama = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=len(tok),
+            max_position_embeddings=64,
+            tie_word_embeddings=True,
+            eos_token_id=tok.eos_token_id,
+        )
+    )
+    gpt2 = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(
+            n_layer=2,
+            n_head=2,
+            n_embd=32,
+            vocab_size=len(tok),
+            n_positions=64,
+            eos_token_id=tok.eos_token_id,
+            bos_token_id=tok.eos_token_id,
+        )
+    )
     dirs = {}
     for name, model in (("llama", llama), ("gpt2", gpt2)):
         dirs[name] = root / name
@@ -121,7 +138,9 @@ def test_finetune_resume_and_export(tmp_path, hf_models, kind, stage):
 
     # resume the straight run's step-3 checkpoint to 6 in a new run (no sampling): the same losses, bit for bit
     # (GPT-2 has dropout 0.1 on). One launch where stopping at 3 and resuming took two: the resume path is the same.
-    resumed = hf_config(tmp_path / "b.toml", out_dir=tmp_path / "b", resume=tmp_path / "a" / "checkpoints" / "step_3", **common)
+    resumed = hf_config(
+        tmp_path / "b.toml", out_dir=tmp_path / "b", resume=tmp_path / "a" / "checkpoints" / "step_3", **common
+    )
     run_ok("train", resumed, "--nproc", 2)
     assert train_losses(tmp_path / "b") == {s: loss for s, loss in losses.items() if s > 3}
 
@@ -135,8 +154,10 @@ def test_finetune_resume_and_export(tmp_path, hf_models, kind, stage):
 
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), local_files_only=True)
     assert model.config.model_type == kind
-    assert AutoTokenizer.from_pretrained(str(tmp_path / "hf"), local_files_only=True).get_vocab() == \
-        AutoTokenizer.from_pretrained(str(hf_models[kind]), local_files_only=True).get_vocab()
+    assert (
+        AutoTokenizer.from_pretrained(str(tmp_path / "hf"), local_files_only=True).get_vocab()
+        == AutoTokenizer.from_pretrained(str(hf_models[kind]), local_files_only=True).get_vocab()
+    )
     base = AutoModelForCausalLM.from_pretrained(str(hf_models[kind]), local_files_only=True)
     changed = [n for n, p in model.state_dict().items() if not torch.equal(p.float(), base.state_dict()[n].float())]
     assert changed, "fine-tuning changed no weight"
@@ -158,13 +179,15 @@ def test_init_from_hf_gpt2_reproduces_its_logits(hf_models):
     theirs = GPT2LMHeadModel.from_pretrained(str(hf_models["gpt2"]), local_files_only=True)
     idx = torch.randint(0, cfg.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert torch.allclose(ours.eval()(idx)[..., :cfg.vocab_size], theirs.eval()(idx).logits, atol=1e-4)
+        assert torch.allclose(ours.eval()(idx)[..., : cfg.vocab_size], theirs.eval()(idx).logits, atol=1e-4)
 
 
 @pytest.mark.slow
 def test_init_from_hf_trains_zerotrains_model(tmp_path, hf_models):
     cfg = tmp_path / "c.toml"
-    text = HF_RUN.format(out_dir=tmp_path / "run", resume="", data_dir=hf_models["data"], model_dir="", max_steps=2, zero_stage=2)
+    text = HF_RUN.format(
+        out_dir=tmp_path / "run", resume="", data_dir=hf_models["data"], model_dir="", max_steps=2, zero_stage=2
+    )
     cfg.write_text(text.replace('hf = ""', f'init_from_hf = "{hf_models["gpt2"]}"'))
     out = run_ok("train", cfg).stdout
     assert "weights from the Hugging Face GPT-2" in out and "2 layers, 2 heads, 32 wide" in out
@@ -172,8 +195,12 @@ def test_init_from_hf_trains_zerotrains_model(tmp_path, hf_models):
 
 def test_bad_model_directories(tmp_path, hf_models, char_data):
     def attempt(model_dir, data_dir=None):
-        return zerotrain("train", hf_config(tmp_path / "x.toml", out_dir=tmp_path / "x", data_dir=data_dir or hf_models["data"],
-                                            model_dir=model_dir))
+        return zerotrain(
+            "train",
+            hf_config(
+                tmp_path / "x.toml", out_dir=tmp_path / "x", data_dir=data_dir or hf_models["data"], model_dir=model_dir
+            ),
+        )
 
     assert_clean_failure(attempt(tmp_path / "missing"), "not a directory")
     (tmp_path / "empty").mkdir()
@@ -190,6 +217,8 @@ def test_bad_model_directories(tmp_path, hf_models, char_data):
 
 
 def test_hf_excludes_shape_keys(tmp_path, hf_models):
-    cfg = hf_config(tmp_path / "y.toml", out_dir=tmp_path / "y", data_dir=hf_models["data"], model_dir=hf_models["llama"])
+    cfg = hf_config(
+        tmp_path / "y.toml", out_dir=tmp_path / "y", data_dir=hf_models["data"], model_dir=hf_models["llama"]
+    )
     cfg.write_text(cfg.read_text().replace("[model]\n", "[model]\nn_layer = 4\n"))
     assert_clean_failure(zerotrain("train", cfg), "model.n_layer")

@@ -12,12 +12,35 @@ SCRIPT = Path(__file__).parent.parent / "benchmarks" / "idle_gaps.py"
 def test_gaps_are_put_down_to_the_host_work_and_the_launching_operator(tmp_path):
     events = [
         {"cat": "cpu_op", "name": "step", "pid": 1, "tid": 1, "ts": 0, "dur": 2000},
-        {"cat": "cpu_op", "name": "aten::item", "pid": 1, "tid": 1, "ts": 100, "dur": 300},  # host blocked: GPU runs dry
+        {
+            "cat": "cpu_op",
+            "name": "aten::item",
+            "pid": 1,
+            "tid": 1,
+            "ts": 100,
+            "dur": 300,
+        },  # host blocked: GPU runs dry
         {"cat": "cpu_op", "name": "aten::mm", "pid": 1, "tid": 1, "ts": 495, "dur": 20},
-        {"cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": 1, "ts": 500, "dur": 5, "args": {"correlation": 2}},
+        {
+            "cat": "cuda_runtime",
+            "name": "cudaLaunchKernel",
+            "pid": 1,
+            "tid": 1,
+            "ts": 500,
+            "dur": 5,
+            "args": {"correlation": 2},
+        },
         {"cat": "kernel", "name": "first", "pid": 0, "tid": 7, "ts": 50, "dur": 100, "args": {"correlation": 1}},
         {"cat": "kernel", "name": "second", "pid": 0, "tid": 7, "ts": 510, "dur": 100, "args": {"correlation": 2}},
-        {"cat": "kernel", "name": "third", "pid": 0, "tid": 8, "ts": 620, "dur": 100, "args": {"correlation": 3}},  # 10 us gap
+        {
+            "cat": "kernel",
+            "name": "third",
+            "pid": 0,
+            "tid": 8,
+            "ts": 620,
+            "dur": 100,
+            "args": {"correlation": 3},
+        },  # 10 us gap
     ]
     trace = tmp_path / "trace-rank0.json.gz"
     with gzip.open(trace, "wt") as f:

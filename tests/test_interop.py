@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from conftest import REPO, run_ok
 
 pytest.importorskip("accelerate", reason="the interop tests need Hugging Face accelerate (pip install accelerate)")
@@ -34,11 +35,13 @@ def tiny_tokenizer(corpus: Path, out: Path):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(corpus.read_text().splitlines(), trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="</s>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
     fast.save_pretrained(out)
     return fast
 
@@ -55,11 +58,21 @@ def hf_models(tmp_path_factory, corpus_file) -> dict[str, Path]:
     tok.save_pretrained(dirs["gpt2"])
     special = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
     torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                 **special)).save_pretrained(dirs["llama"])
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=64, n_layer=2, n_head=4,
-                               **special)).save_pretrained(dirs["gpt2"])
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            **special,
+        )
+    ).save_pretrained(dirs["llama"])
+    GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=64, n_layer=2, n_head=4, **special)
+    ).save_pretrained(dirs["gpt2"])
     return dirs
 
 
@@ -80,16 +93,29 @@ def launch(cmd: list, cwd: Path, port: int) -> subprocess.CompletedProcess:
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     try:
-        return subprocess.run([exe, *map(str, cmd[1:])], cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
-                              check=False)
+        return subprocess.run(
+            [exe, *map(str, cmd[1:])], cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False
+        )
     finally:
         remove_shm_buffers("127.0.0.1", str(port))
 
 
 def generate(model_dir: Path, target: str, cwd: Path, stage: int | None, *extra) -> dict:
     """`zerotrain config new ... --out ds_config.json` in cwd; with `stage`, that key changed and `config check --fix`."""
-    run_ok("config", "new", "--model", f"hf:{model_dir}", "--gpus", 2, "--for", target, "--out", "ds_config.json",
-           *extra, cwd=cwd)
+    run_ok(
+        "config",
+        "new",
+        "--model",
+        f"hf:{model_dir}",
+        "--gpus",
+        2,
+        "--for",
+        target,
+        "--out",
+        "ds_config.json",
+        *extra,
+        cwd=cwd,
+    )
     path = cwd / "ds_config.json"
     config = json.loads(path.read_text())
     assert config["zero_optimization"]["stage"] in (0, 1), config  # what the planner picks for a tiny model
@@ -124,9 +150,28 @@ def assert_trained_and_reloads(out: Path, model_dir: Path):
 def test_hf_trainer_runs_the_generated_config(hf_models, corpus_file, tmp_path, model, stage):
     config = generate(hf_models[model], "hf-trainer", tmp_path, stage)
     port = free_port()  # the README's command, plus a port of its own so it can run beside other jobs
-    r = launch(["torchrun", "--nproc_per_node", 2, "--master_port", port, EXAMPLES / "hf_trainer_finetune.py",
-                hf_models[model], corpus_file, "--deepspeed", "ds_config.json", "--out", "finetuned",
-                "--max-steps", STEPS, "--seq-len", SEQ_LEN], tmp_path, port)
+    r = launch(
+        [
+            "torchrun",
+            "--nproc_per_node",
+            2,
+            "--master_port",
+            port,
+            EXAMPLES / "hf_trainer_finetune.py",
+            hf_models[model],
+            corpus_file,
+            "--deepspeed",
+            "ds_config.json",
+            "--out",
+            "finetuned",
+            "--max-steps",
+            STEPS,
+            "--seq-len",
+            SEQ_LEN,
+        ],
+        tmp_path,
+        port,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     expected = config["zero_optimization"]["stage"]
     assert f"× world 2, ZeRO stage {expected}" in r.stdout, r.stdout  # the Trainer filled "auto" for 2 processes
@@ -138,8 +183,9 @@ def test_hf_trainer_runs_the_generated_config(hf_models, corpus_file, tmp_path, 
     assert_trained_and_reloads(tmp_path / "finetuned", hf_models[model])
 
 
-@pytest.mark.parametrize("model,stage", [("gpt2", None), ("llama", 2), ("llama", 3)],
-                         ids=["gpt2-as-generated", "llama-zero2", "llama-zero3"])
+@pytest.mark.parametrize(
+    "model,stage", [("gpt2", None), ("llama", 2), ("llama", 3)], ids=["gpt2-as-generated", "llama-zero2", "llama-zero3"]
+)
 def test_accelerate_launch_runs_the_generated_config(hf_models, corpus_file, tmp_path, model, stage):
     import yaml
 
@@ -152,9 +198,27 @@ def test_accelerate_launch_runs_the_generated_config(hf_models, corpus_file, tmp
         accel["deepspeed_config"]["zero3_init_flag"] = True
         accel_path.write_text(yaml.safe_dump(accel, sort_keys=False))
     port = free_port()
-    r = launch(["accelerate", "launch", "--config_file", "accelerate_config.yaml", "--main_process_port", port,
-                EXAMPLES / "accelerate_finetune.py", hf_models[model], corpus_file, "--out", "finetuned",
-                "--max-steps", STEPS, "--seq-len", SEQ_LEN], tmp_path, port)
+    r = launch(
+        [
+            "accelerate",
+            "launch",
+            "--config_file",
+            "accelerate_config.yaml",
+            "--main_process_port",
+            port,
+            EXAMPLES / "accelerate_finetune.py",
+            hf_models[model],
+            corpus_file,
+            "--out",
+            "finetuned",
+            "--max-steps",
+            STEPS,
+            "--seq-len",
+            SEQ_LEN,
+        ],
+        tmp_path,
+        port,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     expected = config["zero_optimization"]["stage"]
     assert f"global batch 8 = micro 4 × accumulation 1 × world 2, ZeRO stage {expected}" in r.stdout, r.stdout

@@ -12,16 +12,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import (
-    REPO,
-    assert_clean_failure,
-    run_ok,
-    train_losses,
-    write_config,
-    zerotrain,
-)
 
 from zerotrain import UserError, launch
+
+from conftest import REPO, assert_clean_failure, run_ok, train_losses, write_config, zerotrain
 
 
 def never_resolve(host, _port):
@@ -33,10 +27,12 @@ def fake_resolve(known):
         if host not in known:
             raise socket.gaierror(-2, "Name or service not known")
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (known[host], 0))]
+
     return resolve
 
 
 # ------------------------------------------------------------------------------------------------ validation
+
 
 def test_hostfile_with_comments(tmp_path):
     hf = tmp_path / "hostfile"
@@ -70,8 +66,12 @@ def test_gpus_per_node_above_the_gpus_of_this_host():
 
 def test_loopback_host_in_a_multi_node_list():
     with pytest.raises(UserError, match="localhost is a loopback address"):
-        launch.check_hosts([launch.Host("localhost", None), launch.Host("node-b", None)], 1,
-                           fake_resolve({"localhost": "127.0.0.1", "node-b": "10.0.0.2"}), set())
+        launch.check_hosts(
+            [launch.Host("localhost", None), launch.Host("node-b", None)],
+            1,
+            fake_resolve({"localhost": "127.0.0.1", "node-b": "10.0.0.2"}),
+            set(),
+        )
 
 
 def test_port_in_use_on_the_local_master():
@@ -81,27 +81,49 @@ def test_port_in_use_on_the_local_master():
         port = s.getsockname()[1]
         with pytest.raises(UserError, match=f"--master-port {port} is in use"):
             launch.check_port("localhost", port, launch.local_addresses())
-        launch.check_port("10.255.0.1", port, launch.local_addresses(), fake_resolve({"10.255.0.1": "10.255.0.1"}))  # not us: unchecked
+        launch.check_port(
+            "10.255.0.1", port, launch.local_addresses(), fake_resolve({"10.255.0.1": "10.255.0.1"})
+        )  # not us: unchecked
 
 
 # ------------------------------------------------------------------------------------------------ generated launches
 
+
 def plan(tmp_path, launcher, env=None, runner="pdsh", **kw):
     cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=tmp_path / "data")
-    args = {"hostfile": None, "hosts": "node-a,node-b", "gpus_per_node": 4, "launcher": launcher, "port": 29511,
-            "zt_args": ["train", str(cfg), "--train.lr", "1e-3"], "out": tmp_path / "out", "runner": runner,
-            "env": env or {}, "resolve": fake_resolve({"node-a": "10.0.0.1", "node-b": "10.0.0.2"})}
+    args = {
+        "hostfile": None,
+        "hosts": "node-a,node-b",
+        "gpus_per_node": 4,
+        "launcher": launcher,
+        "port": 29511,
+        "zt_args": ["train", str(cfg), "--train.lr", "1e-3"],
+        "out": tmp_path / "out",
+        "runner": runner,
+        "env": env or {},
+        "resolve": fake_resolve({"node-a": "10.0.0.1", "node-b": "10.0.0.2"}),
+    }
     return launch.plan_launch(**(args | kw))
 
 
 def test_deepspeed_launch_with_environment_file(tmp_path):
-    p = plan(tmp_path, "deepspeed", env={"NCCL_SOCKET_IFNAME": "ib0", "ZEROTRAIN_PEAK_FLOPS": "9.89e14", "HOME": "/root", "NCCL_IB_HCA": "mlx5"})
+    p = plan(
+        tmp_path,
+        "deepspeed",
+        env={"NCCL_SOCKET_IFNAME": "ib0", "ZEROTRAIN_PEAK_FLOPS": "9.89e14", "HOME": "/root", "NCCL_IB_HCA": "mlx5"},
+    )
     files = {os.path.basename(k): v for k, v in p.files.items()}
     assert files["hostfile"] == "node-a slots=4\nnode-b slots=4\n"
     assert files["deepspeed_env"] == "NCCL_IB_HCA=mlx5\nNCCL_SOCKET_IFNAME=ib0\nZEROTRAIN_PEAK_FLOPS=9.89e14\n"
     cmd = shlex.split(p.commands[0])
     assert cmd[0].startswith("DS_ENV_FILE=") and cmd[1] == "deepspeed"
-    for flag, value in (("--num_nodes", "2"), ("--num_gpus", "4"), ("--master_addr", "node-a"), ("--master_port", "29511"), ("--launcher", "pdsh")):
+    for flag, value in (
+        ("--num_nodes", "2"),
+        ("--num_gpus", "4"),
+        ("--master_addr", "node-a"),
+        ("--master_port", "29511"),
+        ("--launcher", "pdsh"),
+    ):
         assert cmd[cmd.index(flag) + 1] == value
     assert cmd[-6:] == ["--module", "zerotrain", "train", str(tmp_path / "c.toml"), "--train.lr", "1e-3"]
     assert p.world == 8 and p.run[1:4] == ["-u", "-m", "deepspeed.launcher.runner"]
@@ -110,7 +132,10 @@ def test_deepspeed_launch_with_environment_file(tmp_path):
 def test_openmpi_gets_the_interface(tmp_path):
     p = plan(tmp_path, "deepspeed", env={"NCCL_SOCKET_IFNAME": "ib0"}, runner="openmpi")
     cmd = shlex.split(p.commands[0])
-    assert cmd[cmd.index("--launcher") + 1] == "openmpi" and cmd[cmd.index("--launcher_args") + 1] == "--mca btl_tcp_if_include ib0"
+    assert (
+        cmd[cmd.index("--launcher") + 1] == "openmpi"
+        and cmd[cmd.index("--launcher_args") + 1] == "--mca btl_tcp_if_include ib0"
+    )
 
 
 def test_torchrun_one_command_per_node(tmp_path):
@@ -128,28 +153,51 @@ def test_torchrun_one_command_per_node(tmp_path):
 def test_slurm_script_with_pinned_hosts(tmp_path):
     p = plan(tmp_path, "slurm", env={"NCCL_DEBUG": "WARN"}, resolve=never_resolve)  # pinned names are never looked up
     script = p.files[str(tmp_path / "out" / "zerotrain.sbatch")]
-    assert "#SBATCH --nodes=2" in script and "#SBATCH --gpus-per-node=4" in script and "#SBATCH --nodelist=node-a,node-b" in script
+    assert (
+        "#SBATCH --nodes=2" in script
+        and "#SBATCH --gpus-per-node=4" in script
+        and "#SBATCH --nodelist=node-a,node-b" in script
+    )
     assert "export NCCL_DEBUG=WARN" in script
-    assert ('srun --kill-on-bad-exit=1 torchrun --nnodes "$SLURM_NNODES" --nproc_per_node 4 --rdzv_id "$SLURM_JOB_ID" '
-            '--rdzv_backend c10d --rdzv_endpoint "$head_node:29511" -m zerotrain train') in script
+    assert (
+        'srun --kill-on-bad-exit=1 torchrun --nnodes "$SLURM_NNODES" --nproc_per_node 4 --rdzv_id "$SLURM_JOB_ID" '
+        '--rdzv_backend c10d --rdzv_endpoint "$head_node:29511" -m zerotrain train'
+    ) in script
     assert p.commands == [f"sbatch {tmp_path / 'out' / 'zerotrain.sbatch'}"] and p.world == 8
 
 
 def test_slurm_lets_slurm_choose_the_nodes(tmp_path):
-    p = plan(tmp_path, "slurm", hosts=None, nodes=3, partition="gpu", account="proj42", time_limit="1-00:00:00", resolve=never_resolve)
+    p = plan(
+        tmp_path,
+        "slurm",
+        hosts=None,
+        nodes=3,
+        partition="gpu",
+        account="proj42",
+        time_limit="1-00:00:00",
+        resolve=never_resolve,
+    )
     script = p.files[str(tmp_path / "out" / "zerotrain.sbatch")]
     header = [line for line in script.splitlines() if line.startswith("#SBATCH")]
-    assert {"#SBATCH --nodes=3", "#SBATCH --gpus-per-node=4", "#SBATCH --partition=gpu", "#SBATCH --account=proj42",
-            "#SBATCH --time=1-00:00:00"} <= set(header)
+    assert {
+        "#SBATCH --nodes=3",
+        "#SBATCH --gpus-per-node=4",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=proj42",
+        "#SBATCH --time=1-00:00:00",
+    } <= set(header)
     assert not any("--nodelist" in line for line in header) and p.world == 12 and p.hosts == []
 
 
-@pytest.mark.parametrize("kw, needle", [
-    (dict(hosts=None), "needs --nodes N"),
-    (dict(hosts=None, nodes=2, gpus_per_node=None), "--nodes needs --gpus-per-node"),
-    (dict(nodes=3), "--nodes 3 but 2 hosts are pinned"),
-    (dict(hosts=None, nodes=0), "--nodes 0 must be ≥ 1"),
-])
+@pytest.mark.parametrize(
+    "kw, needle",
+    [
+        (dict(hosts=None), "needs --nodes N"),
+        (dict(hosts=None, nodes=2, gpus_per_node=None), "--nodes needs --gpus-per-node"),
+        (dict(nodes=3), "--nodes 3 but 2 hosts are pinned"),
+        (dict(hosts=None, nodes=0), "--nodes 0 must be ≥ 1"),
+    ],
+)
 def test_slurm_bad_requests(tmp_path, kw, needle):
     with pytest.raises(UserError, match=re.escape(needle)):
         plan(tmp_path, "slurm", **kw)
@@ -178,9 +226,27 @@ done
 def test_slurm_script_runs_under_fake_slurm(tmp_path):
     """The sbatch script as SLURM would run it on an allocation of gpu07 and gpu08: it reads the nodes from
     $SLURM_JOB_NODELIST, and every node's torchrun meets at the first of them."""
-    r = run_ok("launch", "--launcher", "slurm", "--nodes", 2, "--gpus-per-node", 8, "--partition", "h100", "--master-port", 29600,
-               "--out", tmp_path / "out", "--dry-run", "--", "train", "configs/gpt2-124m.toml", "--train.lr=3e-4",
-               env={"NCCL_SOCKET_IFNAME": "ib0"})
+    r = run_ok(
+        "launch",
+        "--launcher",
+        "slurm",
+        "--nodes",
+        2,
+        "--gpus-per-node",
+        8,
+        "--partition",
+        "h100",
+        "--master-port",
+        29600,
+        "--out",
+        tmp_path / "out",
+        "--dry-run",
+        "--",
+        "train",
+        "configs/gpt2-124m.toml",
+        "--train.lr=3e-4",
+        env={"NCCL_SOCKET_IFNAME": "ib0"},
+    )
     assert "2 nodes × 8 GPUs = world 16" in r.stderr and not (tmp_path / "out").exists()
     script_text = r.stdout.split(f"--- {tmp_path / 'out' / 'zerotrain.sbatch'}\n")[1].split("--- command")[0]
     assert "#SBATCH --partition=h100" in script_text
@@ -190,8 +256,13 @@ def test_slurm_script_runs_under_fake_slurm(tmp_path):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     (tmp_path / "job.sbatch").write_text(script_text)
-    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_NNODES": "2",
-           "SLURM_JOB_ID": "4242", "SRUN_LOG": str(tmp_path / "srun")}
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_JOB_NODELIST": "gpu[07-08]",
+        "SLURM_NNODES": "2",
+        "SLURM_JOB_ID": "4242",
+        "SRUN_LOG": str(tmp_path / "srun"),
+    }
     job = subprocess.run(["bash", str(tmp_path / "job.sbatch")], capture_output=True, text=True, env=env, check=False)
     assert job.returncode == 0, job.stderr
     assert "job 4242 on 2 nodes (gpu07 gpu08) x 8 GPUs, rendezvous gpu07:29600" in job.stdout
@@ -201,28 +272,54 @@ def test_slurm_script_runs_under_fake_slurm(tmp_path):
         assert argv[:2] == ["--kill-on-bad-exit=1", "torchrun"]
         assert argv[argv.index("--nnodes") + 1] == "2" and argv[argv.index("--nproc_per_node") + 1] == "8"
         assert argv[argv.index("--rdzv_id") + 1] == "4242" and argv[argv.index("--rdzv_endpoint") + 1] == "gpu07:29600"
-        assert argv[argv.index("-m") + 1:] == ["zerotrain", "train", "configs/gpt2-124m.toml", "--train.lr=3e-4"]
+        assert argv[argv.index("-m") + 1 :] == ["zerotrain", "train", "configs/gpt2-124m.toml", "--train.lr=3e-4"]
 
 
 def test_dry_run_never_resolves_names(tmp_path):
     """A SLURM or torchrun launch written on a login node names compute nodes it cannot resolve."""
     cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=tmp_path / "data")
     for launcher in ("slurm", "torchrun", "deepspeed"):
-        r = run_ok("launch", "--launcher", launcher, "--hosts", "node0.invalid,node1.invalid", "--gpus-per-node", 4,
-                   "--out", tmp_path / "out", "--dry-run", "--", "train", cfg)
+        r = run_ok(
+            "launch",
+            "--launcher",
+            launcher,
+            "--hosts",
+            "node0.invalid,node1.invalid",
+            "--gpus-per-node",
+            4,
+            "--out",
+            tmp_path / "out",
+            "--dry-run",
+            "--",
+            "train",
+            cfg,
+        )
         assert "2 nodes × 4 GPUs = world 8" in r.stderr
     assert not (tmp_path / "out").exists()
 
 
 def test_dry_run_prints_and_writes_nothing(tmp_path, char_data):
     cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data)
-    r = run_ok("launch", "--hosts", "localhost", "--gpus-per-node", 2, "--out", tmp_path / "out", "--dry-run", "--", "train", cfg)
+    r = run_ok(
+        "launch",
+        "--hosts",
+        "localhost",
+        "--gpus-per-node",
+        2,
+        "--out",
+        tmp_path / "out",
+        "--dry-run",
+        "--",
+        "train",
+        cfg,
+    )
     assert "deepspeed --num_gpus 2 --master_addr 127.0.0.1" in r.stdout  # one node, this one: no hostfile, no ssh
     assert "1 node × 2 GPUs = world 2" in r.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
 
 
 # ------------------------------------------------------------------------------------------------ bad input (CLI)
+
 
 def test_bad_input_one_line_each(tmp_path):
     cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=tmp_path / "data")
@@ -231,32 +328,57 @@ def test_bad_input_one_line_each(tmp_path):
     common = ["--dry-run", "--", "train", cfg]
     assert_clean_failure(zerotrain("launch", "--hostfile", hf, *common), "hostfile:2:", "HOSTNAME slots=N")
     hf.write_text("localhost slots=2\n")
-    assert_clean_failure(zerotrain("launch", "--hostfile", hf, "--gpus-per-node", 4, *common), "slots=2 (line 1)", "lower --gpus-per-node to 2")
+    assert_clean_failure(
+        zerotrain("launch", "--hostfile", hf, "--gpus-per-node", 4, *common),
+        "slots=2 (line 1)",
+        "lower --gpus-per-node to 2",
+    )
     assert_clean_failure(zerotrain("launch", "--hostfile", tmp_path / "nope", *common), "not found", "slots=GPUS")
-    assert_clean_failure(zerotrain("launch", "--hosts", "localhost", "--gpus-per-node", 1, "--launcher", "mpirun", *common),
-                         "unknown launcher 'mpirun'", "deepspeed, torchrun or slurm")
-    assert_clean_failure(zerotrain("launch", "--hosts", "no-such-node.invalid", "--gpus-per-node", 1, "--", "train", cfg),
-                         "no-such-node.invalid does not resolve", "/etc/hosts")  # a real launch looks the names up
+    assert_clean_failure(
+        zerotrain("launch", "--hosts", "localhost", "--gpus-per-node", 1, "--launcher", "mpirun", *common),
+        "unknown launcher 'mpirun'",
+        "deepspeed, torchrun or slurm",
+    )
+    assert_clean_failure(
+        zerotrain("launch", "--hosts", "no-such-node.invalid", "--gpus-per-node", 1, "--", "train", cfg),
+        "no-such-node.invalid does not resolve",
+        "/etc/hosts",
+    )  # a real launch looks the names up
     assert_clean_failure(zerotrain("launch", "--hosts", "localhost", *common), "needs --gpus-per-node")
-    assert_clean_failure(zerotrain("launch", "--hosts", "localhost", "--gpus-per-node", 1, "--dry-run"), "nothing to launch")
-    assert_clean_failure(zerotrain("launch", "--hosts", "localhost", "--gpus-per-node", 1, "--dry-run", "--", "export", "x"), "cannot launch 'export'")
-    assert_clean_failure(zerotrain("launch", "--hosts", "localhost", "--gpus-per-node", 1, "--dry-run", "--", "train", cfg, "--train.lrr=1"),
-                         "unknown key train.lrr")
+    assert_clean_failure(
+        zerotrain("launch", "--hosts", "localhost", "--gpus-per-node", 1, "--dry-run"), "nothing to launch"
+    )
+    assert_clean_failure(
+        zerotrain("launch", "--hosts", "localhost", "--gpus-per-node", 1, "--dry-run", "--", "export", "x"),
+        "cannot launch 'export'",
+    )
+    assert_clean_failure(
+        zerotrain(
+            "launch", "--hosts", "localhost", "--gpus-per-node", 1, "--dry-run", "--", "train", cfg, "--train.lrr=1"
+        ),
+        "unknown key train.lrr",
+    )
     with socket.socket() as s:
         s.bind(("", 0))
         s.listen()
         port = s.getsockname()[1]
-        assert_clean_failure(zerotrain("launch", "--hosts", "localhost", "--gpus-per-node", 1, "--master-port", port, *common),
-                             f"--master-port {port} is in use", "choose another --master-port")
+        assert_clean_failure(
+            zerotrain("launch", "--hosts", "localhost", "--gpus-per-node", 1, "--master-port", port, *common),
+            f"--master-port {port} is in use",
+            "choose another --master-port",
+        )
 
 
 # ------------------------------------------------------------------------------------------------ real runs
+
 
 @pytest.fixture(scope="module")
 def two_rank_reference(tmp_path_factory, char_data):
     """The single-host run every launch must reproduce: ZeRO-2, 2 processes, `zerotrain train --nproc 2`."""
     root = tmp_path_factory.mktemp("launch-ref")
-    cfg = write_config(root / "ref.toml", out_dir=root / "ref", data_dir=char_data, max_steps=6, eval_interval=0, save_interval=0)
+    cfg = write_config(
+        root / "ref.toml", out_dir=root / "ref", data_dir=char_data, max_steps=6, eval_interval=0, save_interval=0
+    )
     run_ok("train", cfg, "--nproc", 2)
     return train_losses(root / "ref")
 
@@ -270,16 +392,30 @@ def assert_same_losses(run_dir, reference):
 
 @pytest.mark.slow
 def test_deepspeed_launch_from_a_one_node_hostfile(tmp_path, char_data, two_rank_reference):
-    cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=6, eval_interval=0, save_interval=0)
+    cfg = write_config(
+        tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=6, eval_interval=0, save_interval=0
+    )
     (tmp_path / "hostfile").write_text("localhost slots=2\n")
-    r = run_ok("launch", "--hostfile", tmp_path / "hostfile", "--out", tmp_path / "launch", "--master-port", launch_free_port(), "--", "train", cfg,
-               env={"DS_ACCELERATOR": "cpu"})
+    r = run_ok(
+        "launch",
+        "--hostfile",
+        tmp_path / "hostfile",
+        "--out",
+        tmp_path / "launch",
+        "--master-port",
+        launch_free_port(),
+        "--",
+        "train",
+        cfg,
+        env={"DS_ACCELERATOR": "cpu"},
+    )
     assert "(written)" in r.stdout and (tmp_path / "launch" / "hostfile").is_file()
     assert_same_losses(tmp_path / "run", two_rank_reference)
 
 
 def launch_free_port() -> int:
     from zerotrain.distributed import free_port
+
     return free_port()
 
 
@@ -299,12 +435,19 @@ def two_namespaces():
     if made.returncode:
         pytest.skip(f"cannot create a network namespace (needs root or CAP_NET_ADMIN): {made.stderr.strip()}")
     try:
-        steps = [("ip", "netns", "add", ns[1]),
-                 ("ip", "link", "add", f"zta{tag}", "type", "veth", "peer", "name", f"ztb{tag}"),
-                 ("ip", "link", "set", f"zta{tag}", "netns", ns[0]), ("ip", "link", "set", f"ztb{tag}", "netns", ns[1])]
+        steps = [
+            ("ip", "netns", "add", ns[1]),
+            ("ip", "link", "add", f"zta{tag}", "type", "veth", "peer", "name", f"ztb{tag}"),
+            ("ip", "link", "set", f"zta{tag}", "netns", ns[0]),
+            ("ip", "link", "set", f"ztb{tag}", "netns", ns[1]),
+        ]
         for i, (name, end) in enumerate(zip(ns, (f"zta{tag}", f"ztb{tag}"))):
-            steps += [("ip", "-n", name, "link", "set", end, "name", "zt0"), ("ip", "-n", name, "addr", "add", f"10.77.0.{i + 1}/24", "dev", "zt0"),
-                      ("ip", "-n", name, "link", "set", "zt0", "up"), ("ip", "-n", name, "link", "set", "lo", "up")]
+            steps += [
+                ("ip", "-n", name, "link", "set", end, "name", "zt0"),
+                ("ip", "-n", name, "addr", "add", f"10.77.0.{i + 1}/24", "dev", "zt0"),
+                ("ip", "-n", name, "link", "set", "zt0", "up"),
+                ("ip", "-n", name, "link", "set", "lo", "up"),
+            ]
         for step in steps:
             r = _sh(*step)
             if r.returncode:
@@ -319,19 +462,50 @@ def two_namespaces():
 def test_two_nodes_in_network_namespaces(tmp_path, char_data, two_namespaces, two_rank_reference):
     """`zerotrain launch --launcher torchrun` prints one command per node; each runs in its own namespace, the ranks
     meet at 10.77.0.1 and all-reduce over gloo on the veth, and ZeRO-2 reaches the single-host losses."""
-    cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=6, eval_interval=0, save_interval=0)
+    cfg = write_config(
+        tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=6, eval_interval=0, save_interval=0
+    )
     port = 29731
     env = {"GLOO_SOCKET_IFNAME": "zt0", "DS_ACCELERATOR": "cpu", "ZEROTRAIN_TEST_NETNS": "1"}
-    r = run_ok("launch", "--hosts", "10.77.0.1,10.77.0.2", "--gpus-per-node", 1, "--launcher", "torchrun", "--master-port", port,
-               "--dry-run", "--", "train", cfg, env=env)
+    r = run_ok(
+        "launch",
+        "--hosts",
+        "10.77.0.1,10.77.0.2",
+        "--gpus-per-node",
+        1,
+        "--launcher",
+        "torchrun",
+        "--master-port",
+        port,
+        "--dry-run",
+        "--",
+        "train",
+        cfg,
+        env=env,
+    )
     lines = r.stdout.split("--- commands, one per node\n")[1].splitlines()
-    assert len(lines) == 2 and all(line.startswith("DS_ACCELERATOR=cpu GLOO_SOCKET_IFNAME=zt0 ZEROTRAIN_TEST_NETNS=1 ") for line in lines)
+    assert len(lines) == 2 and all(
+        line.startswith("DS_ACCELERATOR=cpu GLOO_SOCKET_IFNAME=zt0 ZEROTRAIN_TEST_NETNS=1 ") for line in lines
+    )
     procs = []
-    run_env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")} | {"PYTHONUNBUFFERED": "1"}
+    run_env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")} | {
+        "PYTHONUNBUFFERED": "1"
+    }
     for ns, line in zip(two_namespaces, lines):
-        line = line.replace(" torchrun ", f" {shlex.quote(sys.executable)} -m torch.distributed.run ")  # the same program, this Python
-        procs.append(subprocess.Popen(["ip", "netns", "exec", ns, "bash", "-c", line], cwd=REPO, env=run_env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True))
+        line = line.replace(
+            " torchrun ", f" {shlex.quote(sys.executable)} -m torch.distributed.run "
+        )  # the same program, this Python
+        procs.append(
+            subprocess.Popen(
+                ["ip", "netns", "exec", ns, "bash", "-c", line],
+                cwd=REPO,
+                env=run_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+        )
     outputs = []
     try:
         for p in procs:

@@ -25,8 +25,17 @@ def _shape_of_measurement(row: dict) -> ModelShape:
     family, _, name = row["model"].partition(":")
     if family == "hf-gpt2":
         p = memory.GPT2_PRESETS[name]
-        return memory.shape_from_hf_config({"model_type": "gpt2", "n_layer": p["n_layer"], "n_head": p["n_head"], "n_embd": p["n_embd"],
-                                            "vocab_size": 50257, "n_positions": 1024}, row["model"])
+        return memory.shape_from_hf_config(
+            {
+                "model_type": "gpt2",
+                "n_layer": p["n_layer"],
+                "n_head": p["n_head"],
+                "n_embd": p["n_embd"],
+                "vocab_size": 50257,
+                "n_positions": 1024,
+            },
+            row["model"],
+        )
     return memory.resolve_model(name)
 
 
@@ -34,12 +43,22 @@ def _run_of_measurement(row: dict) -> RunShape:
     # zerotrain's ds_config turns contiguous_gradients on from stage 2 (dsconfig.build); the probe's HF runs always
     contiguous = row["zero_stage"] >= 2 if row["impl"] == "zerotrain" else True
     overlap = row["gpus"] > 1 if row["impl"] == "zerotrain" else True
-    return RunShape(gpus_per_node=row["gpus"], micro_batch=row["micro_batch"], seq_len=row["seq_len"], grad_accum=row["grad_accum"],
-                    dtype=row["dtype"], zero_stage=row["zero_stage"], offload_optimizer=row["offload_optimizer"],
-                    offload_params=row["offload_params"], activation_checkpointing=row["activation_checkpointing"],
-                    contiguous_gradients=contiguous, overlap_comm=overlap,
-                    compile=row.get("compile", "none"), fused_loss=row.get("fused_loss", False),
-                    grad_accum_dtype=row.get("grad_accum_dtype", "auto"))
+    return RunShape(
+        gpus_per_node=row["gpus"],
+        micro_batch=row["micro_batch"],
+        seq_len=row["seq_len"],
+        grad_accum=row["grad_accum"],
+        dtype=row["dtype"],
+        zero_stage=row["zero_stage"],
+        offload_optimizer=row["offload_optimizer"],
+        offload_params=row["offload_params"],
+        activation_checkpointing=row["activation_checkpointing"],
+        contiguous_gradients=contiguous,
+        overlap_comm=overlap,
+        compile=row.get("compile", "none"),
+        fused_loss=row.get("fused_loss", False),
+        grad_accum_dtype=row.get("grad_accum_dtype", "auto"),
+    )
 
 
 def _measurements() -> list[dict]:
@@ -78,6 +97,7 @@ def test_measurements_cover_the_axes_the_planner_claims():
 
 # ------------------------------------------------------------------------------------------------ exact cases
 
+
 def test_loss_chunk_matches_the_model():
     from zerotrain import model
 
@@ -92,8 +112,15 @@ def test_parameter_counts_match_the_real_models():
 
     for name in ("tiny", "gpt2"):
         assert memory.resolve_model(name).n_params == GPT(config_from_preset(name)).num_params()
-    llama = {"hidden_size": 64, "intermediate_size": 176, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                 "vocab_size": 300, "max_position_embeddings": 128}
+    llama = {
+        "hidden_size": 64,
+        "intermediate_size": 176,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 300,
+        "max_position_embeddings": 128,
+    }
     for tied in (True, False):
         cfg = transformers.LlamaConfig(**llama, tie_word_embeddings=tied)
         real = sum(p.numel() for p in transformers.LlamaForCausalLM(cfg).parameters())
@@ -130,16 +157,19 @@ def test_activations_by_hand():
     kept = 8 * (2 * per_layer + head)
     p = plan(m, run)
     assert p.phases["loss backward"]["activations"] == kept + 8 * 2 * 4 * 128  # + two fp32 logit gradients
-    assert p.phases["backward"]["activations"] == kept - 8 * 4 * 128 + 8 * 2 * 256  # log-softmax freed; one MLP gradient
+    assert (
+        p.phases["backward"]["activations"] == kept - 8 * 4 * 128 + 8 * 2 * 256
+    )  # log-softmax freed; one MLP gradient
     assert p.per_gpu["peak_allocated"] == sum(p.phases[p.peak_phase].values())  # the reported terms add up to the peak
     # the fused loss: no fp32 logits; a chunk of them at the end of the forward (compiled: logits and gradient, 2·b each)
     fast = plan(m, replace(run, compile="blocks", fused_loss=True))
     kept = 8 * (2 * per_layer + 2 * 2 * 64 + 8) + 2 * 128 * 64  # + embedding sum and hidden gradient; + weight gradient
-    forward = 8 * 2 * 64 + 8 * 128 * 4 + 4 * 128 * 64 + 6 * 128 * 64 - 2 * 128 * 64  # ln_f out, chunk, fp32 accumulator, product
+    forward = (
+        8 * 2 * 64 + 8 * 128 * 4 + 4 * 128 * 64 + 6 * 128 * 64 - 2 * 128 * 64
+    )  # ln_f out, chunk, fp32 accumulator, product
     assert fast.phases["forward end"]["activations"] == kept + forward
     eager = plan(m, replace(run, compile="none", fused_loss=True))
     assert eager.phases["forward end"]["activations"] == kept + forward + 8 * 128 * (2 + 8 - 4)
-
 
 
 def test_kv_cache_by_hand_and_grouped_query_attention():
@@ -175,7 +205,9 @@ def test_checkpointing_never_increases_activations(name):
             for seq in (128, 1024):
                 run = RunShape(gpus_per_node=2, zero_stage=z, micro_batch=mb, seq_len=seq)
                 plain = max(t["activations"] for t in plan(m, run).phases.values())
-                ckpt = max(t["activations"] for t in plan(m, replace(run, activation_checkpointing=True)).phases.values())
+                ckpt = max(
+                    t["activations"] for t in plan(m, replace(run, activation_checkpointing=True)).phases.values()
+                )
                 assert ckpt <= plain
 
 
@@ -185,7 +217,9 @@ def test_offload_and_stages_order_model_states():
     peaks = {z: plan(m, replace(run, zero_stage=z)).per_gpu for z in (0, 1, 2)}
     assert peaks[1]["optimizer"] < peaks[0]["optimizer"] and peaks[2]["grads"] < peaks[1]["grads"]
     off = plan(m, replace(run, zero_stage=2, offload_optimizer="cpu"))
-    assert off.per_gpu["optimizer"] == 0 and off.host_ram_per_node > plan(m, replace(run, zero_stage=2)).host_ram_per_node
+    assert (
+        off.per_gpu["optimizer"] == 0 and off.host_ram_per_node > plan(m, replace(run, zero_stage=2)).host_ram_per_node
+    )
     assert plan(m, replace(run, zero_stage=3, offload_optimizer="nvme", offload_params="nvme")).nvme_bytes > 0
 
 
@@ -207,14 +241,25 @@ def test_recommendation_prefers_no_offload_then_fast_stage_then_large_micro_batc
     assert best.fits(h100, 0.10) and not plan(xl, replace(best.run, micro_batch=32)).fits(h100, 0.10)
     small = memory.recommend(xl, RunShape(gpus_per_node=1, micro_batch=1), 16 * GiB, [1])
     assert small.run.offload_optimizer == "cpu"
-    assert memory.recommend(memory.resolve_model("llama3-8b"), RunShape(micro_batch=1, seq_len=8192), 8 * GiB, [1]) is None
+    assert (
+        memory.recommend(memory.resolve_model("llama3-8b"), RunShape(micro_batch=1, seq_len=8192), 8 * GiB, [1]) is None
+    )
 
 
 # ------------------------------------------------------------------------------------------------ inputs
 
+
 def test_hf_config_directory_and_file(tmp_path):
-    cfg = {"model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-           "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 32000, "tie_word_embeddings": False}
+    cfg = {
+        "model_type": "mistral",
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 32000,
+        "tie_word_embeddings": False,
+    }
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     for spec in (f"hf:{tmp_path}", str(tmp_path), str(tmp_path / "config.json")):
         m = memory.resolve_model(spec)
@@ -226,9 +271,19 @@ def test_hf_config_directory_and_file(tmp_path):
 
 
 def test_ds_config_fills_the_run():
-    ds = {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 8, "fp16": {"enabled": True},
-          "zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}, "offload_param": {"device": "nvme"},
-                                "reduce_bucket_size": 1e7, "stage3_max_live_parameters": 3e8, "stage3_prefetch_bucket_size": 1e6}}
+    ds = {
+        "train_micro_batch_size_per_gpu": 4,
+        "gradient_accumulation_steps": 8,
+        "fp16": {"enabled": True},
+        "zero_optimization": {
+            "stage": 3,
+            "offload_optimizer": {"device": "cpu"},
+            "offload_param": {"device": "nvme"},
+            "reduce_bucket_size": 1e7,
+            "stage3_max_live_parameters": 3e8,
+            "stage3_prefetch_bucket_size": 1e6,
+        },
+    }
     run = memory.run_from_ds_config(ds, RunShape())
     assert (run.micro_batch, run.grad_accum, run.dtype, run.zero_stage) == (4, 8, "fp16", 3)
     assert (run.offload_optimizer, run.offload_params) == ("cpu", "nvme")
@@ -244,16 +299,26 @@ def test_fp32_gradient_sums_by_hand():
     m = memory.resolve_model("gpt2-xl")
     N, W = m.n_params, 2
     run = RunShape(gpus_per_node=W, micro_batch=4, grad_accum=8, overlap_comm=True)
-    sums = lambda z, acc: plan(m, replace(run, zero_stage=z, grad_accum_dtype=acc, contiguous_gradients=z >= 2)).phases["forward end"]["grads"]
+    sums = lambda z, acc: plan(m, replace(run, zero_stage=z, grad_accum_dtype=acc, contiguous_gradients=z >= 2)).phases[
+        "forward end"
+    ]["grads"]
     assert sums(2, "fp32") - sums(2, "auto") == 2 * N // W
     assert sums(3, "fp32") - sums(3, "auto") == 2 * N // W
     assert sums(1, "auto") == 2 * N and sums(1, "fp32") == 6 * N
     assert "in fp32" in replace(run, zero_stage=2, grad_accum_dtype="fp32").describe()
-    for other in (replace(run, zero_stage=0), replace(run, zero_stage=2, offload_optimizer="cpu"), replace(run, dtype="fp16")):
+    for other in (
+        replace(run, zero_stage=0),
+        replace(run, zero_stage=2, offload_optimizer="cpu"),
+        replace(run, dtype="fp16"),
+    ):
         fp32 = plan(m, replace(other, grad_accum_dtype="fp32"))
         assert fp32.per_gpu == plan(m, other).per_gpu and any("sum gradients in" in n for n in fp32.notes)
-    assert memory.run_from_ds_config({"data_types": {"grad_accum_dtype": "fp32"}}, RunShape()).grad_accum_dtype == "fp32"
-    assert memory.run_from_ds_config({"data_types": {"grad_accum_dtype": "bf16"}}, RunShape()).grad_accum_dtype == "auto"
+    assert (
+        memory.run_from_ds_config({"data_types": {"grad_accum_dtype": "fp32"}}, RunShape()).grad_accum_dtype == "fp32"
+    )
+    assert (
+        memory.run_from_ds_config({"data_types": {"grad_accum_dtype": "bf16"}}, RunShape()).grad_accum_dtype == "auto"
+    )
     with pytest.raises(UserError, match="must be auto or fp32"):
         plan(m, replace(run, grad_accum_dtype="fp64"))
 
@@ -274,13 +339,19 @@ def test_gpu_names_and_amounts():
 
 def test_bad_runs_name_the_fix():
     m = memory.resolve_model("gpt2")
-    for bad, words in (({"zero_stage": 4}, "use 0, 1, 2 or 3"), ({"gpus_per_node": 0}, "≥ 1"), ({"micro_batch": 0}, "≥ 1"),
-                       ({"offload_params": "cpu", "zero_stage": 2}, "stage 3"), ({"seq_len": 4096}, "--seq-len ≤ 1024")):
+    for bad, words in (
+        ({"zero_stage": 4}, "use 0, 1, 2 or 3"),
+        ({"gpus_per_node": 0}, "≥ 1"),
+        ({"micro_batch": 0}, "≥ 1"),
+        ({"offload_params": "cpu", "zero_stage": 2}, "stage 3"),
+        ({"seq_len": 4096}, "--seq-len ≤ 1024"),
+    ):
         with pytest.raises(UserError, match=words):
             plan(m, RunShape(**bad))
 
 
 # ------------------------------------------------------------------------------------------------ CLI
+
 
 def test_cli_json_schema():
     r = zerotrain("plan", "--model", "gpt2-xl", "--gpus", "2", "--micro-batch", "8", "--gpu-memory", "h100", "--json")
@@ -288,30 +359,71 @@ def test_cli_json_schema():
     doc = json.loads(r.stdout)
     assert len(doc["plans"]) == 8  # stages 0-3 and the offload variants
     for p in doc["plans"]:
-        assert set(p["per_gpu"]) == {"params", "grads", "optimizer", "activations", "buffers", "overhead", "peak_allocated", "peak_reserved"}
+        assert set(p["per_gpu"]) == {
+            "params",
+            "grads",
+            "optimizer",
+            "activations",
+            "buffers",
+            "overhead",
+            "peak_allocated",
+            "peak_reserved",
+        }
         assert all(isinstance(v, int) and v >= 0 for v in p["per_gpu"].values())
-        assert {"zero_stage", "offload_optimizer", "offload_params", "host_ram_per_node", "fits", "peak_phase", "phases"} <= set(p)
+        assert {
+            "zero_stage",
+            "offload_optimizer",
+            "offload_params",
+            "host_ram_per_node",
+            "fits",
+            "peak_phase",
+            "phases",
+        } <= set(p)
         g = p["per_gpu"]
         assert g["params"] + g["grads"] + g["optimizer"] + g["activations"] + g["buffers"] == g["peak_allocated"]
         assert isinstance(p["fits"], bool)
     assert doc["recommended"]["zero_stage"] == 1 and doc["recommended"]["micro_batch"] == 16
     assert {p["grad_accum_dtype"] for p in doc["plans"]} == {"bf16"}
-    fp32 = json.loads(zerotrain("plan", "--model", "gpt2-xl", "--gpus", "2", "--grad-accum-dtype", "fp32", "--json").stdout)
-    assert [p["grad_accum_dtype"] for p in fp32["plans"] if p["offload_optimizer"] == "none"] == ["bf16", "fp32", "fp32", "fp32"]
+    fp32 = json.loads(
+        zerotrain("plan", "--model", "gpt2-xl", "--gpus", "2", "--grad-accum-dtype", "fp32", "--json").stdout
+    )
+    assert [p["grad_accum_dtype"] for p in fp32["plans"] if p["offload_optimizer"] == "none"] == [
+        "bf16",
+        "fp32",
+        "fp32",
+        "fp32",
+    ]
     one = json.loads(zerotrain("plan", "--model", "gpt2", "--zero", "3", "--offload-optimizer", "cpu", "--json").stdout)
-    assert [(p["zero_stage"], p["offload_optimizer"]) for p in one["plans"]] == [(3, "cpu")] and one["recommended"] is None
+    assert [(p["zero_stage"], p["offload_optimizer"]) for p in one["plans"]] == [(3, "cpu")] and one[
+        "recommended"
+    ] is None
 
 
 def test_cli_table_ds_config_run_config_and_inference(tmp_path):
     ds = tmp_path / "ds.json"
-    ds.write_text(json.dumps({"train_micro_batch_size_per_gpu": 2, "bf16": {"enabled": True}, "zero_optimization": {"stage": 3}}))
+    ds.write_text(
+        json.dumps({"train_micro_batch_size_per_gpu": 2, "bf16": {"enabled": True}, "zero_optimization": {"stage": 3}})
+    )
     r = zerotrain("plan", "--model", "llama3-8b", "--gpus", "8", "--ds-config", str(ds), "--gpu-memory", "h100")
     assert r.returncode == 0, r.stderr
     assert "micro-batch 2" in r.stdout and "recommended:" in r.stdout
     r = zerotrain("plan", "--config", "configs/gpt2-124m.toml", "--gpus", "2", "--gpu-memory", "80GiB")
     assert r.returncode == 0 and "micro-batch 16 × 1024 tokens, accumulation 8" in r.stdout
-    r = zerotrain("plan", "--model", "gpt2-xl", "--gpus", "2", "--zero", "1,2", "--grad-accum", "16", "--grad-accum-dtype", "fp32",
-                  "--gpu-memory", "h200")
+    r = zerotrain(
+        "plan",
+        "--model",
+        "gpt2-xl",
+        "--gpus",
+        "2",
+        "--zero",
+        "1,2",
+        "--grad-accum",
+        "16",
+        "--grad-accum-dtype",
+        "fp32",
+        "--gpu-memory",
+        "h200",
+    )
     assert r.returncode == 0 and "accumulation 16 (summed in fp32)" in r.stdout, r.stdout + r.stderr
     r = zerotrain("plan", "--model", "gpt2-xl", "--gpus", "2", "--grad-accum-dtype", "fp32", "--gpu-memory", "h200")
     assert "note: ZeRO-0 and offloaded-optimizer runs sum gradients in bf16" in " ".join(r.stdout.split()), r.stdout
@@ -319,11 +431,19 @@ def test_cli_table_ds_config_run_config_and_inference(tmp_path):
     assert json.loads(r.stdout)["inference"]["kv_cache"] == GiB
 
 
-@pytest.mark.parametrize("args", [
-    ["--model", "gpt5"], ["--model", "gpt2", "--zero", "4"], ["--model", "gpt2", "--gpus", "0"],
-    ["--model", "gpt2", "--micro-batch", "0"], ["--model", "gpt2", "--zero", "2", "--offload-params", "cpu"],
-    ["--model", "hf:/nonexistent/dir"], ["--model", "gpt2", "--gpu-memory", "h1000"], [],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--model", "gpt5"],
+        ["--model", "gpt2", "--zero", "4"],
+        ["--model", "gpt2", "--gpus", "0"],
+        ["--model", "gpt2", "--micro-batch", "0"],
+        ["--model", "gpt2", "--zero", "2", "--offload-params", "cpu"],
+        ["--model", "hf:/nonexistent/dir"],
+        ["--model", "gpt2", "--gpu-memory", "h1000"],
+        [],
+    ],
+)
 def test_cli_bad_input_is_one_line_exit_2(args):
     assert_clean_failure(zerotrain("plan", *args))
 
@@ -338,22 +458,54 @@ def test_cli_malformed_config_json(tmp_path):
 
 
 def test_plan_never_imports_torch_and_answers_fast():
-    code = ("import sys, time; t = time.perf_counter(); from zerotrain.cli import main; "
-            "main(['plan', '--model', 'gpt2-xl', '--gpus', '2', '--gpu-memory', 'h100', '--json']); "
-            "print('ELAPSED', time.perf_counter() - t, 'torch' in sys.modules, 'deepspeed' in sys.modules, file=sys.stderr)")
+    code = (
+        "import sys, time; t = time.perf_counter(); from zerotrain.cli import main; "
+        "main(['plan', '--model', 'gpt2-xl', '--gpus', '2', '--gpu-memory', 'h100', '--json']); "
+        "print('ELAPSED', time.perf_counter() - t, 'torch' in sys.modules, 'deepspeed' in sys.modules, file=sys.stderr)"
+    )
     started = time.perf_counter()
-    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     wall = time.perf_counter() - started
     line = next(x for x in r.stderr.splitlines() if x.startswith("ELAPSED")).split()
     assert line[2:] == ["False", "False"], "plan imported torch or deepspeed"
-    assert float(line[1]) < 1.0 and wall < 5.0  # the verb itself; wall includes interpreter start on a loaded CI machine
+    assert (
+        float(line[1]) < 1.0 and wall < 5.0
+    )  # the verb itself; wall includes interpreter start on a loaded CI machine
 
 
 def test_config_check_asks_the_planner_whether_offload_is_needed(tmp_path):
     ds = tmp_path / "ds.json"
-    ds.write_text(json.dumps({"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "bf16": {"enabled": True},
-                              "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}))
-    needless = zerotrain("config", "check", str(ds), "--world-size", "1", "--gpu", "h100", "--model", "gpt2", "--no-engine", "--json")
+    ds.write_text(
+        json.dumps(
+            {
+                "train_micro_batch_size_per_gpu": 1,
+                "gradient_accumulation_steps": 1,
+                "bf16": {"enabled": True},
+                "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}},
+            }
+        )
+    )
+    needless = zerotrain(
+        "config", "check", str(ds), "--world-size", "1", "--gpu", "h100", "--model", "gpt2", "--no-engine", "--json"
+    )
     assert any("fits without offload" in f["message"] for f in json.loads(needless.stdout)["findings"])
-    needed = zerotrain("config", "check", str(ds), "--world-size", "1", "--gpu", "a100-40gb", "--model", "llama3-8b", "--no-engine", "--json")
+    needed = zerotrain(
+        "config",
+        "check",
+        str(ds),
+        "--world-size",
+        "1",
+        "--gpu",
+        "a100-40gb",
+        "--model",
+        "llama3-8b",
+        "--no-engine",
+        "--json",
+    )
     assert not any("fits without offload" in f["message"] for f in json.loads(needed.stdout)["findings"])

@@ -12,9 +12,23 @@ def test_peak_flops_table():
 
 
 def test_metrics_line_has_units():
-    line = format_line({"step": 120, "loss": 3.4121, "lr": 6e-4, "grad_norm": 0.91, "step_time_s": 0.412,
-                        "tokens_per_s": 1.27e6, "mfu": 0.412, "peak_mem_bytes": 61.3 * 2**30}, 5000)
-    assert line == "step 120/5000 | loss 3.4121 | lr 6.0e-04 | norm 0.91 | 412 ms | 1.27M tok/s | mfu 41.2% | mem 61.30 GiB"
+    line = format_line(
+        {
+            "step": 120,
+            "loss": 3.4121,
+            "lr": 6e-4,
+            "grad_norm": 0.91,
+            "step_time_s": 0.412,
+            "tokens_per_s": 1.27e6,
+            "mfu": 0.412,
+            "peak_mem_bytes": 61.3 * 2**30,
+        },
+        5000,
+    )
+    assert (
+        line
+        == "step 120/5000 | loss 3.4121 | lr 6.0e-04 | norm 0.91 | 412 ms | 1.27M tok/s | mfu 41.2% | mem 61.30 GiB"
+    )
 
 
 def test_resume_drops_records_after_the_checkpoint_and_a_torn_line(tmp_path):

@@ -3,7 +3,16 @@ import math
 import pytest
 import torch
 
-from zerotrain.model import GPT, IGNORE_INDEX, PRESETS, GPTConfig, config_from_preset, flops_per_token, from_hf_state_dict, to_hf_state_dict
+from zerotrain.model import (
+    GPT,
+    IGNORE_INDEX,
+    PRESETS,
+    GPTConfig,
+    config_from_preset,
+    flops_per_token,
+    from_hf_state_dict,
+    to_hf_state_dict,
+)
 
 
 def tiny(**kw) -> GPTConfig:
@@ -59,8 +68,17 @@ def test_names_and_logits_match_huggingface_gpt2():
     torch.manual_seed(0)
     cfg = tiny()
     ours = GPT(cfg).eval()
-    hf = GPT2LMHeadModel(GPT2Config(vocab_size=70, n_positions=16, n_embd=32, n_layer=2, n_head=2,
-                                    activation_function="gelu_new", tie_word_embeddings=True)).eval()
+    hf = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=70,
+            n_positions=16,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            activation_function="gelu_new",
+            tie_word_embeddings=True,
+        )
+    ).eval()
     hf_state = to_hf_state_dict(ours.state_dict(), cfg.vocab_size)
     hf_keys = {k for k in hf.state_dict() if not k.endswith((".attn.bias", ".attn.masked_bias"))} - {"lm_head.weight"}
     assert set(hf_state) == hf_keys  # one-to-one by name
@@ -137,7 +155,10 @@ def test_the_two_forms_of_the_loss_chunk_agree():
     logits, targets = torch.randn(16, 70, dtype=torch.bfloat16), torch.randint(0, 70, (16,))
     targets[:3] = IGNORE_INDEX
     scale = torch.tensor(1 / 13)
-    (la, ga), (lb, gb) = _chunk_loss_and_grad(logits.clone(), targets, scale), _chunk_loss_and_grad_fusable(logits, targets, scale)
+    (la, ga), (lb, gb) = (
+        _chunk_loss_and_grad(logits.clone(), targets, scale),
+        _chunk_loss_and_grad_fusable(logits, targets, scale),
+    )
     assert la.item() == pytest.approx(lb.item(), rel=1e-6)
     assert (ga.float() - gb.float()).abs().max() <= 1e-2 * gb.float().abs().max()
     assert ga[:3].abs().max() == 0  # ignored targets get no gradient

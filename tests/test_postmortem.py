@@ -6,16 +6,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import (
-    REPO,
-    assert_clean_failure,
-    run_ok,
-    train_losses,
-    write_config,
-    zerotrain,
-)
 
 from zerotrain import postmortem, runconfig
+
+from conftest import REPO, assert_clean_failure, run_ok, train_losses, write_config, zerotrain
 
 FIXTURES = REPO / "tests" / "fixtures" / "doctor"
 
@@ -25,12 +19,29 @@ def _run_dir(tmp_path: Path, log: str, micro: int = 32, stage: int = 2, config: 
     run = tmp_path / "run"
     run.mkdir()
     if config:
-        cfg = runconfig.load_run_config(None, ["--data.dir=/nonexistent/owt", "--model.preset=gpt2-xl", f"--train.micro_batch_size={micro}",
-                                               f"--deepspeed.zero_stage={stage}", "--deepspeed.dtype=bf16", f"--run.out_dir={run}"])
+        cfg = runconfig.load_run_config(
+            None,
+            [
+                "--data.dir=/nonexistent/owt",
+                "--model.preset=gpt2-xl",
+                f"--train.micro_batch_size={micro}",
+                f"--deepspeed.zero_stage={stage}",
+                "--deepspeed.dtype=bf16",
+                f"--run.out_dir={run}",
+            ],
+        )
         (run / "config.toml").write_text(runconfig.dumps_toml(cfg))
-    (run / "ds_config.json").write_text(json.dumps({"train_batch_size": 2 * micro, "train_micro_batch_size_per_gpu": micro,
-                                                    "gradient_accumulation_steps": 1, "bf16": {"enabled": True},
-                                                    "zero_optimization": {"stage": stage, "overlap_comm": True}}))
+    (run / "ds_config.json").write_text(
+        json.dumps(
+            {
+                "train_batch_size": 2 * micro,
+                "train_micro_batch_size_per_gpu": micro,
+                "gradient_accumulation_steps": 1,
+                "bf16": {"enabled": True},
+                "zero_optimization": {"stage": stage, "overlap_comm": True},
+            }
+        )
+    )
     shutil.copy(FIXTURES / log, run / "train.log")
     return run
 
@@ -40,7 +51,9 @@ def first_fitting_change(run_dir, gpu_bytes, model=None) -> str:
     from zerotrain import memory
 
     shape, run = postmortem.planner_inputs(postmortem.read_evidence(run_dir), model)
-    return next(label for label, changed in postmortem.oom_changes(run) if memory.plan(shape, changed).fits(gpu_bytes, 0.10))
+    return next(
+        label for label, changed in postmortem.oom_changes(run) if memory.plan(shape, changed).fits(gpu_bytes, 0.10)
+    )
 
 
 def test_explain_cuda_oom_names_the_term_and_the_cheapest_fix(tmp_path):
@@ -56,7 +69,9 @@ def test_explain_cuda_oom_names_the_term_and_the_cheapest_fix(tmp_path):
     assert d["data"]["plan"]["needed_bytes"] > d["data"]["gpu_bytes"]
     cheapest = d["data"]["cheapest"]
     expected = first_fitting_change(run, d["data"]["gpu_bytes"])
-    assert cheapest["change"] == expected and expected.startswith("micro-batch ") and "the same global batch" in expected
+    assert (
+        cheapest["change"] == expected and expected.startswith("micro-batch ") and "the same global batch" in expected
+    )
     assert cheapest["needed_bytes"] < 0.9 * cheapest["gpu_bytes"]
     assert any(f.startswith(f"cheapest change that fits: {expected}") for f in d["fix"])
     assert not any("expandable_segments" in f for f in d["fix"])  # 2.08 GiB unallocated of 79: not fragmentation
@@ -66,7 +81,9 @@ def test_explain_cuda_oom_names_the_term_and_the_cheapest_fix(tmp_path):
 def test_explain_cli_on_a_log_inside_a_run_dir(tmp_path):
     run = _run_dir(tmp_path, "cuda_oom.log")
     out = run_ok("doctor", "explain", run / "train.log").stdout
-    assert "[cuda_oom]" in out and "largest term: activations" in out and "cheapest change that fits: micro-batch " in out
+    assert (
+        "[cuda_oom]" in out and "largest term: activations" in out and "cheapest change that fits: micro-batch " in out
+    )
 
 
 def test_explain_old_oom_format_with_model_flag(tmp_path):
@@ -91,7 +108,9 @@ def test_explain_host_oom():
 
 def test_explain_nccl_timeout_names_the_silent_rank(tmp_path):
     run = _run_dir(tmp_path, "nccl_timeout.log", micro=8)
-    (run / "ds_config.json").write_text(json.dumps({"train_batch_size": 32, "train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 1}))
+    (run / "ds_config.json").write_text(
+        json.dumps({"train_batch_size": 32, "train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 1})
+    )
     (d,) = postmortem.explain(run)["diagnoses"]
     assert d["kind"] == "nccl_timeout" and d["data"]["silent"] == [2]
     assert "_ALLGATHER_BASE #90412" in d["summary"] and "600 s" in d["summary"]
@@ -103,12 +122,22 @@ def test_explain_loss_scale_reads_metrics(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(FIXTURES / "loss_scale.log", run / "train.log")
-    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in [
-        {"step": 100, "loss": 3.2, "loss_scale": 65536.0, "skipped_steps": 3},
-        {"step": 310, "loss": 7.1, "loss_scale": 1.0, "skipped_steps": 41}]) + "\n{\"step\": 31")  # cut short by the crash
+    (run / "metrics.jsonl").write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"step": 100, "loss": 3.2, "loss_scale": 65536.0, "skipped_steps": 3},
+                {"step": 310, "loss": 7.1, "loss_scale": 1.0, "skipped_steps": 41},
+            ]
+        )
+        + '\n{"step": 31'
+    )  # cut short by the crash
     (d,) = postmortem.explain(run)["diagnoses"]
     assert d["kind"] == "loss_scale"
-    assert "loss scale 65536 at step 100 → 1 at step 310" in d["evidence"] and "41 optimizer steps skipped for overflow" in d["evidence"]
+    assert (
+        "loss scale 65536 at step 100 → 1 at step 310" in d["evidence"]
+        and "41 optimizer steps skipped for overflow" in d["evidence"]
+    )
     assert "bf16" in d["fix"][0]
 
 
@@ -147,13 +176,17 @@ def test_explain_bad_input(tmp_path):
 def test_explain_a_real_run_dir(tmp_path, char_data):
     """A real (tiny, CPU) run's directory plus a CUDA OOM in its log: the planner reads the run's own config.toml
     and the data's vocabulary, predicts it fits in 8 GiB, and so points at what lies outside the plan."""
-    cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=2, eval_interval=0, save_interval=0)
+    cfg = write_config(
+        tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=2, eval_interval=0, save_interval=0
+    )
     run_ok("train", cfg)
     run = tmp_path / "run"
     assert train_losses(run)
-    (run / "train.log").write_text("[rank0]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
-                                   "capacity of 8.00 GiB of which 1.10 GiB is free. Of the allocated memory 6.20 GiB is allocated by "
-                                   "PyTorch, and 0.10 GiB is reserved by PyTorch but unallocated.\n")
+    (run / "train.log").write_text(
+        "[rank0]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+        "capacity of 8.00 GiB of which 1.10 GiB is free. Of the allocated memory 6.20 GiB is allocated by "
+        "PyTorch, and 0.10 GiB is reserved by PyTorch but unallocated.\n"
+    )
     (d,) = postmortem.explain(run)["diagnoses"]
     assert d["kind"] == "cuda_oom"
     assert "tiny" in d["evidence"][1] and "ZeRO-2" in d["evidence"][1]

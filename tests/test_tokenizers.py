@@ -18,7 +18,9 @@ def test_gpt2_saved_as_huggingface_files_tokenizes_identically(tmp_path):
     from transformers import AutoTokenizer
 
     hf = AutoTokenizer.from_pretrained(str(tmp_path))
-    plain = SAMPLE.replace("<|endoftext|>", "")  # HF reads that string as the special token, tiktoken's encode_ordinary as text
+    plain = SAMPLE.replace(
+        "<|endoftext|>", ""
+    )  # HF reads that string as the special token, tiktoken's encode_ordinary as text
     assert hf(plain, add_special_tokens=False)["input_ids"] == GPT2Tokenizer().encode(plain).tolist()
     assert hf.eos_token_id == 50256
     assert isinstance(load_tokenizer(tmp_path), GPT2Tokenizer)

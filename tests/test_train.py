@@ -51,7 +51,9 @@ def test_run_directory_layout_and_metrics(stage_runs):
 def test_resume_is_bitwise_exact(stage_runs, tmp_path, char_data, stage):
     """6 steps, resume, 6 more steps == 12 straight steps, to the last bit (dropout on, so RNG state matters)."""
     straight = stage_runs[stage]
-    cfg = write_config(tmp_path / "r.toml", out_dir=tmp_path / "resumed", data_dir=char_data, zero_stage=stage, dropout=0.1)
+    cfg = write_config(
+        tmp_path / "r.toml", out_dir=tmp_path / "resumed", data_dir=char_data, zero_stage=stage, dropout=0.1
+    )
     run_ok("train", cfg, "--nproc", 2, f"--run.resume={straight}/checkpoints/step_6")
     resumed, original = train_losses(tmp_path / "resumed"), train_losses(straight)
     assert sorted(resumed) == list(range(7, 13))
@@ -71,15 +73,27 @@ def test_resume_refuses_a_checkpoint_with_other_parameter_groups(stage_runs, tmp
     decay, embeddings, small = manifest["param_group_names"]
     (old / "zerotrain.json").write_text(json.dumps(manifest | {"param_group_names": [decay, embeddings + small]}))
     cfg = write_config(tmp_path / "r.toml", out_dir=tmp_path / "resumed", data_dir=char_data, dropout=0.1)
-    assert_clean_failure(zerotrain("train", cfg, "--nproc", 2, f"--run.resume={old}"), "2 optimizer parameter groups",
-                         f"--run.init_from={old}")
+    assert_clean_failure(
+        zerotrain("train", cfg, "--nproc", 2, f"--run.resume={old}"),
+        "2 optimizer parameter groups",
+        f"--run.init_from={old}",
+    )
 
 
 def test_process_killed_mid_save_keeps_previous_checkpoint(stage_runs, tmp_path, char_data):
-    cfg = write_config(tmp_path / "k.toml", out_dir=tmp_path / "run", data_dir=char_data, zero_stage=2, dropout=0.1,
-                       save_interval=4, eval_interval=12)
+    cfg = write_config(
+        tmp_path / "k.toml",
+        out_dir=tmp_path / "run",
+        data_dir=char_data,
+        zero_stage=2,
+        dropout=0.1,
+        save_interval=4,
+        eval_interval=12,
+    )
     started = time.monotonic()
-    crashed = zerotrain("train", cfg, "--nproc", 2, env={"ZEROTRAIN_FAULT": "save:8:1"})  # rank 1 SIGKILLed inside the step-8 save
+    crashed = zerotrain(
+        "train", cfg, "--nproc", 2, env={"ZEROTRAIN_FAULT": "save:8:1"}
+    )  # rank 1 SIGKILLed inside the step-8 save
     assert crashed.returncode != 0
     assert time.monotonic() - started < 120  # the surviving rank was stopped, not left hanging
     ckpts = tmp_path / "run" / "checkpoints"
@@ -95,11 +109,24 @@ def test_process_killed_mid_save_keeps_previous_checkpoint(stage_runs, tmp_path,
 
 
 def test_sigterm_finishes_the_step_saves_and_exits_cleanly(tmp_path, char_data):
-    cfg = write_config(tmp_path / "t.toml", out_dir=tmp_path / "run", data_dir=char_data, zero_stage=2,
-                       max_steps=100_000, save_interval=0, eval_interval=0)
+    cfg = write_config(
+        tmp_path / "t.toml",
+        out_dir=tmp_path / "run",
+        data_dir=char_data,
+        zero_stage=2,
+        max_steps=100_000,
+        save_interval=0,
+        eval_interval=0,
+    )
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen([sys.executable, "-m", "zerotrain", "train", str(cfg), "--nproc", "2"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zerotrain", "train", str(cfg), "--nproc", "2"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 180
     metrics_file = tmp_path / "run" / "metrics.jsonl"
     while time.monotonic() < deadline and (not metrics_file.exists() or len(metrics_file.read_text().splitlines()) < 5):
@@ -117,8 +144,13 @@ def test_sigterm_finishes_the_step_saves_and_exits_cleanly(tmp_path, char_data):
     assert sorted(train_losses(tmp_path / "run"))[-3:] == [step, step + 1, step + 2]
 
 
-@pytest.mark.parametrize("stage,offload", [(2, ["--deepspeed.offload_optimizer=cpu"]),
-                                           (3, ["--deepspeed.offload_optimizer=cpu", "--deepspeed.offload_params=cpu"])])
+@pytest.mark.parametrize(
+    "stage,offload",
+    [
+        (2, ["--deepspeed.offload_optimizer=cpu"]),
+        (3, ["--deepspeed.offload_optimizer=cpu", "--deepspeed.offload_params=cpu"]),
+    ],
+)
 def test_cpu_offload_matches_the_device_run(stage_runs, tmp_path, char_data, stage, offload):
     cfg = write_config(tmp_path / "o.toml", out_dir=tmp_path / "run", data_dir=char_data, zero_stage=stage, dropout=0.1)
     run_ok("train", cfg, "--nproc", 2, *offload, "--train.max_steps=6")
@@ -130,19 +162,43 @@ def test_cpu_offload_matches_the_device_run(stage_runs, tmp_path, char_data, sta
 
 
 def test_accumulation_checkpointing_and_zero3_gathering_keep_the_trajectory(tmp_path, char_data):
-    base = write_config(tmp_path / "a.toml", out_dir=tmp_path / "a", data_dir=char_data, max_steps=6, eval_interval=0, save_interval=0)
+    base = write_config(
+        tmp_path / "a.toml", out_dir=tmp_path / "a", data_dir=char_data, max_steps=6, eval_interval=0, save_interval=0
+    )
     run_ok("train", base, "--train.micro_batch_size=8")
     run_ok("train", base, "--run.out_dir=" + str(tmp_path / "b"), "--train.micro_batch_size=4", "--train.grad_accum=2")
     # the fused MLP function and the tuned linears (zerotrain/kernels/cublaslt.py; PyTorch's kernels on CPU) with recomputation
-    run_ok("train", base, "--run.out_dir=" + str(tmp_path / "c"), "--train.micro_batch_size=8", "--deepspeed.activation_checkpointing=true",
-           "--train.fused_gelu=on", "--train.tuned_matmuls=on")
+    run_ok(
+        "train",
+        base,
+        "--run.out_dir=" + str(tmp_path / "c"),
+        "--train.micro_batch_size=8",
+        "--deepspeed.activation_checkpointing=true",
+        "--train.fused_gelu=on",
+        "--train.tuned_matmuls=on",
+    )
     # ZeRO-3 in 2 ranks, the same 8 sequences per step: blocks gathered whole (the default) with accumulation,
     # recomputation and the fused MLP against layers gathered one by one
     z3 = ("--nproc", 2, "--deepspeed.zero_stage=3")
-    blocks = run_ok("train", base, *z3, "--run.out_dir=" + str(tmp_path / "d"), "--train.micro_batch_size=2", "--train.grad_accum=2",
-                    "--deepspeed.activation_checkpointing=true", "--train.fused_gelu=on", "--train.tuned_matmuls=on")
-    layers = run_ok("train", base, *z3, "--run.out_dir=" + str(tmp_path / "e"), "--train.micro_batch_size=4",
-                    "--deepspeed.zero3_gather_per_block=false")
+    blocks = run_ok(
+        "train",
+        base,
+        *z3,
+        "--run.out_dir=" + str(tmp_path / "d"),
+        "--train.micro_batch_size=2",
+        "--train.grad_accum=2",
+        "--deepspeed.activation_checkpointing=true",
+        "--train.fused_gelu=on",
+        "--train.tuned_matmuls=on",
+    )
+    layers = run_ok(
+        "train",
+        base,
+        *z3,
+        "--run.out_dir=" + str(tmp_path / "e"),
+        "--train.micro_batch_size=4",
+        "--deepspeed.zero3_gather_per_block=false",
+    )
     assert "parameters gathered per block" in blocks.stdout and "parameters gathered per block" not in layers.stdout
     assert "fused MLP" in blocks.stdout and "fused MLP" not in layers.stdout
     a, b, c, d, e = (train_losses(tmp_path / n) for n in "abcde")
@@ -153,7 +209,9 @@ def test_accumulation_checkpointing_and_zero3_gathering_keep_the_trajectory(tmp_
 
 
 def test_bf16_on_cpu(tmp_path, char_data):
-    cfg = write_config(tmp_path / "b.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=8, eval_interval=8, save_interval=0)
+    cfg = write_config(
+        tmp_path / "b.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=8, eval_interval=8, save_interval=0
+    )
     run_ok("train", cfg, "--deepspeed.dtype=bf16")
     assert '"bf16": {\n    "enabled": true' in (tmp_path / "run" / "ds_config.json").read_text()
     losses = train_losses(tmp_path / "run")
@@ -168,21 +226,42 @@ def test_fp32_gradient_accumulation_at_zero1_resumes_exactly_and_exports(tmp_pat
     from zerotrain import checkpoint
 
     common = ["--nproc", 2, "--deepspeed.dtype=bf16", "--train.grad_accum=4"]
-    cfg = write_config(tmp_path / "a.toml", out_dir=tmp_path / "run", data_dir=char_data, zero_stage=1, dropout=0.1,
-                       max_steps=8, eval_interval=8, save_interval=4)
+    cfg = write_config(
+        tmp_path / "a.toml",
+        out_dir=tmp_path / "run",
+        data_dir=char_data,
+        zero_stage=1,
+        dropout=0.1,
+        max_steps=8,
+        eval_interval=8,
+        save_interval=4,
+    )
     run_ok("train", cfg, *common, "--deepspeed.grad_accum_dtype=fp32")
     assert json.loads((tmp_path / "run" / "ds_config.json").read_text())["data_types"] == {"grad_accum_dtype": "fp32"}
     step4 = tmp_path / "run" / "checkpoints" / "step_4"
     assert sorted(p.name for p in step4.rglob("*optim_states.pt")) == [
-        "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+        "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    ]
     assert json.loads((step4 / "zerotrain.json").read_text())["grad_accum_dtype"] == "fp32"
     straight = train_losses(tmp_path / "run")
     assert straight[8] < straight[1] - 0.3
 
-    cfg = write_config(tmp_path / "r.toml", out_dir=tmp_path / "resumed", data_dir=char_data, zero_stage=1, dropout=0.1,
-                       max_steps=8, eval_interval=8, save_interval=4)
-    assert_clean_failure(zerotrain("train", cfg, *common, f"--run.resume={step4}"), "summed gradients in fp32",
-                         'deepspeed.grad_accum_dtype = "fp32"')
+    cfg = write_config(
+        tmp_path / "r.toml",
+        out_dir=tmp_path / "resumed",
+        data_dir=char_data,
+        zero_stage=1,
+        dropout=0.1,
+        max_steps=8,
+        eval_interval=8,
+        save_interval=4,
+    )
+    assert_clean_failure(
+        zerotrain("train", cfg, *common, f"--run.resume={step4}"),
+        "summed gradients in fp32",
+        'deepspeed.grad_accum_dtype = "fp32"',
+    )
     run_ok("train", cfg, *common, "--deepspeed.grad_accum_dtype=fp32", f"--run.resume={step4}")
     resumed = train_losses(tmp_path / "resumed")
     assert sorted(resumed) == [5, 6, 7, 8] and all(resumed[s] == straight[s] for s in resumed), (resumed, straight)
@@ -190,9 +269,14 @@ def test_fp32_gradient_accumulation_at_zero1_resumes_exactly_and_exports(tmp_pat
     import torch
 
     state = checkpoint.load_fp32_state_dict(*checkpoint.resolve(tmp_path / "run"))
-    module = torch.load(tmp_path / "run" / "checkpoints" / "step_8" / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    module = torch.load(tmp_path / "run" / "checkpoints" / "step_8" / "mp_rank_00_model_states.pt", weights_only=False)[
+        "module"
+    ]
     assert set(module) <= set(state)
-    for name, weight in module.items():  # every fp32 master lands on its parameter: it rounds to the bf16 weight trained
+    for (
+        name,
+        weight,
+    ) in module.items():  # every fp32 master lands on its parameter: it rounds to the bf16 weight trained
         assert state[name].dtype == torch.float32 and torch.equal(state[name].to(torch.bfloat16), weight), name
     run_ok("export", tmp_path / "run", "--out", tmp_path / "hf")
     assert (tmp_path / "hf" / "model.safetensors").is_file()
@@ -206,12 +290,21 @@ def test_bf16_zero3_checkpoints_consolidate_and_export(tmp_path, char_data):
     from zerotrain import checkpoint
     from zerotrain.model import GPT, GPTConfig
 
-    cfg = write_config(tmp_path / "a.toml", out_dir=tmp_path / "run", data_dir=char_data, zero_stage=3,
-                       max_steps=2, eval_interval=2, save_interval=2)
+    cfg = write_config(
+        tmp_path / "a.toml",
+        out_dir=tmp_path / "run",
+        data_dir=char_data,
+        zero_stage=3,
+        max_steps=2,
+        eval_interval=2,
+        save_interval=2,
+    )
     run_ok("train", cfg, "--nproc", 2, "--deepspeed.dtype=bf16")
     step2 = tmp_path / "run" / "checkpoints" / "step_2"
     assert sorted(p.name for p in step2.rglob("*optim_states.pt")) == [
-        "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+        "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    ]
     state = checkpoint.load_fp32_state_dict(*checkpoint.resolve(tmp_path / "run"))
     manifest = checkpoint.read_manifest(*checkpoint.resolve(tmp_path / "run"))
     shapes = {name: p.shape for name, p in GPT(GPTConfig(**manifest["model"])).state_dict().items()}
@@ -228,7 +321,9 @@ def test_init_from_and_weighted_data_mixing(stage_runs, tmp_path, char_data, cor
     corpus = tmp_path / "more.txt"
     corpus.write_text(corpus_file.read_text()[::-1])  # same characters (so the same char tokenizer), different text
     prepare(str(corpus), "char", other)
-    cfg = write_config(tmp_path / "m.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=3, eval_interval=3, save_interval=0)
+    cfg = write_config(
+        tmp_path / "m.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=3, eval_interval=3, save_interval=0
+    )
     text = cfg.read_text().replace(f'dir = "{char_data}"', f'dirs = ["{char_data}", "{other}"]\nweights = [3.0, 1.0]')
     cfg.write_text(text)
     run_ok("train", cfg, f"--run.init_from={stage_runs[2]}")
@@ -239,7 +334,14 @@ def test_init_from_and_weighted_data_mixing(stage_runs, tmp_path, char_data, cor
 
 
 def test_early_stopping_on_flat_val_loss(tmp_path, char_data):
-    cfg = write_config(tmp_path / "e.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=50, eval_interval=2, save_interval=0)
+    cfg = write_config(
+        tmp_path / "e.toml",
+        out_dir=tmp_path / "run",
+        data_dir=char_data,
+        max_steps=50,
+        eval_interval=2,
+        save_interval=0,
+    )
     r = run_ok("train", cfg, "--train.lr=1e-12", "--train.min_lr=1e-12", "--train.early_stop_patience=2")
     assert "early stop" in r.stdout
     assert max(train_losses(tmp_path / "run")) == 6  # evals at 2 (best), 4, 6: two without improvement
@@ -249,8 +351,16 @@ def test_early_stopping_on_flat_val_loss(tmp_path, char_data):
 def test_tensorboard_and_offline_wandb_get_the_metrics(tmp_path, char_data):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg = write_config(tmp_path / "w.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=4, eval_interval=4, save_interval=0)
-    run_ok("train", cfg, "--run.tensorboard=true", "--run.wandb=true", env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    cfg = write_config(
+        tmp_path / "w.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=4, eval_interval=4, save_interval=0
+    )
+    run_ok(
+        "train",
+        cfg,
+        "--run.tensorboard=true",
+        "--run.wandb=true",
+        env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"},
+    )
     events = EventAccumulator(str(tmp_path / "run" / "tb"))
     events.Reload()
     assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4]
@@ -260,15 +370,21 @@ def test_tensorboard_and_offline_wandb_get_the_metrics(tmp_path, char_data):
 
 
 def test_gradient_norm_is_logged_at_every_stage_and_agrees(stage_runs):
-    norms = {stage: {r["step"]: r["grad_norm"] for r in metrics(run) if "loss" in r} for stage, run in stage_runs.items()}
-    assert all(n is not None and n > 0 for n in norms[0].values())  # stage 0 keeps no norm of its own: zerotrain measures it
+    norms = {
+        stage: {r["step"]: r["grad_norm"] for r in metrics(run) if "loss" in r} for stage, run in stage_runs.items()
+    }
+    assert all(
+        n is not None and n > 0 for n in norms[0].values()
+    )  # stage 0 keeps no norm of its own: zerotrain measures it
     for stage in (1, 2, 3):
         for step, norm in norms[0].items():
             assert norms[stage][step] == pytest.approx(norm, rel=1e-3), (stage, step)
 
 
 def test_flash_attention_3_on_where_it_cannot_run_stops_with_the_reason(tmp_path, char_data):
-    cfg = write_config(tmp_path / "f.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=2, eval_interval=0, save_interval=0)
+    cfg = write_config(
+        tmp_path / "f.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=2, eval_interval=0, save_interval=0
+    )
     r = zerotrain("train", cfg, "--deepspeed.dtype=bf16", "--train.flash_attention_3=on")
     assert_clean_failure(r, 'train.flash_attention_3 = "on"', "cpu tensors", 'train.flash_attention_3 = "auto"')
     assert not (tmp_path / "run" / "checkpoints").exists() or not list((tmp_path / "run" / "checkpoints").iterdir())
@@ -277,10 +393,20 @@ def test_flash_attention_3_on_where_it_cannot_run_stops_with_the_reason(tmp_path
 def test_divergence_stops_with_a_clear_line_and_publishes_no_checkpoint(tmp_path, char_data):
     from conftest import assert_clean_failure
 
-    cfg = write_config(tmp_path / "n.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=20, save_interval=2, eval_interval=0)
-    r = zerotrain("train", cfg, "--train.lr=1e30", "--train.min_lr=1e29", "--train.grad_clip=0", "--train.log_interval=5")
+    cfg = write_config(
+        tmp_path / "n.toml",
+        out_dir=tmp_path / "run",
+        data_dir=char_data,
+        max_steps=20,
+        save_interval=2,
+        eval_interval=0,
+    )
+    r = zerotrain(
+        "train", cfg, "--train.lr=1e30", "--train.min_lr=1e29", "--train.grad_clip=0", "--train.log_interval=5"
+    )
     assert_clean_failure(r, "training diverged", "train.lr")
     from zerotrain import checkpoint
+
     assert checkpoint.step_tags(tmp_path / "run" / "checkpoints") == []
 
 
@@ -289,8 +415,15 @@ def test_stage0_bf16_checkpoint_exports_the_fp32_master_weights(tmp_path, char_d
 
     from zerotrain import checkpoint
 
-    cfg = write_config(tmp_path / "s.toml", out_dir=tmp_path / "run", data_dir=char_data, zero_stage=0, max_steps=4,
-                       eval_interval=4, save_interval=4)
+    cfg = write_config(
+        tmp_path / "s.toml",
+        out_dir=tmp_path / "run",
+        data_dir=char_data,
+        zero_stage=0,
+        max_steps=4,
+        eval_interval=4,
+        save_interval=4,
+    )
     run_ok("train", cfg, "--deepspeed.dtype=bf16")
     state = checkpoint.load_fp32_state_dict(*checkpoint.resolve(tmp_path / "run"))
     w = state["transformer.h.0.mlp.c_fc.weight"]

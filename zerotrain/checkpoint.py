@@ -102,8 +102,15 @@ def save(engine, ckpt_dir: Path, state, manifest: dict, d, keep_last: int, point
     barrier(d)  # every rank's shard is on disk before anything is published
     if d.is_main:
         tmp = ckpt_dir / tmp_tag
-        write_atomic(tmp / MANIFEST, json.dumps(manifest | {"format": FORMAT, "version": VERSION, "tag": tag,
-                                                            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1) + "\n")
+        write_atomic(
+            tmp / MANIFEST,
+            json.dumps(
+                manifest
+                | {"format": FORMAT, "version": VERSION, "tag": tag, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+                indent=1,
+            )
+            + "\n",
+        )
         final = ckpt_dir / tag
         if final.exists():  # the same step saved again (e.g. after a resume): swap it out whole
             trash = ckpt_dir / f".old_{tag}"
@@ -147,7 +154,10 @@ def prune(ckpt_dir: Path, keep_last: int) -> None:
     for tag in step_tags(ckpt_dir)[:-keep_last]:
         if tag not in protected:
             shutil.rmtree(ckpt_dir / tag)
-    for stale in [*ckpt_dir.glob(".tmp_step_*"), *ckpt_dir.glob(".old_step_*")]:  # left by a crash during an earlier save
+    for stale in [
+        *ckpt_dir.glob(".tmp_step_*"),
+        *ckpt_dir.glob(".old_step_*"),
+    ]:  # left by a crash during an earlier save
         shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -163,7 +173,9 @@ def resolve(path: str | Path) -> tuple[Path, str]:
     of a complete checkpoint; anything else is a UserError."""
     p = Path(path)
     if not p.exists():
-        raise UserError(f"checkpoint path {p} does not exist; pass a run directory, its checkpoints/ directory or a checkpoint such as runs/x/checkpoints/step_100")
+        raise UserError(
+            f"checkpoint path {p} does not exist; pass a run directory, its checkpoints/ directory or a checkpoint such as runs/x/checkpoints/step_100"
+        )
     if (p / "checkpoints").is_dir():
         p = p / "checkpoints"
     if (p / MANIFEST).is_file():
@@ -171,14 +183,18 @@ def resolve(path: str | Path) -> tuple[Path, str]:
     latest = read_pointer(p, "latest")
     if latest and (p / latest / MANIFEST).is_file():
         return p, latest
-    raise UserError(f"{path} holds no complete zerotrain checkpoint (no {MANIFEST}; an interrupted save leaves none); "
-                    f"pass a run directory or a checkpoint directory that training published")
+    raise UserError(
+        f"{path} holds no complete zerotrain checkpoint (no {MANIFEST}; an interrupted save leaves none); "
+        f"pass a run directory or a checkpoint directory that training published"
+    )
 
 
 def read_manifest(ckpt_dir: Path, tag: str) -> dict:
     manifest = json.loads((ckpt_dir / tag / MANIFEST).read_text())
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise UserError(f"{ckpt_dir / tag} was written by an incompatible zerotrain (format {manifest.get('version')}); re-export it with that version")
+        raise UserError(
+            f"{ckpt_dir / tag} was written by an incompatible zerotrain (format {manifest.get('version')}); re-export it with that version"
+        )
     return manifest
 
 
@@ -192,10 +208,15 @@ def _bf16_optimizer_fp32_state_dict(folder: Path) -> dict:
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         model_states = zero_to_fp32.parse_model_states(zero_to_fp32.get_model_state_files(str(folder)))
         files = zero_to_fp32.get_optim_files(str(folder))
-        partitions = [torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"]["single_partition_of_fp32_groups"]
-                      for f in files]
-        return zero_to_fp32._get_fp32_state_dict_from_zero2_checkpoint(len(files), partitions, model_states,
-                                                                       exclude_frozen_parameters=False)
+        partitions = [
+            torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"][
+                "single_partition_of_fp32_groups"
+            ]
+            for f in files
+        ]
+        return zero_to_fp32._get_fp32_state_dict_from_zero2_checkpoint(
+            len(files), partitions, model_states, exclude_frozen_parameters=False
+        )
 
 
 def load_fp32_state_dict(ckpt_dir: Path, tag: str) -> dict:
@@ -210,13 +231,20 @@ def load_fp32_state_dict(ckpt_dir: Path, tag: str) -> dict:
     folder = ckpt_dir / tag
     # DeepSpeed prefixes every bf16 run's shard files with "bf16_", whichever optimizer wrote them; BF16_Optimizer
     # (ZeRO-1 with fp32 gradient sums) is told by the manifest.
-    bf16_optimizer = (manifest.get("zero_stage"), manifest.get("dtype"), manifest.get("grad_accum_dtype")) == (1, "bf16", "fp32")
+    bf16_optimizer = (manifest.get("zero_stage"), manifest.get("dtype"), manifest.get("grad_accum_dtype")) == (
+        1,
+        "bf16",
+        "fp32",
+    )
     if bf16_optimizer and any(folder.glob("bf16_zero_*_optim_states.pt")):
         state = _bf16_optimizer_fp32_state_dict(folder)
     elif any(folder.glob("*_optim_states.pt")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # its progress output
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):  # its progress output
             state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
     else:
         model_states = torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)

@@ -21,9 +21,12 @@ def summarize_samples(samples: list[tuple[float, float, int]]) -> dict:
     if not busy:
         return {}
     n = len(busy)
-    return {"gpu_sm_clock_mhz": sum(s[0] for s in busy) / n, "gpu_power_w": sum(s[1] for s in busy) / n,
-            "gpu_power_capped": sum(1 for s in busy if s[2] & POWER_CAP_REASONS) / n,
-            "gpu_thermal_capped": sum(1 for s in busy if s[2] & THERMAL_REASONS) / n}
+    return {
+        "gpu_sm_clock_mhz": sum(s[0] for s in busy) / n,
+        "gpu_power_w": sum(s[1] for s in busy) / n,
+        "gpu_power_capped": sum(1 for s in busy if s[2] & POWER_CAP_REASONS) / n,
+        "gpu_thermal_capped": sum(1 for s in busy if s[2] & THERMAL_REASONS) / n,
+    }
 
 
 class ClockMonitor:
@@ -54,8 +57,11 @@ class ClockMonitor:
 
     def _read(self) -> tuple[float, float, int]:
         h = self._handle
-        return (pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM), pynvml.nvmlDeviceGetPowerUsage(h) / 1000,
-                pynvml.nvmlDeviceGetCurrentClocksEventReasons(h))
+        return (
+            pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
+            pynvml.nvmlDeviceGetPowerUsage(h) / 1000,
+            pynvml.nvmlDeviceGetCurrentClocksEventReasons(h),
+        )
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):

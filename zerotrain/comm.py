@@ -18,12 +18,28 @@ from pathlib import Path
 
 from zerotrain import UserError
 
-SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20, "g": 2**30, "gb": 10**9, "gib": 2**30}
+SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 2**10,
+    "kb": 10**3,
+    "kib": 2**10,
+    "m": 2**20,
+    "mb": 10**6,
+    "mib": 2**20,
+    "g": 2**30,
+    "gb": 10**9,
+    "gib": 2**30,
+}
 CPU_SIZES = [4 * 2**10, 256 * 2**10, 4 * 2**20, 32 * 2**20]
 GPU_SIZES = [4 * 2**10, 1 * 2**20, 32 * 2**20, 256 * 2**20, 1 * 2**30]
 # nccl-tests (doc/PERFORMANCE.md): bus bandwidth = algorithm bandwidth × the fraction of data each rank must
 # move over its slowest link, so one number compares to the hardware's link speed whatever the rank count.
-BUS_FACTOR = {"all_reduce": lambda n: 2 * (n - 1) / n, "all_gather": lambda n: (n - 1) / n, "reduce_scatter": lambda n: (n - 1) / n}
+BUS_FACTOR = {
+    "all_reduce": lambda n: 2 * (n - 1) / n,
+    "all_gather": lambda n: (n - 1) / n,
+    "reduce_scatter": lambda n: (n - 1) / n,
+}
 OUTLIER_FRACTION = 0.7  # a rank or link below 70% of the median is flagged
 
 
@@ -80,14 +96,22 @@ class _Watchdog:
         if arrived and self.rank != min(arrived):
             return  # the lowest rank that arrived speaks for all
         if missing:
-            who = "; ".join(f"rank {r} ({self.hosts.get(r, '?')}) last reached: "
-                            f"{self.store.get(f'last/{r}').decode() if self.store.check([f'last/{r}']) else 'nothing'}"
-                            for r in missing)
-            print(f"doctor comm: TIMEOUT after {self.timeout:g} s in {tag}: rank(s) {', '.join(map(str, missing))} did not answer ({who}). "
-                  f"Look at those ranks first: a hung process, a dead GPU, or a host the others cannot reach.", file=sys.stderr)
+            who = "; ".join(
+                f"rank {r} ({self.hosts.get(r, '?')}) last reached: "
+                f"{self.store.get(f'last/{r}').decode() if self.store.check([f'last/{r}']) else 'nothing'}"
+                for r in missing
+            )
+            print(
+                f"doctor comm: TIMEOUT after {self.timeout:g} s in {tag}: rank(s) {', '.join(map(str, missing))} did not answer ({who}). "
+                f"Look at those ranks first: a hung process, a dead GPU, or a host the others cannot reach.",
+                file=sys.stderr,
+            )
         else:
-            print(f"doctor comm: TIMEOUT after {self.timeout:g} s in {tag}: every rank entered it but it did not finish: a network path "
-                  f"between ranks is broken or far too slow; check NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME and firewalls", file=sys.stderr)
+            print(
+                f"doctor comm: TIMEOUT after {self.timeout:g} s in {tag}: every rank entered it but it did not finish: a network path "
+                f"between ranks is broken or far too slow; check NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME and firewalls",
+                file=sys.stderr,
+            )
 
 
 def _step(watchdog: _Watchdog, tag: str, fn):
@@ -139,27 +163,47 @@ def comm_rank(sizes: list[int] | None, timeout: float, iters: int | None) -> int
     # Our own store (a prefix of torchrun's, whose agent already serves MASTER_PORT): it answers while a
     # collective hangs, which is how the watchdog learns who never arrived.
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    base = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=rank == 0 and not agent_store,
-                         timeout=timedelta(seconds=timeout), wait_for_workers=False)
+    base = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world,
+        is_master=rank == 0 and not agent_store,
+        timeout=timedelta(seconds=timeout),
+        wait_for_workers=False,
+    )
     store = dist.PrefixStore(f"zerotrain-doctor/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", base)
     where = f"{socket.gethostname()} {device}"
     store.set(f"host/{rank}", where)
     hosts = _wait_hosts(store, world, timeout)
-    dist.init_process_group("nccl" if on_gpu else "gloo", store=dist.PrefixStore("pg", store), rank=rank, world_size=world,
-                            timeout=timedelta(seconds=timeout + 60))  # our watchdog fires first, with names
+    dist.init_process_group(
+        "nccl" if on_gpu else "gloo",
+        store=dist.PrefixStore("pg", store),
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=timeout + 60),
+    )  # our watchdog fires first, with names
     watchdog = _Watchdog(store, rank, world, timeout, hosts)
     sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     sizes = sizes or (GPU_SIZES if on_gpu else CPU_SIZES)
     iters = iters or (20 if on_gpu else 5)
 
-    if os.environ.get("ZEROTRAIN_DOCTOR_STALL_RANK") == str(rank):  # test hook: a rank that hangs before the first collective
+    if os.environ.get("ZEROTRAIN_DOCTOR_STALL_RANK") == str(
+        rank
+    ):  # test hook: a rank that hangs before the first collective
         store.set(f"last/{rank}", "stalled on purpose (ZEROTRAIN_DOCTOR_STALL_RANK)")
         time.sleep(10**6)
 
     dtype = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
-    result = {"rank": rank, "where": where,
-              "matmul_tflops": _step(watchdog, "matmul", lambda: _matmul_tflops(device, dtype, 8192 if on_gpu else 512, iters, sync)),
-              "matmul_dtype": str(dtype).removeprefix("torch."), "collectives": {}, "link_GBps": None}
+    result = {
+        "rank": rank,
+        "where": where,
+        "matmul_tflops": _step(
+            watchdog, "matmul", lambda: _matmul_tflops(device, dtype, 8192 if on_gpu else 512, iters, sync)
+        ),
+        "matmul_dtype": str(dtype).removeprefix("torch."),
+        "collectives": {},
+        "link_GBps": None,
+    }
     for op in ("all_reduce", "all_gather", "reduce_scatter"):
         for size in sizes:
             n = max(world, size // 4 // world * world)  # float32 elements, divisible by the world size
@@ -171,16 +215,21 @@ def comm_rank(sizes: list[int] | None, timeout: float, iters: int | None) -> int
         out, inbox = torch.ones(n, device=device), torch.empty(n, device=device)
 
         def ring():
-            reqs = dist.batch_isend_irecv([dist.P2POp(dist.isend, out, (rank + 1) % world),
-                                           dist.P2POp(dist.irecv, inbox, (rank - 1) % world)])
+            reqs = dist.batch_isend_irecv(
+                [dist.P2POp(dist.isend, out, (rank + 1) % world), dist.P2POp(dist.irecv, inbox, (rank - 1) % world)]
+            )
             for req in reqs:
                 req.wait()
+
         seconds = _step(watchdog, f"ring send/recv of {_size(4 * n)}", lambda: _time_op(ring, iters, 1, sync))
         result["link_GBps"] = 4 * n / seconds / 1e9  # into this rank from rank-1
     store.set(f"result/{rank}", json.dumps(result))
     code = 0
     if rank == 0:
-        results = [json.loads(_step(watchdog, "collecting results", lambda r=r: store.get(f"result/{r}")).decode()) for r in range(world)]
+        results = [
+            json.loads(_step(watchdog, "collecting results", lambda r=r: store.get(f"result/{r}")).decode())
+            for r in range(world)
+        ]
         summary = summarize(results, world, "nccl" if on_gpu else "gloo")
         print(format_comm(summary), flush=True)
         if os.environ.get("ZEROTRAIN_DOCTOR_JSON"):
@@ -198,9 +247,11 @@ def _collective(op: str, full, part):
     `part` one rank's share."""
     import torch.distributed as dist
 
-    return {"all_reduce": lambda: dist.all_reduce(full),
-            "all_gather": lambda: dist.all_gather_into_tensor(full, part),
-            "reduce_scatter": lambda: dist.reduce_scatter_tensor(part, full)}[op]
+    return {
+        "all_reduce": lambda: dist.all_reduce(full),
+        "all_gather": lambda: dist.all_gather_into_tensor(full, part),
+        "reduce_scatter": lambda: dist.reduce_scatter_tensor(part, full),
+    }[op]
 
 
 def _wait_hosts(store, world: int, timeout: float) -> dict[int, str]:
@@ -210,8 +261,10 @@ def _wait_hosts(store, world: int, timeout: float) -> dict[int, str]:
     while not store.check(keys):
         if time.monotonic() > deadline:
             missing = [r for r in range(world) if not store.check([f"host/{r}"])]
-            raise UserError(f"rank(s) {', '.join(map(str, missing))} never joined within {timeout:g} s; check that they started "
-                            f"and can reach MASTER_ADDR {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}")
+            raise UserError(
+                f"rank(s) {', '.join(map(str, missing))} never joined within {timeout:g} s; check that they started "
+                f"and can reach MASTER_ADDR {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+            )
         time.sleep(0.05)
     return {r: store.get(f"host/{r}").decode() for r in range(world)}
 
@@ -237,37 +290,57 @@ def summarize(results: list[dict], world: int, backend: str) -> dict:
             per_rank = [r["collectives"][op][i]["seconds"] for r in results]
             t = max(per_rank)
             algbw = entry["bytes"] / t / 1e9
-            rows.append({"op": op, "bytes": entry["bytes"], "time_us": t * 1e6, "algbw_GBps": algbw,
-                         "busbw_GBps": algbw * BUS_FACTOR[op](world), "slowest_rank": per_rank.index(t)})
+            rows.append(
+                {
+                    "op": op,
+                    "bytes": entry["bytes"],
+                    "time_us": t * 1e6,
+                    "algbw_GBps": algbw,
+                    "busbw_GBps": algbw * BUS_FACTOR[op](world),
+                    "slowest_rank": per_rank.index(t),
+                }
+            )
     flags = []
     tflops = [r["matmul_tflops"] for r in results]
     med = _median(tflops)
     for r in results:
         if r["matmul_tflops"] < OUTLIER_FRACTION * med:
-            flags.append(f"rank {r['rank']} ({r['where']}): matmul {r['matmul_tflops']:.2f} TFLOP/s vs median {med:.2f}: a slow, "
-                         f"throttled or shared device (check clocks and temperature with nvidia-smi -q -d PERFORMANCE, and other processes)")
+            flags.append(
+                f"rank {r['rank']} ({r['where']}): matmul {r['matmul_tflops']:.2f} TFLOP/s vs median {med:.2f}: a slow, "
+                f"throttled or shared device (check clocks and temperature with nvidia-smi -q -d PERFORMANCE, and other processes)"
+            )
     links = [r["link_GBps"] for r in results if r["link_GBps"] is not None]
     if links:
         med_link = _median(links)
         for r in results:
             if r["link_GBps"] is not None and r["link_GBps"] < OUTLIER_FRACTION * med_link:
                 src = (r["rank"] - 1) % world
-                flags.append(f"link rank {src} ({results[src]['where']}) → rank {r['rank']} ({r['where']}): {r['link_GBps']:.2f} GB/s "
-                             f"vs median {med_link:.2f}: a slow path (check NCCL_SOCKET_IFNAME / NCCL_IB_HCA and that NCCL uses "
-                             f"InfiniBand or NVLink: NCCL_DEBUG=INFO)")
+                flags.append(
+                    f"link rank {src} ({results[src]['where']}) → rank {r['rank']} ({r['where']}): {r['link_GBps']:.2f} GB/s "
+                    f"vs median {med_link:.2f}: a slow path (check NCCL_SOCKET_IFNAME / NCCL_IB_HCA and that NCCL uses "
+                    f"InfiniBand or NVLink: NCCL_DEBUG=INFO)"
+                )
     return {"backend": backend, "world": world, "ranks": results, "collectives": rows, "flags": flags}
 
 
 def format_comm(s: dict) -> str:
-    lines = [(f"doctor comm: {s['world']} ranks over {s['backend']}; bus bandwidth as nccl-tests defines it "
-              "(all_reduce 2(n-1)/n, all_gather and reduce_scatter (n-1)/n × size / time)"),
-             f"{'op':<15} {'size':>10} {'time':>12} {'algbw':>12} {'busbw':>12}  slowest rank"]
+    lines = [
+        (
+            f"doctor comm: {s['world']} ranks over {s['backend']}; bus bandwidth as nccl-tests defines it "
+            "(all_reduce 2(n-1)/n, all_gather and reduce_scatter (n-1)/n × size / time)"
+        ),
+        f"{'op':<15} {'size':>10} {'time':>12} {'algbw':>12} {'busbw':>12}  slowest rank",
+    ]
     for row in s["collectives"]:
-        lines.append(f"{row['op']:<15} {_size(row['bytes']):>10} {row['time_us']:>9.1f} us {row['algbw_GBps']:>7.2f} GB/s "
-                     f"{row['busbw_GBps']:>7.2f} GB/s  {row['slowest_rank']}")
+        lines.append(
+            f"{row['op']:<15} {_size(row['bytes']):>10} {row['time_us']:>9.1f} us {row['algbw_GBps']:>7.2f} GB/s "
+            f"{row['busbw_GBps']:>7.2f} GB/s  {row['slowest_rank']}"
+        )
     lines.append("per rank:")
     for r in s["ranks"]:
         link = f", link in {r['link_GBps']:.2f} GB/s" if r["link_GBps"] is not None else ""
-        lines.append(f"  rank {r['rank']:<3} {r['where']}: matmul {r['matmul_tflops']:.2f} TFLOP/s ({r['matmul_dtype']}){link}")
+        lines.append(
+            f"  rank {r['rank']:<3} {r['where']}: matmul {r['matmul_tflops']:.2f} TFLOP/s ({r['matmul_dtype']}){link}"
+        )
     lines += [f"FLAG  {f}" for f in s["flags"]] or ["no outlier ranks or links"]
     return "\n".join(lines)

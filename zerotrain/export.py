@@ -24,9 +24,19 @@ def hf_config(cfg: GPTConfig, eos_id: int | None):
     from transformers import GPT2Config
 
     return GPT2Config(
-        vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
-        activation_function="gelu_new", layer_norm_epsilon=1e-5, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
-        attn_pdrop=cfg.dropout, tie_word_embeddings=True, bos_token_id=eos_id, eos_token_id=eos_id,
+        vocab_size=cfg.vocab_size,
+        n_positions=cfg.block_size,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        activation_function="gelu_new",
+        layer_norm_epsilon=1e-5,
+        resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.dropout,
+        attn_pdrop=cfg.dropout,
+        tie_word_embeddings=True,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
         architectures=["GPT2LMHeadModel"],
     )
 
@@ -65,15 +75,19 @@ def export(path: str | Path, out: str | Path, dtype: str = "fp32", overwrite: bo
     try:
         reference.load_state_dict(state)
     except RuntimeError as e:
-        raise UserError(f"checkpoint {ckpt_dir / tag} does not hold complete weights for its model ({str(e).splitlines()[0]}); "
-                        f"export another checkpoint") from None
+        raise UserError(
+            f"checkpoint {ckpt_dir / tag} does not hold complete weights for its model ({str(e).splitlines()[0]}); "
+            f"export another checkpoint"
+        ) from None
     reference.eval()
 
     hf = GPT2LMHeadModel(hf_config(cfg, manifest["tokenizer"].get("eos_id")))
     missing, unexpected = hf.load_state_dict(to_hf_state_dict(state, cfg.vocab_size), strict=False)
     missing = [k for k in missing if k != "lm_head.weight" and not k.endswith((".attn.bias", ".attn.masked_bias"))]
     if missing or unexpected:
-        raise RuntimeError(f"weight mapping to GPT2LMHeadModel is incomplete: missing {missing}, unexpected {unexpected}")
+        raise RuntimeError(
+            f"weight mapping to GPT2LMHeadModel is incomplete: missing {missing}, unexpected {unexpected}"
+        )
     hf.tie_weights()
 
     tmp = out.with_name(f".{out.name}.tmp")
@@ -85,16 +99,25 @@ def export(path: str | Path, out: str | Path, dtype: str = "fp32", overwrite: bo
     reloaded = AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch.float32, local_files_only=True).eval()
     idx = verification_batch(cfg)
     with torch.no_grad():
-        want = reference(idx)[..., :cfg.vocab_size]
-        got = reloaded(idx).logits[..., :cfg.vocab_size].float()
+        want = reference(idx)[..., : cfg.vocab_size]
+        got = reloaded(idx).logits[..., : cfg.vocab_size].float()
     max_diff = (want - got).abs().max().item()
     tied = reloaded.get_output_embeddings().weight.data_ptr() == reloaded.get_input_embeddings().weight.data_ptr()
     if max_diff > TOLERANCE or not tied:
         shutil.rmtree(tmp)
-        raise RuntimeError(f"export check failed: max |logit diff| {max_diff:.2e} (tolerance {TOLERANCE:g}), tied embeddings {tied}")
+        raise RuntimeError(
+            f"export check failed: max |logit diff| {max_diff:.2e} (tolerance {TOLERANCE:g}), tied embeddings {tied}"
+        )
 
-    report = {"checkpoint": str(ckpt_dir / tag), "step": manifest["step"], "val_loss": manifest.get("val_loss"),
-              "dtype": dtype, "max_abs_logit_diff": max_diff, "tied_embeddings": tied, "zero_stage": manifest["zero_stage"]}
+    report = {
+        "checkpoint": str(ckpt_dir / tag),
+        "step": manifest["step"],
+        "val_loss": manifest.get("val_loss"),
+        "dtype": dtype,
+        "max_abs_logit_diff": max_diff,
+        "tied_embeddings": tied,
+        "zero_stage": manifest["zero_stage"],
+    }
     (tmp / "zerotrain_export.json").write_text(json.dumps(report, indent=1) + "\n")
     if out.exists():
         shutil.rmtree(out)
@@ -102,7 +125,9 @@ def export(path: str | Path, out: str | Path, dtype: str = "fp32", overwrite: bo
     return report
 
 
-def _export_hf(manifest: dict, ckpt_dir: Path, tag: str, tokenizer_dir: Path, out: Path, dtype: str, torch_dtype) -> dict:
+def _export_hf(
+    manifest: dict, ckpt_dir: Path, tag: str, tokenizer_dir: Path, out: Path, dtype: str, torch_dtype
+) -> dict:
     """A fine-tuned Hugging Face model (model.hf): the consolidated weights go back into the same architecture,
     built from the config recorded in the checkpoint (the base directory is not needed), saved with
     save_pretrained, reloaded from disk and compared logit for logit with the in-memory model."""
@@ -112,14 +137,18 @@ def _export_hf(manifest: dict, ckpt_dir: Path, tag: str, tokenizer_dir: Path, ou
     hf_cfg = dict(manifest["hf_config"])
     config = AutoConfig.for_model(hf_cfg.pop("model_type"), **hf_cfg)
     state = checkpoint.load_fp32_state_dict(ckpt_dir, tag)
-    state = {k.removeprefix("inner."): v.to(torch_dtype).float() for k, v in state.items()}  # the reference sees the saved precision
+    state = {
+        k.removeprefix("inner."): v.to(torch_dtype).float() for k, v in state.items()
+    }  # the reference sees the saved precision
     reference = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
     missing, unexpected = reference.load_state_dict(state, strict=False)
     tied = bool(getattr(config, "tie_word_embeddings", False))
     missing = [k for k in missing if not (tied and k == "lm_head.weight")]
     if missing or unexpected:
-        raise UserError(f"checkpoint {ckpt_dir / tag} does not hold complete weights for {manifest['hf']} "
-                        f"(missing {missing[:3]}, unexpected {unexpected[:3]}); export another checkpoint")
+        raise UserError(
+            f"checkpoint {ckpt_dir / tag} does not hold complete weights for {manifest['hf']} "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); export another checkpoint"
+        )
     reference.tie_weights()
     reference.eval()
 
@@ -142,8 +171,16 @@ def _export_hf(manifest: dict, ckpt_dir: Path, tag: str, tokenizer_dir: Path, ou
     if max_diff > TOLERANCE:
         shutil.rmtree(tmp)
         raise RuntimeError(f"export check failed: max |logit diff| {max_diff:.2e} (tolerance {TOLERANCE:g})")
-    report = {"checkpoint": str(ckpt_dir / tag), "step": manifest["step"], "val_loss": manifest.get("val_loss"), "dtype": dtype,
-              "max_abs_logit_diff": max_diff, "tied_embeddings": tied, "zero_stage": manifest["zero_stage"], "base_model": manifest["hf"]}
+    report = {
+        "checkpoint": str(ckpt_dir / tag),
+        "step": manifest["step"],
+        "val_loss": manifest.get("val_loss"),
+        "dtype": dtype,
+        "max_abs_logit_diff": max_diff,
+        "tied_embeddings": tied,
+        "zero_stage": manifest["zero_stage"],
+        "base_model": manifest["hf"],
+    }
     (tmp / "zerotrain_export.json").write_text(json.dumps(report, indent=1) + "\n")
     if out.exists():
         shutil.rmtree(out)

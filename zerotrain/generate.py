@@ -24,7 +24,8 @@ def _hf_model(path: str | Path):
     model = CausalLM(inner)
     context = getattr(inner.config, "max_position_embeddings", None) or 2048
     model.generate = lambda idx, max_new_tokens, temperature=1.0, top_k=None, generator=None: sample(
-        model, idx, context, inner.config.vocab_size, max_new_tokens, temperature, top_k, generator)
+        model, idx, context, inner.config.vocab_size, max_new_tokens, temperature, top_k, generator
+    )
     return model
 
 
@@ -37,8 +38,13 @@ def load_model(path: str | Path):
         hf = json.loads((path / "config.json").read_text())
         if hf.get("model_type") != "gpt2":
             return _hf_model(path), load_tokenizer(path), f"export {path}"
-        cfg = GPTConfig(n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"], block_size=hf["n_positions"],
-                        vocab_size=hf["vocab_size"])
+        cfg = GPTConfig(
+            n_layer=hf["n_layer"],
+            n_head=hf["n_head"],
+            n_embd=hf["n_embd"],
+            block_size=hf["n_positions"],
+            vocab_size=hf["vocab_size"],
+        )
         state = {k: v.float() for k, v in load_file(str(path / "model.safetensors")).items()}
         if not any(k.startswith("transformer.") for k in state):  # older transformers saved without the prefix
             state = {f"transformer.{k}": v for k, v in state.items()}
@@ -47,21 +53,32 @@ def load_model(path: str | Path):
     else:
         ckpt_dir, tag = checkpoint.resolve(path)
         if checkpoint.read_manifest(ckpt_dir, tag).get("hf"):
-            raise UserError(f"{ckpt_dir / tag} is a fine-tuned Hugging Face model; export it first "
-                            f"(zerotrain export {path} --out DIR) and generate from DIR")
+            raise UserError(
+                f"{ckpt_dir / tag} is a fine-tuned Hugging Face model; export it first "
+                f"(zerotrain export {path} --out DIR) and generate from DIR"
+            )
         cfg = GPTConfig(**checkpoint.read_manifest(ckpt_dir, tag)["model"])
         state = checkpoint.load_fp32_state_dict(ckpt_dir, tag)
         tokenizer_dir = ckpt_dir.parent / "tokenizer"
         if not tokenizer_dir.is_dir():
-            raise UserError(f"no tokenizer/ beside {ckpt_dir}; generate from a checkpoint inside its run directory or from an export")
+            raise UserError(
+                f"no tokenizer/ beside {ckpt_dir}; generate from a checkpoint inside its run directory or from an export"
+            )
         tokenizer, what = load_tokenizer(tokenizer_dir), f"checkpoint {ckpt_dir / tag}"
     model = GPT(cfg)
     model.load_state_dict(state)
     return model.eval(), tokenizer, what
 
 
-def generate(path: str | Path, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = 200,
-             seed: int = 1337, device: str = "cpu") -> str:
+def generate(
+    path: str | Path,
+    prompt: str,
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int | None = 200,
+    seed: int = 1337,
+    device: str = "cpu",
+) -> str:
     import torch
 
     if temperature < 0:

@@ -32,8 +32,19 @@ VERBS = ("train", "doctor")  # what may run under `zerotrain launch -- ...`
 
 # Environment every rank must see alike: NCCL and gloo network choices, torch's distributed debugging and
 # zerotrain's own switches. DeepSpeed's launcher exports only NCCL_*, PYTHON*, MV2*, UCX* and MLFLOW* by itself.
-FORWARDED_PREFIXES = ("NCCL_", "TORCH_NCCL_", "TORCH_DISTRIBUTED_", "GLOO_", "ZEROTRAIN_", "PYTORCH_CUDA_ALLOC_CONF",
-                      "DS_ACCELERATOR", "OMP_NUM_THREADS", "HF_HOME", "HF_HUB_OFFLINE", "TORCH_CUDA_ARCH_LIST")
+FORWARDED_PREFIXES = (
+    "NCCL_",
+    "TORCH_NCCL_",
+    "TORCH_DISTRIBUTED_",
+    "GLOO_",
+    "ZEROTRAIN_",
+    "PYTORCH_CUDA_ALLOC_CONF",
+    "DS_ACCELERATOR",
+    "OMP_NUM_THREADS",
+    "HF_HOME",
+    "HF_HUB_OFFLINE",
+    "TORCH_CUDA_ARCH_LIST",
+)
 
 
 @dataclass(frozen=True)
@@ -50,9 +61,13 @@ def parse_hostfile(path: str | Path) -> list[Host]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UserError(f"hostfile {path} not found; write one line `HOSTNAME slots=GPUS` per node, or pass --hosts h1,h2") from None
+        raise UserError(
+            f"hostfile {path} not found; write one line `HOSTNAME slots=GPUS` per node, or pass --hosts h1,h2"
+        ) from None
     except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read hostfile {path} ({getattr(e, 'strerror', None) or e}); check the path and its permissions") from None
+        raise UserError(
+            f"cannot read hostfile {path} ({getattr(e, 'strerror', None) or e}); check the path and its permissions"
+        ) from None
     hosts, problems, seen = [], [], {}
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
@@ -64,9 +79,13 @@ def parse_hostfile(path: str | Path) -> list[Host]:
             continue
         name, slots = m.group(1), int(m.group(2))
         if slots < 1:
-            problems.append(f"{path}:{number}: {name} has slots=0; give the number of GPUs it has (≥ 1) or remove the line")
+            problems.append(
+                f"{path}:{number}: {name} has slots=0; give the number of GPUs it has (≥ 1) or remove the line"
+            )
         if name in seen:
-            problems.append(f"{path}:{number}: {name} is listed again (first on line {seen[name]}); keep one line per host")
+            problems.append(
+                f"{path}:{number}: {name} is listed again (first on line {seen[name]}); keep one line per host"
+            )
             continue
         seen[name] = number
         hosts.append(Host(name, slots, number))
@@ -122,8 +141,13 @@ def local_gpu_count() -> int | None:
     return sum(line.startswith("GPU ") for line in out.splitlines())
 
 
-def check_hosts(hosts: list[Host], gpus_per_node: int, resolve=socket.getaddrinfo, local: set[str] | None = None,
-                gpus_here: int | None = None) -> None:
+def check_hosts(
+    hosts: list[Host],
+    gpus_per_node: int,
+    resolve=socket.getaddrinfo,
+    local: set[str] | None = None,
+    gpus_here: int | None = None,
+) -> None:
     """Every host resolves, and offers the GPUs asked for: its hostfile slots, and on this machine the GPUs
     nvidia-smi sees. All problems in one UserError. With resolve=None (a dry run) names are not looked up."""
     problems = []
@@ -135,19 +159,32 @@ def check_hosts(hosts: list[Host], gpus_per_node: int, resolve=socket.getaddrinf
             try:
                 addresses = {info[4][0] for info in resolve(h.name, None)}
             except (OSError, UnicodeError):
-                problems.append(f"host {h.name}{f' (line {h.line})' if h.line else ''} does not resolve; fix the name, "
-                                f"add it to /etc/hosts or DNS, or use its IP address")
+                problems.append(
+                    f"host {h.name}{f' (line {h.line})' if h.line else ''} does not resolve; fix the name, "
+                    f"add it to /etc/hosts or DNS, or use its IP address"
+                )
                 continue
         if len(hosts) > 1 and addresses and all(a.startswith("127.") or a == "::1" for a in addresses):
-            problems.append(f"host {h.name}{f' (line {h.line})' if h.line else ''} is a loopback address, which other nodes "
-                            f"cannot reach; use its hostname or network IP")
+            problems.append(
+                f"host {h.name}{f' (line {h.line})' if h.line else ''} is a loopback address, which other nodes "
+                f"cannot reach; use its hostname or network IP"
+            )
             continue
         if h.slots is not None and gpus_per_node > h.slots:
-            problems.append(f"--gpus-per-node {gpus_per_node} but {h.name} has slots={h.slots}"
-                            f"{f' (line {h.line})' if h.line else ''}; lower --gpus-per-node to {h.slots} or fix its slots")
-        if gpus_here is not None and gpus_here > 0 and is_local(h.name, local or set(), resolve) and gpus_per_node > gpus_here:
-            problems.append(f"--gpus-per-node {gpus_per_node} but this host ({h.name}) has {gpus_here} GPUs; "
-                            f"lower --gpus-per-node to {gpus_here}")
+            problems.append(
+                f"--gpus-per-node {gpus_per_node} but {h.name} has slots={h.slots}"
+                f"{f' (line {h.line})' if h.line else ''}; lower --gpus-per-node to {h.slots} or fix its slots"
+            )
+        if (
+            gpus_here is not None
+            and gpus_here > 0
+            and is_local(h.name, local or set(), resolve)
+            and gpus_per_node > gpus_here
+        ):
+            problems.append(
+                f"--gpus-per-node {gpus_per_node} but this host ({h.name}) has {gpus_here} GPUs; "
+                f"lower --gpus-per-node to {gpus_here}"
+            )
     if problems:
         raise UserError("; ".join(problems))
 
@@ -163,8 +200,10 @@ def check_port(master: str, port: int, local: set[str], resolve=socket.getaddrin
         try:
             s.bind(("", port))
         except OSError:
-            raise UserError(f"--master-port {port} is in use on {master} (the master); choose another --master-port "
-                            f"or stop what holds it (`ss -ltnp 'sport = :{port}'`)") from None
+            raise UserError(
+                f"--master-port {port} is in use on {master} (the master); choose another --master-port "
+                f"or stop what holds it (`ss -ltnp 'sport = :{port}'`)"
+            ) from None
 
 
 def forwarded_env(env=os.environ) -> dict[str, str]:
@@ -172,6 +211,7 @@ def forwarded_env(env=os.environ) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------ the launches
+
 
 @dataclass
 class LaunchPlan:
@@ -201,8 +241,9 @@ def _env_prefix(env: dict[str, str]) -> str:
     return "".join(f"{k}={shlex.quote(v)} " for k, v in env.items())
 
 
-def deepspeed_launch(hosts, gpus_per_node, master, port, zt_args, env, out: Path, runner: str = "pdsh",
-                     single_local: bool = False) -> LaunchPlan:
+def deepspeed_launch(
+    hosts, gpus_per_node, master, port, zt_args, env, out: Path, runner: str = "pdsh", single_local: bool = False
+) -> LaunchPlan:
     """With a single node that is this machine, DeepSpeed starts the ranks itself (a hostfile would make it ssh
     to this machine); otherwise pdsh or mpirun start one launcher per node."""
     hostfile = out / "hostfile"
@@ -213,13 +254,36 @@ def deepspeed_launch(hosts, gpus_per_node, master, port, zt_args, env, out: Path
     # KEY=VALUE line on every node; an absolute name keeps the user's own ~/.deepspeed_env untouched.
     plan.files[str(env_file)] = "".join(f"{k}={v}\n" for k, v in env.items())
     if single_local:
-        args = ["--num_gpus", str(gpus_per_node), "--master_addr", "127.0.0.1", "--master_port", str(port), "--no_local_rank"]
-        plan.notes.append(f"one node, this machine: started like `zerotrain train --nproc {gpus_per_node}` (DeepSpeed's local "
-                          f"launcher on a free port, signals forwarded to the ranks), no ssh")
+        args = [
+            "--num_gpus",
+            str(gpus_per_node),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            "--no_local_rank",
+        ]
+        plan.notes.append(
+            f"one node, this machine: started like `zerotrain train --nproc {gpus_per_node}` (DeepSpeed's local "
+            f"launcher on a free port, signals forwarded to the ranks), no ssh"
+        )
         plan.local_nproc = gpus_per_node
     else:
-        args = ["--hostfile", str(hostfile), "--num_nodes", str(len(hosts)), "--num_gpus", str(gpus_per_node),
-                "--master_addr", master, "--master_port", str(port), "--launcher", runner, "--no_local_rank"]
+        args = [
+            "--hostfile",
+            str(hostfile),
+            "--num_nodes",
+            str(len(hosts)),
+            "--num_gpus",
+            str(gpus_per_node),
+            "--master_addr",
+            master,
+            "--master_port",
+            str(port),
+            "--launcher",
+            runner,
+            "--no_local_rank",
+        ]
     ifname = env.get("NCCL_SOCKET_IFNAME") or env.get("GLOO_SOCKET_IFNAME")
     if runner == "openmpi" and ifname:  # DeepSpeed otherwise tells OpenMPI to use eth0
         args += ["--launcher_args", f"--mca btl_tcp_if_include {ifname.split(',')[0].lstrip('^=')}"]
@@ -232,15 +296,34 @@ def deepspeed_launch(hosts, gpus_per_node, master, port, zt_args, env, out: Path
 
 def torchrun_commands(hosts, gpus_per_node, master, port, zt_args, env) -> list[str]:
     """One line per node: torchrun's static rendezvous at master:port, node ranks in host order."""
-    return [_env_prefix(env) + shlex.join(["torchrun", "--nnodes", str(len(hosts)), "--nproc_per_node", str(gpus_per_node),
-                                           "--node_rank", str(i), "--master_addr", master, "--master_port", str(port),
-                                           "-m", "zerotrain", *zt_args])
-            for i, _ in enumerate(hosts)]
+    return [
+        _env_prefix(env)
+        + shlex.join(
+            [
+                "torchrun",
+                "--nnodes",
+                str(len(hosts)),
+                "--nproc_per_node",
+                str(gpus_per_node),
+                "--node_rank",
+                str(i),
+                "--master_addr",
+                master,
+                "--master_port",
+                str(port),
+                "-m",
+                "zerotrain",
+                *zt_args,
+            ]
+        )
+        for i, _ in enumerate(hosts)
+    ]
 
 
 @dataclass(frozen=True)
 class SlurmRequest:
     """What the sbatch header asks SLURM for. Only `nodes` and `gpus_per_node` are required."""
+
     nodes: int
     gpus_per_node: int
     nodelist: tuple[str, ...] = ()  # pinned hosts; empty: SLURM chooses
@@ -253,8 +336,14 @@ def slurm_script(request: SlurmRequest, port: int, zt_args: list[str], env: dict
     """sbatch script: one srun task per node, each a torchrun that meets the others at the first node of the
     allocation through torchrun's c10d rendezvous (no node ranks to hand out). The nodes are whatever SLURM
     allocated: their names are read at run time from $SLURM_JOB_NODELIST, never fixed when the script is written."""
-    lines = ["#!/bin/bash", "#SBATCH --job-name=zerotrain", f"#SBATCH --nodes={request.nodes}", "#SBATCH --ntasks-per-node=1",
-             f"#SBATCH --gpus-per-node={request.gpus_per_node}", "#SBATCH --output=zerotrain-%j.log"]
+    lines = [
+        "#!/bin/bash",
+        "#SBATCH --job-name=zerotrain",
+        f"#SBATCH --nodes={request.nodes}",
+        "#SBATCH --ntasks-per-node=1",
+        f"#SBATCH --gpus-per-node={request.gpus_per_node}",
+        "#SBATCH --output=zerotrain-%j.log",
+    ]
     for flag, value in (("partition", request.partition), ("account", request.account), ("time", request.time_limit)):
         if value:
             lines.append(f"#SBATCH --{flag}={value}")
@@ -262,13 +351,19 @@ def slurm_script(request: SlurmRequest, port: int, zt_args: list[str], env: dict
         lines.append(f"#SBATCH --nodelist={','.join(request.nodelist)}")
     lines += ["", "set -euo pipefail"]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
-    lines += ['nodes=$(scontrol show hostnames "$SLURM_JOB_NODELIST")',
-              'head_node=$(echo "$nodes" | head -n 1)',
-              f'echo "zerotrain: job $SLURM_JOB_ID on $SLURM_NNODES nodes ($(echo $nodes)) x {request.gpus_per_node} GPUs, '
-              f'rendezvous $head_node:{port}"', "",
-              ("srun --kill-on-bad-exit=1 torchrun --nnodes \"$SLURM_NNODES\" "
-               f"--nproc_per_node {request.gpus_per_node} --rdzv_id \"$SLURM_JOB_ID\" --rdzv_backend c10d "
-               f"--rdzv_endpoint \"$head_node:{port}\" -m zerotrain {shlex.join(zt_args)}"), ""]
+    lines += [
+        'nodes=$(scontrol show hostnames "$SLURM_JOB_NODELIST")',
+        'head_node=$(echo "$nodes" | head -n 1)',
+        f'echo "zerotrain: job $SLURM_JOB_ID on $SLURM_NNODES nodes ($(echo $nodes)) x {request.gpus_per_node} GPUs, '
+        f'rendezvous $head_node:{port}"',
+        "",
+        (
+            'srun --kill-on-bad-exit=1 torchrun --nnodes "$SLURM_NNODES" '
+            f'--nproc_per_node {request.gpus_per_node} --rdzv_id "$SLURM_JOB_ID" --rdzv_backend c10d '
+            f'--rdzv_endpoint "$head_node:{port}" -m zerotrain {shlex.join(zt_args)}'
+        ),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -276,7 +371,9 @@ def check_command(zt_args: list[str]) -> None:
     """What runs on the nodes: a zerotrain verb, and for train a run config that loads (typos caught here,
     not on N nodes at once). Data and checkpoints are checked by each rank where they live."""
     if not zt_args:
-        raise UserError("nothing to launch; end with -- train CONFIG.toml [--section.key=value ...] (or -- doctor comm)")
+        raise UserError(
+            "nothing to launch; end with -- train CONFIG.toml [--section.key=value ...] (or -- doctor comm)"
+        )
     if zt_args[0] not in VERBS:
         raise UserError(f"cannot launch {zt_args[0]!r}; end with -- train CONFIG.toml [overrides] or -- doctor comm")
     if zt_args[0] == "train":
@@ -293,10 +390,25 @@ def check_command(zt_args: list[str]) -> None:
         load_run_config(zt_args[1], overrides)
 
 
-def plan_launch(*, hostfile: str | None, hosts: str | None, gpus_per_node: int | None, launcher: str, port: int,
-                zt_args: list[str], out: str | Path, runner: str = "pdsh", env=os.environ, resolve=socket.getaddrinfo,
-                gpus_here: int | None = None, nodes: int | None = None, partition: str | None = None,
-                account: str | None = None, time_limit: str | None = None, dry_run: bool = False) -> LaunchPlan:
+def plan_launch(
+    *,
+    hostfile: str | None,
+    hosts: str | None,
+    gpus_per_node: int | None,
+    launcher: str,
+    port: int,
+    zt_args: list[str],
+    out: str | Path,
+    runner: str = "pdsh",
+    env=os.environ,
+    resolve=socket.getaddrinfo,
+    gpus_here: int | None = None,
+    nodes: int | None = None,
+    partition: str | None = None,
+    account: str | None = None,
+    time_limit: str | None = None,
+    dry_run: bool = False,
+) -> LaunchPlan:
     """Validate the set-up and build the launch; nothing is written or started here. A dry run, and any SLURM
     launch, never looks up a host name (resolve is not called)."""
     if launcher not in LAUNCHERS:
@@ -304,27 +416,37 @@ def plan_launch(*, hostfile: str | None, hosts: str | None, gpus_per_node: int |
     if runner not in MULTINODE_RUNNERS:
         raise UserError(f"unknown --multinode-runner {runner!r}; use pdsh or openmpi")
     if launcher != "slurm" and (nodes is not None or partition or account or time_limit):
-        raise UserError("--nodes, --partition, --account and --time are for --launcher slurm; with deepspeed or torchrun "
-                        "name the nodes with --hostfile or --hosts")
+        raise UserError(
+            "--nodes, --partition, --account and --time are for --launcher slurm; with deepspeed or torchrun "
+            "name the nodes with --hostfile or --hosts"
+        )
     if hostfile and hosts:
         raise UserError("name the nodes with --hostfile FILE or --hosts h1,h2, not both")
     if nodes is not None and nodes < 1:
         raise UserError(f"--nodes {nodes} must be ≥ 1")
     if launcher == "slurm":
         if not (hostfile or hosts or nodes):
-            raise UserError("--launcher slurm needs --nodes N (SLURM chooses the nodes), or --hosts/--hostfile to pin them")
+            raise UserError(
+                "--launcher slurm needs --nodes N (SLURM chooses the nodes), or --hosts/--hostfile to pin them"
+            )
     elif not (hostfile or hosts):
         raise UserError("name the nodes with --hostfile FILE or --hosts h1,h2 (one of the two)")
     node_list = parse_hostfile(hostfile) if hostfile else hosts_from_list(hosts) if hosts else []
     if nodes is not None and node_list and nodes != len(node_list):
-        raise UserError(f"--nodes {nodes} but {len(node_list)} hosts are pinned; give one of the two, or as many hosts as nodes")
+        raise UserError(
+            f"--nodes {nodes} but {len(node_list)} hosts are pinned; give one of the two, or as many hosts as nodes"
+        )
     if gpus_per_node is None:
         slots = {h.slots for h in node_list}
         if not node_list or None in slots:
-            raise UserError(f"{'--hosts' if node_list else '--nodes'} needs --gpus-per-node N (GPUs to use on each node)")
+            raise UserError(
+                f"{'--hosts' if node_list else '--nodes'} needs --gpus-per-node N (GPUs to use on each node)"
+            )
         if len(slots) > 1:
-            raise UserError(f"the hostfile gives different slots ({', '.join(map(str, sorted(slots)))}); "
-                            f"pass --gpus-per-node N to use N GPUs on every node")
+            raise UserError(
+                f"the hostfile gives different slots ({', '.join(map(str, sorted(slots)))}); "
+                f"pass --gpus-per-node N to use N GPUs on every node"
+            )
         gpus_per_node = slots.pop()
     check_command(zt_args)
     fwd = forwarded_env(env)
@@ -333,15 +455,20 @@ def plan_launch(*, hostfile: str | None, hosts: str | None, gpus_per_node: int |
         check_hosts(node_list, gpus_per_node, resolve=None)
         if not 1 <= port <= 65535:
             raise UserError(f"--master-port {port} is not a TCP port; choose one in 1024-65535")
-        request = SlurmRequest(nodes or len(node_list), gpus_per_node, tuple(h.name for h in node_list), partition, account,
-                               time_limit)
+        request = SlurmRequest(
+            nodes or len(node_list), gpus_per_node, tuple(h.name for h in node_list), partition, account, time_limit
+        )
         script = out / "zerotrain.sbatch"
-        plan = LaunchPlan("slurm", node_list, gpus_per_node, "the first node SLURM allocates", port, nodes=request.nodes)
+        plan = LaunchPlan(
+            "slurm", node_list, gpus_per_node, "the first node SLURM allocates", port, nodes=request.nodes
+        )
         plan.files[str(script)] = slurm_script(request, port, zt_args, fwd)
         plan.commands.append(f"sbatch {shlex.quote(str(script))}")
         plan.run = ["sbatch", str(script)]
         if not node_list:
-            plan.notes.append("SLURM chooses the nodes; the script reads them from $SLURM_JOB_NODELIST when the job starts")
+            plan.notes.append(
+                "SLURM chooses the nodes; the script reads them from $SLURM_JOB_NODELIST when the job starts"
+            )
     else:
         if dry_run:
             resolve = None  # print the launch without DNS; a real launch checks the names first
@@ -356,20 +483,31 @@ def plan_launch(*, hostfile: str | None, hosts: str | None, gpus_per_node: int |
             single_local = len(node_list) == 1 and is_local(master, local, resolve)
             plan = deepspeed_launch(node_list, gpus_per_node, master, port, zt_args, fwd, out, runner, single_local)
         else:
-            plan = LaunchPlan("torchrun", node_list, gpus_per_node, master, port,
-                              commands=torchrun_commands(node_list, gpus_per_node, master, port, zt_args, fwd))
+            plan = LaunchPlan(
+                "torchrun",
+                node_list,
+                gpus_per_node,
+                master,
+                port,
+                commands=torchrun_commands(node_list, gpus_per_node, master, port, zt_args, fwd),
+            )
             plan.files[str(out / "torchrun.sh")] = "".join(
-                f"# node {i} ({h.name})\n{c}\n" for i, (h, c) in enumerate(zip(node_list, plan.commands)))
+                f"# node {i} ({h.name})\n{c}\n" for i, (h, c) in enumerate(zip(node_list, plan.commands))
+            )
             mine = [i for i, h in enumerate(node_list) if is_local(h.name, local, resolve)]
             if mine:  # run this node's share; the others run the same `zerotrain launch` (or their line of torchrun.sh)
                 plan.run = ["bash", "-c", plan.commands[mine[0]]]
-            plan.notes.append("start the same command on every node (each runs its own line), or run each line of "
-                              f"{out / 'torchrun.sh'} on its node")
+            plan.notes.append(
+                "start the same command on every node (each runs its own line), or run each line of "
+                f"{out / 'torchrun.sh'} on its node"
+            )
         plan.notes += plan_notes
     plan.zt_args = list(zt_args)
     if not fwd:
-        plan.notes.append("no NCCL_*/GLOO_*/ZEROTRAIN_* variables set here; on multi-homed nodes set NCCL_SOCKET_IFNAME "
-                          "(and GLOO_SOCKET_IFNAME) to the interface the nodes share")
+        plan.notes.append(
+            "no NCCL_*/GLOO_*/ZEROTRAIN_* variables set here; on multi-homed nodes set NCCL_SOCKET_IFNAME "
+            "(and GLOO_SOCKET_IFNAME) to the interface the nodes share"
+        )
     return plan
 
 
@@ -394,20 +532,36 @@ def run(plan: LaunchPlan, runner: str = "pdsh") -> int:
 
         return launch_local(plan.local_nproc, plan.zt_args)
     if plan.run is None:
-        raise UserError(f"this machine is not among the hosts ({', '.join(h.name for h in plan.hosts)}); run `zerotrain launch` "
-                        f"on each node, or start the printed commands there (--dry-run only prints them)")
+        raise UserError(
+            f"this machine is not among the hosts ({', '.join(h.name for h in plan.hosts)}); run `zerotrain launch` "
+            f"on each node, or start the printed commands there (--dry-run only prints them)"
+        )
     if plan.launcher == "slurm" and not shutil.which("sbatch"):
-        raise UserError("sbatch not found: run this on a SLURM login node, or pass --dry-run and submit the script there")
-    if plan.launcher == "deepspeed" and len(plan.hosts) > 1 and not shutil.which(runner if runner == "pdsh" else "mpirun"):
-        raise UserError(f"{'pdsh' if runner == 'pdsh' else 'mpirun'} not found; install it, use --multinode-runner "
-                        f"{'openmpi' if runner == 'pdsh' else 'pdsh'}, or --launcher torchrun")
+        raise UserError(
+            "sbatch not found: run this on a SLURM login node, or pass --dry-run and submit the script there"
+        )
+    if (
+        plan.launcher == "deepspeed"
+        and len(plan.hosts) > 1
+        and not shutil.which(runner if runner == "pdsh" else "mpirun")
+    ):
+        raise UserError(
+            f"{'pdsh' if runner == 'pdsh' else 'mpirun'} not found; install it, use --multinode-runner "
+            f"{'openmpi' if runner == 'pdsh' else 'pdsh'}, or --launcher torchrun"
+        )
     if plan.launcher == "deepspeed" and len(plan.hosts) > 1:
         for h in plan.hosts:  # DeepSpeed's launcher needs passwordless ssh to every node; say which one fails
-            probe = subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", h.name, "true"],
-                                   capture_output=True, text=True, check=False)
+            probe = subprocess.run(
+                ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", h.name, "true"],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if probe.returncode != 0:
-                raise UserError(f"cannot ssh to {h.name} without a password ({probe.stderr.strip()[:120] or 'ssh failed'}); "
-                                f"set up ssh keys to every node, or use --launcher torchrun or slurm")
+                raise UserError(
+                    f"cannot ssh to {h.name} without a password ({probe.stderr.strip()[:120] or 'ssh failed'}); "
+                    f"set up ssh keys to every node, or use --launcher torchrun or slurm"
+                )
     env = dict(os.environ)
     if plan.launcher == "deepspeed":
         env["DS_ENV_FILE"] = str(Path(next(p for p in plan.files if p.endswith("deepspeed_env"))).resolve())

@@ -35,18 +35,65 @@ VOCAB_MULTIPLE = 64  # zerotrain pads its embedding to a multiple of 64 (model.p
 
 # Llama-style shapes, planned as transformers' LlamaForCausalLM / MistralForCausalLM run them (their config.json values).
 LLAMA_PRESETS = {
-    "smollm2-135m": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
-                         "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True, "max_position_embeddings": 8192},
-    "tinyllama-1.1b": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32,
-                           "num_key_value_heads": 4, "vocab_size": 32000, "tie_word_embeddings": False, "max_position_embeddings": 2048},
-    "llama2-7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
-                      "num_key_value_heads": 32, "vocab_size": 32000, "tie_word_embeddings": False, "max_position_embeddings": 4096},
-    "mistral-7b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
-                       "num_key_value_heads": 8, "vocab_size": 32000, "tie_word_embeddings": False, "max_position_embeddings": 32768},
-    "llama3-8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
-                      "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": False, "max_position_embeddings": 8192},
+    "smollm2-135m": {
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "vocab_size": 49152,
+        "tie_word_embeddings": True,
+        "max_position_embeddings": 8192,
+    },
+    "tinyllama-1.1b": {
+        "hidden_size": 2048,
+        "intermediate_size": 5632,
+        "num_hidden_layers": 22,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+        "vocab_size": 32000,
+        "tie_word_embeddings": False,
+        "max_position_embeddings": 2048,
+    },
+    "llama2-7b": {
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "vocab_size": 32000,
+        "tie_word_embeddings": False,
+        "max_position_embeddings": 4096,
+    },
+    "mistral-7b": {
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 32000,
+        "tie_word_embeddings": False,
+        "max_position_embeddings": 32768,
+    },
+    "llama3-8b": {
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+        "tie_word_embeddings": False,
+        "max_position_embeddings": 8192,
+    },
 }
-LLAMA_STYLE = ("llama", "mistral", "qwen2", "qwen3", "smollm", "olmo")  # config.json model_type prefixes planned as Llama
+LLAMA_STYLE = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "smollm",
+    "olmo",
+)  # config.json model_type prefixes planned as Llama
 
 
 @dataclass(frozen=True)
@@ -54,6 +101,7 @@ class ModelShape:
     """What the planner needs to know about a causal LM. `impl` says whose code runs it, because that decides
     which tensors autograd keeps: "zerotrain" (zerotrain's GPT-2), "hf-gpt2" (transformers GPT2LMHeadModel)
     or "hf-llama" (transformers LlamaForCausalLM and its Mistral/Qwen2 relatives), all with SDPA attention."""
+
     name: str
     impl: str
     n_layer: int
@@ -105,7 +153,10 @@ class ModelShape:
         stage3_param_persistence_threshold (1e5 by default) — biases and norm weights."""
         h = self.hidden
         if self.impl in ("zerotrain", "hf-gpt2"):
-            per_layer, final = (h, h, 3 * h, h, h, h, 4 * h, h), (h, h)  # ln_1 w+b, c_attn b, c_proj b, ln_2 w+b, c_fc b, c_proj b
+            per_layer, final = (
+                (h, h, 3 * h, h, h, h, 4 * h, h),
+                (h, h),
+            )  # ln_1 w+b, c_attn b, c_proj b, ln_2 w+b, c_fc b, c_proj b
         else:
             per_layer = (h, h) + ((h, self.kv_dim, self.kv_dim) if self.qkv_bias else ())
             final = (h,)
@@ -113,19 +164,30 @@ class ModelShape:
 
     def describe(self) -> str:
         kv = f", {self.kv_heads} kv heads" if self.kv_heads != self.n_head else ""
-        return (f"{self.name}: {self.n_params / 1e6:,.1f}M parameters, {self.n_layer} layers, {self.n_head} heads{kv}, "
-                f"hidden {self.hidden}, vocab {self.vocab} ({self.impl})")
+        return (
+            f"{self.name}: {self.n_params / 1e6:,.1f}M parameters, {self.n_layer} layers, {self.n_head} heads{kv}, "
+            f"hidden {self.hidden}, vocab {self.vocab} ({self.impl})"
+        )
 
 
 def gpt2_shape(preset: str, **overrides) -> ModelShape:
     if preset not in GPT2_PRESETS:
-        raise UserError(f"unknown model {preset!r}; choose a preset ({', '.join([*GPT2_PRESETS, *LLAMA_PRESETS])}), "
-                        "hf:DIR, a config.json, or dims:LAYERS,HEADS,HIDDEN[,VOCAB]")
+        raise UserError(
+            f"unknown model {preset!r}; choose a preset ({', '.join([*GPT2_PRESETS, *LLAMA_PRESETS])}), "
+            "hf:DIR, a config.json, or dims:LAYERS,HEADS,HIDDEN[,VOCAB]"
+        )
     p = {**GPT2_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
     vocab = overrides.get("vocab_size") or GPT2_VOCAB
-    return ModelShape(name=preset, impl="zerotrain", n_layer=p["n_layer"], n_head=p["n_head"], hidden=p["n_embd"],
-                      vocab=math.ceil(vocab / VOCAB_MULTIPLE) * VOCAB_MULTIPLE, max_positions=p["block_size"],
-                      dropout=overrides.get("dropout") or 0.0)
+    return ModelShape(
+        name=preset,
+        impl="zerotrain",
+        n_layer=p["n_layer"],
+        n_head=p["n_head"],
+        hidden=p["n_embd"],
+        vocab=math.ceil(vocab / VOCAB_MULTIPLE) * VOCAB_MULTIPLE,
+        max_positions=p["block_size"],
+        dropout=overrides.get("dropout") or 0.0,
+    )
 
 
 def shape_from_hf_config(cfg: dict, name: str) -> ModelShape:
@@ -133,27 +195,47 @@ def shape_from_hf_config(cfg: dict, name: str) -> ModelShape:
     model_type = str(cfg.get("model_type", "")).lower()
     try:
         if model_type == "gpt2":
-            return ModelShape(name=name, impl="hf-gpt2", n_layer=int(cfg["n_layer"]), n_head=int(cfg["n_head"]),
-                              hidden=int(cfg["n_embd"]), vocab=int(cfg["vocab_size"]), max_positions=int(cfg.get("n_positions", 1024)),
-                              tied_embeddings=bool(cfg.get("tie_word_embeddings", True)),
-                              dropout=float(cfg.get("resid_pdrop", 0.1)))
+            return ModelShape(
+                name=name,
+                impl="hf-gpt2",
+                n_layer=int(cfg["n_layer"]),
+                n_head=int(cfg["n_head"]),
+                hidden=int(cfg["n_embd"]),
+                vocab=int(cfg["vocab_size"]),
+                max_positions=int(cfg.get("n_positions", 1024)),
+                tied_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+                dropout=float(cfg.get("resid_pdrop", 0.1)),
+            )
         if model_type.startswith(LLAMA_STYLE):
-            return ModelShape(name=name, impl="hf-llama", n_layer=int(cfg["num_hidden_layers"]), n_head=int(cfg["num_attention_heads"]),
-                              n_kv_head=int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"]),
-                              hidden=int(cfg["hidden_size"]), intermediate=int(cfg["intermediate_size"]), vocab=int(cfg["vocab_size"]),
-                              max_positions=int(cfg.get("max_position_embeddings", 2048)),
-                              tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-                              qkv_bias=bool(cfg.get("attention_bias", model_type.startswith("qwen2"))))
+            return ModelShape(
+                name=name,
+                impl="hf-llama",
+                n_layer=int(cfg["num_hidden_layers"]),
+                n_head=int(cfg["num_attention_heads"]),
+                n_kv_head=int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"]),
+                hidden=int(cfg["hidden_size"]),
+                intermediate=int(cfg["intermediate_size"]),
+                vocab=int(cfg["vocab_size"]),
+                max_positions=int(cfg.get("max_position_embeddings", 2048)),
+                tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                qkv_bias=bool(cfg.get("attention_bias", model_type.startswith("qwen2"))),
+            )
     except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{name}: config.json lacks a usable {e} for a {model_type} model; check the file is a transformers config") from None
-    raise UserError(f"{name}: model_type {cfg.get('model_type')!r} is not supported; the planner knows gpt2 and "
-                    f"Llama-style models ({', '.join(LLAMA_STYLE)})")
+        raise UserError(
+            f"{name}: config.json lacks a usable {e} for a {model_type} model; check the file is a transformers config"
+        ) from None
+    raise UserError(
+        f"{name}: model_type {cfg.get('model_type')!r} is not supported; the planner knows gpt2 and "
+        f"Llama-style models ({', '.join(LLAMA_STYLE)})"
+    )
 
 
 def resolve_model(spec: str) -> ModelShape:
     """`gpt2-xl`, `llama3-8b`, `hf:DIR`, `DIR` or `path/config.json` (transformers), or `dims:L,HEADS,HIDDEN[,VOCAB]`."""
     if not spec.strip():
-        raise UserError("the model name is empty; give a preset such as gpt2-xl or llama3-8b, hf:DIR, or dims:L,HEADS,HIDDEN")
+        raise UserError(
+            "the model name is empty; give a preset such as gpt2-xl or llama3-8b, hf:DIR, or dims:L,HEADS,HIDDEN"
+        )
     if spec in GPT2_PRESETS:
         return gpt2_shape(spec)
     if spec in LLAMA_PRESETS:
@@ -164,20 +246,34 @@ def resolve_model(spec: str) -> ModelShape:
             layers, heads, hidden = nums[:3]
             vocab = nums[3] if len(nums) > 3 else GPT2_VOCAB
         except ValueError:
-            raise UserError(f"--model {spec}: write dims:LAYERS,HEADS,HIDDEN[,VOCAB] with integers, e.g. dims:24,16,2048") from None
+            raise UserError(
+                f"--model {spec}: write dims:LAYERS,HEADS,HIDDEN[,VOCAB] with integers, e.g. dims:24,16,2048"
+            ) from None
         if min(layers, heads, hidden, vocab) <= 0 or hidden % heads:
-            raise UserError(f"--model {spec}: layers, heads, hidden and vocab must be positive, and hidden divisible by heads")
-        return ModelShape(name=spec, impl="zerotrain", n_layer=layers, n_head=heads, hidden=hidden,
-                          vocab=math.ceil(vocab / VOCAB_MULTIPLE) * VOCAB_MULTIPLE)
+            raise UserError(
+                f"--model {spec}: layers, heads, hidden and vocab must be positive, and hidden divisible by heads"
+            )
+        return ModelShape(
+            name=spec,
+            impl="zerotrain",
+            n_layer=layers,
+            n_head=heads,
+            hidden=hidden,
+            vocab=math.ceil(vocab / VOCAB_MULTIPLE) * VOCAB_MULTIPLE,
+        )
     path = Path(spec.removeprefix("hf:"))
     if spec.startswith("hf:") or path.exists() or spec.endswith(".json"):
         cfg_path = path / "config.json" if path.is_dir() else path
         if not cfg_path.is_file():
-            raise UserError(f"{cfg_path} not found; point --model at a Hugging Face model directory holding config.json, or at the file")
+            raise UserError(
+                f"{cfg_path} not found; point --model at a Hugging Face model directory holding config.json, or at the file"
+            )
         try:
             cfg = json.loads(cfg_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{cfg_path} is not valid JSON ({e}); re-download or re-save the model's config.json") from None
+            raise UserError(
+                f"{cfg_path} is not valid JSON ({e}); re-download or re-save the model's config.json"
+            ) from None
         if not isinstance(cfg, dict):
             raise UserError(f"{cfg_path} must hold a JSON object (a transformers config)")
         return shape_from_hf_config(cfg, str(path))
@@ -188,8 +284,12 @@ def resolve_model(spec: str) -> ModelShape:
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 OPTIMIZER_STATE_BYTES = {"adamw": 8, "adam": 8, "sgd": 4, "sgd-nomomentum": 0}  # fp32 states per parameter
-CUBLAS_WORKSPACE = 32 * MiB  # per thread that runs matmuls on Hopper (forward thread + autograd thread); CUDA_BLAS workspace
-CUDA_CONTEXT = 600 * MiB  # CUDA context + cuBLAS/cuDNN kernels outside the caching allocator (nvidia-smi minus reserved)
+CUBLAS_WORKSPACE = (
+    32 * MiB
+)  # per thread that runs matmuls on Hopper (forward thread + autograd thread); CUDA_BLAS workspace
+CUDA_CONTEXT = (
+    600 * MiB
+)  # CUDA context + cuBLAS/cuDNN kernels outside the caching allocator (nvidia-smi minus reserved)
 NCCL_BUFFERS = 400 * MiB  # NCCL communicator buffers for the data-parallel group (only with more than one GPU)
 PROCESS_HOST_RAM = 3 * GiB  # a rank's Python + torch + CUDA libraries in host memory
 
@@ -197,6 +297,7 @@ PROCESS_HOST_RAM = 3 * GiB  # a rank's Python + torch + CUDA libraries in host m
 @dataclass(frozen=True)
 class RunShape:
     """A training run as the planner sees it. DeepSpeed's buffer settings carry DeepSpeed 0.19's defaults."""
+
     gpus_per_node: int = 1
     nodes: int = 1
     micro_batch: int = 1
@@ -230,18 +331,28 @@ class RunShape:
         return self.micro_batch * self.seq_len
 
     def describe(self) -> str:
-        off = "".join([f", offload optimizer {self.offload_optimizer}" if self.offload_optimizer != "none" else "",
-                       f", offload params {self.offload_params}" if self.offload_params != "none" else ""])
-        return (f"ZeRO-{self.zero_stage}{off}, {self.world} GPU{'s' if self.world > 1 else ''}, micro-batch {self.micro_batch} × "
-                f"{self.seq_len} tokens, accumulation {self.grad_accum}{' in fp32' if fp32_grad_accum(self) else ''}, {self.dtype}"
-                f"{', activation checkpointing' if self.activation_checkpointing else ''}")
+        off = "".join(
+            [
+                f", offload optimizer {self.offload_optimizer}" if self.offload_optimizer != "none" else "",
+                f", offload params {self.offload_params}" if self.offload_params != "none" else "",
+            ]
+        )
+        return (
+            f"ZeRO-{self.zero_stage}{off}, {self.world} GPU{'s' if self.world > 1 else ''}, micro-batch {self.micro_batch} × "
+            f"{self.seq_len} tokens, accumulation {self.grad_accum}{' in fp32' if fp32_grad_accum(self) else ''}, {self.dtype}"
+            f"{', activation checkpointing' if self.activation_checkpointing else ''}"
+        )
 
 
 def fp32_grad_accum(run: RunShape) -> bool:
     """Whether DeepSpeed sums this run's gradients in fp32 apart from its compute dtype: asked for, and where zerotrain
     trains with it (bf16 at ZeRO 1-3 without an offloaded optimizer; elsewhere the planner plans DeepSpeed's default)."""
-    return (run.grad_accum_dtype == "fp32" and run.dtype == "bf16" and run.zero_stage >= 1
-            and run.offload_optimizer == "none")
+    return (
+        run.grad_accum_dtype == "fp32"
+        and run.dtype == "bf16"
+        and run.zero_stage >= 1
+        and run.offload_optimizer == "none"
+    )
 
 
 def check_run(run: RunShape, model: ModelShape | None = None) -> None:
@@ -268,16 +379,30 @@ def check_run(run: RunShape, model: ModelShape | None = None) -> None:
         problems.append("offloading the optimizer needs ZeRO stage 1, 2 or 3; raise --zero or drop --offload-optimizer")
     if run.attention not in ("sdpa", "eager"):
         problems.append(f"attention {run.attention!r} must be sdpa or eager")
-    for name in ("reduce_bucket_size", "allgather_bucket_size", "prefetch_bucket_size", "max_live_parameters", "sub_group_size"):
+    for name in (
+        "reduce_bucket_size",
+        "allgather_bucket_size",
+        "prefetch_bucket_size",
+        "max_live_parameters",
+        "sub_group_size",
+    ):
         if not isinstance(getattr(run, name), int) or getattr(run, name) < 1:
             problems.append(f"{name} must be a positive number of elements")
-    if model is not None and isinstance(run.seq_len, int) and run.seq_len > model.max_positions and model.impl != "hf-llama":
-        problems.append(f"seq-len {run.seq_len} exceeds {model.name}'s {model.max_positions} positions; use --seq-len ≤ {model.max_positions}")
+    if (
+        model is not None
+        and isinstance(run.seq_len, int)
+        and run.seq_len > model.max_positions
+        and model.impl != "hf-llama"
+    ):
+        problems.append(
+            f"seq-len {run.seq_len} exceeds {model.name}'s {model.max_positions} positions; use --seq-len ≤ {model.max_positions}"
+        )
     if problems:
         raise UserError("; ".join(problems))
 
 
 # ------------------------------------------------------------------------------------------------ activations
+
 
 def saved_bytes_per_token_per_layer(model: ModelShape, b: int, attention: str, seq_len: int) -> float:
     """Bytes autograd keeps per token per transformer block until its backward runs (read off CUDA allocator
@@ -299,9 +424,9 @@ def saved_bytes_per_token_per_layer(model: ModelShape, b: int, attention: str, s
         return (16 + 12 + 2) * b * h + 2 * 8 + lse + masks + scores
     # hf-llama. Each LlamaRMSNorm keeps its fp32 input (4h), rsqrt (4), normalised bf16 (b·h) and the weighted
     # output (b·h); q after RoPE (b·h); k and v as cached (b·kv each); attention out (b·h); the SwiGLU MLP keeps
-    # gate out, up out, silu out and their product (b·I each).
-    I, kv = model.ffn, model.kv_dim
-    return 2 * (4 * h + 4 + 2 * b * h) + 2 * b * h + 2 * b * kv + 4 * b * I + lse + scores
+    # gate out, up out, silu out and their product (b·ffn each).
+    ffn, kv = model.ffn, model.kv_dim
+    return 2 * (4 * h + 4 + 2 * b * h) + 2 * b * h + 2 * b * kv + 4 * b * ffn + lse + scores
 
 
 def _checkpointed_block_input(model: ModelShape, b: int) -> int:
@@ -332,10 +457,14 @@ def _loss_terms(model: ModelShape, b: int, s: int, fused: bool, compiled: bool) 
         if model.impl == "hf-llama":
             kept = s * (4 * V + 4 * h + 4 + 2 * b * h)  # final RMSNorm as in the blocks
         else:
-            kept = s * (4 * V + 2 * b * h + 8 + (h if model.dropout > 0 else 0))  # ln_f out + stats, embedding sum (+ mask)
+            kept = s * (
+                4 * V + 2 * b * h + 8 + (h if model.dropout > 0 else 0)
+            )  # ln_f out + stats, embedding sum (+ mask)
         return kept, 0, s * 8 * V
     c = min(FUSED_LOSS_CHUNK_TOKENS, s)
-    kept = s * (2 * b * h + 8 + (h if model.dropout > 0 else 0)) + b * V * h  # embedding sum, grad of hidden, ln_f stats
+    kept = (
+        s * (2 * b * h + 8 + (h if model.dropout > 0 else 0)) + b * V * h
+    )  # embedding sum, grad of hidden, ln_f stats
     # ln_f output + one chunk + fp32 accumulator + one chunk's product (b) and its fp32 copy (4); the b·V·h
     # gradient counted in `kept` is only made after the loop
     forward = s * b * h + c * V * (2 * b if compiled else b + 8) + 4 * V * h + (b + 4) * V * h - b * V * h
@@ -350,6 +479,7 @@ def _block_backward_transient(model: ModelShape, b: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ plan
+
 
 @dataclass
 class MemoryPlan:
@@ -373,16 +503,26 @@ class MemoryPlan:
         return self.gpu_bytes_needed <= gpu_memory * (1 - headroom)
 
     def to_json(self, gpu_memory: int | None = None) -> dict:
-        return {"zero_stage": self.run.zero_stage, "offload_optimizer": self.run.offload_optimizer,
-                "offload_params": self.run.offload_params, "micro_batch": self.run.micro_batch,
-                "grad_accum": self.run.grad_accum, "seq_len": self.run.seq_len, "dtype": self.run.dtype,
-                "grad_accum_dtype": "fp32" if fp32_grad_accum(self.run) else self.run.dtype, "notes": list(self.notes),
-                "activation_checkpointing": self.run.activation_checkpointing, "gpus": self.run.world,
-                "per_gpu": {k: int(v) for k, v in self.per_gpu.items()}, "peak_phase": self.peak_phase,
-                "phases": {name: {k: int(v) for k, v in terms.items()} for name, terms in self.phases.items()},
-                "host_ram_per_node": int(self.host_ram_per_node), "nvme_bytes": int(self.nvme_bytes),
-                "checkpoint_bytes": int(self.checkpoint_bytes),
-                "fits": None if gpu_memory is None else self.fits(gpu_memory)}
+        return {
+            "zero_stage": self.run.zero_stage,
+            "offload_optimizer": self.run.offload_optimizer,
+            "offload_params": self.run.offload_params,
+            "micro_batch": self.run.micro_batch,
+            "grad_accum": self.run.grad_accum,
+            "seq_len": self.run.seq_len,
+            "dtype": self.run.dtype,
+            "grad_accum_dtype": "fp32" if fp32_grad_accum(self.run) else self.run.dtype,
+            "notes": list(self.notes),
+            "activation_checkpointing": self.run.activation_checkpointing,
+            "gpus": self.run.world,
+            "per_gpu": {k: int(v) for k, v in self.per_gpu.items()},
+            "peak_phase": self.peak_phase,
+            "phases": {name: {k: int(v) for k, v in terms.items()} for name, terms in self.phases.items()},
+            "host_ram_per_node": int(self.host_ram_per_node),
+            "nvme_bytes": int(self.nvme_bytes),
+            "checkpoint_bytes": int(self.checkpoint_bytes),
+            "fits": None if gpu_memory is None else self.fits(gpu_memory),
+        }
 
 
 def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
@@ -400,8 +540,10 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
     bf16_optimizer = fp32_accum and z == 1
     g = 4 if fp32_accum else b  # bytes per element of the accumulated gradients
     if run.grad_accum_dtype == "fp32" and not fp32_accum and b < 4:
-        notes.append(f"ZeRO-0 and offloaded-optimizer runs sum gradients in {run.dtype}: zerotrain sums them in fp32 at ZeRO 1-3 "
-                     "with the optimizer on the GPU, in bf16 training only")
+        notes.append(
+            f"ZeRO-0 and offloaded-optimizer runs sum gradients in {run.dtype}: zerotrain sums them in fp32 at ZeRO 1-3 "
+            "with the optimizer on the GPU, in bf16 training only"
+        )
 
     # --- parameters: the compute-dtype weights each GPU holds
     if z < 3:
@@ -456,7 +598,9 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
     # --- activations kept for backward, and what comes on top at three moments: the end of the forward (the
     # fused loss's chunk loop), the start of backward (the plain loss's fp32 gradients) and the first block's
     # backward (reduce buffers allocated, the loss's scaled gradients alive)
-    compiled = model.impl == "zerotrain" and run.compile in ("blocks", "auto") and z < 3  # train refuses blocks at stage 3
+    compiled = (
+        model.impl == "zerotrain" and run.compile in ("blocks", "auto") and z < 3
+    )  # train refuses blocks at stage 3
     fused = model.impl == "zerotrain" and run.fused_loss
     kept_loss, loss_forward, loss_backward = _loss_terms(model, b, s, fused, compiled)
     per_layer = saved_bytes_per_token_per_layer(model, b, run.attention, run.seq_len)
@@ -528,8 +672,17 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
     if run.attention == "eager":
         notes.append("eager attention keeps the T×T attention probabilities of every layer; SDPA does not")
     per_gpu = {**terms, "overhead": overhead, "peak_allocated": peak_allocated, "peak_reserved": peak_reserved}
-    return MemoryPlan(model, run, {k: int(v) for k, v in per_gpu.items()}, peak_phase, int(host_ram), int(nvme), int(checkpoint),
-                      {name: {k: int(v) for k, v in t.items()} for name, t in phases.items()}, notes)
+    return MemoryPlan(
+        model,
+        run,
+        {k: int(v) for k, v in per_gpu.items()},
+        peak_phase,
+        int(host_ram),
+        int(nvme),
+        int(checkpoint),
+        {name: {k: int(v) for k, v in t.items()} for name, t in phases.items()},
+        notes,
+    )
 
 
 def variants(run: RunShape, stages: list[int], offload: bool = True) -> list[RunShape]:
@@ -551,8 +704,9 @@ def variants(run: RunShape, stages: list[int], offload: bool = True) -> list[Run
 STAGES_FASTEST_FIRST = (1, 2, 0, 3)
 
 
-def recommend(model: ModelShape, run: RunShape, gpu_memory: int, micro_batches: list[int] | None = None,
-              headroom: float = 0.10) -> MemoryPlan | None:
+def recommend(
+    model: ModelShape, run: RunShape, gpu_memory: int, micro_batches: list[int] | None = None, headroom: float = 0.10
+) -> MemoryPlan | None:
     """The fastest configuration that fits with `headroom` to spare: no offload before optimizer offload
     before parameter offload (each costs PCIe traffic and CPU Adam time); without activation checkpointing
     before with it (recomputing the forward costs about a third more compute, less than offload); then the
@@ -567,8 +721,17 @@ def recommend(model: ModelShape, run: RunShape, gpu_memory: int, micro_batches: 
                 if (oo != "none" and z == 0) or (op != "none" and z != 3):
                     continue
                 for mb in sorted(candidates, reverse=True):
-                    p = plan(model, replace(run, zero_stage=z, offload_optimizer=oo, offload_params=op, micro_batch=mb,
-                                            activation_checkpointing=ckpt))
+                    p = plan(
+                        model,
+                        replace(
+                            run,
+                            zero_stage=z,
+                            offload_optimizer=oo,
+                            offload_params=op,
+                            micro_batch=mb,
+                            activation_checkpointing=ckpt,
+                        ),
+                    )
                     if p.fits(gpu_memory, headroom):
                         key = (offload_rank, ckpt, speed_rank, -mb)
                         if best is None or key < best[0]:
@@ -578,6 +741,7 @@ def recommend(model: ModelShape, run: RunShape, gpu_memory: int, micro_batches: 
 
 
 # ------------------------------------------------------------------------------------------------ inference
+
 
 @dataclass
 class InferencePlan:
@@ -595,9 +759,17 @@ class InferencePlan:
         return self.weights + self.kv_cache + self.activations + self.overhead
 
     def to_json(self, gpu_memory: int | None = None) -> dict:
-        return {"batch": self.batch, "context": self.context, "dtype": self.dtype, "weights": self.weights,
-                "kv_cache": self.kv_cache, "activations": self.activations, "overhead": self.overhead,
-                "total": self.total, "fits": None if gpu_memory is None else self.total <= gpu_memory}
+        return {
+            "batch": self.batch,
+            "context": self.context,
+            "dtype": self.dtype,
+            "weights": self.weights,
+            "kv_cache": self.kv_cache,
+            "activations": self.activations,
+            "overhead": self.overhead,
+            "total": self.total,
+            "fits": None if gpu_memory is None else self.total <= gpu_memory,
+        }
 
 
 def plan_inference(model: ModelShape, batch: int, context: int, dtype: str = "bf16") -> InferencePlan:
@@ -615,18 +787,36 @@ def plan_inference(model: ModelShape, batch: int, context: int, dtype: str = "bf
     # generate() computes logits (fp32) for the last position only.
     layer = tokens * b * (3 * model.hidden + 2 * model.kv_dim + 3 * model.ffn)
     logits = batch * model.vocab * (b + 4)
-    return InferencePlan(model, batch, context, dtype, int(weights), int(kv), int(layer + logits + CUBLAS_WORKSPACE), CUDA_CONTEXT)
+    return InferencePlan(
+        model, batch, context, dtype, int(weights), int(kv), int(layer + logits + CUBLAS_WORKSPACE), CUDA_CONTEXT
+    )
 
 
 # ------------------------------------------------------------------------------------------------ GPUs and inputs
 
 # Usable memory as torch.cuda.get_device_properties().total_memory reports it (MiB), and bf16 support.
 GPUS = {
-    "h200": (143_158, True), "gh200": (97_871, True), "h100": (81_559, True), "h100-nvl": (95_830, True), "h800": (81_559, True),
-    "a100-80gb": (81_251, True), "a100": (81_251, True), "a100-40gb": (40_537, True), "a800": (81_251, True),
-    "l40s": (46_068, True), "l40": (46_068, True), "a6000": (48_677, True), "l4": (22_563, True), "a10": (22_731, True),
-    "a10g": (22_731, True), "rtx4090": (24_217, True), "rtx3090": (24_268, True),
-    "v100-32gb": (32_501, False), "v100": (16_151, False), "t4": (15_095, False), "p100": (16_280, False),
+    "h200": (143_158, True),
+    "gh200": (97_871, True),
+    "h100": (81_559, True),
+    "h100-nvl": (95_830, True),
+    "h800": (81_559, True),
+    "a100-80gb": (81_251, True),
+    "a100": (81_251, True),
+    "a100-40gb": (40_537, True),
+    "a800": (81_251, True),
+    "l40s": (46_068, True),
+    "l40": (46_068, True),
+    "a6000": (48_677, True),
+    "l4": (22_563, True),
+    "a10": (22_731, True),
+    "a10g": (22_731, True),
+    "rtx4090": (24_217, True),
+    "rtx3090": (24_268, True),
+    "v100-32gb": (32_501, False),
+    "v100": (16_151, False),
+    "t4": (15_095, False),
+    "p100": (16_280, False),
 }
 
 
@@ -652,9 +842,12 @@ def gpu_memory_from_name(name: str) -> tuple[int, bool]:
 
 def run_from_ds_config(cfg: dict, base: RunShape) -> RunShape:
     """Fill a RunShape from a ds_config dict (the keys the planner cares about; everything else is ignored)."""
+
     def num(value, name):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"ds_config {name} = {value!r}: the planner needs a number here (\"auto\" is only filled in by the HF Trainer)")
+            raise UserError(
+                f'ds_config {name} = {value!r}: the planner needs a number here ("auto" is only filled in by the HF Trainer)'
+            )
         return int(value)
 
     zero = cfg.get("zero_optimization") or {}
@@ -673,18 +866,26 @@ def run_from_ds_config(cfg: dict, base: RunShape) -> RunShape:
         changes["dtype"] = "fp32"
     data_types = cfg.get("data_types") or {}
     if isinstance(data_types, dict) and "grad_accum_dtype" in data_types:
-        changes["grad_accum_dtype"] = "fp32" if str(data_types["grad_accum_dtype"]).lower() in ("fp32", "float32", "float") else "auto"
+        changes["grad_accum_dtype"] = (
+            "fp32" if str(data_types["grad_accum_dtype"]).lower() in ("fp32", "float32", "float") else "auto"
+        )
     if "stage" in zero:
         changes["zero_stage"] = num(zero["stage"], "zero_optimization.stage")
     for key, attr in (("offload_optimizer", "offload_optimizer"), ("offload_param", "offload_params")):
         entry = zero.get(key)
         if isinstance(entry, dict) and entry.get("device"):
             changes[attr] = str(entry["device"])
-    for key, attr in (("reduce_bucket_size", "reduce_bucket_size"), ("allgather_bucket_size", "allgather_bucket_size"),
-                      ("stage3_prefetch_bucket_size", "prefetch_bucket_size"), ("prefetch_bucket_size", "prefetch_bucket_size"),
-                      ("stage3_max_live_parameters", "max_live_parameters"), ("max_live_parameters", "max_live_parameters"),
-                      ("stage3_param_persistence_threshold", "param_persistence_threshold"),
-                      ("param_persistence_threshold", "param_persistence_threshold"), ("sub_group_size", "sub_group_size")):
+    for key, attr in (
+        ("reduce_bucket_size", "reduce_bucket_size"),
+        ("allgather_bucket_size", "allgather_bucket_size"),
+        ("stage3_prefetch_bucket_size", "prefetch_bucket_size"),
+        ("prefetch_bucket_size", "prefetch_bucket_size"),
+        ("stage3_max_live_parameters", "max_live_parameters"),
+        ("max_live_parameters", "max_live_parameters"),
+        ("stage3_param_persistence_threshold", "param_persistence_threshold"),
+        ("param_persistence_threshold", "param_persistence_threshold"),
+        ("sub_group_size", "sub_group_size"),
+    ):
         if key in zero:
             changes[attr] = num(zero[key], f"zero_optimization.{key}")
     if "overlap_comm" in zero:

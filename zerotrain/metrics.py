@@ -43,7 +43,10 @@ def peak_memory(device) -> dict:
     import torch
 
     if device.type == "cuda":
-        return {"peak_mem_bytes": torch.cuda.max_memory_allocated(device), "peak_reserved_bytes": torch.cuda.max_memory_reserved(device)}
+        return {
+            "peak_mem_bytes": torch.cuda.max_memory_allocated(device),
+            "peak_reserved_bytes": torch.cuda.max_memory_reserved(device),
+        }
     return {"peak_mem_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}  # Linux reports KiB
 
 
@@ -64,7 +67,11 @@ def format_line(r: dict, max_steps: int) -> str:
         parts.append(f"mfu {100 * r['mfu']:.1f}%")
     parts.append(f"mem {r['peak_mem_bytes'] / 2**30:.2f} GiB")
     if r.get("gpu_sm_clock_mhz") is not None:  # rank 0's GPU, zerotrain/clocks.py
-        held = [why for why, key in (("power", "gpu_power_capped"), ("thermal", "gpu_thermal_capped")) if r.get(key, 0) >= 0.5]
+        held = [
+            why
+            for why, key in (("power", "gpu_power_capped"), ("thermal", "gpu_thermal_capped"))
+            if r.get(key, 0) >= 0.5
+        ]
         parts.append(f"{r['gpu_sm_clock_mhz']:.0f} MHz" + (f" ({' and '.join(held)} limit)" if held else ""))
     if r.get("loss_scale") is not None:
         parts.append(f"scale {r['loss_scale']:.0f}")
@@ -80,7 +87,9 @@ class MetricsWriter:
     Only rank 0 writes. On resume, records after the resumed step (written by the crashed run after
     its last checkpoint) are dropped so the file reads as one run."""
 
-    def __init__(self, run_dir: Path, resume_step: int, tensorboard: bool, wandb: bool, wandb_project: str, config: dict):
+    def __init__(
+        self, run_dir: Path, resume_step: int, tensorboard: bool, wandb: bool, wandb_project: str, config: dict
+    ):
         self.path = run_dir / "metrics.jsonl"
         if self.path.exists():
             kept = [line for line in self.path.read_text().splitlines() if _step_of(line) <= resume_step]
@@ -89,16 +98,26 @@ class MetricsWriter:
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
+
             self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
         self.wandb = None
         if wandb:
             try:
                 import wandb as wandb_lib
             except ImportError:
-                print("run.wandb is on but wandb is not installed (pip install wandb); logging locally only", file=sys.stderr)
+                print(
+                    "run.wandb is on but wandb is not installed (pip install wandb); logging locally only",
+                    file=sys.stderr,
+                )
             else:
-                self.wandb = wandb_lib.init(project=wandb_project, dir=str(run_dir), config=config,
-                                            name=run_dir.name, resume="allow", id=_wandb_id(run_dir))
+                self.wandb = wandb_lib.init(
+                    project=wandb_project,
+                    dir=str(run_dir),
+                    config=config,
+                    name=run_dir.name,
+                    resume="allow",
+                    id=_wandb_id(run_dir),
+                )
 
     def write(self, record: dict) -> None:
         self.file.write(json.dumps(record) + "\n")
@@ -133,5 +152,6 @@ def _wandb_id(run_dir: Path) -> str:
     id_file = run_dir / ".wandb_id"
     if not id_file.exists():
         import secrets
+
         id_file.write_text(secrets.token_hex(8))
     return id_file.read_text().strip()

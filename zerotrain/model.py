@@ -98,8 +98,9 @@ class Block(nn.Module):
 def masked_mean_cross_entropy(logits, targets):
     """Mean fp32 cross-entropy over targets != IGNORE_INDEX; 0 (not NaN) when a micro-batch of instruction
     data has no target at all, as the fused loss gives."""
-    total = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX,
-                            reduction="sum")
+    total = F.cross_entropy(
+        logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
     return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
 
 
@@ -153,11 +154,11 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_grad else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.size(0), LOSS_CHUNK_TOKENS):
-            h = hidden[start:start + LOSS_CHUNK_TOKENS]
-            loss, grad = chunk_fn(logits_of(h, weight), targets[start:start + LOSS_CHUNK_TOKENS], scale)
+            h = hidden[start : start + LOSS_CHUNK_TOKENS]
+            loss, grad = chunk_fn(logits_of(h, weight), targets[start : start + LOSS_CHUNK_TOKENS], scale)
             total += loss
             if want_grad:
-                grad_hidden[start:start + LOSS_CHUNK_TOKENS] = input_grad(grad, weight)
+                grad_hidden[start : start + LOSS_CHUNK_TOKENS] = input_grad(grad, weight)
                 grad_weight += weight_grad(grad, h).float()
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if want_grad else None)
         return total * scale
@@ -187,8 +188,14 @@ class LMHead(nn.Linear):
             logits = super().forward(x)
             return masked_mean_cross_entropy(logits, targets)
         # evaluation (no_grad) computes the loss only; Function.forward always runs with grad mode off, so ask here
-        return _FusedLinearCrossEntropy.apply(x.reshape(-1, x.size(-1)), self.weight, targets.reshape(-1), self.chunk_fn,
-                                              torch.is_grad_enabled(), self.matmuls)
+        return _FusedLinearCrossEntropy.apply(
+            x.reshape(-1, x.size(-1)),
+            self.weight,
+            targets.reshape(-1),
+            self.chunk_fn,
+            torch.is_grad_enabled(),
+            self.matmuls,
+        )
 
 
 class GPT(nn.Module):
@@ -196,13 +203,15 @@ class GPT(nn.Module):
         super().__init__()
         self.config = cfg
         self.gradient_checkpointing = False  # recompute each block in backward instead of storing its activations
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),
-            wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
-            drop=nn.Dropout(cfg.dropout),
-            h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
-            ln_f=nn.LayerNorm(cfg.n_embd),
-        ))
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),
+                wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+                drop=nn.Dropout(cfg.dropout),
+                h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
+                ln_f=nn.LayerNorm(cfg.n_embd),
+            )
+        )
         self.lm_head = LMHead(cfg.n_embd, cfg.padded_vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
         self.apply(self._init_weights)
@@ -259,16 +268,32 @@ class GPT(nn.Module):
         return self.lm_head(x, targets)
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 generator: torch.Generator | None = None):
+    def generate(
+        self,
+        idx,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ):
         """Append max_new_tokens sampled tokens to idx (B, T). temperature 0 means greedy.
         Padding entries of the vocabulary (>= vocab_size) are never produced."""
-        return sample(self, idx, self.config.block_size, self.config.vocab_size, max_new_tokens, temperature, top_k, generator)
+        return sample(
+            self, idx, self.config.block_size, self.config.vocab_size, max_new_tokens, temperature, top_k, generator
+        )
 
 
 @torch.no_grad()
-def sample(model, idx, context: int, vocab_size: int, max_new_tokens: int, temperature: float = 1.0,
-           top_k: int | None = None, generator: torch.Generator | None = None):
+def sample(
+    model,
+    idx,
+    context: int,
+    vocab_size: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+):
     """Append max_new_tokens tokens to idx (B, T), each drawn from model(last `context` tokens)'s logits over the
     first vocab_size entries: greedy at temperature 0, else softmax(logits / temperature) over the top_k."""
     for _ in range(max_new_tokens):

@@ -92,7 +92,9 @@ def summarize_gpu_trace(events: list[dict], steps: int, wall_s: float) -> dict:
     idle_by_phase = {name: _overlap(gaps, _union(spans)) / steps for name, spans in phases.items()}
     top = sorted(by_kernel.items(), key=lambda kv: -kv[1])[:25]
     return {
-        "device": "gpu", "steps": steps, "step_wall_s": wall_s / steps,
+        "device": "gpu",
+        "steps": steps,
+        "step_wall_s": wall_s / steps,
         "kernel_s_by_category": {k: v / steps for k, v in sorted(by_category.items(), key=lambda kv: -kv[1])},
         "compute_busy_s": compute_s / steps,
         "communication_s": comm_s / steps,
@@ -106,8 +108,12 @@ def summarize_gpu_trace(events: list[dict], steps: int, wall_s: float) -> dict:
 
 def summarize_cpu_ops(key_averages, steps: int, wall_s: float) -> dict:
     rows = sorted(key_averages, key=lambda e: -e.self_cpu_time_total)[:25]
-    return {"device": "cpu", "steps": steps, "step_wall_s": wall_s / steps,
-            "top_ops_self_cpu_s": {e.key: e.self_cpu_time_total * 1e-6 / steps for e in rows}}
+    return {
+        "device": "cpu",
+        "steps": steps,
+        "step_wall_s": wall_s / steps,
+        "top_ops_self_cpu_s": {e.key: e.self_cpu_time_total * 1e-6 / steps for e in rows},
+    }
 
 
 class StepProfiler:
@@ -128,6 +134,7 @@ class StepProfiler:
     def _sync(self) -> None:
         if self.on_gpu:
             import torch
+
             torch.cuda.synchronize()
 
     def maybe_start(self, next_step: int) -> None:
@@ -173,9 +180,18 @@ def format_summary(summary: dict) -> str:
     if summary["device"] == "cpu":
         ops = ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in list(summary["top_ops_self_cpu_s"].items())[:5])
         return f"profile ({steps}): {1000 * wall:.1f} ms per step; most self CPU time: {ops}"
-    parts = ", ".join(f"{k} {1000 * v:.1f} ms ({100 * v / wall:.0f}%)" for k, v in summary["kernel_s_by_category"].items())
-    return (f"profile ({steps}): {1000 * wall:.1f} ms per step; kernels: {parts}; communication waited for "
-            f"{1000 * summary['communication_wait_s']:.1f} ms (hidden {1000 * summary['communication_hidden_s']:.1f} ms); "
-            f"GPU idle {1000 * summary['gpu_idle_s']:.1f} ms"
-            + (" (host in " + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in summary["gpu_idle_s_by_host_phase"].items()) + ")"
-               if summary.get("gpu_idle_s_by_host_phase") else ""))
+    parts = ", ".join(
+        f"{k} {1000 * v:.1f} ms ({100 * v / wall:.0f}%)" for k, v in summary["kernel_s_by_category"].items()
+    )
+    return (
+        f"profile ({steps}): {1000 * wall:.1f} ms per step; kernels: {parts}; communication waited for "
+        f"{1000 * summary['communication_wait_s']:.1f} ms (hidden {1000 * summary['communication_hidden_s']:.1f} ms); "
+        f"GPU idle {1000 * summary['gpu_idle_s']:.1f} ms"
+        + (
+            " (host in "
+            + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in summary["gpu_idle_s_by_host_phase"].items())
+            + ")"
+            if summary.get("gpu_idle_s_by_host_phase")
+            else ""
+        )
+    )

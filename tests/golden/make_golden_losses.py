@@ -35,12 +35,19 @@ def main() -> None:
         cfg = write_config(tmp / "golden.toml", out_dir=tmp / "run", data_dir=tmp / "char", **GOLDEN_RUN)
         run_ok("train", cfg, "--nproc", 2)
         train, val = train_losses(tmp / "run"), val_losses(tmp / "run")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
-    out = {"about": "tests/conftest.py stage_runs[0]: " + json.dumps(GOLDEN_RUN) + ", 2 CPU processes; "
-                    "made by python tests/golden/make_golden_losses.py",
-           "torch": torch.__version__, "deepspeed": deepspeed.__version__, "commit": commit,
-           "date": time.strftime("%Y-%m-%d"), "train_loss": {str(k): v for k, v in train.items()},
-           "val_loss": {str(k): v for k, v in val.items()}}
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+    ).stdout.strip()
+    out = {
+        "about": "tests/conftest.py stage_runs[0]: " + json.dumps(GOLDEN_RUN) + ", 2 CPU processes; "
+        "made by python tests/golden/make_golden_losses.py",
+        "torch": torch.__version__,
+        "deepspeed": deepspeed.__version__,
+        "commit": commit,
+        "date": time.strftime("%Y-%m-%d"),
+        "train_loss": {str(k): v for k, v in train.items()},
+        "val_loss": {str(k): v for k, v in val.items()},
+    }
     (HERE / "losses.json").write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {HERE / 'losses.json'}: {len(train)} train and {len(val)} validation losses")
 

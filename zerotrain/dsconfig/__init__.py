@@ -11,6 +11,9 @@ from intent for any DeepSpeed config (`zerotrain config`). Only engine.py import
   new.py      a ds_config from intent: model, GPUs, batch (`zerotrain config new`)
 """
 
+from zerotrain.dsconfig.effective import explain
+from zerotrain.dsconfig.engine import engine_findings, implied_world_size
+from zerotrain.dsconfig.fixes import fix
 from zerotrain.dsconfig.from_run import (
     Batch,
     build,
@@ -22,17 +25,37 @@ from zerotrain.dsconfig.from_run import (
     resolve_dtype,
     uses_config_optimizer,
 )
-from zerotrain.dsconfig.rules import LEVELS, Finding, check, check_text, gpu_spec, planner_fits_without_offload
-from zerotrain.dsconfig.engine import engine_findings, implied_world_size
-from zerotrain.dsconfig.effective import explain
-from zerotrain.dsconfig.fixes import fix
 from zerotrain.dsconfig.new import TARGETS, Layout, accelerate_config, choose_layout, new_config
 from zerotrain.dsconfig.parse import load_config_file, parse_config_text
+from zerotrain.dsconfig.rules import LEVELS, Finding, check, check_text, gpu_spec, planner_fits_without_offload
 from zerotrain.dsconfig.schema import DEEPSPEED_VERSION
 
 __all__ = [
-    "DEEPSPEED_VERSION", "LEVELS", "TARGETS", "Batch", "Finding", "Layout", "accelerate_config", "build", "check",
-    "check_text", "choose_layout", "derive_batch", "engine_findings", "explain", "fix", "get_dotted", "gpu_spec",
-    "grad_accum_dtype", "implied_world_size", "load_config_file", "load_user_config", "merge_user_config", "new_config",
-    "parse_config_text", "planner_fits_without_offload", "resolve_dtype", "uses_config_optimizer",
+    "DEEPSPEED_VERSION",
+    "LEVELS",
+    "TARGETS",
+    "Batch",
+    "Finding",
+    "Layout",
+    "accelerate_config",
+    "build",
+    "check",
+    "check_text",
+    "choose_layout",
+    "derive_batch",
+    "engine_findings",
+    "explain",
+    "fix",
+    "get_dotted",
+    "gpu_spec",
+    "grad_accum_dtype",
+    "implied_world_size",
+    "load_config_file",
+    "load_user_config",
+    "merge_user_config",
+    "new_config",
+    "parse_config_text",
+    "planner_fits_without_offload",
+    "resolve_dtype",
+    "uses_config_optimizer",
 ]

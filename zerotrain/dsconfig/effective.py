@@ -32,8 +32,15 @@ def explain(config: dict) -> list[tuple[str, object, bool, str]]:
         rows.append((key, default if is_default else value, is_default, DESCRIPTIONS.get(key, "")))
         shown.add(key)
 
-    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-                "gradient_clipping", "steps_per_print", "communication_data_type", "wall_clock_breakdown"):
+    for key in (
+        "train_batch_size",
+        "train_micro_batch_size_per_gpu",
+        "gradient_accumulation_steps",
+        "gradient_clipping",
+        "steps_per_print",
+        "communication_data_type",
+        "wall_clock_breakdown",
+    ):
         add(key, TOP_LEVEL_DEFAULTS[key])
     if _enabled(cfg, "fp16"):
         for key, default in FP16_DEFAULTS.items():
@@ -47,7 +54,10 @@ def explain(config: dict) -> list[tuple[str, object, bool, str]]:
     zero_defaults = dict(ZERO_DEFAULTS, overlap_comm=stage == 3)  # overlap_comm's default depends on the stage
     for key in ZERO_KEYS_BY_STAGE[stage] or ("stage",):
         add(f"zero_optimization.{key}", zero_defaults[key])
-    for which, defaults in (("offload_optimizer", OFFLOAD_OPTIMIZER_DEFAULTS), ("offload_param", OFFLOAD_PARAM_DEFAULTS)):
+    for which, defaults in (
+        ("offload_optimizer", OFFLOAD_OPTIMIZER_DEFAULTS),
+        ("offload_param", OFFLOAD_PARAM_DEFAULTS),
+    ):
         if isinstance(_get(cfg, f"zero_optimization.{which}"), dict):
             for key, default in defaults.items():
                 add(f"zero_optimization.{which}.{key}", default)

@@ -16,6 +16,7 @@ def engine_findings(config: dict, world_size: int | None = None, hf_integration:
 
     if "DS_ACCELERATOR" not in os.environ:
         import torch
+
         if not torch.cuda.is_available():
             os.environ["DS_ACCELERATOR"] = "cpu"  # spares DeepSpeed's accelerator-detection warning
     from deepspeed.runtime.config import DeepSpeedConfig
@@ -41,9 +42,17 @@ def engine_findings(config: dict, world_size: int | None = None, hf_integration:
         ConfigAtWorldSize(cfg)
     except Exception as e:  # noqa: BLE001 - whatever DeepSpeed raises is the finding
         lines = [line for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
-        detail = lines[0] if len(lines) == 1 or "validation error" not in lines[0] else f"{lines[0]}: {' '.join(lines[1:3])}"
-        return [Finding("error", "deepspeed", f"DeepSpeed {_deepspeed_version()} rejects the config: {detail.strip()}",
-                        "fix the key it names")]
+        detail = (
+            lines[0] if len(lines) == 1 or "validation error" not in lines[0] else f"{lines[0]}: {' '.join(lines[1:3])}"
+        )
+        return [
+            Finding(
+                "error",
+                "deepspeed",
+                f"DeepSpeed {_deepspeed_version()} rejects the config: {detail.strip()}",
+                "fix the key it names",
+            )
+        ]
     finally:
         ds_logger.setLevel(level)
     return []
@@ -59,4 +68,5 @@ def implied_world_size(config: dict) -> int | None:
 
 def _deepspeed_version() -> str:
     import deepspeed
+
     return deepspeed.__version__

@@ -32,8 +32,9 @@ from zerotrain.dsconfig.schema import (
 )
 
 
-def fix(config: dict, world_size: int | None = None, gpu: str | None = None,
-        hf_integration: bool = False) -> tuple[dict, list[str]]:
+def fix(
+    config: dict, world_size: int | None = None, gpu: str | None = None, hf_integration: bool = False
+) -> tuple[dict, list[str]]:
     """A corrected copy of the config and one line per change. Only unambiguous fixes are applied; what needs
     a decision (a missing total_num_steps, an nvme path) is left for the re-check to report."""
     cfg = copy.deepcopy(config)
@@ -191,10 +192,16 @@ def _fix_zero(zero: dict) -> list[str]:
         if isinstance(zero.get("offload_param"), dict):
             del zero["offload_param"]
             changes.append("removed offload_param (ignored below stage 3; set stage 3 if you need parameter offload)")
-    if stage == 3 and zero.get("stage3_gather_16bit_weights_on_model_save", zero.get("gather_16bit_weights_on_model_save")) is not True:
+    if (
+        stage == 3
+        and zero.get("stage3_gather_16bit_weights_on_model_save", zero.get("gather_16bit_weights_on_model_save"))
+        is not True
+    ):
         zero.pop("gather_16bit_weights_on_model_save", None)
         zero["stage3_gather_16bit_weights_on_model_save"] = True
-        changes.append("set stage3_gather_16bit_weights_on_model_save = true (else save_16bit_model writes empty weights)")
+        changes.append(
+            "set stage3_gather_16bit_weights_on_model_save = true (else save_16bit_model writes empty weights)"
+        )
     return changes
 
 
@@ -210,8 +217,12 @@ def _fix_batch(cfg: dict, world: int) -> list[str]:
             return []
         if tb % (mb * world) == 0:  # keep the global batch (it sets the optimisation), change accumulation
             cfg["gradient_accumulation_steps"] = tb // (mb * world)
-            return [(f"gradient_accumulation_steps {ga} -> {tb // (mb * world)}: train_batch_size {tb} = micro {mb} × "
-                     f"accumulation {tb // (mb * world)} × world {world}")]
+            return [
+                (
+                    f"gradient_accumulation_steps {ga} -> {tb // (mb * world)}: train_batch_size {tb} = micro {mb} × "
+                    f"accumulation {tb // (mb * world)} × world {world}"
+                )
+            ]
         cfg["train_batch_size"] = mb * ga * world
         return [f"train_batch_size {tb} -> {mb * ga * world} = micro {mb} × accumulation {ga} × world {world}"]
     solved = _solve_batch(tb, mb, ga, world)
@@ -219,4 +230,6 @@ def _fix_batch(cfg: dict, world: int) -> list[str]:
         return []
     for key, value in zip(BATCH_KEYS, solved):
         cfg[key] = value
-    return [f"wrote the batch triple: train_batch_size {solved[0]} = micro {solved[1]} × accumulation {solved[2]} × world {world}"]
+    return [
+        f"wrote the batch triple: train_batch_size {solved[0]} = micro {solved[1]} × accumulation {solved[2]} × world {world}"
+    ]

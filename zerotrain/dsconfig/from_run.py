@@ -37,8 +37,10 @@ def derive_batch(train: TrainSection, world: int) -> Batch:
     per_step = train.micro_batch_size * world
     if train.global_batch_size % per_step:
         lower = max(per_step, train.global_batch_size // per_step * per_step)
-        raise UserError(f"train.global_batch_size {train.global_batch_size} is not divisible by micro_batch_size {train.micro_batch_size} "
-                        f"× world {world} = {per_step}; use a multiple of {per_step} such as {lower} or {lower + per_step}")
+        raise UserError(
+            f"train.global_batch_size {train.global_batch_size} is not divisible by micro_batch_size {train.micro_batch_size} "
+            f"× world {world} = {per_step}; use a multiple of {per_step} such as {lower} or {lower + per_step}"
+        )
     return Batch(train.micro_batch_size, train.global_batch_size // per_step, world)
 
 
@@ -47,9 +49,9 @@ def resolve_dtype(requested: str, device_type: str, bf16_supported: bool) -> str
     if requested == "auto":
         return "bf16" if device_type == "cuda" and bf16_supported else "fp32"
     if requested == "fp16" and device_type != "cuda":
-        raise UserError("deepspeed.dtype = \"fp16\" needs a GPU; use \"fp32\" or \"bf16\" on CPU")
+        raise UserError('deepspeed.dtype = "fp16" needs a GPU; use "fp32" or "bf16" on CPU')
     if requested == "bf16" and not bf16_supported:
-        raise UserError("this device does not support bf16; set deepspeed.dtype = \"fp16\" or \"fp32\"")
+        raise UserError('this device does not support bf16; set deepspeed.dtype = "fp16" or "fp32"')
     return requested
 
 
@@ -101,8 +103,14 @@ def build(cfg: RunConfig, batch: Batch, dtype: str, device_type: str) -> dict:
         config["bf16"] = {"enabled": True}
     elif dtype == "fp16":
         # Dynamic loss scaling (loss_scale 0) starting at 2^16, halving on overflow.
-        config["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
-                          "hysteresis": 2, "min_loss_scale": 1}
+        config["fp16"] = {
+            "enabled": True,
+            "loss_scale": 0,
+            "initial_scale_power": 16,
+            "loss_scale_window": 1000,
+            "hysteresis": 2,
+            "min_loss_scale": 1,
+        }
     if grad_accum_dtype(ds, dtype) != dtype:
         # ZeRO-2/3 sum each micro-step's gradient partition into an fp32 buffer; ZeRO-1 runs DeepSpeed's BF16_Optimizer,
         # which keeps an fp32 gradient of every parameter (runconfig.validate refuses stage 0 and offload)
@@ -110,8 +118,10 @@ def build(cfg: RunConfig, batch: Batch, dtype: str, device_type: str) -> dict:
     if ds.offload_optimizer != "none":
         # Offloaded optimizer states are updated on the CPU by DeepSpeedCPUAdam, which DeepSpeed only
         # builds from the config. Parameter groups (no decay on biases, norms, embeddings) still apply.
-        config["optimizer"] = {"type": "AdamW", "params": {"lr": t.lr, "betas": [t.beta1, t.beta2], "eps": 1e-8,
-                                                           "weight_decay": t.weight_decay}}
+        config["optimizer"] = {
+            "type": "AdamW",
+            "params": {"lr": t.lr, "betas": [t.beta1, t.beta2], "eps": 1e-8, "weight_decay": t.weight_decay},
+        }
     if ds.config:
         config = merge_user_config(config, load_user_config(ds.config))
     return config
@@ -159,16 +169,25 @@ def merge_user_config(generated: dict, user: dict) -> dict:
     """User entries win, except where they would contradict the run config."""
     problems = []
     for key, owner in OWNED_KEYS.items():
-        theirs, ours = get_dotted(user, key), get_dotted(generated, key, default=False if key.endswith("enabled") else "none")
+        theirs, ours = (
+            get_dotted(user, key),
+            get_dotted(generated, key, default=False if key.endswith("enabled") else "none"),
+        )
         if theirs != "none" and theirs != ours:
             problems.append(f"{key} = {theirs!r} contradicts the run's {ours!r} (set {owner} instead)")
     if "checkpoint" in user:
-        problems.append("'checkpoint' is set; zerotrain publishes checkpoints itself after every rank wrote its files — remove it")
+        problems.append(
+            "'checkpoint' is set; zerotrain publishes checkpoints itself after every rank wrote its files — remove it"
+        )
     if "scheduler" in user:
-        problems.append("'scheduler' is set; zerotrain schedules the learning rate from [train] lr, min_lr, warmup_steps — remove it")
+        problems.append(
+            "'scheduler' is set; zerotrain schedules the learning rate from [train] lr, min_lr, warmup_steps — remove it"
+        )
     autos = [k for k, v in _walk(user) if v == "auto"]
     if autos:
-        problems.append(f"{', '.join(autos)} = \"auto\": \"auto\" is only filled in by the Hugging Face Trainer; give numbers")
+        problems.append(
+            f'{", ".join(autos)} = "auto": "auto" is only filled in by the Hugging Face Trainer; give numbers'
+        )
     if problems:
         raise UserError("deepspeed.config: " + "; ".join(problems))
     merged = copy.deepcopy(generated)

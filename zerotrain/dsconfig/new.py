@@ -12,16 +12,24 @@ from zerotrain.dsconfig.schema import FP16_DEFAULTS
 @dataclass(frozen=True)
 class Layout:
     stage: int
-    offload_optimizer: str   # none | cpu
-    offload_param: str       # none | cpu
+    offload_optimizer: str  # none | cpu
+    offload_param: str  # none | cpu
     micro_batch: int
     accumulation: int
     world: int
     reason: str
 
 
-def choose_layout(model: memory.ModelShape, gpus: int, nodes: int, gpu_memory_bytes: int, micro_batch: int | None,
-                  global_batch: int | None, seq_len: int, dtype: str = "bf16") -> Layout:
+def choose_layout(
+    model: memory.ModelShape,
+    gpus: int,
+    nodes: int,
+    gpu_memory_bytes: int,
+    micro_batch: int | None,
+    global_batch: int | None,
+    seq_len: int,
+    dtype: str = "bf16",
+) -> Layout:
     """Stage, offload, micro-batch and accumulation from the memory planner: its recommendation (the fastest
     configuration that fits with 10% headroom) among micro-batches up to 32 — or the given one — that divide
     the per-GPU share of the global batch."""
@@ -31,45 +39,67 @@ def choose_layout(model: memory.ModelShape, gpus: int, nodes: int, gpu_memory_by
     per_gpu = global_batch // world if global_batch else None
     if micro_batch is not None:
         if per_gpu is not None and per_gpu % micro_batch:
-            raise UserError(f"--global-batch {global_batch} is not divisible by --micro-batch {micro_batch} × "
-                            f"{world} GPUs = {micro_batch * world}; use a multiple of {micro_batch * world}")
+            raise UserError(
+                f"--global-batch {global_batch} is not divisible by --micro-batch {micro_batch} × "
+                f"{world} GPUs = {micro_batch * world}; use a multiple of {micro_batch * world}"
+            )
         candidates = [micro_batch]
     else:
         candidates = [m for m in (1, 2, 4, 8, 16, 32) if per_gpu is None or per_gpu % m == 0]
     run = memory.RunShape(gpus_per_node=gpus, nodes=nodes, micro_batch=candidates[0], seq_len=seq_len, dtype=dtype)
     best = memory.recommend(model, run, gpu_memory_bytes, candidates)
     if best is None:
-        raise UserError(f"{model.name} ({model.n_params / 1e6:,.0f}M parameters) with micro-batch {candidates[0]} × {seq_len} tokens "
-                        f"does not fit on {world} GPU(s) of {gpu_memory_bytes / 2**30:.0f} GiB even with stage 3 and CPU "
-                        "offload; use more GPUs, a shorter --seq-len or a GPU with more memory")
+        raise UserError(
+            f"{model.name} ({model.n_params / 1e6:,.0f}M parameters) with micro-batch {candidates[0]} × {seq_len} tokens "
+            f"does not fit on {world} GPU(s) of {gpu_memory_bytes / 2**30:.0f} GiB even with stage 3 and CPU "
+            "offload; use more GPUs, a shorter --seq-len or a GPU with more memory"
+        )
     r = best.run
     accumulation = per_gpu // r.micro_batch if per_gpu else 1
-    where = {("none", "none"): "", ("cpu", "none"): ", optimizer offloaded to CPU",
-             ("cpu", "cpu"): ", optimizer and parameters offloaded to CPU"}[(r.offload_optimizer, r.offload_params)]
+    where = {
+        ("none", "none"): "",
+        ("cpu", "none"): ", optimizer offloaded to CPU",
+        ("cpu", "cpu"): ", optimizer and parameters offloaded to CPU",
+    }[(r.offload_optimizer, r.offload_params)]
     if r.activation_checkpointing:
-        where += (", with activation checkpointing in the model (model.gradient_checkpointing_enable(), or "
-                  "deepspeed.activation_checkpointing = true in a zerotrain run)")
-    reason = (f"stage {r.zero_stage}{where}, micro-batch {r.micro_batch}: the plan needs {best.gpu_bytes_needed / 2**30:.1f} GiB "
-              f"per GPU of {gpu_memory_bytes / 2**30:.0f} GiB (peak allocated {best.per_gpu['peak_allocated'] / 2**30:.1f} GiB; "
-              f"zerotrain plan --model {model.name} --gpus {gpus} shows every option)")
+        where += (
+            ", with activation checkpointing in the model (model.gradient_checkpointing_enable(), or "
+            "deepspeed.activation_checkpointing = true in a zerotrain run)"
+        )
+    reason = (
+        f"stage {r.zero_stage}{where}, micro-batch {r.micro_batch}: the plan needs {best.gpu_bytes_needed / 2**30:.1f} GiB "
+        f"per GPU of {gpu_memory_bytes / 2**30:.0f} GiB (peak allocated {best.per_gpu['peak_allocated'] / 2**30:.1f} GiB; "
+        f"zerotrain plan --model {model.name} --gpus {gpus} shows every option)"
+    )
     return Layout(r.zero_stage, r.offload_optimizer, r.offload_params, r.micro_batch, accumulation, world, reason)
 
 
 TARGETS = ("deepspeed", "hf-trainer", "accelerate")
 
 
-def new_config(model: str, gpus: int, nodes: int = 1, gpu: str | None = None, micro_batch: int | None = None,
-               global_batch: int | None = None, seq_len: int | None = None, target: str = "deepspeed") -> tuple[dict, list[str]]:
+def new_config(
+    model: str,
+    gpus: int,
+    nodes: int = 1,
+    gpu: str | None = None,
+    micro_batch: int | None = None,
+    global_batch: int | None = None,
+    seq_len: int | None = None,
+    target: str = "deepspeed",
+) -> tuple[dict, list[str]]:
     """A ds_config for a zerotrain preset on `gpus` × `nodes` GPUs, and notes saying what was chosen and why."""
-    from zerotrain.runconfig import (
-        TrainSection,  # torch-free: the optimizer defaults zerotrain trains with
-    )
+    from zerotrain.runconfig import TrainSection  # torch-free: the optimizer defaults zerotrain trains with
 
     shape = memory.resolve_model(model)
     if target not in TARGETS:
         raise UserError(f"unknown --for {target!r}; choose one of {', '.join(TARGETS)}")
-    for name, value in (("--gpus", gpus), ("--nodes", nodes), ("--micro-batch", micro_batch),
-                        ("--global-batch", global_batch), ("--seq-len", seq_len)):
+    for name, value in (
+        ("--gpus", gpus),
+        ("--nodes", nodes),
+        ("--micro-batch", micro_batch),
+        ("--global-batch", global_batch),
+        ("--seq-len", seq_len),
+    ):
         if value is not None and value < 1:
             raise UserError(f"{name} must be >= 1, got {value}")
     notes = []
@@ -107,8 +137,10 @@ def new_config(model: str, gpus: int, nodes: int = 1, gpu: str | None = None, mi
         "gradient_accumulation_steps": layout.accumulation,
         "gradient_clipping": t.grad_clip,
         "zero_optimization": zero,
-        "optimizer": {"type": "AdamW", "params": {"lr": t.lr, "betas": [t.beta1, t.beta2], "eps": 1e-8,
-                                                  "weight_decay": t.weight_decay}},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {"lr": t.lr, "betas": [t.beta1, t.beta2], "eps": 1e-8, "weight_decay": t.weight_decay},
+        },
         "steps_per_print": 100,
         "wall_clock_breakdown": False,
     }
@@ -117,11 +149,13 @@ def new_config(model: str, gpus: int, nodes: int = 1, gpu: str | None = None, mi
     else:
         config["fp16"] = dict(FP16_DEFAULTS, enabled=True)  # dynamic loss scaling from 2^16
         notes.append(f"{gpu} has no bf16: fp16 with dynamic loss scaling")
-    notes.append(f"global batch {config['train_batch_size']} = micro {layout.micro_batch} × accumulation "
-                 f"{layout.accumulation} × world {layout.world}")
+    notes.append(
+        f"global batch {config['train_batch_size']} = micro {layout.micro_batch} × accumulation "
+        f"{layout.accumulation} × world {layout.world}"
+    )
     if target == "hf-trainer":
         config = _hf_variant(config)
-        notes.append("\"auto\" fields are filled by the Hugging Face Trainer from its TrainingArguments")
+        notes.append('"auto" fields are filled by the Hugging Face Trainer from its TrainingArguments')
     return config, notes
 
 
@@ -129,11 +163,26 @@ def _hf_variant(config: dict) -> dict:
     """The "auto" form the transformers DeepSpeed docs show: batch, clipping, precision, optimizer and scheduler
     values come from TrainingArguments, bucket sizes from the model's hidden size."""
     cfg = copy.deepcopy(config)
-    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping"):
+    for key in (
+        "train_batch_size",
+        "train_micro_batch_size_per_gpu",
+        "gradient_accumulation_steps",
+        "gradient_clipping",
+    ):
         cfg[key] = "auto"
-    cfg["optimizer"] = {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}}
-    cfg["scheduler"] = {"type": "WarmupDecayLR", "params": {"warmup_min_lr": "auto", "warmup_max_lr": "auto",
-                                                            "warmup_num_steps": "auto", "total_num_steps": "auto"}}
+    cfg["optimizer"] = {
+        "type": "AdamW",
+        "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"},
+    }
+    cfg["scheduler"] = {
+        "type": "WarmupDecayLR",
+        "params": {
+            "warmup_min_lr": "auto",
+            "warmup_max_lr": "auto",
+            "warmup_num_steps": "auto",
+            "total_num_steps": "auto",
+        },
+    }
     precision = "bf16" if "bf16" in cfg else "fp16"
     cfg[precision]["enabled"] = "auto"
     zero = cfg["zero_optimization"]

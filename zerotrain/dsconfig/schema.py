@@ -25,37 +25,78 @@ DEEPSPEED_VERSION = "0.19.8"  # the version the tables below were taken from
 # "stage3_prefetch_bucket_size" and "prefetch_bucket_size" are the same field.
 
 OFFLOAD_PARAM_SCHEMA = {
-    "device": "str", "nvme_path": "str", "buffer_count": "int", "buffer_size": "int", "max_in_cpu": "int",
+    "device": "str",
+    "nvme_path": "str",
+    "buffer_count": "int",
+    "buffer_size": "int",
+    "max_in_cpu": "int",
     "pin_memory": "bool",
 }
 OFFLOAD_OPTIMIZER_SCHEMA = {
-    "device": "str", "nvme_path": "str", "buffer_count": "int", "pin_memory": "bool", "pipeline_read": "bool",
-    "pipeline_write": "bool", "fast_init": "bool", "ratio": "float", "super_offload": "bool",
+    "device": "str",
+    "nvme_path": "str",
+    "buffer_count": "int",
+    "pin_memory": "bool",
+    "pipeline_read": "bool",
+    "pipeline_write": "bool",
+    "fast_init": "bool",
+    "ratio": "float",
+    "super_offload": "bool",
     "cpuadam_cores_perc": "float",
 }
 ZERO_SCHEMA = {
-    "stage": "int", "contiguous_gradients": "bool", "reduce_scatter": "bool", "reduce_bucket_size": "int",
-    "use_multi_rank_bucket_allreduce": "bool", "allgather_partitions": "bool", "allgather_bucket_size": "int",
-    "overlap_comm": "bool", "compute_grad_norm": "bool", "load_from_fp32_weights": "bool",
-    "elastic_checkpoint": "bool", "offload_param": OFFLOAD_PARAM_SCHEMA, "offload_optimizer": OFFLOAD_OPTIMIZER_SCHEMA,
-    "zenflow": "dict", "sub_group_size": "int",
-    "cpu_offload_param": "bool", "cpu_offload_use_pin_memory": "bool", "cpu_offload": "bool",
-    "prefetch_bucket_size": "int", "stage3_prefetch_bucket_size": "int",
-    "param_persistence_threshold": "int", "stage3_param_persistence_threshold": "int",
-    "model_persistence_threshold": "int", "stage3_model_persistence_threshold": "int",
-    "max_live_parameters": "int", "stage3_max_live_parameters": "int",
-    "max_reuse_distance": "int", "stage3_max_reuse_distance": "int",
-    "gather_16bit_weights_on_model_save": "bool", "stage3_gather_16bit_weights_on_model_save": "bool",
-    "module_granularity_threshold": "int", "stage3_module_granularity_threshold": "int",
-    "use_all_reduce_for_fetch_params": "bool", "stage3_use_all_reduce_for_fetch_params": "bool",
-    "allgather_sequential": "bool", "stage3_allgather_sequential": "bool",
+    "stage": "int",
+    "contiguous_gradients": "bool",
+    "reduce_scatter": "bool",
+    "reduce_bucket_size": "int",
+    "use_multi_rank_bucket_allreduce": "bool",
+    "allgather_partitions": "bool",
+    "allgather_bucket_size": "int",
+    "overlap_comm": "bool",
+    "compute_grad_norm": "bool",
+    "load_from_fp32_weights": "bool",
+    "elastic_checkpoint": "bool",
+    "offload_param": OFFLOAD_PARAM_SCHEMA,
+    "offload_optimizer": OFFLOAD_OPTIMIZER_SCHEMA,
+    "zenflow": "dict",
+    "sub_group_size": "int",
+    "cpu_offload_param": "bool",
+    "cpu_offload_use_pin_memory": "bool",
+    "cpu_offload": "bool",
+    "prefetch_bucket_size": "int",
+    "stage3_prefetch_bucket_size": "int",
+    "param_persistence_threshold": "int",
+    "stage3_param_persistence_threshold": "int",
+    "model_persistence_threshold": "int",
+    "stage3_model_persistence_threshold": "int",
+    "max_live_parameters": "int",
+    "stage3_max_live_parameters": "int",
+    "max_reuse_distance": "int",
+    "stage3_max_reuse_distance": "int",
+    "gather_16bit_weights_on_model_save": "bool",
+    "stage3_gather_16bit_weights_on_model_save": "bool",
+    "module_granularity_threshold": "int",
+    "stage3_module_granularity_threshold": "int",
+    "use_all_reduce_for_fetch_params": "bool",
+    "stage3_use_all_reduce_for_fetch_params": "bool",
+    "allgather_sequential": "bool",
+    "stage3_allgather_sequential": "bool",
     "stage3_gather_fp16_weights_on_model_save": "bool",
-    "ignore_unused_parameters": "bool", "legacy_stage1": "bool", "round_robin_gradients": "bool",
-    "parameter_alignment": "bool", "zero_hpz_partition_size": "int", "zero_quantized_weights": "bool",
-    "zero_quantized_nontrainable_weights": "bool", "zero_quantized_gradients": "bool",
-    "memory_efficient_linear": "bool", "pipeline_loading_checkpoint": "bool", "override_module_apply": "bool",
-    "log_trace_cache_warnings": "bool", "enable_sanity_checks": "bool",
-    "save_muon_momentum_buffer_in_memory": "bool", "leaf_module": "dict",
+    "ignore_unused_parameters": "bool",
+    "legacy_stage1": "bool",
+    "round_robin_gradients": "bool",
+    "parameter_alignment": "bool",
+    "zero_hpz_partition_size": "int",
+    "zero_quantized_weights": "bool",
+    "zero_quantized_nontrainable_weights": "bool",
+    "zero_quantized_gradients": "bool",
+    "memory_efficient_linear": "bool",
+    "pipeline_loading_checkpoint": "bool",
+    "override_module_apply": "bool",
+    "log_trace_cache_warnings": "bool",
+    "enable_sanity_checks": "bool",
+    "save_muon_momentum_buffer_in_memory": "bool",
+    "leaf_module": "dict",
 }
 # pydantic alias -> field name (runtime/zero/config.py, Field(..., alias="stage3_..."))
 ZERO_ALIASES = {
@@ -70,68 +111,144 @@ ZERO_ALIASES = {
     "stage3_allgather_sequential": "allgather_sequential",
 }
 FP16_SCHEMA = {
-    "enabled": "bool", "auto_cast": "bool", "loss_scale": "float", "initial_scale_power": "int",
-    "loss_scale_window": "int", "hysteresis": "int", "consecutive_hysteresis": "bool", "min_loss_scale": "int",
+    "enabled": "bool",
+    "auto_cast": "bool",
+    "loss_scale": "float",
+    "initial_scale_power": "int",
+    "loss_scale_window": "int",
+    "hysteresis": "int",
+    "consecutive_hysteresis": "bool",
+    "min_loss_scale": "int",
     "fp16_master_weights_and_grads": "bool",
 }
 BF16_SCHEMA = {
-    "enabled": "bool", "immediate_grad_update": "bool", "check_grad_overflow": "bool",
-    "bf16_master_weights_and_grads": "bool", "bf16_optimizer_states": "bool",
+    "enabled": "bool",
+    "immediate_grad_update": "bool",
+    "check_grad_overflow": "bool",
+    "bf16_master_weights_and_grads": "bool",
+    "bf16_optimizer_states": "bool",
 }
 SCHEMA = {
-    "train_batch_size": "int", "train_micro_batch_size_per_gpu": "int", "gradient_accumulation_steps": "int",
-    "managed_gradient_accumulation": "bool", "steps_per_print": "int", "dump_state": "bool",
-    "disable_python_gc": "bool", "disable_allgather": "bool", "communication_data_type": "str",
-    "seq_parallel_communication_data_type": "str", "prescale_gradients": "bool",
-    "gradient_predivide_factor": "float", "gradient_allreduce_op": "str", "gradient_clipping": "float",
-    "zero_optimization": ZERO_SCHEMA, "zero_allow_untested_optimizer": "bool",
+    "train_batch_size": "int",
+    "train_micro_batch_size_per_gpu": "int",
+    "gradient_accumulation_steps": "int",
+    "managed_gradient_accumulation": "bool",
+    "steps_per_print": "int",
+    "dump_state": "bool",
+    "disable_python_gc": "bool",
+    "disable_allgather": "bool",
+    "communication_data_type": "str",
+    "seq_parallel_communication_data_type": "str",
+    "prescale_gradients": "bool",
+    "gradient_predivide_factor": "float",
+    "gradient_allreduce_op": "str",
+    "gradient_clipping": "float",
+    "zero_optimization": ZERO_SCHEMA,
+    "zero_allow_untested_optimizer": "bool",
     "zero_force_ds_cpu_optimizer": "bool",
-    "fp16": FP16_SCHEMA, "bf16": BF16_SCHEMA, "bfloat16": BF16_SCHEMA,
+    "fp16": FP16_SCHEMA,
+    "bf16": BF16_SCHEMA,
+    "bfloat16": BF16_SCHEMA,
     "torch_autocast": {"enabled": "bool", "dtype": "str", "lower_precision_safe_modules": "list"},
     "optimizer": {"type": "str", "params": "dict", "legacy_fusion": "bool"},
     "scheduler": {"type": "str", "params": "dict"},
     "activation_checkpointing": {
-        "partition_activations": "bool", "contiguous_memory_optimization": "bool", "cpu_checkpointing": "bool",
-        "number_checkpoints": "int", "synchronize_checkpoint_boundary": "bool", "profile": "bool",
+        "partition_activations": "bool",
+        "contiguous_memory_optimization": "bool",
+        "cpu_checkpointing": "bool",
+        "number_checkpoints": "int",
+        "synchronize_checkpoint_boundary": "bool",
+        "profile": "bool",
     },
     "flops_profiler": {
-        "enabled": "bool", "recompute_fwd_factor": "float", "profile_step": "int", "module_depth": "int",
-        "top_modules": "int", "detailed": "bool", "output_file": "str",
+        "enabled": "bool",
+        "recompute_fwd_factor": "float",
+        "profile_step": "int",
+        "module_depth": "int",
+        "top_modules": "int",
+        "detailed": "bool",
+        "output_file": "str",
     },
-    "wall_clock_breakdown": "bool", "memory_breakdown": "bool",
+    "wall_clock_breakdown": "bool",
+    "memory_breakdown": "bool",
     "tensorboard": {"enabled": "bool", "output_path": "str", "job_name": "str"},
     "wandb": {"enabled": "bool", "group": "str", "team": "str", "project": "str"},
     "csv_monitor": {"enabled": "bool", "output_path": "str", "job_name": "str"},
     "comet": {
-        "enabled": "bool", "samples_log_interval": "int", "project": "str", "workspace": "str", "api_key": "str",
-        "experiment_name": "str", "experiment_key": "str", "online": "bool", "mode": "str",
+        "enabled": "bool",
+        "samples_log_interval": "int",
+        "project": "str",
+        "workspace": "str",
+        "api_key": "str",
+        "experiment_name": "str",
+        "experiment_key": "str",
+        "online": "bool",
+        "mode": "str",
     },
     "comms_logger": {"enabled": "bool", "prof_all": "bool", "prof_ops": "list", "verbose": "bool", "debug": "bool"},
     "aio": {
-        "block_size": "int", "queue_depth": "int", "intra_op_parallelism": "int", "single_submit": "bool",
-        "overlap_events": "bool", "use_gds": "bool",
+        "block_size": "int",
+        "queue_depth": "int",
+        "intra_op_parallelism": "int",
+        "single_submit": "bool",
+        "overlap_events": "bool",
+        "use_gds": "bool",
     },
-    "data_types": {"grad_accum_dtype": "str", "param_dtype": "str", "buffer_dtype": "str", "keep_in_fp32_modules": "any"},
+    "data_types": {
+        "grad_accum_dtype": "str",
+        "param_dtype": "str",
+        "buffer_dtype": "str",
+        "keep_in_fp32_modules": "any",
+    },
     "checkpoint": {
-        "tag_validation": "str", "load_universal": "bool", "use_node_local_storage": "bool", "parallel_write": "dict",
-        "writer": "dict", "checkpoint_serialization": "bool",
+        "tag_validation": "str",
+        "load_universal": "bool",
+        "use_node_local_storage": "bool",
+        "parallel_write": "dict",
+        "writer": "dict",
+        "checkpoint_serialization": "bool",
     },
     "compile": {
-        "deepcompile": "bool", "autoep_non_moe": "bool", "free_activation": "bool", "free_activation_threshold": "int",
-        "offload_activation": "bool", "offload_activation_pin_memory": "bool", "offload_opt_states": "bool",
-        "double_buffer": "bool", "symmetric_memory": "bool", "debug_log": "bool", "offload_parameters": "bool",
-        "sync_before_reduce": "bool", "sync_after_reduce": "bool", "sync_before_allgather": "bool",
-        "sync_after_allgather": "bool", "keep_int_input_tensors": "bool", "keep_all_input_tensors": "bool",
+        "deepcompile": "bool",
+        "autoep_non_moe": "bool",
+        "free_activation": "bool",
+        "free_activation_threshold": "int",
+        "offload_activation": "bool",
+        "offload_activation_pin_memory": "bool",
+        "offload_opt_states": "bool",
+        "double_buffer": "bool",
+        "symmetric_memory": "bool",
+        "debug_log": "bool",
+        "offload_parameters": "bool",
+        "sync_before_reduce": "bool",
+        "sync_after_reduce": "bool",
+        "sync_before_allgather": "bool",
+        "sync_after_allgather": "bool",
+        "keep_int_input_tensors": "bool",
+        "keep_all_input_tensors": "bool",
         "passes": "list",
     },
     "hybrid_engine": {
-        "enabled": "bool", "max_out_tokens": "int", "inference_tp_size": "int", "release_inference_cache": "bool",
-        "pin_parameters": "bool", "tp_gather_partition_size": "int", "enable_cuda_graph": "bool",
+        "enabled": "bool",
+        "max_out_tokens": "int",
+        "inference_tp_size": "int",
+        "release_inference_cache": "bool",
+        "pin_parameters": "bool",
+        "tp_gather_partition_size": "int",
+        "enable_cuda_graph": "bool",
     },
-    "dataloader_drop_last": "bool", "vocabulary_size": "int", "log_level": "str",
+    "dataloader_drop_last": "bool",
+    "vocabulary_size": "int",
+    "log_level": "str",
     "use_data_before_expert_parallelism": "bool",
-    "autotuning": "dict", "timers": "dict", "pipeline": "dict", "data_efficiency": "dict", "datastates_ckpt": "dict",
-    "tensor_parallel": "dict", "expert_parallel": "dict", "weight_quantization": "dict",
+    "autotuning": "dict",
+    "timers": "dict",
+    "pipeline": "dict",
+    "data_efficiency": "dict",
+    "datastates_ckpt": "dict",
+    "tensor_parallel": "dict",
+    "expert_parallel": "dict",
+    "weight_quantization": "dict",
 }
 
 # Removed features DeepSpeed 0.19.8 rejects outright (runtime/config.py _REMOVED_TOP_LEVEL_CONFIG_KEYS and
@@ -139,7 +256,7 @@ SCHEMA = {
 REMOVED_TOP_LEVEL_KEYS = {
     "nebula": "Nebula checkpointing was removed; delete the block (checkpoints use torch.save)",
     "compression_training": "the compression library was removed; delete the block",
-    "amp": "Apex AMP was removed; use \"bf16\" or \"fp16\" instead",
+    "amp": 'Apex AMP was removed; use "bf16" or "fp16" instead',
     "quantize_training": "MoQ quantize_training was removed; delete the block",
     "sparse_gradients": "sparse_gradients was removed; delete it (sparse=True embeddings still reduce sparsely)",
     "eigenvalue": "eigenvalue MoQ was removed; delete the block",
@@ -154,35 +271,70 @@ REMOVED_ZERO_KEYS = {
     "mics_hierarchical_params_gather": "MiCS sharding was removed; delete it",
     "zeropp_loco_param": "LoCo-ZeRO++ was removed; delete it (quantized gradients still work without it)",
     # accepted by DeepSpeed before 0.3.16 (runtime/zero/constants.py then); pydantic now rejects it
-    "cpu_offload_params": "removed; use \"offload_param\": {\"device\": \"cpu\"} (stage 3)",
+    "cpu_offload_params": 'removed; use "offload_param": {"device": "cpu"} (stage 3)',
 }
 # Fields marked deprecated=True in DeepSpeedZeroConfig: still accepted, converted with a warning.
 DEPRECATED_ZERO_KEYS = {
-    "cpu_offload": "\"offload_optimizer\": {\"device\": \"cpu\"}",
-    "cpu_offload_param": "\"offload_param\": {\"device\": \"cpu\"}",
-    "cpu_offload_use_pin_memory": "\"pin_memory\" inside offload_optimizer / offload_param",
-    "stage3_gather_fp16_weights_on_model_save": "\"stage3_gather_16bit_weights_on_model_save\"",
+    "cpu_offload": '"offload_optimizer": {"device": "cpu"}',
+    "cpu_offload_param": '"offload_param": {"device": "cpu"}',
+    "cpu_offload_use_pin_memory": '"pin_memory" inside offload_optimizer / offload_param',
+    "stage3_gather_fp16_weights_on_model_save": '"stage3_gather_16bit_weights_on_model_save"',
 }
 
 # Optimizers DeepSpeed builds from "optimizer.type" (runtime/config.py DEEPSPEED_OPTIMIZERS, matched
 # case-insensitively) and, failing that, any torch.optim class by its exact name
 # (engine._configure_basic_optimizer).
 DEEPSPEED_OPTIMIZERS = ("adagrad", "adam", "adamw", "lamb", "muadam", "muadamw", "musgd", "lion", "muon")
-TORCH_OPTIMIZERS = ("ASGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "LBFGS", "Muon", "NAdam",
-                    "RAdam", "RMSprop", "Rprop", "SGD", "SparseAdam")
+TORCH_OPTIMIZERS = (
+    "ASGD",
+    "Adadelta",
+    "Adafactor",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "LBFGS",
+    "Muon",
+    "NAdam",
+    "RAdam",
+    "RMSprop",
+    "Rprop",
+    "SGD",
+    "SparseAdam",
+)
 # What ZeRO runs without zero_allow_untested_optimizer (runtime/zero/utils.py ZERO_SUPPORTED_OPTIMIZERS:
 # FusedAdam/torch Adam(W), Adagrad, Lion, Muon) and what has a CPU implementation for offload
 # (engine._configure_basic_optimizer: DeepSpeedCPUAdam, DeepSpeedCPUAdagrad, DeepSpeedCPULion).
 ZERO_TESTED_OPTIMIZERS = ("adam", "adamw", "adagrad", "lion", "muon")
 OFFLOADABLE_OPTIMIZERS = ("adam", "adamw", "adagrad", "lion")
 # Names people copy from kernels and other frameworks, with the "type" that builds the same thing.
-OPTIMIZER_REPLACEMENTS = {"fusedadam": "AdamW", "deepspeedcpuadam": "AdamW", "cpuadam": "AdamW",
-                          "fusedlamb": "Lamb", "fusedlion": "Lion", "deepspeedcpuadagrad": "Adagrad"}
+OPTIMIZER_REPLACEMENTS = {
+    "fusedadam": "AdamW",
+    "deepspeedcpuadam": "AdamW",
+    "cpuadam": "AdamW",
+    "fusedlamb": "Lamb",
+    "fusedlion": "Lion",
+    "deepspeedcpuadagrad": "Adagrad",
+}
 # runtime/lr_schedules.py VALID_LR_SCHEDULES, then torch.optim.lr_scheduler by name (engine._scheduler_from_config)
 DEEPSPEED_SCHEDULERS = ("LRRangeTest", "OneCycle", "WarmupLR", "WarmupDecayLR", "WarmupCosineLR")
-TORCH_SCHEDULERS = ("ChainedScheduler", "ConstantLR", "CosineAnnealingLR", "CosineAnnealingWarmRestarts", "CyclicLR",
-                    "ExponentialLR", "LambdaLR", "LinearLR", "MultiStepLR", "MultiplicativeLR", "OneCycleLR",
-                    "PolynomialLR", "ReduceLROnPlateau", "SequentialLR", "StepLR")
+TORCH_SCHEDULERS = (
+    "ChainedScheduler",
+    "ConstantLR",
+    "CosineAnnealingLR",
+    "CosineAnnealingWarmRestarts",
+    "CyclicLR",
+    "ExponentialLR",
+    "LambdaLR",
+    "LinearLR",
+    "MultiStepLR",
+    "MultiplicativeLR",
+    "OneCycleLR",
+    "PolynomialLR",
+    "ReduceLROnPlateau",
+    "SequentialLR",
+    "StepLR",
+)
 SCHEDULER_REQUIRED_PARAMS = {  # positional arguments without defaults in runtime/lr_schedules.py
     "WarmupDecayLR": ("total_num_steps",),
     "WarmupCosineLR": ("total_num_steps",),
@@ -194,45 +346,117 @@ WARMUP_MAX_LR_DEFAULT = {"WarmupLR": None, "WarmupDecayLR": 0.001}
 
 OFFLOAD_DEVICES = ("none", "cpu", "nvme")
 COMMUNICATION_DTYPES = ("fp16", "bf16", "fp32")  # runtime/config.py get_communication_data_type
-FP16_LOSS_SCALING_KEYS = ("loss_scale", "initial_scale_power", "loss_scale_window", "hysteresis",
-                          "consecutive_hysteresis", "min_loss_scale")
+FP16_LOSS_SCALING_KEYS = (
+    "loss_scale",
+    "initial_scale_power",
+    "loss_scale_window",
+    "hysteresis",
+    "consecutive_hysteresis",
+    "min_loss_scale",
+)
 
 # ------------------------------------------------------------------------------------------------ defaults
 # DeepSpeed 0.19.8 defaults (pydantic Field defaults and runtime/constants.py *_DEFAULT), for `explain`.
 TOP_LEVEL_DEFAULTS = {
-    "train_batch_size": None, "train_micro_batch_size_per_gpu": None, "gradient_accumulation_steps": None,
-    "steps_per_print": None, "gradient_clipping": 1.0, "communication_data_type": None,
-    "prescale_gradients": False, "gradient_predivide_factor": 1.0, "gradient_allreduce_op": "mean",
-    "wall_clock_breakdown": False, "memory_breakdown": False, "zero_allow_untested_optimizer": False,
+    "train_batch_size": None,
+    "train_micro_batch_size_per_gpu": None,
+    "gradient_accumulation_steps": None,
+    "steps_per_print": None,
+    "gradient_clipping": 1.0,
+    "communication_data_type": None,
+    "prescale_gradients": False,
+    "gradient_predivide_factor": 1.0,
+    "gradient_allreduce_op": "mean",
+    "wall_clock_breakdown": False,
+    "memory_breakdown": False,
+    "zero_allow_untested_optimizer": False,
     "zero_force_ds_cpu_optimizer": True,
 }
 ZERO_DEFAULTS = {  # by the spelling DeepSpeed's docs use (stage3_* aliases for the stage-3 fields)
-    "stage": 0, "contiguous_gradients": True, "reduce_scatter": True, "reduce_bucket_size": 500_000_000,
-    "use_multi_rank_bucket_allreduce": True, "allgather_partitions": True, "allgather_bucket_size": 500_000_000,
-    "overlap_comm": None, "load_from_fp32_weights": True, "round_robin_gradients": False,
-    "sub_group_size": 1_000_000_000, "stage3_prefetch_bucket_size": 50_000_000,
-    "stage3_param_persistence_threshold": 100_000, "stage3_model_persistence_threshold": 2**63 - 1,
-    "stage3_max_live_parameters": 1_000_000_000, "stage3_max_reuse_distance": 1_000_000_000,
+    "stage": 0,
+    "contiguous_gradients": True,
+    "reduce_scatter": True,
+    "reduce_bucket_size": 500_000_000,
+    "use_multi_rank_bucket_allreduce": True,
+    "allgather_partitions": True,
+    "allgather_bucket_size": 500_000_000,
+    "overlap_comm": None,
+    "load_from_fp32_weights": True,
+    "round_robin_gradients": False,
+    "sub_group_size": 1_000_000_000,
+    "stage3_prefetch_bucket_size": 50_000_000,
+    "stage3_param_persistence_threshold": 100_000,
+    "stage3_model_persistence_threshold": 2**63 - 1,
+    "stage3_max_live_parameters": 1_000_000_000,
+    "stage3_max_reuse_distance": 1_000_000_000,
     "stage3_gather_16bit_weights_on_model_save": False,
 }
-OFFLOAD_PARAM_DEFAULTS = {"device": "none", "nvme_path": None, "buffer_count": 5, "buffer_size": 100_000_000,
-                          "max_in_cpu": 1_000_000_000, "pin_memory": True}
-OFFLOAD_OPTIMIZER_DEFAULTS = {"device": "none", "nvme_path": None, "buffer_count": 4, "pin_memory": True,
-                              "pipeline_read": False, "pipeline_write": False, "fast_init": False, "ratio": 1.0}
-FP16_DEFAULTS = {"enabled": False, "auto_cast": False, "loss_scale": 0, "initial_scale_power": 16,
-                 "loss_scale_window": 1000, "hysteresis": 2, "consecutive_hysteresis": False, "min_loss_scale": 1}
+OFFLOAD_PARAM_DEFAULTS = {
+    "device": "none",
+    "nvme_path": None,
+    "buffer_count": 5,
+    "buffer_size": 100_000_000,
+    "max_in_cpu": 1_000_000_000,
+    "pin_memory": True,
+}
+OFFLOAD_OPTIMIZER_DEFAULTS = {
+    "device": "none",
+    "nvme_path": None,
+    "buffer_count": 4,
+    "pin_memory": True,
+    "pipeline_read": False,
+    "pipeline_write": False,
+    "fast_init": False,
+    "ratio": 1.0,
+}
+FP16_DEFAULTS = {
+    "enabled": False,
+    "auto_cast": False,
+    "loss_scale": 0,
+    "initial_scale_power": 16,
+    "loss_scale_window": 1000,
+    "hysteresis": 2,
+    "consecutive_hysteresis": False,
+    "min_loss_scale": 1,
+}
 BF16_DEFAULTS = {"enabled": False, "immediate_grad_update": False, "check_grad_overflow": True}
 
 # ZeRO keys that only do something at a given stage (DeepSpeed docs, config-json "ZeRO optimizations").
 ZERO_KEYS_BY_STAGE = {
     0: (),
-    1: ("stage", "reduce_bucket_size", "allgather_partitions", "allgather_bucket_size", "overlap_comm",
-        "load_from_fp32_weights", "round_robin_gradients"),
-    2: ("stage", "contiguous_gradients", "reduce_scatter", "reduce_bucket_size", "allgather_partitions",
-        "allgather_bucket_size", "overlap_comm", "load_from_fp32_weights", "round_robin_gradients"),
-    3: ("stage", "contiguous_gradients", "reduce_bucket_size", "overlap_comm", "sub_group_size",
-        "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold", "stage3_model_persistence_threshold",
-        "stage3_max_live_parameters", "stage3_max_reuse_distance", "stage3_gather_16bit_weights_on_model_save"),
+    1: (
+        "stage",
+        "reduce_bucket_size",
+        "allgather_partitions",
+        "allgather_bucket_size",
+        "overlap_comm",
+        "load_from_fp32_weights",
+        "round_robin_gradients",
+    ),
+    2: (
+        "stage",
+        "contiguous_gradients",
+        "reduce_scatter",
+        "reduce_bucket_size",
+        "allgather_partitions",
+        "allgather_bucket_size",
+        "overlap_comm",
+        "load_from_fp32_weights",
+        "round_robin_gradients",
+    ),
+    3: (
+        "stage",
+        "contiguous_gradients",
+        "reduce_bucket_size",
+        "overlap_comm",
+        "sub_group_size",
+        "stage3_prefetch_bucket_size",
+        "stage3_param_persistence_threshold",
+        "stage3_model_persistence_threshold",
+        "stage3_max_live_parameters",
+        "stage3_max_reuse_distance",
+        "stage3_gather_16bit_weights_on_model_save",
+    ),
 }
 
 DESCRIPTIONS = {
@@ -271,7 +495,7 @@ DESCRIPTIONS = {
     "zero_optimization.load_from_fp32_weights": "restore master weights from the fp32 copy in checkpoints (exact)",
     "zero_optimization.round_robin_gradients": "spread gradient copies to CPU over ranks (offload, stages 1-2)",
     "data_types.grad_accum_dtype": "dtype micro-batch gradients are summed in (default: the model's, bf16 under bf16); "
-                                   "fp32 costs 2 bytes/param/rank at ZeRO-2/3, 4 bytes/param at ZeRO-1 (BF16_Optimizer)",
+    "fp32 costs 2 bytes/param/rank at ZeRO-2/3, 4 bytes/param at ZeRO-1 (BF16_Optimizer)",
     "zero_optimization.sub_group_size": "parameters per optimizer-step tile; bounds the step's temporary memory",
     "zero_optimization.stage3_prefetch_bucket_size": "parameters fetched ahead of use; more hides all-gather latency, costs memory",
     "zero_optimization.stage3_param_persistence_threshold": "parameters smaller than this stay unpartitioned (fewer tiny all-gathers)",
@@ -325,13 +549,20 @@ MAX_INT = 2**63 - 1  # DeepSpeed's integer settings end up in C int64 (pydantic 
 
 def _is_number(v) -> bool:
     """A finite JSON number that fits DeepSpeed's 64-bit settings (JSON integers are unbounded, 1e400 is inf)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and (
-        abs(v) <= MAX_INT if isinstance(v, int) else math.isfinite(v))
+    return (
+        isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and (abs(v) <= MAX_INT if isinstance(v, int) else math.isfinite(v))
+    )
 
 
 def _out_of_range(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and not (isinstance(v, float) and math.isnan(v)) \
+    return (
+        isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and not (isinstance(v, float) and math.isnan(v))
         and abs(v) > MAX_INT
+    )
 
 
 def _as_int(v) -> int | None:

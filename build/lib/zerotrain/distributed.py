@@ -1,0 +1,184 @@
+"""Processes and process groups: joining a launcher's ranks, starting local ranks with the DeepSpeed
+launcher (`--nproc`), and the few collectives the training loop needs outside DeepSpeed."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    local_rank: int
+    world: int
+    local_world: int
+    device: "object"  # torch.device
+    control_group: "object"  # a gloo group for host-side flags; None means the default group
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def in_launcher() -> bool:
+    """True inside ranks started by a launcher (deepspeed, torchrun, zerotrain --nproc, SLURM+torchrun)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def world_size() -> int:
+    return int(os.environ["WORLD_SIZE"]) if in_launcher() else 1
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_not_a_bare_multitask_launch() -> None:
+    """`srun` or `mpirun` without torchrun starts several tasks but sets no RANK: each would train alone
+    and all would write one out_dir."""
+    from zerotrain import UserError
+
+    for var, launcher in (("SLURM_NTASKS", "srun"), ("OMPI_COMM_WORLD_SIZE", "mpirun"), ("PMI_SIZE", "mpirun")):
+        if not in_launcher() and int(os.environ.get(var, "1") or 1) > 1:
+            raise UserError(f"{launcher} started {os.environ[var]} tasks but none knows its rank; start one task per node running "
+                            f"`torchrun --nproc_per_node N -m zerotrain train ...`, or use `deepspeed` / `zerotrain train --nproc N`")
+
+
+def init(timeout_minutes: float = 30) -> Dist:
+    """Join the process group (NCCL on GPUs, gloo on CPU, as DeepSpeed's accelerator picks); a lone
+    process becomes a world of one."""
+    if not in_launcher():
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", world)))
+    deepspeed.init_distributed(verbose=False, timeout=timedelta(minutes=timeout_minutes))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+        control = dist.new_group(backend="gloo")  # host flags without a device sync
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        device = torch.device("cpu")
+        control = None
+    return Dist(rank, local_rank, world, local_world, device, control)
+
+
+def max_over_ranks(value: int, d: Dist) -> int:
+    """The largest of each rank's value, on every rank (over gloo: no device sync). With one rank, the value."""
+    if d.world == 1:
+        return value
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=d.control_group)
+    return int(t.item())
+
+
+def all_gather_object(obj, d: Dist) -> list:
+    import torch.distributed as dist
+
+    out = [None] * d.world
+    dist.all_gather_object(out, obj, group=d.control_group)
+    return out
+
+
+def barrier(d: Dist) -> None:
+    import torch.distributed as dist
+
+    dist.barrier(group=d.control_group)
+
+
+# ------------------------------------------------------------------------------------------ local launch
+
+def launcher_command(nproc: int, zerotrain_args: list[str], env=os.environ) -> list[str]:
+    """The DeepSpeed launcher command that runs `python -m zerotrain ARGS` as nproc local ranks.
+    DeepSpeed's launcher drops CUDA_VISIBLE_DEVICES when given --num_gpus, so visible GPUs are named."""
+    from zerotrain import UserError
+
+    visible = [v.strip() for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if visible and len(visible) < nproc:
+        raise UserError(f"--nproc {nproc} but CUDA_VISIBLE_DEVICES lists {len(visible)} GPUs; lower --nproc or list more devices")
+    where = ["--include", f"localhost:{','.join(visible[:nproc])}"] if visible else ["--num_gpus", str(nproc)]
+    return [sys.executable, "-u", "-m", "deepspeed.launcher.runner", *where, "--master_port", str(free_port()),
+            "--no_local_rank", "--log_level", "error", "--module", "zerotrain", *zerotrain_args]
+
+
+def launch_local(nproc: int, zerotrain_args: list[str]) -> int:
+    """Run `python -m zerotrain <args>` as nproc local ranks through the DeepSpeed launcher and return
+    its exit code.
+
+    A SIGINT/SIGTERM sent to this process is passed to the ranks themselves (not to the launcher, which
+    would kill them after 30 s), so they finish the step, save and exit cleanly; a second signal kills
+    everything. When a rank dies, DeepSpeed's launcher terminates the others, so nothing hangs."""
+    import psutil
+
+    cmd = launcher_command(nproc, zerotrain_args)
+    shown = cmd[cmd.index("deepspeed.launcher.runner") + 1:]
+    print(f"launching {nproc} ranks: deepspeed {' '.join(shown)}", flush=True)
+    runner = subprocess.Popen(cmd, start_new_session=True)
+    signals_seen = []
+
+    def forward(signum, _frame):
+        signals_seen.append(signum)
+        if len(signals_seen) > 1:
+            os.killpg(runner.pid, signal.SIGKILL)
+            return
+        print(f"\nzerotrain: {signal.Signals(signum).name} received; ranks will finish the step, save and exit "
+              f"(send it again to kill them now)", file=sys.stderr, flush=True)
+        for proc in _ranks(psutil.Process(runner.pid)):
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except psutil.NoSuchProcess:
+                pass
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return runner.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGKILL)
+        remove_shm_buffers("127.0.0.1", cmd[cmd.index("--master_port") + 1])
+
+
+def remove_shm_buffers(master_addr: str, master_port: str, rank: int | None = None) -> None:
+    """Unlink the /dev/shm files DeepSpeed's CPU shared-memory all-reduce creates per rank
+    (deepspeed/ops/csrc/cpu/comm/shm.cpp: deepspeed_allreduce_buffer_{uid}_{addr}_{port}_{rank}, ~69 MB each)
+    and never removes: without this every CPU run leaves them behind until /dev/shm is full. Safe once every
+    rank has mapped them: a mapping outlives its name."""
+    prefix = f"deepspeed_allreduce_buffer_{os.getuid()}_{master_addr}_{master_port}_"
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        return
+    for f in shm.glob(prefix + ("*" if rank is None else str(rank))):
+        try:
+            f.unlink()
+        except OSError:
+            pass
+
+
+def _ranks(root):
+    """The training processes under the launcher: the descendants that carry a RANK variable."""
+    import psutil
+
+    for proc in root.children(recursive=True):
+        try:
+            if "RANK" in proc.environ():
+                yield proc
+        except (psutil.AccessDenied, psutil.NoSuchProcess):
+            continue

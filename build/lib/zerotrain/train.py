@@ -1,0 +1,800 @@
+"""`zerotrain train`: setup -> loop -> final save.
+
+Reading order: `preflight` checks everything that needs no process group (data, model shape, batch
+triple, run directory) and is also run by the `--nproc` parent before it launches anything; `train` joins
+the process group, builds the model and the DeepSpeed engine, restores a checkpoint, then runs the loop:
+one optimizer step = grad_accum × (forward, backward, engine.step()).
+"""
+
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from zerotrain import UserError, checkpoint, dsconfig, runconfig
+from zerotrain.data import BatchSampler, TokenData, eval_batches
+from zerotrain.model import GPTConfig, config_from_preset, flops_per_token
+
+if TYPE_CHECKING:  # zerotrain.hf imports transformers; the trainer imports it only for model.hf runs
+    from zerotrain.hf import HFModelInfo
+
+RUN_ARTIFACTS = ("config.toml", "ds_config.json", "metrics.jsonl", "checkpoints", "tb", "tokenizer", ".wandb_id", "profile")
+
+
+def lr_at(step: int, t: runconfig.TrainSection) -> float:
+    """Linear warmup to lr over warmup_steps, cosine decay to min_lr at lr_decay_steps (default
+    max_steps), then flat. `step` counts optimizer steps from 0."""
+    decay_steps = t.lr_decay_steps or t.max_steps
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    if step >= decay_steps:
+        return t.min_lr
+    progress = (step - t.warmup_steps) / max(1, decay_steps - t.warmup_steps)
+    return t.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (t.lr - t.min_lr)
+
+
+def param_groups(model, weight_decay: float) -> tuple[list[dict], list[list[str]]]:
+    """AdamW groups — decay on the weight matrices of linear layers only, not on biases, LayerNorms or the
+    (tied) embeddings — and the parameter names of each group in order (checkpoints record them).
+
+    The embeddings get a group of their own, apart from the small tensors: ZeRO-1/2 split each group's elements
+    evenly across ranks, and with the vocabulary embedding (95% of the no-decay elements) in one group with the
+    biases and LayerNorms, one rank got the embedding and another the hundreds of small tensors, whose per-tensor
+    Python in DeepSpeed's optimizer step made the other ranks wait for it every step (docs/performance.md)."""
+    decay, embeddings, small = ([], []), ([], []), ([], [])
+    for name, p in model.named_parameters():
+        ndim = len(getattr(p, "ds_shape", p.shape))  # a ZeRO-3 partition is flat; ds_shape is the tensor's
+        embedding = name.startswith(("transformer.wte", "transformer.wpe")) or "embed" in name
+        names, params = embeddings if embedding else small if ndim < 2 else decay
+        names.append(name)
+        params.append(p)
+    chosen = [(g, wd) for g, wd in ((decay, weight_decay), (embeddings, 0.0), (small, 0.0)) if g[1]]
+    return [{"params": g[1], "weight_decay": wd} for g, wd in chosen], [g[0] for g, _ in chosen]
+
+
+# ------------------------------------------------------------------------------------------------ preflight
+
+@dataclass
+class Plan:
+    """Everything derived from the run config before any process group exists."""
+    cfg: runconfig.RunConfig
+    model: GPTConfig
+    seq_len: int
+    batch: dsconfig.Batch
+    data: list[TokenData]
+    weights: list[float]
+    run_dir: Path
+    resume_from: tuple[Path, str] | None  # (checkpoints dir, tag)
+    init_from: tuple[Path, str] | None
+    overwrite: bool
+    dtype: str  # bf16, fp16 or fp32, "auto" resolved for this machine
+    hf: "HFModelInfo | None" = None  # model.hf: the Hugging Face model to fine-tune (plan.model then only carries its shape)
+    init_from_hf: str = ""  # model.init_from_hf: HF GPT-2 weights that start zerotrain's model
+
+
+def _model_config(cfg: runconfig.RunConfig, vocab_size: int, from_checkpoint: dict | None, what: str) -> GPTConfig:
+    m = cfg.model
+    shape = {k: getattr(m, k) for k in ("n_layer", "n_head", "n_embd", "block_size") if getattr(m, k) is not None}
+    if from_checkpoint is None:
+        model = config_from_preset(m.preset, **shape, dropout=m.dropout, vocab_size=m.vocab_size or vocab_size)
+    else:  # continuing from a checkpoint: its shape rules, and explicit keys must agree with it
+        saved = GPTConfig(**from_checkpoint)
+        clashes = [f"model.{k} = {v} but the checkpoint has {getattr(saved, k)}" for k, v in shape.items() if getattr(saved, k) != v]
+        if m.vocab_size is not None and m.vocab_size != saved.vocab_size:
+            clashes.append(f"model.vocab_size = {m.vocab_size} but the checkpoint has {saved.vocab_size}")
+        if clashes:
+            raise UserError(f"{what}: {'; '.join(clashes)}; drop those keys or use a matching checkpoint")
+        model = dataclasses.replace(saved, dropout=m.dropout)
+    problems = [f"model.{k} must be > 0" for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size") if getattr(model, k) <= 0]
+    if not problems and model.n_embd % model.n_head:
+        problems.append(f"model.n_embd {model.n_embd} is not divisible by model.n_head {model.n_head}; choose an n_head that divides it")
+    if problems:
+        raise UserError("; ".join(problems))
+    return model
+
+
+def _holds_run(run_dir: Path) -> bool:
+    """Training happened there: a complete checkpoint or recorded metrics. (A start that failed before its
+    first step leaves only config files, and may be retried without ceremony.)"""
+    metrics_file = run_dir / "metrics.jsonl"
+    return bool(checkpoint.step_tags(run_dir / "checkpoints")) or (metrics_file.is_file() and metrics_file.stat().st_size > 0)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def _check_run_dir(cfg: runconfig.RunConfig, run_dir: Path, overwrite: bool, resume_from, init_from) -> None:
+    """An out_dir holding a run is only ever continued by that same run; nothing in it is replaced unless
+    --overwrite says so, and --overwrite may not delete the checkpoint this run starts from."""
+    if overwrite:
+        for key, source in (("run.resume", resume_from), ("run.init_from", init_from)):
+            if source and _inside(source[0], run_dir):
+                raise UserError(f"--overwrite would delete {key} {source[0] / source[1]}, which lies in run.out_dir {run_dir}; "
+                                f"copy it elsewhere first or choose another out_dir")
+        return
+    if not _holds_run(run_dir):
+        return
+    if not cfg.run.resume:
+        raise UserError(f"run.out_dir {run_dir} already holds a run; set run.resume = \"auto\" to continue it, "
+                        f"pass --overwrite to replace it, or choose another out_dir")
+    if resume_from and not _inside(resume_from[0], run_dir):
+        raise UserError(f"run.out_dir {run_dir} already holds a run and run.resume names another run's checkpoint; "
+                        f"continue that checkpoint in a new out_dir, or pass --overwrite to replace this one")
+    saved_cfg = run_dir / "config.toml"
+    if saved_cfg.is_file():
+        import tomllib
+        saved, now = tomllib.loads(saved_cfg.read_text()), runconfig.to_dict(cfg)
+        diffs = [f"{sec}.{k}" for sec in ("model", "data") for k in set(saved.get(sec, {})) | set(now[sec])
+                 if saved.get(sec, {}).get(k) != now[sec].get(k)]
+        if diffs:
+            raise UserError(f"run.out_dir {run_dir} holds a different run ({', '.join(sorted(diffs))} differ); "
+                            f"choose another out_dir or pass --overwrite to replace it")
+    if resume_from:
+        newest = checkpoint.newest(run_dir / "checkpoints")
+        from_step = checkpoint.read_manifest(*resume_from)["step"]
+        if newest and checkpoint.step_of(newest) > from_step:
+            raise UserError(f"run.resume {resume_from[0] / resume_from[1]} (step {from_step}) is older than {newest} in the same run; "
+                            f"to branch from it, continue it in a new run.out_dir")
+
+
+def preflight(cfg: runconfig.RunConfig, world: int, overwrite: bool = False) -> Plan:
+    """Check the run before launching it; every problem is a UserError naming the fix."""
+    dirs = cfg.data.dirs or [cfg.data.dir]
+    data = [TokenData(p) for p in dirs]
+    if len({d.tokenizer_fingerprint() for d in data}) > 1:
+        raise UserError(f"data.dirs were prepared with different tokenizers ({', '.join(str(d.path) for d in data)}); prepare them with one tokenizer")
+    weights = cfg.data.weights or [1.0] * len(data)
+
+    run_dir = Path(cfg.run.out_dir)
+    resume_from = init_from = None
+    if cfg.run.resume == "auto":
+        newest = None if overwrite else checkpoint.newest(run_dir / "checkpoints")
+        resume_from = (run_dir / "checkpoints", newest) if newest else None
+    elif cfg.run.resume:
+        resume_from = checkpoint.resolve(cfg.run.resume)
+    if cfg.run.init_from:
+        init_from = checkpoint.resolve(cfg.run.init_from)
+    _check_run_dir(cfg, run_dir, overwrite, resume_from, init_from)
+
+    source = resume_from or init_from
+    saved_model = checkpoint.read_manifest(*source)["model"] if source else None
+    what = f"run.resume {cfg.run.resume}" if resume_from else f"run.init_from {cfg.run.init_from}"
+    hf_info = None
+    if cfg.model.hf:
+        from zerotrain import hf
+
+        hf_info = hf.inspect(cfg.model.hf)
+        hf.check_tokenizer(hf_info, data[0].path)
+        if resume_from and checkpoint.read_manifest(*resume_from).get("hf") is None:
+            raise UserError(f"run.resume {cfg.run.resume} is a checkpoint of zerotrain's own model, not of {cfg.model.hf}; "
+                            f"resume a model.hf run, or drop model.hf")
+        # the shape, for the FLOPs count, the data checks and the manifest; the weights come from the directory
+        model = GPTConfig(n_layer=hf_info.n_layer, n_head=hf_info.n_head, n_embd=hf_info.hidden, block_size=hf_info.block_size,
+                          vocab_size=hf_info.vocab_size, dropout=0.0)
+    elif cfg.model.init_from_hf and not resume_from:
+        from zerotrain import hf
+
+        info = hf.inspect(cfg.model.init_from_hf)
+        if info.model_type != "gpt2":
+            raise UserError(f"model.init_from_hf {cfg.model.init_from_hf} is a {info.model_type} model; it must be GPT-2 "
+                            f"(fine-tune other models with model.hf)")
+        model = GPTConfig(n_layer=info.n_layer, n_head=info.n_head, n_embd=info.hidden, block_size=info.block_size,
+                          vocab_size=info.vocab_size, dropout=cfg.model.dropout)
+    else:
+        model = _model_config(cfg, data[0].vocab_size, saved_model, what)
+    seq_len = cfg.train.seq_len or model.block_size
+    if seq_len > model.block_size:
+        raise UserError(f"train.seq_len {seq_len} is larger than the model's block_size {model.block_size}; "
+                        f"lower train.seq_len or raise model.block_size")
+    for d in data:
+        d.check_fits(model.vocab_size, seq_len)
+    batch = dsconfig.derive_batch(cfg.train, world)
+    import torch  # only to see whether this machine has a GPU, and which dtypes it supports
+
+    on_gpu = torch.cuda.is_available()
+    dtype = dsconfig.resolve_dtype(cfg.deepspeed.dtype, "cuda" if on_gpu else "cpu", not on_gpu or torch.cuda.is_bf16_supported())
+    if resume_from:
+        manifest = checkpoint.read_manifest(*resume_from)
+        where = resume_from[0] / resume_from[1]
+        if manifest["world_size"] != world and cfg.deepspeed.zero_stage > 0:
+            raise UserError(f"checkpoint {where} was written by {manifest['world_size']} ranks and this run has {world}; "
+                            f"ZeRO optimizer shards do not reshape: resume with {manifest['world_size']} ranks, or start a new run with run.init_from")
+        if manifest["zero_stage"] != cfg.deepspeed.zero_stage:
+            raise UserError(f"checkpoint {where} was written with zero_stage {manifest['zero_stage']}, this run uses "
+                            f"{cfg.deepspeed.zero_stage}; resume with the same stage, or start a new run with run.init_from")
+        if manifest["dtype"] != dtype:
+            raise UserError(f"checkpoint {where} was trained in {manifest['dtype']} and this run would use {dtype}; "
+                            f"set deepspeed.dtype = \"{manifest['dtype']}\" to resume it, or start a new run with run.init_from")
+        saved_accum, accum = manifest.get("grad_accum_dtype", manifest["dtype"]), dsconfig.grad_accum_dtype(cfg.deepspeed, dtype)
+        if saved_accum != accum and cfg.deepspeed.zero_stage == 1:  # ZeRO-1 in bf16 with fp32 sums is DeepSpeed's BF16_Optimizer
+            raise UserError(f"checkpoint {where} summed gradients in {saved_accum} and this run would sum them in {accum}: at ZeRO-1 "
+                            f"that is another DeepSpeed optimizer with other checkpoint files; set deepspeed.grad_accum_dtype = "
+                            f"\"{'fp32' if saved_accum == 'fp32' else 'auto'}\" to resume it, or start a new run with run.init_from")
+    return Plan(cfg, model, seq_len, batch, data, weights, run_dir, resume_from, init_from, overwrite, dtype, hf_info,
+                cfg.model.init_from_hf if not resume_from else "")
+
+
+def _prepare_run_dir(plan: Plan, ds_config: dict) -> None:
+    """Rank 0 only: clear it on --overwrite, then write config.toml, ds_config.json and the tokenizer."""
+    run_dir = plan.run_dir
+    if plan.overwrite:
+        for name in RUN_ARTIFACTS:
+            p = run_dir / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_atomic(run_dir / "config.toml", runconfig.dumps_toml(plan.cfg))
+    checkpoint.write_atomic(run_dir / "ds_config.json", json.dumps(ds_config, indent=2) + "\n")
+    shutil.copytree(plan.data[0].path / "tokenizer", run_dir / "tokenizer", dirs_exist_ok=True)
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+def _rng_state() -> dict:
+    import torch
+
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _reduce_epilogue_without_host_wait(optimizer) -> bool:
+    """ZeRO-2 with overlap_comm ends every micro-step's backward with the host waiting for the whole GPU
+    (torch.cuda.synchronize in DeepSpeed's independent_gradient_partition_epilogue) before it drops the reduced
+    gradients, so the GPU idles while the host then launches the next micro-step, and the last bucket's reduction is
+    waited for. Here the compute stream waits for the reduction stream instead: every later kernel still runs after the
+    reductions, the reduce buffers are recorded on the reduction stream for the caching allocator, and only the host
+    no longer blocks (what it gains: docs/benchmarks.md).
+    Returns whether it applies: DeepSpeed's ZeRO-1/2 optimizer with a reduction stream (ZeRO-3's epilogue waits on
+    its own stream, not the device)."""
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
+    if not isinstance(optimizer, DeepSpeedZeroOptimizer) or optimizer.reduction_stream is None or not optimizer.overlap_comm:
+        return False
+    original = optimizer.independent_gradient_partition_epilogue
+    accelerator = get_accelerator()
+
+    def epilogue():
+        accelerator.synchronize = lambda *_: accelerator.current_stream().wait_stream(optimizer.reduction_stream)
+        try:
+            original()
+        finally:
+            del accelerator.synchronize  # the accelerator class's own method again
+
+    optimizer.independent_gradient_partition_epilogue = epilogue
+    return True
+
+
+def _set_rng_state(state: dict) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _to_device(x: np.ndarray, device):
+    import torch
+
+    t = torch.from_numpy(x)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
+
+
+def _grad_norm(model):
+    """L2 norm of all gradients (a device tensor: no host sync here)."""
+    import torch
+
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in model.parameters() if p.grad is not None]))
+
+
+def _raise_if_diverged(loss_sum, step: int, ckpt_dir: Path) -> None:
+    """Collective: every rank learns whether any rank's loss is non-finite."""
+    import torch
+    import torch.distributed as dist
+
+    bad = (~torch.isfinite(loss_sum)).float()
+    dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    if bad.item():
+        raise _diverged(step, ckpt_dir)
+
+
+def _diverged(step: int, ckpt_dir: Path) -> UserError:
+    return UserError(f"the loss is not finite at step {step}: training diverged; continue from the last good checkpoint "
+                     f"({checkpoint.newest(ckpt_dir)}) with a lower train.lr or more train.warmup_steps (or bf16 instead of fp16)")
+
+
+def _check_cpu_adam_can_build(on_gpu: bool) -> None:
+    """Optimizer offload runs DeepSpeedCPUAdam, compiled on first use: a C++ compiler, and on GPU builds the
+    CUDA toolkit, must be there — say so before DeepSpeed fails deep in a JIT build."""
+    if not (shutil.which("c++") or shutil.which("g++")):
+        raise UserError("deepspeed.offload_optimizer needs a C++ compiler to build DeepSpeed's CPUAdam; install g++ or set offload_optimizer = \"none\"")
+    if on_gpu:
+        from torch.utils.cpp_extension import CUDA_HOME
+
+        if CUDA_HOME is None:
+            raise UserError("deepspeed.offload_optimizer builds DeepSpeed's CPUAdam with the CUDA toolkit, and CUDA_HOME/nvcc is not found; "
+                            "install the toolkit (or set CUDA_HOME) or set offload_optimizer = \"none\"")
+
+
+def _loss_scale(optimizer) -> float | None:
+    """Current dynamic loss scale: ZeRO optimizers expose cur_scale, the stage-0 FP16_Optimizer keeps it
+    in loss_scale_config."""
+    scaler = getattr(optimizer, "loss_scale_config", optimizer)
+    return float(scaler.cur_scale) if hasattr(scaler, "cur_scale") else None
+
+
+def evaluate(engine, plan: Plan, d) -> float:
+    """Mean loss over eval_iters micro-batches per rank on each source's validation split, averaged
+    over ranks and weighted by source. Every rank runs the same number of forwards (ZeRO-3 gathers
+    parameters collectively)."""
+    import torch
+    import torch.distributed as dist
+
+    t = plan.cfg.train
+    engine.eval()
+    per_source = torch.zeros(len(plan.data), device=d.device, dtype=torch.float32)
+    with torch.no_grad():
+        for i, source in enumerate(plan.data):
+            for x, y in eval_batches(source.val, plan.seq_len, t.micro_batch_size, t.eval_iters, d.rank, d.world):
+                per_source[i] += engine(_to_device(x, d.device), _to_device(y, d.device)).float()
+    dist.all_reduce(per_source)
+    engine.train()
+    means = (per_source / (t.eval_iters * d.world)).tolist()  # host sync: once per evaluation
+    return sum(w * m for w, m in zip(plan.weights, means)) / sum(plan.weights)
+
+
+def sample_text(engine, plan: Plan, d, step: int) -> str:
+    """plan.cfg.train.sample_prompt continued by sample_tokens tokens. Each rank samples the same text from the same
+    seed with the same fixed number of forwards (model.sample never stops early): under ZeRO-3 every forward is a
+    collective parameter gather, and no rank may stop before the others (HF's synced_gpus, by construction)."""
+    import torch
+
+    from zerotrain.model import sample
+
+    t = plan.cfg.train
+    tokenizer = plan.data[0].tokenizer()
+    ids = [int(i) for i in tokenizer.encode(t.sample_prompt)] or [tokenizer.eos_id or 0]
+    generator = torch.Generator(device=d.device).manual_seed(plan.cfg.run.seed + step)
+    engine.eval()
+    with torch.no_grad():
+        out = sample(engine, torch.tensor([ids], dtype=torch.long, device=d.device), plan.seq_len, plan.model.vocab_size, t.sample_tokens,
+                     temperature=0.8, top_k=200, generator=generator)
+    engine.train()
+    return tokenizer.decode(out[0].tolist())
+
+
+# ------------------------------------------------------------------------------------------------ resume state
+
+class TrainState:
+    """Everything a resumed run needs beyond DeepSpeed's own state; `state_dict()` is exactly the checkpoint's
+    client state (under the key "zerotrain"), and `load_state_dict()` takes it back."""
+
+    def __init__(self, sampler: BatchSampler, run_config: dict, d):
+        self.step = 0  # optimizer steps taken
+        self.tokens_seen = 0
+        self.best_val_loss = float("inf")
+        self.evals_since_best = 0
+        self.last_val_loss: float | None = None  # the newest evaluation's; the manifest records it
+        self.sampler = sampler  # its position is the data position
+        self.run_config = run_config
+        self._d = d
+
+    def state_dict(self) -> dict:
+        """Collective: every rank's RNG states are gathered, so each rank restores its own."""
+        from zerotrain.distributed import all_gather_object
+
+        return {"zerotrain": {"step": self.step, "tokens_seen": self.tokens_seen, "sampler": self.sampler.state_dict(),
+                              "rng": all_gather_object(_rng_state(), self._d), "best_val_loss": self.best_val_loss,
+                              "evals_since_best": self.evals_since_best, "run_config": self.run_config}}
+
+    def load_state_dict(self, client: dict) -> None:
+        zt = client["zerotrain"]
+        self.step, self.tokens_seen = zt["step"], zt["tokens_seen"]
+        self.best_val_loss, self.evals_since_best = zt["best_val_loss"], zt["evals_since_best"]
+        self.sampler.load_state_dict(zt["sampler"])
+        if len(zt["rng"]) == self._d.world:  # another world size draws dropout masks afresh
+            _set_rng_state(zt["rng"][self._d.rank])
+
+
+# ------------------------------------------------------------------------------------------------ setup
+
+def build_model(plan: Plan, ds_config: dict, d, say):
+    """The model on this rank's device, with its fast kernels; returns (model, what was applied, for the startup line)."""
+    import deepspeed
+    import torch
+
+    from zerotrain.model import GPT, Block
+
+    t, ds = plan.cfg.train, plan.cfg.deepspeed
+    on_gpu = d.device.type == "cuda"
+    torch.manual_seed(plan.cfg.run.seed)  # same seed on every rank: identical initial weights whatever the ZeRO stage
+    compiled = False
+    if plan.hf:
+        from zerotrain import hf
+
+        model = hf.load(plan.hf, plan.dtype, ds_config, ds.zero_stage, ds.activation_checkpointing)
+        say(f"fine-tuning {plan.hf.describe()}")
+        block_classes = hf.decoder_layer_classes(model)
+    else:
+        with torch.device(d.device):
+            model = GPT(plan.model)
+        model.gradient_checkpointing = ds.activation_checkpointing
+        model.lm_head.fused_loss = t.fused_loss
+        compiled = t.compile == "blocks" or (t.compile == "auto" and on_gpu and ds.zero_stage < 3)
+        if compiled:
+            model.compile_blocks()  # compiles lazily, on the first forward
+        block_classes = [Block]
+    per_block = ds.zero_stage == 3 and ds.zero3_gather_per_block and bool(block_classes)
+    applied = (["compiled blocks"] if compiled else []) + (["parameters gathered per block"] if per_block else [])
+    if not plan.hf:
+        from zerotrain import kernels
+
+        applied += kernels.apply(model, t, d.device, plan.dtype, compiled=compiled, zero_stage=ds.zero_stage,
+                                 whole_blocks=per_block)
+    if per_block:
+        deepspeed.utils.set_z3_leaf_modules(model, block_classes)  # one gather, one release, one gradient hook per block
+    if plan.init_from:
+        model.load_state_dict(checkpoint.load_fp32_state_dict(*plan.init_from))
+        say(f"weights from {plan.init_from[0] / plan.init_from[1]} (fresh optimizer and schedule)")
+    elif plan.init_from_hf:
+        from zerotrain import hf
+
+        model.load_state_dict(hf.gpt2_weights(plan.init_from_hf)[1])
+        say(f"weights from the Hugging Face GPT-2 in {plan.init_from_hf} (fresh optimizer and schedule)")
+    return model, applied
+
+
+def build_engine(model, plan: Plan, ds_config: dict, d):
+    """DeepSpeed's engine around the model and its AdamW; returns (engine, parameter-group names, notes)."""
+    import deepspeed
+    import torch
+
+    t, ds = plan.cfg.train, plan.cfg.deepspeed
+    groups, group_names = param_groups(model, t.weight_decay)
+    if plan.resume_from:  # optimizer states are stored per group: another grouping cannot be loaded
+        saved_groups = checkpoint.read_manifest(*plan.resume_from).get("param_group_names")
+        if saved_groups is not None and saved_groups != group_names:
+            where = plan.resume_from[0] / plan.resume_from[1]
+            raise UserError(f"{where} was saved with {len(saved_groups)} optimizer parameter groups and this zerotrain builds "
+                            f"{len(group_names)} (older checkpoints kept the embeddings with the biases); resume it with the zerotrain "
+                            f"that wrote it, or start from its weights with a fresh optimizer: --run.init_from={where}")
+    if dsconfig.uses_config_optimizer(ds_config):
+        engine, *_ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=1e-8, fused=True)
+        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    notes = []
+    if d.device.type == "cuda" and ds.reduce_without_host_wait and _reduce_epilogue_without_host_wait(engine.optimizer):
+        notes.append("reductions without host waits")
+    return engine, group_names, notes
+
+
+def restore(engine, state: TrainState, plan: Plan, say) -> None:
+    """Load run.resume's checkpoint into the engine (weights, optimizer) and the train state."""
+    ckpt_dir, tag = plan.resume_from
+    load_path, client = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False)
+    if load_path is None:
+        raise UserError(f"DeepSpeed found no loadable checkpoint at {ckpt_dir / tag}; pass a complete checkpoint to run.resume")
+    state.load_state_dict(client)
+    say(f"resumed from {ckpt_dir / tag} at step {state.step}")
+    if state.step >= plan.cfg.train.max_steps:
+        say(f"nothing to do: the run is at step {state.step} and train.max_steps is {plan.cfg.train.max_steps}; "
+            f"raise max_steps to train further")
+
+
+def manifest_for(plan: Plan, state: TrainState, d, group_names: list[list[str]]) -> dict:
+    """What checkpoint.save writes beside the shards: enough to resume, export or refuse without loading them."""
+    ds = plan.cfg.deepspeed
+    return {"step": state.step, "tokens_seen": state.tokens_seen, "world_size": d.world, "zero_stage": ds.zero_stage,
+            "dtype": plan.dtype, "grad_accum_dtype": dsconfig.grad_accum_dtype(ds, plan.dtype),
+            "model": dataclasses.asdict(plan.model), "val_loss": state.last_val_loss,
+            "tokenizer": plan.data[0].meta["tokenizer"], "param_group_names": group_names,
+            "hf": str(plan.hf.path.resolve()) if plan.hf else None, "hf_config": plan.hf.config if plan.hf else None}
+
+
+def _stop_signals() -> list[int]:
+    """SIGINT and SIGTERM are recorded, not obeyed at once: the loop ends after its step, with a checkpoint."""
+    received: list[int] = []
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, lambda signum, _f: received.append(signum))
+    return received
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+def optimizer_step(engine, sampler: BatchSampler, plan: Plan, d, clock: "_PhaseClock", loss_sum, measure_grad_norm: bool):
+    """One optimizer step: grad_accum × (forward, backward, engine.step()). The micro-batch losses are summed into
+    loss_sum on the device (no host sync). Returns the gradient norm when asked to measure it (stage 0 in fp32/fp16,
+    whose optimizers record none), else None."""
+    from torch.profiler import record_function
+
+    grad_norm = None
+    loss_sum.zero_()
+    for micro in range(plan.batch.accum):
+        # record_function names the phases in train.profile_steps traces (and costs microseconds otherwise)
+        with record_function("zerotrain.data"):
+            x, y = sampler.next_batch()
+            x, y = _to_device(x, d.device), _to_device(y, d.device)
+        clock.lap(None)
+        with record_function("zerotrain.forward"):
+            loss = engine(x, y)
+        clock.lap("forward_s")
+        with record_function("zerotrain.backward"):
+            engine.backward(loss)  # at the accumulation boundary this also reduces gradients across ranks
+        clock.lap("backward_s")
+        if measure_grad_norm and micro == plan.batch.accum - 1:
+            grad_norm = _grad_norm(engine.module) / (_loss_scale(engine.optimizer) if plan.dtype == "fp16" else 1.0)
+        with record_function("zerotrain.optimizer_step"):
+            engine.step()  # DeepSpeed applies the optimizer only at the accumulation boundary
+        clock.lap("optimizer_s")
+        loss_sum += loss.detach()
+    return grad_norm
+
+
+def evaluate_and_report(engine, plan: Plan, d, state: TrainState, writer, progress, started: float) -> tuple[str, ...]:
+    """Validation loss (and a sample, with train.sample_prompt) at an eval step; updates the best loss. Returns
+    ("best",) when this evaluation is the best so far: that checkpoint gets the `best` pointer."""
+    from zerotrain.metrics import format_eval_line
+
+    t = plan.cfg.train
+    state.last_val_loss = val = evaluate(engine, plan, d)
+    pointers = ()
+    if val < state.best_val_loss:
+        state.best_val_loss, state.evals_since_best, pointers = val, 0, ("best",)
+    else:
+        state.evals_since_best += 1
+    text = sample_text(engine, plan, d, state.step) if t.sample_prompt else None  # every rank: collective under ZeRO-3
+    if d.is_main:
+        record = {"step": state.step, "val_loss": val, "val_ppl": math.exp(min(val, 50)), "best_val_loss": state.best_val_loss,
+                  "elapsed_s": time.perf_counter() - started}
+        if text is not None:
+            record["sample"] = text
+        writer.write(record)
+        _print(progress, format_eval_line(record))
+        if text is not None:
+            _print(progress, f"sample: {text!r}")
+    return pointers
+
+
+def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
+    """Run training as this process's rank; returns a summary (final step, losses, checkpoint tag)."""
+    from zerotrain import distributed
+
+    started = time.perf_counter()
+    distributed.check_not_a_bare_multitask_launch()
+    plan = preflight(cfg, distributed.world_size(), overwrite)  # bad input fails before any process group exists
+    d = distributed.init()
+    import torch
+    import torch.distributed as dist
+
+    from zerotrain.metrics import MetricsWriter, format_line, peak_flops, peak_memory
+    from zerotrain.profiling import StepProfiler, format_summary
+
+    t, ds = cfg.train, cfg.deepspeed
+    on_gpu = d.device.type == "cuda"
+    ds_config = dsconfig.build(cfg, plan.batch, plan.dtype, d.device.type)
+    say = print if d.is_main else (lambda *a, **k: None)
+    # Each rank ran preflight on its own view of the filesystem; all must start from the same checkpoint.
+    views = distributed.all_gather_object((plan.resume_from, plan.init_from), d)
+    if any(v != views[0] for v in views):
+        raise UserError(f"ranks disagree on the checkpoint to start from ({views}); put run.out_dir on a filesystem every rank sees alike")
+    if ds.offload_optimizer != "none":
+        _check_cpu_adam_can_build(on_gpu)
+    if d.is_main:
+        _prepare_run_dir(plan, ds_config)
+    distributed.barrier(d)
+
+    # ---- setup: model, engine, state
+    model, applied = build_model(plan, ds_config, d, say)
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # zero.Init holds partitions: count full tensors
+    torch.manual_seed(cfg.run.seed + d.rank)  # dropout differs per rank
+    engine, group_names, engine_notes = build_engine(model, plan, ds_config, d)
+    sampler = BatchSampler([s.train for s in plan.data], plan.weights, plan.seq_len, t.micro_batch_size, d.rank, d.world, cfg.run.seed)
+    state = TrainState(sampler, runconfig.to_dict(cfg), d)
+    if plan.resume_from:
+        restore(engine, state, plan, say)
+
+    setup_mem = torch.cuda.memory_allocated(d.device) if on_gpu else None
+    tokens_per_step = plan.batch.global_size * plan.seq_len
+    flops_tok = flops_per_token(plan.model, n_params, plan.seq_len)
+    peak = peak_flops(torch.cuda.get_device_name(d.device) if on_gpu else None)
+    accum_note = ["gradients summed in fp32"] if dsconfig.grad_accum_dtype(ds, plan.dtype) != plan.dtype else []
+    vocab = f"vocab {plan.model.vocab_size}" if plan.hf else f"vocab {plan.model.vocab_size} padded to {plan.model.padded_vocab_size}"
+    say(f"model {n_params / 1e6:.2f}M parameters ({plan.model.n_layer} layers, {plan.model.n_head} heads, {plan.model.n_embd} wide, "
+        f"{vocab}, block {plan.model.block_size})")
+    say(f"{plan.batch.describe()} sequences of {plan.seq_len} tokens = {tokens_per_step:,} tokens per step")
+    say(", ".join([f"ZeRO stage {ds.zero_stage}", plan.dtype, f"{d.world} × {d.device.type}",
+                   *applied, *accum_note, *engine_notes,
+                   f"lr {t.lr:g} -> {t.min_lr:g}", f"run dir {plan.run_dir}"]))
+    say("ds_config: " + json.dumps(ds_config, separators=(",", ":")))
+
+    writer = MetricsWriter(plan.run_dir, state.step, cfg.run.tensorboard, cfg.run.wandb, cfg.run.wandb_project,
+                           runconfig.to_dict(cfg)) if d.is_main else None
+    ckpt_dir = plan.run_dir / "checkpoints"
+    stop_signal = _stop_signals()
+    # Stage 0 in fp32/fp16 keeps torch's optimizer or DeepSpeed's FP16_UnfusedOptimizer, which record no
+    # (or a loss-scaled) gradient norm; there the loop measures it, on log steps only.
+    own_grad_norm = ds.zero_stage == 0 and plan.dtype in ("fp32", "fp16")
+    last_saved, stop_reason, grad_norm = None, None, None
+    loss_sum = torch.zeros((), device=d.device)
+    window_start, window_steps = time.perf_counter(), 0
+    clock = _PhaseClock(t.time_phases, on_gpu)
+    profiler = StepProfiler(t.profile_steps, t.max_steps, state.step, plan.run_dir / "profile", d.rank, on_gpu)
+    window_profiled = False
+    progress = _progress(d.is_main, state.step, t.max_steps)
+    gpu_clocks = None
+    if on_gpu and d.is_main:  # rank 0's GPU: its SM clock and power in every log record
+        from zerotrain.clocks import ClockMonitor
+        gpu_clocks = ClockMonitor.start(d.device)
+    engine.train()  # from_pretrained returns a model in eval mode: without this, dropout would only start after the first evaluation
+
+    # ---- the loop: one optimizer step = grad_accum × (forward, backward, engine.step())
+    while state.step < t.max_steps:
+        profiler.maybe_start(state.step + 1)
+        lr = lr_at(state.step, t)
+        for group in engine.optimizer.param_groups:
+            group["lr"] = lr
+        logging = (state.step + 1) % t.log_interval == 0 or state.step + 1 == t.max_steps
+        grad_norm = optimizer_step(engine, sampler, plan, d, clock, loss_sum, own_grad_norm and logging)
+        state.step += 1
+        state.tokens_seen += tokens_per_step
+        window_steps += 1
+        window_profiled = window_profiled or profiler.active(state.step)
+        if (summary := profiler.maybe_stop(state.step)) and d.is_main:
+            _print(progress, format_summary(summary) + f"; trace in {profiler.out_dir}")
+        if progress:
+            progress.advance()
+
+        # ---- log: the one host sync of a step, on log steps only
+        if logging:
+            dist.all_reduce(loss_sum)
+            train_loss = loss_sum.item() / (plan.batch.accum * d.world)  # host sync: only at log steps
+            if not math.isfinite(train_loss):  # the same all-reduced value on every rank: all stop together
+                raise _diverged(state.step, ckpt_dir)
+            step_time = (time.perf_counter() - window_start) / window_steps
+            if not own_grad_norm:
+                grad_norm = engine.get_global_grad_norm()
+            record = {"step": state.step, "loss": train_loss, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm),
+                      "step_time_s": step_time, "tokens_per_s": tokens_per_step / step_time,
+                      "mfu": None if peak is None else flops_tok * tokens_per_step / step_time / d.world / peak,
+                      **peak_memory(d.device), "tokens_seen": state.tokens_seen, "elapsed_s": time.perf_counter() - started}
+            record.update(clock.per_step(window_steps))
+            if gpu_clocks:
+                record.update(gpu_clocks.window())
+            if window_profiled:  # the profiler slowed these steps: `zerotrain bench` leaves them out
+                record["profiled"], window_profiled = True, False
+            if setup_mem is not None:  # model states and DeepSpeed's buffers before the first step; `zerotrain plan` predicts it
+                record["setup_mem_bytes"], setup_mem = setup_mem, None
+            if plan.dtype == "fp16":
+                record["loss_scale"], record["skipped_steps"] = _loss_scale(engine.optimizer), engine.skipped_steps
+            if d.is_main:
+                writer.write(record)
+                _print(progress, format_line(record, t.max_steps))
+            window_start, window_steps = time.perf_counter(), 0
+
+        # ---- evaluate
+        pointers = ()
+        if t.eval_interval and (state.step % t.eval_interval == 0 or state.step == t.max_steps):
+            pointers = evaluate_and_report(engine, plan, d, state, writer, progress, started)
+            if t.early_stop_patience and state.evals_since_best >= t.early_stop_patience:
+                stop_reason = f"early stop: no better val loss in {state.evals_since_best} evaluations"
+
+        # ---- stop and save. A signal reaches each process at its own moment; all ranks act on one all-reduced
+        # answer, so the collective save below is entered by every rank or by none.
+        signum = distributed.max_over_ranks(stop_signal[0] if stop_signal else 0, d)
+        if signum and not stop_reason:
+            stop_reason = f"stopped by {signal.Signals(signum).name}"
+        ending = stop_reason is not None or state.step == t.max_steps
+        if cfg.run.checkpoints and (pointers or (t.save_interval and state.step % t.save_interval == 0) or ending):
+            if not logging:  # never publish a checkpoint of diverged weights
+                _raise_if_diverged(loss_sum, state.step, ckpt_dir)
+            final = ("final",) if ending and not signum else ()
+            last_saved = checkpoint.save(engine, ckpt_dir, state, manifest_for(plan, state, d, group_names), d, t.keep_last,
+                                         pointers + final)
+            if d.is_main:
+                _print(progress, f"saved checkpoint {ckpt_dir / last_saved}" + (f" ({', '.join(pointers + final)})" if pointers + final else ""))
+            window_start, window_steps = time.perf_counter(), 0  # keep eval and save time out of step timing
+            if gpu_clocks:
+                gpu_clocks.window()  # and out of the clock readings
+        if stop_reason:
+            if d.is_main:
+                _print(progress, f"{stop_reason} at step {state.step}" + ("; continue with --run.resume=auto" if signum else ""))
+            break
+
+    # ---- teardown
+    if progress:
+        progress.stop()
+    if gpu_clocks:
+        gpu_clocks.close()
+    if writer:
+        writer.close()
+    distributed.barrier(d)
+    engine.destroy()  # DeepSpeed's own teardown: removes its hooks and releases its buffers before the group goes
+    dist.destroy_process_group()
+    if not on_gpu:  # every rank mapped DeepSpeed's shared-memory buffers long ago; drop their names
+        distributed.remove_shm_buffers(os.environ.get("MASTER_ADDR", "127.0.0.1"), os.environ.get("MASTER_PORT", ""), d.rank)
+    os.environ["ZEROTRAIN_RANK_FINISHED"] = "1"  # cli.main_exit may skip interpreter teardown now
+    best = None if state.best_val_loss == float("inf") else state.best_val_loss
+    return {"step": state.step, "val_loss": state.last_val_loss, "best_val_loss": best,
+            "checkpoint": str(ckpt_dir / last_saved) if last_saved else None, "stop_reason": stop_reason}
+
+
+class _PhaseClock:
+    """With train.time_phases: seconds spent in forward, backward and the optimizer step, summed over a log
+    window. Each lap synchronizes the GPU (a host-device sync per phase: only when asked for)."""
+
+    def __init__(self, enabled: bool, on_gpu: bool):
+        self.enabled, self.on_gpu = enabled, on_gpu
+        self.totals, self.last = {}, 0.0
+
+    def lap(self, phase: str | None) -> None:
+        if not self.enabled:
+            return
+        if self.on_gpu:
+            import torch
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        if phase:
+            self.totals[phase] = self.totals.get(phase, 0.0) + now - self.last
+        self.last = now
+
+    def per_step(self, steps: int) -> dict:
+        out = {k: v / max(steps, 1) for k, v in self.totals.items()}
+        self.totals = {}
+        return out
+
+
+# ------------------------------------------------------------------------------------------------ console
+
+class _Progress:
+    """A rich progress bar on interactive terminals (rank 0); metric lines print above it."""
+
+    def __init__(self, start: int, total: int):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), transient=True)
+        self.task = self.bar.add_task("train", total=total, completed=start)
+        self.bar.start()
+
+    def advance(self) -> None:
+        self.bar.update(self.task, advance=1)
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+def _progress(enabled: bool, start: int, total: int) -> _Progress | None:
+    return _Progress(start, total) if enabled and sys.stdout.isatty() else None
+
+
+def _print(progress: _Progress | None, line: str) -> None:
+    if progress:
+        progress.bar.console.print(line, highlight=False, markup=False)
+    else:
+        print(line, flush=True)
