@@ -81,8 +81,8 @@ def _split_overrides(extra: list[str]) -> list[str]:
 
 def cmd_train(args, extra) -> int:
     from zerotrain.distributed import in_launcher, launch_local
+    from zerotrain.preflight import preflight
     from zerotrain.runconfig import load_run_config
-    from zerotrain.train import preflight
 
     overrides = _split_overrides(extra)
     cfg = load_run_config(args.config, overrides)
@@ -285,113 +285,14 @@ def cmd_config_keys(args, _extra) -> int:
     return 0
 
 
-def _gpu_memory(spec: str | None) -> tuple[int | None, str]:
-    """Bytes of one GPU from --gpu-memory (a name such as h100, or an amount such as 80GiB), else from
-    nvidia-smi when there is one (no torch import: plan must start instantly)."""
-    import shutil
-    import subprocess
-
-    from zerotrain import memory
-
-    if spec:
-        return memory.gpu_memory_from_name(spec)[0], spec
-    if shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(
-                ["nvidia-smi", "--query-gpu=memory.total,name", "--format=csv,noheader,nounits"],
-                check=False,
-                capture_output=True,
-                text=True,
-                timeout=10,
-            ).stdout.splitlines()
-            mib, name = out[0].split(",", 1)
-            return int(mib) * 2**20, f"{name.strip()} (detected)"
-        except (OSError, ValueError, IndexError, subprocess.SubprocessError):
-            pass
-    return None, "unknown (pass --gpu-memory)"
-
-
-def _plan_inputs(args):
-    """ModelShape and RunShape from --config (a zerotrain run), --ds-config and the flags, flags winning."""
-    import dataclasses
-    from pathlib import Path
-
-    from zerotrain import memory
-
-    run = memory.RunShape(micro_batch=8)
-    model_spec = args.model
-    if args.config:
-        from zerotrain.runconfig import load_run_config
-
-        cfg = load_run_config(args.config, [])
-        m, t, ds = cfg.model, cfg.train, cfg.deepspeed
-        if model_spec is None:
-            model = memory.gpt2_shape(
-                m.preset,
-                n_layer=m.n_layer,
-                n_head=m.n_head,
-                n_embd=m.n_embd,
-                block_size=m.block_size,
-                vocab_size=m.vocab_size,
-                dropout=m.dropout,
-            )
-        run = dataclasses.replace(
-            run,
-            micro_batch=t.micro_batch_size,
-            grad_accum=t.grad_accum,
-            zero_stage=ds.zero_stage,
-            offload_optimizer=ds.offload_optimizer,
-            offload_params=ds.offload_params,
-            activation_checkpointing=ds.activation_checkpointing,
-            contiguous_gradients=ds.zero_stage >= 2,
-            overlap_comm=args.gpus is not None and args.gpus * (args.nodes or 1) > 1,
-            dtype="bf16" if ds.dtype == "auto" else ds.dtype,
-            grad_accum_dtype=ds.grad_accum_dtype,
-            seq_len=t.seq_len or (m.block_size or memory.GPT2_PRESETS.get(m.preset, {}).get("block_size", 1024)),
-        )
-    if model_spec is not None:
-        model = memory.resolve_model(model_spec)
-    elif not args.config:
-        raise UserError(
-            "name a model: --model gpt2-xl (or llama3-8b, hf:DIR, dims:L,HEADS,HIDDEN), or --config RUN.toml"
-        )
-    if args.ds_config:
-        from zerotrain.dsconfig import load_user_config
-
-        if not Path(args.ds_config).is_file():
-            raise UserError(f"--ds-config {args.ds_config} not found")
-        run = memory.run_from_ds_config(load_user_config(args.ds_config), run)
-    flags = {
-        "gpus_per_node": args.gpus,
-        "nodes": args.nodes,
-        "micro_batch": args.micro_batch,
-        "seq_len": args.seq_len,
-        "grad_accum": args.grad_accum,
-        "grad_accum_dtype": args.grad_accum_dtype,
-        "dtype": args.dtype,
-        "optimizer": args.optimizer,
-        "attention": args.attention,
-        "offload_optimizer": args.offload_optimizer,
-        "offload_params": args.offload_params,
-    }
-    run = dataclasses.replace(run, **{k: v for k, v in flags.items() if v is not None})
-    if args.activation_checkpointing:
-        run = dataclasses.replace(run, activation_checkpointing=True)
-    if args.seq_len is None and not args.config:
-        run = dataclasses.replace(
-            run, seq_len=min(model.max_positions, 1024) if model.impl != "hf-llama" else min(model.max_positions, 2048)
-        )
-    return model, run
-
-
 def cmd_plan(args, _extra) -> int:
     import dataclasses
     import json
 
-    from zerotrain import memory
+    from zerotrain import memory, planning
 
-    model, run = _plan_inputs(args)
-    gpu_bytes, gpu_name = _gpu_memory(args.gpu_memory)
+    model, run = planning.plan_inputs(args)
+    gpu_bytes, gpu_name = planning.gpu_memory(args.gpu_memory)
     if args.inference:
         ip = memory.plan_inference(model, args.batch, args.context or model.max_positions, run.dtype)
         if args.json:
@@ -407,18 +308,7 @@ def cmd_plan(args, _extra) -> int:
                 )
             )
             return 0
-        print(model.describe())
-        print(f"inference, batch {ip.batch} × context {ip.context}, {ip.dtype}; GPU: {gpu_name}")
-        for label, value in (
-            ("weights", ip.weights),
-            ("KV cache", ip.kv_cache),
-            ("activations", ip.activations),
-            ("CUDA context", ip.overhead),
-            ("total", ip.total),
-        ):
-            print(f"  {label:<13} {value / 2**30:9.2f} GiB")
-        if gpu_bytes:
-            print(f"  {'fits' if ip.total <= gpu_bytes else 'does NOT fit'} in {gpu_bytes / 2**30:.1f} GiB")
+        planning.print_inference(model, ip, gpu_bytes, gpu_name)
         return 0
 
     if args.zero == "all":
@@ -455,98 +345,7 @@ def cmd_plan(args, _extra) -> int:
             )
         )
         return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(highlight=False, width=max(Console().width, 110))
-    console.print(model.describe())
-    console.print(
-        f"{run.world} GPU{'s' if run.world > 1 else ''} ({run.gpus_per_node} per node × {run.nodes} node{'s' if run.nodes > 1 else ''}), "
-        f"micro-batch {run.micro_batch} × {run.seq_len} tokens, accumulation {run.grad_accum}"
-        f"{' (summed in fp32)' if run.grad_accum_dtype == 'fp32' else ''}, {run.dtype}"
-        f"{', activation checkpointing' if run.activation_checkpointing else ''}; GPU memory: "
-        + (f"{gpu_bytes / 2**30:.1f} GiB, {gpu_name}" if gpu_bytes else gpu_name)
-    )
-    gib = lambda x: f"{x / 2**30:.2f}"
-    table = Table(
-        title="per GPU, GiB: the terms alive at the peak, which add up to alloc (peak allocated); reserved = the allocator's "
-        "peak; need = reserved + CUDA context and NCCL",
-        title_justify="left",
-        box=None,
-    )
-    for col in (
-        "ZeRO",
-        "offload",
-        "params",
-        "grads",
-        "optim",
-        "activ",
-        "buffers",
-        "alloc",
-        "reserved",
-        "need",
-        "fits",
-        "host/node",
-        "peak in",
-    ):
-        table.add_column(col, justify="left" if col in ("ZeRO", "offload") else "right")
-    for p in plans:
-        r, g = p.run, p.per_gpu
-        offload = ", ".join(
-            f"{what} {where}"
-            for what, where in (("opt", r.offload_optimizer), ("params", r.offload_params))
-            if where != "none"
-        )
-        fits = "" if not gpu_bytes else ("yes" if p.fits(gpu_bytes, 0.10) else ("tight" if p.fits(gpu_bytes) else "NO"))
-        table.add_row(
-            str(r.zero_stage),
-            offload or "-",
-            gib(g["params"]),
-            gib(g["grads"]),
-            gib(g["optimizer"]),
-            gib(g["activations"]),
-            gib(g["buffers"]),
-            gib(g["peak_allocated"]),
-            gib(g["peak_reserved"]),
-            gib(p.gpu_bytes_needed),
-            fits,
-            f"{p.host_ram_per_node / 2**30:.0f}",
-            p.peak_phase,
-        )
-    console.print(table)
-    first = plans[0]
-    console.print(
-        f"host/node: host RAM per node in GiB ({run.gpus_per_node} ranks, their pinned offload buffers, loading a checkpoint); "
-        f"checkpoint on disk: {first.checkpoint_bytes / 2**30:.1f} GiB"
-        + "".join(f"; NVMe for ZeRO-{p.run.zero_stage}: {p.nvme_bytes / 2**30:.1f} GiB" for p in plans if p.nvme_bytes)
-    )
-    for note in dict.fromkeys(note for p in plans for note in p.notes):
-        console.print(f"note: {note}")
-    if gpu_bytes:
-        if best:
-            r = best.run
-            accum = run.grad_accum * run.micro_batch / r.micro_batch
-            keep = (
-                f", accumulation {int(accum)} keeps the global batch"
-                if accum == int(accum) and r.micro_batch != run.micro_batch
-                else ""
-            )
-            console.print(
-                f"recommended: ZeRO-{r.zero_stage}"
-                + (f", offload optimizer {r.offload_optimizer}" if r.offload_optimizer != "none" else "")
-                + (f", offload params {r.offload_params}" if r.offload_params != "none" else "")
-                + (
-                    ", activation checkpointing"
-                    if r.activation_checkpointing and not run.activation_checkpointing
-                    else ""
-                )
-                + f", micro-batch {r.micro_batch}{keep} — {best.gpu_bytes_needed / 2**30:.1f} of {gpu_bytes / 2**30:.1f} GiB"
-            )
-        else:
-            console.print(
-                "nothing fits with 10% headroom: add GPUs, shorten --seq-len"
-                + ("" if run.activation_checkpointing else ", or use --activation-checkpointing")
-            )
+    planning.print_plans(model, run, plans, best, gpu_bytes, gpu_name)
     return 0
 
 

@@ -1,3 +1,0 @@
-from zerotrain.cli import main_exit
-
-main_exit()

@@ -1,0 +1,285 @@
+"""Everything `zerotrain train` checks before any process group exists: data, model shape, batch triple, dtype,
+the run directory and the checkpoint to start from. The `--nproc` parent runs it before it launches a rank, and
+every rank again on its own view of the filesystem; each problem is a UserError that names the fix. `Plan` is what
+it derives, and all the trainer's setup reads from it.
+"""
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from zerotrain import UserError, checkpoint, dsconfig, runconfig
+from zerotrain.data import TokenData
+from zerotrain.model import GPTConfig, config_from_preset
+
+if TYPE_CHECKING:  # zerotrain.hf imports transformers; the trainer imports it only for model.hf runs
+    from zerotrain.hf import HFModelInfo
+
+RUN_ARTIFACTS = (
+    "config.toml",
+    "ds_config.json",
+    "metrics.jsonl",
+    "checkpoints",
+    "tb",
+    "tokenizer",
+    ".wandb_id",
+    "profile",
+)
+
+
+@dataclass
+class Plan:
+    """Everything derived from the run config before any process group exists."""
+
+    cfg: runconfig.RunConfig
+    model: GPTConfig
+    seq_len: int
+    batch: dsconfig.Batch
+    data: list[TokenData]
+    weights: list[float]
+    run_dir: Path
+    resume_from: tuple[Path, str] | None  # (checkpoints dir, tag)
+    init_from: tuple[Path, str] | None
+    overwrite: bool
+    dtype: str  # bf16, fp16 or fp32, "auto" resolved for this machine
+    hf: "HFModelInfo | None" = (
+        None  # model.hf: the Hugging Face model to fine-tune (plan.model then only carries its shape)
+    )
+    init_from_hf: str = ""  # model.init_from_hf: HF GPT-2 weights that start zerotrain's model
+
+
+def _model_config(cfg: runconfig.RunConfig, vocab_size: int, from_checkpoint: dict | None, what: str) -> GPTConfig:
+    m = cfg.model
+    shape = {k: getattr(m, k) for k in ("n_layer", "n_head", "n_embd", "block_size") if getattr(m, k) is not None}
+    if from_checkpoint is None:
+        model = config_from_preset(m.preset, **shape, dropout=m.dropout, vocab_size=m.vocab_size or vocab_size)
+    else:  # continuing from a checkpoint: its shape rules, and explicit keys must agree with it
+        saved = GPTConfig(**from_checkpoint)
+        clashes = [
+            f"model.{k} = {v} but the checkpoint has {getattr(saved, k)}"
+            for k, v in shape.items()
+            if getattr(saved, k) != v
+        ]
+        if m.vocab_size is not None and m.vocab_size != saved.vocab_size:
+            clashes.append(f"model.vocab_size = {m.vocab_size} but the checkpoint has {saved.vocab_size}")
+        if clashes:
+            raise UserError(f"{what}: {'; '.join(clashes)}; drop those keys or use a matching checkpoint")
+        model = dataclasses.replace(saved, dropout=m.dropout)
+    problems = [
+        f"model.{k} must be > 0"
+        for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")
+        if getattr(model, k) <= 0
+    ]
+    if not problems and model.n_embd % model.n_head:
+        problems.append(
+            f"model.n_embd {model.n_embd} is not divisible by model.n_head {model.n_head}; choose an n_head that divides it"
+        )
+    if problems:
+        raise UserError("; ".join(problems))
+    return model
+
+
+def _holds_run(run_dir: Path) -> bool:
+    """Training happened there: a complete checkpoint or recorded metrics. (A start that failed before its
+    first step leaves only config files, and may be retried without ceremony.)"""
+    metrics_file = run_dir / "metrics.jsonl"
+    return bool(checkpoint.step_tags(run_dir / "checkpoints")) or (
+        metrics_file.is_file() and metrics_file.stat().st_size > 0
+    )
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def _check_run_dir(cfg: runconfig.RunConfig, run_dir: Path, overwrite: bool, resume_from, init_from) -> None:
+    """An out_dir holding a run is only ever continued by that same run; nothing in it is replaced unless
+    --overwrite says so, and --overwrite may not delete the checkpoint this run starts from."""
+    if overwrite:
+        for key, source in (("run.resume", resume_from), ("run.init_from", init_from)):
+            if source and _inside(source[0], run_dir):
+                raise UserError(
+                    f"--overwrite would delete {key} {source[0] / source[1]}, which lies in run.out_dir {run_dir}; "
+                    f"copy it elsewhere first or choose another out_dir"
+                )
+        return
+    if not _holds_run(run_dir):
+        return
+    if not cfg.run.resume:
+        raise UserError(
+            f'run.out_dir {run_dir} already holds a run; set run.resume = "auto" to continue it, '
+            f"pass --overwrite to replace it, or choose another out_dir"
+        )
+    if resume_from and not _inside(resume_from[0], run_dir):
+        raise UserError(
+            f"run.out_dir {run_dir} already holds a run and run.resume names another run's checkpoint; "
+            f"continue that checkpoint in a new out_dir, or pass --overwrite to replace this one"
+        )
+    saved_cfg = run_dir / "config.toml"
+    if saved_cfg.is_file():
+        import tomllib
+
+        saved, now = tomllib.loads(saved_cfg.read_text()), runconfig.to_dict(cfg)
+        diffs = [
+            f"{sec}.{k}"
+            for sec in ("model", "data")
+            for k in set(saved.get(sec, {})) | set(now[sec])
+            if saved.get(sec, {}).get(k) != now[sec].get(k)
+        ]
+        if diffs:
+            raise UserError(
+                f"run.out_dir {run_dir} holds a different run ({', '.join(sorted(diffs))} differ); "
+                f"choose another out_dir or pass --overwrite to replace it"
+            )
+    if resume_from:
+        newest = checkpoint.newest(run_dir / "checkpoints")
+        from_step = checkpoint.read_manifest(*resume_from)["step"]
+        if newest and checkpoint.step_of(newest) > from_step:
+            raise UserError(
+                f"run.resume {resume_from[0] / resume_from[1]} (step {from_step}) is older than {newest} in the same run; "
+                f"to branch from it, continue it in a new run.out_dir"
+            )
+
+
+def preflight(cfg: runconfig.RunConfig, world: int, overwrite: bool = False) -> Plan:
+    """Check the run before launching it; every problem is a UserError naming the fix."""
+    dirs = cfg.data.dirs or [cfg.data.dir]
+    data = [TokenData(p) for p in dirs]
+    if len({d.tokenizer_fingerprint() for d in data}) > 1:
+        raise UserError(
+            f"data.dirs were prepared with different tokenizers ({', '.join(str(d.path) for d in data)}); prepare them with one tokenizer"
+        )
+    weights = cfg.data.weights or [1.0] * len(data)
+
+    run_dir = Path(cfg.run.out_dir)
+    resume_from = init_from = None
+    if cfg.run.resume == "auto":
+        newest = None if overwrite else checkpoint.newest(run_dir / "checkpoints")
+        resume_from = (run_dir / "checkpoints", newest) if newest else None
+    elif cfg.run.resume:
+        resume_from = checkpoint.resolve(cfg.run.resume)
+    if cfg.run.init_from:
+        init_from = checkpoint.resolve(cfg.run.init_from)
+    _check_run_dir(cfg, run_dir, overwrite, resume_from, init_from)
+
+    source = resume_from or init_from
+    saved_model = checkpoint.read_manifest(*source)["model"] if source else None
+    what = f"run.resume {cfg.run.resume}" if resume_from else f"run.init_from {cfg.run.init_from}"
+    hf_info = None
+    if cfg.model.hf:
+        from zerotrain import hf
+
+        hf_info = hf.inspect(cfg.model.hf)
+        hf.check_tokenizer(hf_info, data[0].path)
+        if resume_from and checkpoint.read_manifest(*resume_from).get("hf") is None:
+            raise UserError(
+                f"run.resume {cfg.run.resume} is a checkpoint of zerotrain's own model, not of {cfg.model.hf}; "
+                f"resume a model.hf run, or drop model.hf"
+            )
+        # the shape, for the FLOPs count, the data checks and the manifest; the weights come from the directory
+        model = GPTConfig(
+            n_layer=hf_info.n_layer,
+            n_head=hf_info.n_head,
+            n_embd=hf_info.hidden,
+            block_size=hf_info.block_size,
+            vocab_size=hf_info.vocab_size,
+            dropout=0.0,
+        )
+    elif cfg.model.init_from_hf and not resume_from:
+        from zerotrain import hf
+
+        info = hf.inspect(cfg.model.init_from_hf)
+        if info.model_type != "gpt2":
+            raise UserError(
+                f"model.init_from_hf {cfg.model.init_from_hf} is a {info.model_type} model; it must be GPT-2 "
+                f"(fine-tune other models with model.hf)"
+            )
+        model = GPTConfig(
+            n_layer=info.n_layer,
+            n_head=info.n_head,
+            n_embd=info.hidden,
+            block_size=info.block_size,
+            vocab_size=info.vocab_size,
+            dropout=cfg.model.dropout,
+        )
+    else:
+        model = _model_config(cfg, data[0].vocab_size, saved_model, what)
+    seq_len = cfg.train.seq_len or model.block_size
+    if seq_len > model.block_size:
+        raise UserError(
+            f"train.seq_len {seq_len} is larger than the model's block_size {model.block_size}; "
+            f"lower train.seq_len or raise model.block_size"
+        )
+    for d in data:
+        d.check_fits(model.vocab_size, seq_len)
+    batch = dsconfig.derive_batch(cfg.train, world)
+    import torch  # only to see whether this machine has a GPU, and which dtypes it supports
+
+    on_gpu = torch.cuda.is_available()
+    dtype = dsconfig.resolve_dtype(
+        cfg.deepspeed.dtype, "cuda" if on_gpu else "cpu", not on_gpu or torch.cuda.is_bf16_supported()
+    )
+    if resume_from:
+        manifest = checkpoint.read_manifest(*resume_from)
+        where = resume_from[0] / resume_from[1]
+        if manifest["world_size"] != world and cfg.deepspeed.zero_stage > 0:
+            raise UserError(
+                f"checkpoint {where} was written by {manifest['world_size']} ranks and this run has {world}; "
+                f"ZeRO optimizer shards do not reshape: resume with {manifest['world_size']} ranks, or start a new run with run.init_from"
+            )
+        if manifest["zero_stage"] != cfg.deepspeed.zero_stage:
+            raise UserError(
+                f"checkpoint {where} was written with zero_stage {manifest['zero_stage']}, this run uses "
+                f"{cfg.deepspeed.zero_stage}; resume with the same stage, or start a new run with run.init_from"
+            )
+        if manifest["dtype"] != dtype:
+            raise UserError(
+                f"checkpoint {where} was trained in {manifest['dtype']} and this run would use {dtype}; "
+                f'set deepspeed.dtype = "{manifest["dtype"]}" to resume it, or start a new run with run.init_from'
+            )
+        saved_accum, accum = (
+            manifest.get("grad_accum_dtype", manifest["dtype"]),
+            dsconfig.grad_accum_dtype(cfg.deepspeed, dtype),
+        )
+        if (
+            saved_accum != accum and cfg.deepspeed.zero_stage == 1
+        ):  # ZeRO-1 in bf16 with fp32 sums is DeepSpeed's BF16_Optimizer
+            raise UserError(
+                f"checkpoint {where} summed gradients in {saved_accum} and this run would sum them in {accum}: at ZeRO-1 "
+                f"that is another DeepSpeed optimizer with other checkpoint files; set deepspeed.grad_accum_dtype = "
+                f'"{"fp32" if saved_accum == "fp32" else "auto"}" to resume it, or start a new run with run.init_from'
+            )
+    return Plan(
+        cfg,
+        model,
+        seq_len,
+        batch,
+        data,
+        weights,
+        run_dir,
+        resume_from,
+        init_from,
+        overwrite,
+        dtype,
+        hf_info,
+        cfg.model.init_from_hf if not resume_from else "",
+    )
+
+
+def prepare_run_dir(plan: Plan, ds_config: dict) -> None:
+    """Rank 0 only: clear it on --overwrite, then write config.toml, ds_config.json and the tokenizer."""
+    run_dir = plan.run_dir
+    if plan.overwrite:
+        for name in RUN_ARTIFACTS:
+            p = run_dir / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_atomic(run_dir / "config.toml", runconfig.dumps_toml(plan.cfg))
+    checkpoint.write_atomic(run_dir / "ds_config.json", json.dumps(ds_config, indent=2) + "\n")
+    shutil.copytree(plan.data[0].path / "tokenizer", run_dir / "tokenizer", dirs_exist_ok=True)
