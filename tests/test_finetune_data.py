@@ -138,7 +138,6 @@ def test_gpt2_tokenizer_prompt_response(tmp_path):
 
 
 def test_parquet_rows_read_with_datasets_match_jsonl(tmp_path, chat_tok):
-    pytest.importorskip("datasets")
     import pyarrow as pa
     import pyarrow.parquet as pq
 
