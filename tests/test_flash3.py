@@ -34,7 +34,11 @@ def test_xformers_copy_is_found_and_the_environment_variable_wins(monkeypatch, t
     (tmp_path / "xformers" / "__init__.py").write_text("")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delenv(flash3.LIBRARY_ENV, raising=False)
+    monkeypatch.setattr(flash3, "_xformers_version", lambda: "0.0.34")
     assert str(library) in flash3._candidate_libraries()
+    # another release's private layout is not trusted: its _C.so is passed over, and the message says why
+    monkeypatch.setattr(flash3, "_xformers_version", lambda: "0.0.40")
+    assert str(library) not in flash3._candidate_libraries()
     monkeypatch.setenv(flash3.LIBRARY_ENV, "/elsewhere/_C.so")
     assert flash3._candidate_libraries() == ["/elsewhere/_C.so"]
 

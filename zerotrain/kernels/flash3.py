@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import importlib.metadata
 import importlib.util
 import os
 import re
@@ -34,11 +35,26 @@ def _registered() -> bool:
     return hasattr(torch.ops.flash_attn_3, "fwd") and hasattr(torch.ops.flash_attn_3, "bwd")
 
 
+# xformers ships FlashAttention-3 inside its private layout (xformers/flash_attn_3/_C.so), which is no API: it is used
+# only from the releases whose build was checked (operators, arguments, results); another release is passed over.
+XFORMERS_WITH_KNOWN_FLASH3 = ("0.0.34",)
+
+
+def _xformers_version() -> str | None:
+    try:
+        return importlib.metadata.version("xformers")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def _candidate_libraries() -> list[str]:
+    """The flash_attn_3 package's own library first (its public home), then xformers' copy in a checked release."""
     if os.environ.get(LIBRARY_ENV):
         return [os.environ[LIBRARY_ENV]]
     found = []
     for package in ("flash_attn_3", "xformers"):
+        if package == "xformers" and _xformers_version() not in XFORMERS_WITH_KNOWN_FLASH3:
+            continue
         spec = importlib.util.find_spec(package)
         for where in (spec.submodule_search_locations or []) if spec else []:
             inner = where if package == "flash_attn_3" else os.path.join(where, "flash_attn_3")
@@ -85,9 +101,15 @@ def _load() -> str | None:
         if _registered():
             break
     if not _registered():
+        other = _xformers_version()
+        other = (
+            f"; xformers {other} is installed, whose build zerotrain has not checked"
+            if other and other not in XFORMERS_WITH_KNOWN_FLASH3
+            else ""
+        )
         _load_error = (
             "FlashAttention-3 is not installed (the flash_attn_3 package built from flash-attention's hopper/, "
-            f"or xformers 0.0.34, which ships a build; or set {LIBRARY_ENV} to its _C.so)"
+            f"or xformers {' or '.join(XFORMERS_WITH_KNOWN_FLASH3)}, which ships a build; or set {LIBRARY_ENV} to its _C.so{other})"
         )
     else:
         for op, args in (
