@@ -420,7 +420,7 @@ def optimizer_step(
     return grad_norm
 
 
-def evaluate_and_report(engine, plan: Plan, d, state: TrainState, writer, progress, started: float) -> tuple[str, ...]:
+def evaluate_and_report(engine, plan: Plan, d, state: TrainState, log: "StepLog", started: float) -> tuple[str, ...]:
     """Validation loss (and a sample, with train.sample_prompt) at an eval step; updates the best loss. Returns
     ("best",) when this evaluation is the best so far: that checkpoint gets the `best` pointer."""
     from zerotrain.metrics import format_eval_line
@@ -433,7 +433,7 @@ def evaluate_and_report(engine, plan: Plan, d, state: TrainState, writer, progre
     else:
         state.evals_since_best += 1
     text = sample_text(engine, plan, d, state.step) if t.sample_prompt else None  # every rank: collective under ZeRO-3
-    if d.is_main:
+    if log.writer:
         record = {
             "step": state.step,
             "val_loss": val,
@@ -443,11 +443,117 @@ def evaluate_and_report(engine, plan: Plan, d, state: TrainState, writer, progre
         }
         if text is not None:
             record["sample"] = text
-        writer.write(record)
-        _print(progress, format_eval_line(record))
+        log.writer.write(record)
+        log.print(format_eval_line(record))
         if text is not None:
-            _print(progress, f"sample: {text!r}")
+            log.print(f"sample: {text!r}")
     return pointers
+
+
+def describe_run(plan: Plan, d, n_params: int, notes: list[str], ds_config: dict, say) -> None:
+    """The startup lines: the model, the batch, and what this run does (stage, dtype, world, kernels, lr, run dir)."""
+    t, ds, m = plan.cfg.train, plan.cfg.deepspeed, plan.model
+    vocab = f"vocab {m.vocab_size}" if plan.hf else f"vocab {m.vocab_size} padded to {m.padded_vocab_size}"
+    say(
+        f"model {n_params / 1e6:.2f}M parameters ({m.n_layer} layers, {m.n_head} heads, {m.n_embd} wide, {vocab}, "
+        f"block {m.block_size})"
+    )
+    tokens_per_step = plan.batch.global_size * plan.seq_len
+    say(f"{plan.batch.describe()} sequences of {plan.seq_len} tokens = {tokens_per_step:,} tokens per step")
+    what = [f"ZeRO stage {ds.zero_stage}", plan.dtype, f"{d.world} × {d.device.type}", *notes]
+    say(", ".join([*what, f"lr {t.lr:g} -> {t.min_lr:g}", f"run dir {plan.run_dir}"]))
+    say("ds_config: " + json.dumps(ds_config, separators=(",", ":")))
+
+
+class StepLog:
+    """The metrics of a log window (steps since the last log line): step time, tokens/s, MFU, memory, the phase
+    times and GPU clocks, written to metrics.jsonl (rank 0) and printed as one line, above a progress bar on a
+    terminal. Evaluation and checkpoint time is kept out of the window (`restart`)."""
+
+    def __init__(self, plan: Plan, d, n_params: int, start_step: int, started: float):
+        import torch
+
+        from zerotrain.metrics import MetricsWriter, peak_flops
+
+        t, run = plan.cfg.train, plan.cfg.run
+        on_gpu = d.device.type == "cuda"
+        self.plan, self.d, self.started = plan, d, started
+        self.tokens_per_step = plan.batch.global_size * plan.seq_len
+        self.flops_per_token = flops_per_token(plan.model, n_params, plan.seq_len)
+        self.peak = peak_flops(torch.cuda.get_device_name(d.device) if on_gpu else None)
+        # model states and DeepSpeed's buffers before the first step, in the first record: `zerotrain plan` predicts it
+        self.setup_mem = torch.cuda.memory_allocated(d.device) if on_gpu else None
+        self.writer = (
+            MetricsWriter(
+                plan.run_dir, start_step, run.tensorboard, run.wandb, run.wandb_project, runconfig.to_dict(plan.cfg)
+            )
+            if d.is_main
+            else None
+        )
+        self.clock = _PhaseClock(t.time_phases, on_gpu)
+        self.progress = _progress(d.is_main, start_step, t.max_steps)
+        self.gpu_clocks = None
+        if on_gpu and d.is_main:  # rank 0's GPU: its SM clock and power in every log record
+            from zerotrain.clocks import ClockMonitor
+
+            self.gpu_clocks = ClockMonitor.start(d.device)
+        self.profiled = False  # a step of this window ran under the profiler
+        self.restart()
+
+    def restart(self) -> None:
+        self.window_start, self.window_steps = time.perf_counter(), 0
+        if self.gpu_clocks:
+            self.gpu_clocks.window()  # drop the readings taken outside training steps
+
+    def step_done(self, profiled: bool) -> None:
+        self.window_steps += 1
+        self.profiled = self.profiled or profiled
+        if self.progress:
+            self.progress.advance()
+
+    def record(self, step: int, loss: float, lr: float, grad_norm, tokens_seen: int, optimizer, skipped_steps) -> None:
+        from zerotrain.metrics import format_line, peak_memory
+
+        step_time = (time.perf_counter() - self.window_start) / self.window_steps
+        record = {
+            "step": step,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": None if grad_norm is None else float(grad_norm),
+            "step_time_s": step_time,
+            "tokens_per_s": self.tokens_per_step / step_time,
+            "mfu": None
+            if self.peak is None
+            else self.flops_per_token * self.tokens_per_step / step_time / self.d.world / self.peak,
+            **peak_memory(self.d.device),
+            "tokens_seen": tokens_seen,
+            "elapsed_s": time.perf_counter() - self.started,
+        }
+        record.update(self.clock.per_step(self.window_steps))
+        if self.gpu_clocks:
+            record.update(self.gpu_clocks.window())
+        if self.profiled:  # the profiler slowed these steps: `zerotrain bench` leaves them out
+            record["profiled"], self.profiled = True, False
+        if self.setup_mem is not None:
+            record["setup_mem_bytes"], self.setup_mem = self.setup_mem, None
+        if self.plan.dtype == "fp16":
+            record["loss_scale"], record["skipped_steps"] = _loss_scale(optimizer), skipped_steps
+        if self.writer:
+            self.writer.write(record)
+            self.print(format_line(record, self.plan.cfg.train.max_steps))
+        self.window_start, self.window_steps = time.perf_counter(), 0
+
+    def print(self, line: str) -> None:
+        if self.d.is_main:
+            _print(self.progress, line)
+
+    def close(self) -> None:
+        if self.progress:
+            self.progress.stop()
+        if self.gpu_clocks:
+            self.gpu_clocks.close()
+        if self.writer:
+            self.writer.close()
 
 
 def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
@@ -461,11 +567,9 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     import torch
     import torch.distributed as dist
 
-    from zerotrain.metrics import MetricsWriter, format_line, peak_flops, peak_memory
     from zerotrain.profiling import StepProfiler, format_summary
 
     t, ds = cfg.train, cfg.deepspeed
-    on_gpu = d.device.type == "cuda"
     ds_config = dsconfig.build(cfg, plan.batch, plan.dtype, d.device.type)
     say = print if d.is_main else (lambda *a, **k: None)
     # Each rank ran preflight on its own view of the filesystem; all must start from the same checkpoint.
@@ -475,16 +579,14 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
             f"ranks disagree on the checkpoint to start from ({views}); put run.out_dir on a filesystem every rank sees alike"
         )
     if ds.offload_optimizer != "none":
-        _check_cpu_adam_can_build(on_gpu)
+        _check_cpu_adam_can_build(d.device.type == "cuda")
     if d.is_main:
         prepare_run_dir(plan, ds_config)
     distributed.barrier(d)
 
     # ---- setup: model, engine, state
-    model, applied = build_model(plan, ds_config, d, say)
-    n_params = sum(
-        getattr(p, "ds_numel", p.numel()) for p in model.parameters()
-    )  # zero.Init holds partitions: count full tensors
+    model, notes = build_model(plan, ds_config, d, say)
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # zero.Init partitions: full sizes
     torch.manual_seed(cfg.run.seed + d.rank)  # dropout differs per rank
     engine, group_names, engine_notes = build_engine(model, plan, ds_config, d)
     sampler = BatchSampler(
@@ -493,62 +595,20 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     state = TrainState(sampler, runconfig.to_dict(cfg), d)
     if plan.resume_from:
         restore(engine, state, plan, say)
-
-    setup_mem = torch.cuda.memory_allocated(d.device) if on_gpu else None
-    tokens_per_step = plan.batch.global_size * plan.seq_len
-    flops_tok = flops_per_token(plan.model, n_params, plan.seq_len)
-    peak = peak_flops(torch.cuda.get_device_name(d.device) if on_gpu else None)
-    accum_note = ["gradients summed in fp32"] if dsconfig.grad_accum_dtype(ds, plan.dtype) != plan.dtype else []
-    vocab = (
-        f"vocab {plan.model.vocab_size}"
-        if plan.hf
-        else f"vocab {plan.model.vocab_size} padded to {plan.model.padded_vocab_size}"
-    )
-    say(
-        f"model {n_params / 1e6:.2f}M parameters ({plan.model.n_layer} layers, {plan.model.n_head} heads, {plan.model.n_embd} wide, "
-        f"{vocab}, block {plan.model.block_size})"
-    )
-    say(f"{plan.batch.describe()} sequences of {plan.seq_len} tokens = {tokens_per_step:,} tokens per step")
-    say(
-        ", ".join(
-            [
-                f"ZeRO stage {ds.zero_stage}",
-                plan.dtype,
-                f"{d.world} × {d.device.type}",
-                *applied,
-                *accum_note,
-                *engine_notes,
-                f"lr {t.lr:g} -> {t.min_lr:g}",
-                f"run dir {plan.run_dir}",
-            ]
-        )
-    )
-    say("ds_config: " + json.dumps(ds_config, separators=(",", ":")))
-
-    writer = (
-        MetricsWriter(
-            plan.run_dir, state.step, cfg.run.tensorboard, cfg.run.wandb, cfg.run.wandb_project, runconfig.to_dict(cfg)
-        )
-        if d.is_main
-        else None
+    if dsconfig.grad_accum_dtype(ds, plan.dtype) != plan.dtype:
+        notes.append("gradients summed in fp32")
+    describe_run(plan, d, n_params, notes + engine_notes, ds_config, say)
+    log = StepLog(plan, d, n_params, state.step, started)
+    profiler = StepProfiler(
+        t.profile_steps, t.max_steps, state.step, plan.run_dir / "profile", d.rank, d.device.type == "cuda"
     )
     ckpt_dir = plan.run_dir / "checkpoints"
     stop_signal = _stop_signals()
     # Stage 0 in fp32/fp16 keeps torch's optimizer or DeepSpeed's FP16_UnfusedOptimizer, which record no
     # (or a loss-scaled) gradient norm; there the loop measures it, on log steps only.
     own_grad_norm = ds.zero_stage == 0 and plan.dtype in ("fp32", "fp16")
-    last_saved, stop_reason, grad_norm = None, None, None
+    last_saved, stop_reason = None, None
     loss_sum = torch.zeros((), device=d.device)
-    window_start, window_steps = time.perf_counter(), 0
-    clock = _PhaseClock(t.time_phases, on_gpu)
-    profiler = StepProfiler(t.profile_steps, t.max_steps, state.step, plan.run_dir / "profile", d.rank, on_gpu)
-    window_profiled = False
-    progress = _progress(d.is_main, state.step, t.max_steps)
-    gpu_clocks = None
-    if on_gpu and d.is_main:  # rank 0's GPU: its SM clock and power in every log record
-        from zerotrain.clocks import ClockMonitor
-
-        gpu_clocks = ClockMonitor.start(d.device)
     engine.train()  # from_pretrained returns a model in eval mode: without this, dropout would only start after the first evaluation
 
     # ---- the loop: one optimizer step = grad_accum × (forward, backward, engine.step())
@@ -558,62 +618,29 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
         for group in engine.optimizer.param_groups:
             group["lr"] = lr
         logging = (state.step + 1) % t.log_interval == 0 or state.step + 1 == t.max_steps
-        grad_norm = optimizer_step(engine, sampler, plan, d, clock, loss_sum, own_grad_norm and logging)
+        grad_norm = optimizer_step(engine, sampler, plan, d, log.clock, loss_sum, own_grad_norm and logging)
         state.step += 1
-        state.tokens_seen += tokens_per_step
-        window_steps += 1
-        window_profiled = window_profiled or profiler.active(state.step)
-        if (summary := profiler.maybe_stop(state.step)) and d.is_main:
-            _print(progress, format_summary(summary) + f"; trace in {profiler.out_dir}")
-        if progress:
-            progress.advance()
+        state.tokens_seen += plan.batch.global_size * plan.seq_len
+        log.step_done(profiler.active(state.step))
+        if summary := profiler.maybe_stop(state.step):
+            log.print(format_summary(summary) + f"; trace in {profiler.out_dir}")
 
-        # ---- log: the one host sync of a step, on log steps only
-        if logging:
+        if logging:  # the one host sync of a step, on log steps only
             dist.all_reduce(loss_sum)
-            train_loss = loss_sum.item() / (plan.batch.accum * d.world)  # host sync: only at log steps
+            train_loss = loss_sum.item() / (plan.batch.accum * d.world)
             if not math.isfinite(train_loss):  # the same all-reduced value on every rank: all stop together
                 raise _diverged(state.step, ckpt_dir)
-            step_time = (time.perf_counter() - window_start) / window_steps
-            if not own_grad_norm:
-                grad_norm = engine.get_global_grad_norm()
-            record = {
-                "step": state.step,
-                "loss": train_loss,
-                "lr": lr,
-                "grad_norm": None if grad_norm is None else float(grad_norm),
-                "step_time_s": step_time,
-                "tokens_per_s": tokens_per_step / step_time,
-                "mfu": None if peak is None else flops_tok * tokens_per_step / step_time / d.world / peak,
-                **peak_memory(d.device),
-                "tokens_seen": state.tokens_seen,
-                "elapsed_s": time.perf_counter() - started,
-            }
-            record.update(clock.per_step(window_steps))
-            if gpu_clocks:
-                record.update(gpu_clocks.window())
-            if window_profiled:  # the profiler slowed these steps: `zerotrain bench` leaves them out
-                record["profiled"], window_profiled = True, False
-            if (
-                setup_mem is not None
-            ):  # model states and DeepSpeed's buffers before the first step; `zerotrain plan` predicts it
-                record["setup_mem_bytes"], setup_mem = setup_mem, None
-            if plan.dtype == "fp16":
-                record["loss_scale"], record["skipped_steps"] = _loss_scale(engine.optimizer), engine.skipped_steps
-            if d.is_main:
-                writer.write(record)
-                _print(progress, format_line(record, t.max_steps))
-            window_start, window_steps = time.perf_counter(), 0
+            grad_norm = grad_norm if own_grad_norm else engine.get_global_grad_norm()
+            log.record(state.step, train_loss, lr, grad_norm, state.tokens_seen, engine.optimizer, engine.skipped_steps)
 
-        # ---- evaluate
         pointers = ()
         if t.eval_interval and (state.step % t.eval_interval == 0 or state.step == t.max_steps):
-            pointers = evaluate_and_report(engine, plan, d, state, writer, progress, started)
+            pointers = evaluate_and_report(engine, plan, d, state, log, started)
             if t.early_stop_patience and state.evals_since_best >= t.early_stop_patience:
                 stop_reason = f"early stop: no better val loss in {state.evals_since_best} evaluations"
 
-        # ---- stop and save. A signal reaches each process at its own moment; all ranks act on one all-reduced
-        # answer, so the collective save below is entered by every rank or by none.
+        # A signal reaches each process at its own moment; all ranks act on one all-reduced answer, so the
+        # collective save below is entered by every rank or by none.
         signum = distributed.max_over_ranks(stop_signal[0] if stop_signal else 0, d)
         if signum and not stop_reason:
             stop_reason = f"stopped by {signal.Signals(signum).name}"
@@ -621,41 +648,23 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
         if cfg.run.checkpoints and (pointers or (t.save_interval and state.step % t.save_interval == 0) or ending):
             if not logging:  # never publish a checkpoint of diverged weights
                 _raise_if_diverged(loss_sum, state.step, ckpt_dir)
-            final = ("final",) if ending and not signum else ()
-            last_saved = checkpoint.save(
-                engine, ckpt_dir, state, manifest_for(plan, state, d, group_names), d, t.keep_last, pointers + final
-            )
-            if d.is_main:
-                _print(
-                    progress,
-                    f"saved checkpoint {ckpt_dir / last_saved}"
-                    + (f" ({', '.join(pointers + final)})" if pointers + final else ""),
-                )
-            window_start, window_steps = time.perf_counter(), 0  # keep eval and save time out of step timing
-            if gpu_clocks:
-                gpu_clocks.window()  # and out of the clock readings
+            marks = pointers + (("final",) if ending and not signum else ())
+            manifest = manifest_for(plan, state, d, group_names)
+            last_saved = checkpoint.save(engine, ckpt_dir, state, manifest, d, t.keep_last, marks)
+            log.print(f"saved checkpoint {ckpt_dir / last_saved}" + (f" ({', '.join(marks)})" if marks else ""))
+            log.restart()  # keep eval and save time out of step timing
         if stop_reason:
-            if d.is_main:
-                _print(
-                    progress,
-                    f"{stop_reason} at step {state.step}" + ("; continue with --run.resume=auto" if signum else ""),
-                )
+            log.print(f"{stop_reason} at step {state.step}" + ("; continue with --run.resume=auto" if signum else ""))
             break
 
     # ---- teardown
-    if progress:
-        progress.stop()
-    if gpu_clocks:
-        gpu_clocks.close()
-    if writer:
-        writer.close()
+    log.close()
     distributed.barrier(d)
     engine.destroy()  # DeepSpeed's own teardown: removes its hooks and releases its buffers before the group goes
     dist.destroy_process_group()
-    if not on_gpu:  # every rank mapped DeepSpeed's shared-memory buffers long ago; drop their names
-        distributed.remove_shm_buffers(
-            os.environ.get("MASTER_ADDR", "127.0.0.1"), os.environ.get("MASTER_PORT", ""), d.rank
-        )
+    if d.device.type != "cuda":  # every rank mapped DeepSpeed's shared-memory buffers long ago; drop their names
+        master = os.environ.get("MASTER_ADDR", "127.0.0.1"), os.environ.get("MASTER_PORT", "")
+        distributed.remove_shm_buffers(*master, d.rank)
     os.environ["ZEROTRAIN_RANK_FINISHED"] = "1"  # cli.main_exit may skip interpreter teardown now
     best = None if state.best_val_loss == float("inf") else state.best_val_loss
     return {
