@@ -152,6 +152,8 @@ class ModelShape:
         """Elements in the tensors ZeRO-3 keeps whole on every rank: those with fewer elements than
         stage3_param_persistence_threshold (1e5 by default) — biases and norm weights."""
         h = self.hidden
+        per_layer: tuple[int, ...]
+        final: tuple[int, ...]
         if self.impl in ("zerotrain", "hf-gpt2"):
             per_layer, final = (
                 (h, h, 3 * h, h, h, h, 4 * h, h),
@@ -485,14 +487,16 @@ def _block_backward_transient(model: ModelShape, b: int) -> int:
 class MemoryPlan:
     model: ModelShape
     run: RunShape
-    per_gpu: dict  # the terms alive at the peak (params, grads, optimizer, activations, buffers; they add up to
-    #               peak_allocated), overhead outside the allocator, peak_allocated, peak_reserved (bytes)
+    # per_gpu: the terms alive at the peak (params, grads, optimizer, activations, buffers; they add up to
+    # peak_allocated), overhead outside the allocator, peak_allocated, peak_reserved (bytes)
+    per_gpu: dict[str, int]
     peak_phase: str  # when the peak happens: "init", "backward", "optimizer step"
     host_ram_per_node: int
     nvme_bytes: int
     checkpoint_bytes: int
-    phases: dict = field(default_factory=dict)  # phase -> its terms (bytes): what is alive at each moment
-    notes: list = field(default_factory=list)
+    # phases: phase -> its terms (bytes): what is alive at each moment
+    phases: dict[str, dict[str, int]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def gpu_bytes_needed(self) -> int:
@@ -547,7 +551,7 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
 
     # --- parameters: the compute-dtype weights each GPU holds
     if z < 3:
-        params = b * N
+        params: float = b * N  # bytes; the per-rank shares below (N/W) are fractional
     else:
         # stage3.py: each rank keeps its 1/W partition (defragmented into one flat buffer) and small tensors whole;
         # forward/backward gather the rest, releasing what will not be reused within max_live_parameters.
@@ -604,9 +608,9 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
     fused = model.impl == "zerotrain" and run.fused_loss
     kept_loss, loss_forward, loss_backward = _loss_terms(model, b, s, fused, compiled)
     per_layer = saved_bytes_per_token_per_layer(model, b, run.attention, run.seq_len)
-    block_backward = s * _block_backward_transient(model, b)
+    block_backward: float = s * _block_backward_transient(model, b)
     if run.activation_checkpointing:
-        kept = s * L * _checkpointed_block_input(model, b) + kept_loss
+        kept: float = s * L * _checkpointed_block_input(model, b) + kept_loss
         block_backward += s * per_layer  # the last block is recomputed before it runs backward
     else:
         kept = s * L * per_layer + kept_loss
@@ -618,7 +622,7 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
     # stages 1-2 flatten the partition (flatten_dense_tensors_aligned, b·N/W) and convert it (.to(fp32), 4·N/W)
     # with both alive (stage_1_and_2.py step); stage 3 builds fp32 gradients one sub-group at a time.
     if z == 0:
-        step_extra = 4 * N if b < 4 else 0
+        step_extra: float = 4 * N if b < 4 else 0
     elif offload_opt:
         step_extra = 0
     elif bf16_optimizer:
@@ -633,12 +637,12 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
     if model.impl == "zerotrain":
         # train.py builds the fp32 model on the GPU (whole on every rank, also at stage 3: no zero.Init yet),
         # then DeepSpeed casts it tensor by tensor
-        init = 4 * N + b * model.largest_param
+        init: float = 4 * N + b * model.largest_param
     else:
         # from_pretrained on the CPU, cast there, then moved (stage 3: partitioned by zero.Init as it loads)
         init = b * N if z < 3 else b * N / W + b * model.largest_param
-    states = {"params": params, "optimizer": optimizer, "buffers": buffers}
-    phases = {
+    states: dict[str, float] = {"params": params, "optimizer": optimizer, "buffers": buffers}
+    phases: dict[str, dict[str, float]] = {
         "forward end": {**states, "grads": grads_backward, "activations": kept + loss_forward},
         "loss backward": {**states, "grads": grads_backward, "activations": kept + loss_backward},
         "backward": {**states, "grads": grads_backward + reduce_buffers, "activations": kept + after_loss},
@@ -655,7 +659,7 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
 
     # --- host RAM per node: each rank's process, pinned offload buffers, and loading a checkpoint shard
     ranks = run.gpus_per_node
-    host_per_rank = PROCESS_HOST_RAM
+    host_per_rank: float = PROCESS_HOST_RAM
     if run.offload_optimizer == "cpu":
         host_per_rank += (4 + opt_bytes + 4) * N / W  # fp32 master, states and fp32 gradient partition (pinned)
     if run.offload_params == "cpu":

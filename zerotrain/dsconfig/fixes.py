@@ -87,7 +87,8 @@ def fix(
             changes.append("turned fp16 off, keeping bf16 (fp16 and bf16 cannot both be on)")
     elif bf16_gpu and _enabled(cfg, "fp16"):
         cfg.pop("fp16")
-        cfg["bf16"] = {**(cfg.get("bf16") if isinstance(cfg.get("bf16"), dict) else {}), "enabled": True}
+        bf16 = cfg.get("bf16")
+        cfg["bf16"] = {**(bf16 if isinstance(bf16, dict) else {}), "enabled": True}
         changes.append("switched fp16 -> bf16 (this GPU has bf16: no loss scaling needed)")
     if isinstance(cfg.get("bf16"), dict):
         for key in FP16_LOSS_SCALING_KEYS:

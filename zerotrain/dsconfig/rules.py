@@ -357,7 +357,8 @@ def _rule_types_and_ranges(ctx: _Context):
             continue
         wanted = _type_problem(expected, value)
         if wanted:
-            got = {str: "a string ", list: "a list ", dict: "an object "}.get(type(value), "")
+            kinds: dict[type, str] = {str: "a string ", list: "a list ", dict: "an object "}
+            got = kinds.get(type(value), "")
             if expected == "int" and _is_number(value):
                 fix = f"use a whole number such as {int(value)}"
             elif isinstance(value, str) and expected in ("int", "float") and _parses_as_number(value):
@@ -756,7 +757,9 @@ def _rule_scheduler(ctx: _Context):
             f"use {close[0]!r}" if close else "use WarmupDecayLR or WarmupCosineLR",
         )
         return
-    params = sched.get("params") if isinstance(sched.get("params"), dict) else {}
+    params = sched.get("params")
+    if not isinstance(params, dict):
+        params = {}
     raw_params = _get(ctx.config, "scheduler.params", {})
     for required in SCHEDULER_REQUIRED_PARAMS.get(name, ()):
         if required not in params and not (
