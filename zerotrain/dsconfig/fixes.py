@@ -4,16 +4,9 @@ fixes are applied; the re-check reports what needs a decision."""
 import copy
 import json
 
-from zerotrain.dsconfig.rules import (
-    BATCH_KEYS,
-    _close,
-    _dotted_section,
-    _fmt,
-    _optimizer_kind,
-    _parses_as_number,
-    _solve_batch,
-    gpu_spec,
-)
+from zerotrain.dsconfig.findings import _close, _fmt
+from zerotrain.dsconfig.key_rules import _dotted_section, _parses_as_number
+from zerotrain.dsconfig.lint import gpu_spec
 from zerotrain.dsconfig.schema import (
     FP16_LOSS_SCALING_KEYS,
     MAX_INT,
@@ -30,6 +23,7 @@ from zerotrain.dsconfig.schema import (
     _get,
     _stage,
 )
+from zerotrain.dsconfig.training_rules import BATCH_KEYS, _optimizer_kind, _solve_batch
 
 
 def fix(
