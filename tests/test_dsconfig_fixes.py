@@ -4,7 +4,7 @@ import json
 
 from zerotrain.dsconfig.engine import engine_findings
 from zerotrain.dsconfig.fixes import fix
-from zerotrain.dsconfig.rules import check
+from zerotrain.dsconfig.lint import check
 
 from conftest import assert_clean_failure, errors, with_, write_ds_config, zerotrain
 

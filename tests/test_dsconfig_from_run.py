@@ -7,7 +7,7 @@ import pytest
 
 from zerotrain import UserError
 from zerotrain.dsconfig.from_run import Batch, build, derive_batch, resolve_dtype
-from zerotrain.dsconfig.rules import check
+from zerotrain.dsconfig.lint import check
 from zerotrain.runconfig import RunConfig, TrainSection
 
 from conftest import REPO, errors

@@ -7,8 +7,8 @@ import pytest
 
 from zerotrain import UserError, memory
 from zerotrain.dsconfig.engine import engine_findings
+from zerotrain.dsconfig.lint import check
 from zerotrain.dsconfig.new import choose_layout, new_config
-from zerotrain.dsconfig.rules import check
 
 from conftest import assert_clean_failure, errors, zerotrain
 

@@ -13,9 +13,10 @@ import pytest
 from zerotrain import UserError
 from zerotrain.dsconfig.effective import explain
 from zerotrain.dsconfig.engine import engine_findings
+from zerotrain.dsconfig.findings import LEVELS
 from zerotrain.dsconfig.fixes import fix
+from zerotrain.dsconfig.lint import check, check_text, gpu_spec
 from zerotrain.dsconfig.new import new_config
-from zerotrain.dsconfig.rules import LEVELS, check, check_text, gpu_spec
 from zerotrain.dsconfig.schema import SCHEMA
 
 from conftest import (

@@ -12,9 +12,10 @@ import json
 import textwrap
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import tomllib
 
@@ -198,7 +199,7 @@ class RunConfig:
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+SECTIONS: dict[str, type[Any]] = typing.get_type_hints(RunConfig)  # section name -> its dataclass, in field order
 
 
 def _field_types(section_cls) -> dict[str, type]:
@@ -271,7 +272,7 @@ def _apply(cfg: RunConfig, section: str, key: str, value, origin: str, from_text
     setattr(sec, key, parsed)
 
 
-def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+def load_run_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
     """Defaults, then the TOML file, then overrides of the form `section.key=value` (leading `--` optional)."""
     cfg = RunConfig()
     if path is not None:
@@ -461,7 +462,9 @@ def dumps_toml(cfg: RunConfig) -> str:
 def field_docs(section_cls) -> dict[str, str]:
     """Each field's docstring: the string literal under it in the class body. Python keeps no attribute
     docstrings at run time, so they are read from the source."""
-    body = ast.parse(textwrap.dedent(inspect.getsource(section_cls))).body[0].body
+    class_def = ast.parse(textwrap.dedent(inspect.getsource(section_cls))).body[0]
+    assert isinstance(class_def, ast.ClassDef)  # getsource of a class is its class statement (decorators included)
+    body = class_def.body
     return {
         node.target.id: inspect.cleandoc(doc.value.value)
         for node, doc in zip(body, body[1:])
@@ -490,6 +493,8 @@ def key_table() -> list[tuple[str, str, object, str]]:
     for section, cls in SECTIONS.items():
         docs, hints = field_docs(cls), _field_types(cls)
         for f in dataclasses.fields(cls):
-            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            # a field has a default or a default_factory; callable() tells them apart where `is MISSING` cannot
+            # narrow the type
+            default = f.default_factory() if callable(f.default_factory) else f.default
             rows.append((f"{section}.{f.name}", type_name(hints[f.name]), default, docs.get(f.name, "")))
     return rows

@@ -3,8 +3,9 @@ zerotrain.dsconfig that imports DeepSpeed and torch, inside engine_findings."""
 
 import copy
 
-from zerotrain.dsconfig.rules import BATCH_KEYS, Finding
+from zerotrain.dsconfig.findings import Finding
 from zerotrain.dsconfig.schema import _as_int, _without_auto
+from zerotrain.dsconfig.training_rules import BATCH_KEYS
 
 
 def engine_findings(config: dict, world_size: int | None = None, hf_integration: bool = False) -> list[Finding]:

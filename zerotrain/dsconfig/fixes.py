@@ -4,16 +4,9 @@ fixes are applied; the re-check reports what needs a decision."""
 import copy
 import json
 
-from zerotrain.dsconfig.rules import (
-    BATCH_KEYS,
-    _close,
-    _dotted_section,
-    _fmt,
-    _optimizer_kind,
-    _parses_as_number,
-    _solve_batch,
-    gpu_spec,
-)
+from zerotrain.dsconfig.findings import _close, _fmt
+from zerotrain.dsconfig.key_rules import _dotted_section, _parses_as_number
+from zerotrain.dsconfig.lint import gpu_spec
 from zerotrain.dsconfig.schema import (
     FP16_LOSS_SCALING_KEYS,
     MAX_INT,
@@ -30,6 +23,7 @@ from zerotrain.dsconfig.schema import (
     _get,
     _stage,
 )
+from zerotrain.dsconfig.training_rules import BATCH_KEYS, _optimizer_kind, _solve_batch
 
 
 def fix(
@@ -87,7 +81,8 @@ def fix(
             changes.append("turned fp16 off, keeping bf16 (fp16 and bf16 cannot both be on)")
     elif bf16_gpu and _enabled(cfg, "fp16"):
         cfg.pop("fp16")
-        cfg["bf16"] = {**(cfg.get("bf16") if isinstance(cfg.get("bf16"), dict) else {}), "enabled": True}
+        bf16 = cfg.get("bf16")
+        cfg["bf16"] = {**(bf16 if isinstance(bf16, dict) else {}), "enabled": True}
         changes.append("switched fp16 -> bf16 (this GPU has bf16: no loss scaling needed)")
     if isinstance(cfg.get("bf16"), dict):
         for key in FP16_LOSS_SCALING_KEYS:

@@ -77,7 +77,7 @@ def uses_config_optimizer(ds_config: dict) -> bool:
 def build(cfg: RunConfig, batch: Batch, dtype: str, device_type: str) -> dict:
     t, ds = cfg.train, cfg.deepspeed
     on_gpu = device_type == "cuda"
-    zero = {"stage": ds.zero_stage}
+    zero: dict[str, object] = {"stage": ds.zero_stage}
     if ds.zero_stage >= 1:
         # Overlapping gradient reduction with backward needs CUDA streams; on CPU it only adds copies.
         zero["overlap_comm"] = on_gpu and batch.world > 1

@@ -5,7 +5,7 @@ import copy
 from dataclasses import dataclass
 
 from zerotrain import UserError, memory
-from zerotrain.dsconfig.rules import gpu_spec
+from zerotrain.dsconfig.lint import gpu_spec
 from zerotrain.dsconfig.schema import FP16_DEFAULTS
 
 

@@ -20,7 +20,9 @@ def parse_config_text(text: str, path: str = "ds_config") -> dict:
         comment = re.search(r"^[ \t]*(//|/\*)|[,{\[\"\w][ \t]*(//|/\*)", text, re.MULTILINE)
         if comment:
             line = text.count("\n", 0, comment.start()) + 1
-            col = comment.start(comment.lastindex) - (text.rfind("\n", 0, comment.start(comment.lastindex)) + 1) + 1
+            marker = comment.lastindex  # the group of the // or /* that matched
+            assert marker is not None  # each alternative of the pattern ends in a group
+            col = comment.start(marker) - (text.rfind("\n", 0, comment.start(marker)) + 1) + 1
             raise UserError(
                 f"{path}:{line}:{col}: JSON has no comments; remove the // lines (and /* */ blocks), then check again"
             ) from None

@@ -7,6 +7,7 @@ tests/test_dsconfig_schema.py compares them with the installed DeepSpeed so they
 """
 
 import math
+from typing import TypeGuard
 
 from zerotrain.dsconfig.from_run import get_dotted
 
@@ -357,7 +358,7 @@ FP16_LOSS_SCALING_KEYS = (
 
 # ------------------------------------------------------------------------------------------------ defaults
 # DeepSpeed 0.19.8 defaults (pydantic Field defaults and runtime/constants.py *_DEFAULT), for `explain`.
-TOP_LEVEL_DEFAULTS = {
+TOP_LEVEL_DEFAULTS: dict[str, object] = {
     "train_batch_size": None,
     "train_micro_batch_size_per_gpu": None,
     "gradient_accumulation_steps": None,
@@ -372,7 +373,7 @@ TOP_LEVEL_DEFAULTS = {
     "zero_allow_untested_optimizer": False,
     "zero_force_ds_cpu_optimizer": True,
 }
-ZERO_DEFAULTS = {  # by the spelling DeepSpeed's docs use (stage3_* aliases for the stage-3 fields)
+ZERO_DEFAULTS: dict[str, object] = {  # by the spelling DeepSpeed's docs use (stage3_* aliases for the stage-3 fields)
     "stage": 0,
     "contiguous_gradients": True,
     "reduce_scatter": True,
@@ -391,7 +392,7 @@ ZERO_DEFAULTS = {  # by the spelling DeepSpeed's docs use (stage3_* aliases for 
     "stage3_max_reuse_distance": 1_000_000_000,
     "stage3_gather_16bit_weights_on_model_save": False,
 }
-OFFLOAD_PARAM_DEFAULTS = {
+OFFLOAD_PARAM_DEFAULTS: dict[str, object] = {
     "device": "none",
     "nvme_path": None,
     "buffer_count": 5,
@@ -399,7 +400,7 @@ OFFLOAD_PARAM_DEFAULTS = {
     "max_in_cpu": 1_000_000_000,
     "pin_memory": True,
 }
-OFFLOAD_OPTIMIZER_DEFAULTS = {
+OFFLOAD_OPTIMIZER_DEFAULTS: dict[str, object] = {
     "device": "none",
     "nvme_path": None,
     "buffer_count": 4,
@@ -409,7 +410,7 @@ OFFLOAD_OPTIMIZER_DEFAULTS = {
     "fast_init": False,
     "ratio": 1.0,
 }
-FP16_DEFAULTS = {
+FP16_DEFAULTS: dict[str, object] = {
     "enabled": False,
     "auto_cast": False,
     "loss_scale": 0,
@@ -419,7 +420,7 @@ FP16_DEFAULTS = {
     "consecutive_hysteresis": False,
     "min_loss_scale": 1,
 }
-BF16_DEFAULTS = {"enabled": False, "immediate_grad_update": False, "check_grad_overflow": True}
+BF16_DEFAULTS: dict[str, object] = {"enabled": False, "immediate_grad_update": False, "check_grad_overflow": True}
 
 # ZeRO keys that only do something at a given stage (DeepSpeed docs, config-json "ZeRO optimizations").
 ZERO_KEYS_BY_STAGE = {
@@ -547,7 +548,7 @@ def _section(config: dict, name: str) -> dict:
 MAX_INT = 2**63 - 1  # DeepSpeed's integer settings end up in C int64 (pydantic ints, torch sizes)
 
 
-def _is_number(v) -> bool:
+def _is_number(v) -> TypeGuard[int | float]:
     """A finite JSON number that fits DeepSpeed's 64-bit settings (JSON integers are unbounded, 1e400 is inf)."""
     return (
         isinstance(v, (int, float))

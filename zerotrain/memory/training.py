@@ -1,0 +1,285 @@
+"""The training memory plan: per-GPU bytes of one ZeRO configuration, term by term and phase by phase (plan),
+the configurations `zerotrain plan` compares (variants), and the fastest one that fits (recommend)."""
+
+from dataclasses import dataclass, field, replace
+
+from zerotrain.memory.activations import (
+    _block_backward_transient,
+    _checkpointed_block_input,
+    _loss_terms,
+    saved_bytes_per_token_per_layer,
+)
+from zerotrain.memory.shapes import (
+    CUBLAS_WORKSPACE,
+    CUDA_CONTEXT,
+    DTYPE_BYTES,
+    NCCL_BUFFERS,
+    OPTIMIZER_STATE_BYTES,
+    PROCESS_HOST_RAM,
+    GiB,
+    ModelShape,
+    RunShape,
+    check_run,
+    fp32_grad_accum,
+)
+
+
+@dataclass
+class MemoryPlan:
+    model: ModelShape
+    run: RunShape
+    # per_gpu: the terms alive at the peak (params, grads, optimizer, activations, buffers; they add up to
+    # peak_allocated), overhead outside the allocator, peak_allocated, peak_reserved (bytes)
+    per_gpu: dict[str, int]
+    peak_phase: str  # when the peak happens: "init", "backward", "optimizer step"
+    host_ram_per_node: int
+    nvme_bytes: int
+    checkpoint_bytes: int
+    # phases: phase -> its terms (bytes): what is alive at each moment
+    phases: dict[str, dict[str, int]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def gpu_bytes_needed(self) -> int:
+        """What the GPU must have free: the allocator's reserved peak plus the CUDA context and NCCL buffers."""
+        return self.per_gpu["peak_reserved"] + self.per_gpu["overhead"]
+
+    def fits(self, gpu_memory: int, headroom: float = 0.0) -> bool:
+        return self.gpu_bytes_needed <= gpu_memory * (1 - headroom)
+
+    def to_json(self, gpu_memory: int | None = None) -> dict:
+        return {
+            "zero_stage": self.run.zero_stage,
+            "offload_optimizer": self.run.offload_optimizer,
+            "offload_params": self.run.offload_params,
+            "micro_batch": self.run.micro_batch,
+            "grad_accum": self.run.grad_accum,
+            "seq_len": self.run.seq_len,
+            "dtype": self.run.dtype,
+            "grad_accum_dtype": "fp32" if fp32_grad_accum(self.run) else self.run.dtype,
+            "notes": list(self.notes),
+            "activation_checkpointing": self.run.activation_checkpointing,
+            "gpus": self.run.world,
+            "per_gpu": {k: int(v) for k, v in self.per_gpu.items()},
+            "peak_phase": self.peak_phase,
+            "phases": {name: {k: int(v) for k, v in terms.items()} for name, terms in self.phases.items()},
+            "host_ram_per_node": int(self.host_ram_per_node),
+            "nvme_bytes": int(self.nvme_bytes),
+            "checkpoint_bytes": int(self.checkpoint_bytes),
+            "fits": None if gpu_memory is None else self.fits(gpu_memory),
+        }
+
+
+def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
+    """Per-GPU memory of one training configuration."""
+    check_run(run, model)
+    N, W, b, s = model.n_params, run.world, DTYPE_BYTES[run.dtype], run.tokens
+    z, L = run.zero_stage, model.n_layer
+    opt_bytes = OPTIMIZER_STATE_BYTES[run.optimizer]
+    offload_opt = run.offload_optimizer != "none"
+    offload_par = run.offload_params != "none"
+    notes = []
+    # gradients summed in fp32 (data_types.grad_accum_dtype): ZeRO-2/3 keep their gradient partition in fp32; ZeRO-1 runs
+    # DeepSpeed's BF16_Optimizer, which keeps an fp32 gradient of every parameter beside the bf16 ones (bf16_optimizer.py)
+    fp32_accum = fp32_grad_accum(run)
+    bf16_optimizer = fp32_accum and z == 1
+    g = 4 if fp32_accum else b  # bytes per element of the accumulated gradients
+    if run.grad_accum_dtype == "fp32" and not fp32_accum and b < 4:
+        notes.append(
+            f"ZeRO-0 and offloaded-optimizer runs sum gradients in {run.dtype}: zerotrain sums them in fp32 at ZeRO 1-3 "
+            "with the optimizer on the GPU, in bf16 training only"
+        )
+
+    # --- parameters: the compute-dtype weights each GPU holds
+    if z < 3:
+        params: float = b * N  # bytes; the per-rank shares below (N/W) are fractional
+    else:
+        # stage3.py: each rank keeps its 1/W partition (defragmented into one flat buffer) and small tensors whole;
+        # forward/backward gather the rest, releasing what will not be reused within max_live_parameters.
+        persistent = model.small_params(run.param_persistence_threshold)
+        resident = 0 if offload_par else b * (N - persistent) / W
+        gathered = b * min(N - persistent, run.max_live_parameters + run.prefetch_bucket_size + model.largest_param)
+        if W == 1 and not offload_par:
+            gathered = 0  # one rank: the partition is the whole tensor and "gathering" is a view (_no_gather_coalesced)
+        params = resident + b * persistent + gathered
+
+    # --- optimizer: fp32 master weights + states (stage 0 under bf16/fp16: DeepSpeed's FP16_UnfusedOptimizer keeps
+    # a full fp32 copy; stages 1-3 keep a 1/W fp32 partition, even in fp32, see stage_1_and_2.py single_partition_of_fp32_groups)
+    master = 0 if (z == 0 and b == 4) else 4
+    shard = 1 if z == 0 else W
+    optimizer = 0 if offload_opt else (master + opt_bytes) * N / shard
+
+    # --- gradients: accumulated over micro-batches, reduce buffers during backward, and at the optimizer step
+    if z == 3:
+        # stage3.py preallocates the gradient partition (b·N/W) and the reduce bucket (reduce_bucket_size elements)
+        grads_backward = g * N / W + b * run.reduce_bucket_size if not offload_opt else b * run.reduce_bucket_size
+        reduce_buffers = 0
+        grads_step = grads_backward
+    elif bf16_optimizer:
+        # bf16_optimizer.py: the fp32 gradients of all N parameters from the start, the bf16 ones from the first backward
+        # on (zeroed between steps, not freed); no reduce buckets: the fp32 gradients are all-reduced once per step
+        grads_backward = (4 + b) * N
+        reduce_buffers = 0
+        grads_step = grads_backward
+    else:
+        accumulated = {0: b * N, 1: b * N, 2: g * N / W}[z]  # gradients summed over micro-batches so far
+        grads_backward = accumulated if run.grad_accum > 1 else 0
+        # From the first gradient hook of a backward, stages 1-2 hold reduce buffers: with contiguous_gradients
+        # reduce_bucket_size elements, two with overlap_comm (stage_1_and_2.py setup_buckets; DeepSpeed's
+        # default is off below stage 3); without it, a flattened copy of up to a bucket of gradients.
+        if z == 0:
+            reduce_buffers = 0
+        elif run.contiguous_gradients:
+            reduce_buffers = b * run.reduce_bucket_size * (2 if run.overlap_comm else 1)
+        else:
+            reduce_buffers = b * min(run.reduce_bucket_size, N)
+        # at the step, stages 1-2 hold the reduced gradient partition (param.grad freed after the copy)
+        grads_step = (b * N if z == 0 else g * N / W) + (reduce_buffers if run.contiguous_gradients else 0)
+    buffers = 0
+    if offload_opt and z in (1, 2):
+        buffers += b * model.largest_param  # stage_1_and_2.py temp_grad_buffer_for_gpu_offload
+    buffers += 2 * CUBLAS_WORKSPACE
+
+    # --- activations kept for backward, and what comes on top at three moments: the end of the forward (the
+    # fused loss's chunk loop), the start of backward (the plain loss's fp32 gradients) and the first block's
+    # backward (reduce buffers allocated, the loss's scaled gradients alive)
+    compiled = (
+        model.impl == "zerotrain" and run.compile in ("blocks", "auto") and z < 3
+    )  # train refuses blocks at stage 3
+    fused = model.impl == "zerotrain" and run.fused_loss
+    kept_loss, loss_forward, loss_backward = _loss_terms(model, b, s, fused, compiled)
+    per_layer = saved_bytes_per_token_per_layer(model, b, run.attention, run.seq_len)
+    block_backward: float = s * _block_backward_transient(model, b)
+    if run.activation_checkpointing:
+        kept: float = s * L * _checkpointed_block_input(model, b) + kept_loss
+        block_backward += s * per_layer  # the last block is recomputed before it runs backward
+    else:
+        kept = s * L * per_layer + kept_loss
+    # By the first block's backward the plain path has freed its loss gradients and its fp32 log-softmax output;
+    # the fused path has swapped its saved gradients for the scaled ones backward returned (same size).
+    after_loss = (0 if fused else -s * 4 * model.vocab) + block_backward
+    # --- phases: the terms alive at each moment; the peak is the largest sum, and its terms are reported
+    # optimizer step: gradients complete; stage 0 bf16/fp16 makes fp32 copies of them (unfused_optimizer.py);
+    # stages 1-2 flatten the partition (flatten_dense_tensors_aligned, b·N/W) and convert it (.to(fp32), 4·N/W)
+    # with both alive (stage_1_and_2.py step); stage 3 builds fp32 gradients one sub-group at a time.
+    if z == 0:
+        step_extra: float = 4 * N if b < 4 else 0
+    elif offload_opt:
+        step_extra = 0
+    elif bf16_optimizer:
+        # engine.py allreduce_bucket: a parameter group's flat fp32 gradients (a bucket of one tensor: flattening is a
+        # view) cast to bf16 for the all-reduce; the largest group holds every weight matrix but the embeddings
+        largest_group = max(N - model.vocab * model.hidden - model.small_params(), model.vocab * model.hidden)
+        step_extra = b * largest_group
+    elif fp32_accum and z < 3:
+        step_extra = 4 * N / W  # stage_1_and_2.py _build_compact_grad_partition_buffer: the partition, already in fp32
+    else:
+        step_extra = (4 + b) * N / W if z < 3 else 4 * min(N / W, run.sub_group_size)
+    if model.impl == "zerotrain":
+        # train.py builds the fp32 model on the GPU (whole on every rank, also at stage 3: no zero.Init yet),
+        # then DeepSpeed casts it tensor by tensor
+        init: float = 4 * N + b * model.largest_param
+    else:
+        # from_pretrained on the CPU, cast there, then moved (stage 3: partitioned by zero.Init as it loads)
+        init = b * N if z < 3 else b * N / W + b * model.largest_param
+    states: dict[str, float] = {"params": params, "optimizer": optimizer, "buffers": buffers}
+    phases: dict[str, dict[str, float]] = {
+        "forward end": {**states, "grads": grads_backward, "activations": kept + loss_forward},
+        "loss backward": {**states, "grads": grads_backward, "activations": kept + loss_backward},
+        "backward": {**states, "grads": grads_backward + reduce_buffers, "activations": kept + after_loss},
+        "optimizer step": {**states, "grads": grads_step + step_extra, "activations": 0},
+        "init": {"params": init, "optimizer": 0, "buffers": 0, "grads": 0, "activations": 0},
+    }
+    peak_phase = max(phases, key=lambda name: sum(phases[name].values()))
+    terms = phases[peak_phase]
+    peak_allocated = sum(terms.values())
+    # The caching allocator keeps freed blocks for reuse; blocks freed between phases cannot always be merged
+    # for a larger request. Measured reserved/allocated on H200 runs: docs/memory.md.
+    peak_reserved = peak_allocated * 1.15 + 2 * GiB
+    overhead = CUDA_CONTEXT + (NCCL_BUFFERS if W > 1 else 0)
+
+    # --- host RAM per node: each rank's process, pinned offload buffers, and loading a checkpoint shard
+    ranks = run.gpus_per_node
+    host_per_rank: float = PROCESS_HOST_RAM
+    if run.offload_optimizer == "cpu":
+        host_per_rank += (4 + opt_bytes + 4) * N / W  # fp32 master, states and fp32 gradient partition (pinned)
+    if run.offload_params == "cpu":
+        host_per_rank += b * N / W + b * run.prefetch_bucket_size
+    load_shard = (b * N if z < 3 else b * N / W) + (4 + opt_bytes) * N / shard  # torch.load of model + optimizer shard
+    host_ram = ranks * (host_per_rank + load_shard)
+    nvme = 0
+    if run.offload_optimizer == "nvme":
+        nvme += (4 + opt_bytes + 4) * N
+    if run.offload_params == "nvme":
+        nvme += b * N
+    checkpoint = b * N + (4 + opt_bytes) * N  # weights in the compute dtype + fp32 master and optimizer states
+
+    if run.attention == "eager":
+        notes.append("eager attention keeps the T×T attention probabilities of every layer; SDPA does not")
+    per_gpu = {**terms, "overhead": overhead, "peak_allocated": peak_allocated, "peak_reserved": peak_reserved}
+    return MemoryPlan(
+        model,
+        run,
+        {k: int(v) for k, v in per_gpu.items()},
+        peak_phase,
+        int(host_ram),
+        int(nvme),
+        int(checkpoint),
+        {name: {k: int(v) for k, v in t.items()} for name, t in phases.items()},
+        notes,
+    )
+
+
+def variants(run: RunShape, stages: list[int], offload: bool = True) -> list[RunShape]:
+    """The configurations `zerotrain plan` compares: each stage, and the offload variants that apply."""
+    out = []
+    for z in stages:
+        out.append(replace(run, zero_stage=z, offload_optimizer="none", offload_params="none"))
+        if offload and z >= 1:
+            out.append(replace(run, zero_stage=z, offload_optimizer="cpu", offload_params="none"))
+        if offload and z == 3:
+            out.append(replace(run, zero_stage=z, offload_optimizer="cpu", offload_params="cpu"))
+    return out
+
+
+# Stages from fastest to slowest under DeepSpeed 0.19 with bf16: ZeRO-1 and ZeRO-2 beat ZeRO-0, whose bf16 path
+# runs DeepSpeed's per-tensor FP16_UnfusedOptimizer on the full model, and ZeRO-3 re-gathers parameters every
+# micro-step. Measured in that order on 2×H200 with GPT-2 XL: under raw DeepSpeed in ../shared/reference, and
+# zerotrain's own per stage in docs/benchmarks.md.
+STAGES_FASTEST_FIRST = (1, 2, 0, 3)
+
+
+def recommend(
+    model: ModelShape, run: RunShape, gpu_memory: int, micro_batches: list[int] | None = None, headroom: float = 0.10
+) -> MemoryPlan | None:
+    """The fastest configuration that fits with `headroom` to spare: no offload before optimizer offload
+    before parameter offload (each costs PCIe traffic and CPU Adam time); without activation checkpointing
+    before with it (recomputing the forward costs about a third more compute, less than offload); then the
+    faster ZeRO stage (STAGES_FASTEST_FIRST), then the largest micro-batch (better GPU utilisation).
+    None when nothing fits."""
+    candidates = micro_batches or [run.micro_batch]
+    checkpointing = [True] if run.activation_checkpointing else [False, True]
+    best = None
+    for offload_rank, (oo, op) in enumerate([("none", "none"), ("cpu", "none"), ("cpu", "cpu")]):
+        for ckpt in checkpointing:
+            for speed_rank, z in enumerate(STAGES_FASTEST_FIRST):
+                if (oo != "none" and z == 0) or (op != "none" and z != 3):
+                    continue
+                for mb in sorted(candidates, reverse=True):
+                    p = plan(
+                        model,
+                        replace(
+                            run,
+                            zero_stage=z,
+                            offload_optimizer=oo,
+                            offload_params=op,
+                            micro_batch=mb,
+                            activation_checkpointing=ckpt,
+                        ),
+                    )
+                    if p.fits(gpu_memory, headroom):
+                        key = (offload_rank, ckpt, speed_rank, -mb)
+                        if best is None or key < best[0]:
+                            best = (key, p)
+                        break
+    return best[1] if best else None
