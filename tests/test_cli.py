@@ -220,3 +220,25 @@ def test_resume_of_another_run_into_a_run_dir_and_in_another_dtype(tmp_path, sta
         "trained in fp32",
         'deepspeed.dtype = "fp32"',
     )
+
+
+def test_a_run_that_does_not_fit_the_host_is_refused_before_it_loads(tmp_path, char_data):
+    """The memory check plans the run before any rank starts: on the CPU the model states and activations live in host
+    RAM, so a tiny --host-memory refuses it with the size it needs and what to change, and nothing is written."""
+    cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data)
+    big = ["--model.n_layer=12", "--model.n_head=12", "--model.n_embd=768", "--model.block_size=256"]
+    line = assert_clean_failure(
+        zerotrain("train", cfg, "--nproc", 2, "--host-memory", "7GiB", *big, "--train.micro_batch_size=16"),
+        "would not fit (host RAM: needs",
+        "of 7GiB (--host-memory) per node",
+        "largest term: activations",
+        "cheapest change that fits: micro-batch 8 with accumulation 2, the same global batch",
+    )
+    assert "run.memory_check = false" in line
+    assert not (tmp_path / "run").exists()
+    assert_clean_failure(zerotrain("train", cfg, "--host-memory", "plenty"), "--host-memory 'plenty' is not a size")
+    # the same run on a node that has the RAM (and without the check) is not refused by it
+    ok = zerotrain(
+        "train", cfg, "--nproc", 2, "--host-memory", "3GiB", *big, "--run.memory_check=false", "--train.max_steps=0"
+    )
+    assert "would not fit" not in ok.stderr

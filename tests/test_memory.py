@@ -509,3 +509,78 @@ def test_config_check_asks_the_planner_whether_offload_is_needed(tmp_path):
         "--json",
     )
     assert not any("fits without offload" in f["message"] for f in json.loads(needed.stdout)["findings"])
+
+
+# ------------------------------------------------------------------------------------------------ host RAM
+
+
+def test_sizes_parse_and_bad_sizes_name_the_form():
+    assert memory.parse_size("125GiB") == 125 * GiB and memory.parse_size("64G") == 64 * GiB
+    assert memory.parse_size("500MB") == 500 * 10**6 and memory.parse_size("2TiB") == 2048 * GiB
+    assert memory.parse_size("1.5") == int(1.5 * GiB)
+    for bad in ("lots", "-4GiB", "0", "12 parsecs"):
+        with pytest.raises(UserError, match="is not a size; write it like 125GiB"):
+            memory.parse_size(bad)
+
+
+def test_host_memory_is_the_lower_of_cgroup_limit_and_memtotal(tmp_path):
+    from zerotrain import planning
+
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "meminfo").write_text("MemTotal:       24576000 kB\nMemFree:  1000 kB\n")
+    assert planning.host_memory(None, str(tmp_path))[0] == 24576000 * 1024
+    cgroup = tmp_path / "sys" / "fs" / "cgroup"
+    cgroup.mkdir(parents=True)
+    (cgroup / "memory.max").write_text("max\n")  # no limit: MemTotal
+    assert planning.host_memory(None, str(tmp_path))[0] == 24576000 * 1024
+    (cgroup / "memory.max").write_text(f"{16 * GiB}\n")  # a container's limit below the machine's RAM wins
+    amount, where = planning.host_memory(None, str(tmp_path))
+    assert amount == 16 * GiB and "cgroup limit" in where
+    assert planning.host_memory("100GiB", str(tmp_path)) == (100 * GiB, "100GiB (--host-memory)")
+    assert planning.host_memory(None, str(tmp_path / "nowhere"))[0] is None
+
+
+def test_fits_needs_gpu_and_host_and_recommend_respects_the_host():
+    xl = memory.resolve_model("gpt2-xl")
+    h100 = memory.gpu_memory_from_name("h100")[0]
+    run = RunShape(micro_batch=4)
+    p = plan(xl, run)
+    assert p.fits(h100) and not p.fits(h100, 0.0, p.host_ram_per_node - 1)
+    assert p.shortfalls(h100, 0.0, 8 * GiB) == [f"host RAM: needs {p.host_ram_per_node / GiB:.1f} of 8.0 GiB per node"]
+    assert sum(p.host_terms.values()) == p.host_ram_per_node
+    # optimizer offload saves GPU memory but needs host RAM for the fp32 master weights and Adam moments
+    offload = plan(xl, replace(run, zero_stage=2, offload_optimizer="cpu"))
+    assert offload.host_ram_per_node > p.host_ram_per_node
+    best = memory.recommend(xl, run, 40 * GiB, [1, 2, 4], host_memory=10**15)
+    assert best is not None and best.host_ram_per_node > 8 * GiB
+    # with less host RAM than that choice needs, the recommendation changes to one within it, or is None
+    limited = memory.recommend(xl, run, 40 * GiB, [1, 2, 4], host_memory=best.host_ram_per_node)
+    assert limited is None or limited.host_ram_per_node <= 0.9 * best.host_ram_per_node
+
+
+def test_cli_plan_checks_host_ram_when_asked():
+    r = zerotrain(
+        "plan",
+        "--model",
+        "gpt2-xl",
+        "--gpu-memory",
+        "h100",
+        "--micro-batch",
+        "4",
+        "--host-memory",
+        "8GiB",
+        env={"COLUMNS": "250"},
+    )
+    assert r.returncode == 0 and "NO (host)" in r.stdout and "the node has 8GiB (--host-memory)" in r.stdout
+    r = zerotrain(
+        "plan", "--model", "gpt2-xl", "--gpu-memory", "h100", "--micro-batch", "4", "--host-memory", "8GiB", "--json"
+    )
+    report = json.loads(r.stdout)
+    assert report["host_memory"] == 8 * GiB and report["recommended"] is None
+    assert all(p["host_fits"] is False and p["fits"] is False for p in report["plans"])
+    # a plan for another machine's GPU does not judge it by this machine's RAM
+    r = zerotrain("plan", "--model", "gpt2-xl", "--gpu-memory", "h100", "--micro-batch", "4", "--json")
+    assert json.loads(r.stdout)["host_memory"] is None
+    assert_clean_failure(
+        zerotrain("plan", "--model", "gpt2", "--host-memory", "lots"), "--host-memory 'lots' is not a size"
+    )

@@ -52,7 +52,9 @@ def first_fitting_change(run_dir, gpu_bytes, model=None) -> str:
 
     shape, run = postmortem.planner_inputs(postmortem.read_evidence(run_dir), model)
     return next(
-        label for label, changed in postmortem.oom_changes(run) if memory.plan(shape, changed).fits(gpu_bytes, 0.10)
+        label
+        for label, changed in memory.changes_cheapest_first(run)
+        if memory.plan(shape, changed).fits(gpu_bytes, 0.10)
     )
 
 

@@ -85,6 +85,11 @@ def cmd_train(args, extra) -> int:
     from zerotrain.runconfig import load_run_config
 
     overrides = _split_overrides(extra)
+    if args.host_memory:  # checked here, once, and handed to every rank as the run-config key
+        from zerotrain.memory import parse_size
+
+        parse_size(args.host_memory)
+        overrides.append(f"--run.host_memory={args.host_memory}")
     cfg = load_run_config(args.config, overrides)
     _quiet_deepspeed()
     if args.nproc and in_launcher():
@@ -293,6 +298,11 @@ def cmd_plan(args, _extra) -> int:
 
     model, run = planning.plan_inputs(args)
     gpu_bytes, gpu_name = planning.gpu_memory(args.gpu_memory)
+    # This machine's RAM is the nodes' only when its GPU is: a plan for --gpu-memory elsewhere checks host RAM
+    # only with --host-memory.
+    host_bytes, host_name = (
+        planning.host_memory(args.host_memory) if args.host_memory or not args.gpu_memory else (None, "")
+    )
     if args.inference:
         ip = memory.plan_inference(model, args.batch, args.context or model.max_positions, run.dtype)
         if args.json:
@@ -327,25 +337,26 @@ def cmd_plan(args, _extra) -> int:
         runs = memory.variants(run, stages)
     plans = [memory.plan(model, r) for r in runs]
     candidates = sorted({run.micro_batch, *[2**i for i in range(8)]})
-    best = memory.recommend(model, run, gpu_bytes, candidates) if gpu_bytes else None
+    best = memory.recommend(model, run, gpu_bytes, candidates, host_memory=host_bytes) if gpu_bytes else None
 
     if args.json:
         rec = None
         if best:
-            rec = best.to_json(gpu_bytes)
+            rec = best.to_json(gpu_bytes, host_bytes)
         print(
             json.dumps(
                 {
                     "model": {"name": model.name, "impl": model.impl, "n_params": model.n_params},
                     "gpu_memory": gpu_bytes,
-                    "plans": [p.to_json(gpu_bytes) for p in plans],
+                    "host_memory": host_bytes,
+                    "plans": [p.to_json(gpu_bytes, host_bytes) for p in plans],
                     "recommended": rec,
                 },
                 indent=2,
             )
         )
         return 0
-    planning.print_plans(model, run, plans, best, gpu_bytes, gpu_name)
+    planning.print_plans(model, run, plans, best, gpu_bytes, gpu_name, host_bytes, host_name)
     return 0
 
 
@@ -555,6 +566,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="start this many local ranks with the DeepSpeed launcher (GPUs, or CPU processes)",
     )
     tr.add_argument("--overwrite", action="store_true", help="replace a run already in run.out_dir")
+    tr.add_argument(
+        "--host-memory",
+        help="host RAM of a node (125GiB) for the memory check before loading (run.host_memory); default: detected",
+    )
     tr.set_defaults(func=cmd_train)
 
     ex = verbs.add_parser("export", help="checkpoint -> verified Hugging Face folder (safetensors)")
@@ -654,6 +669,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument(
         "--gpu-memory",
         help="memory of one GPU: a name (h100, a100-40gb, rtx4090, ...) or an amount (80GiB); default: detected",
+    )
+    pl.add_argument(
+        "--host-memory",
+        help="host RAM of one node (125GiB, 64G); default: this machine's cgroup limit or MemTotal. `fits` needs both",
     )
     pl.add_argument("--inference", action="store_true", help="plan inference instead: weights + KV cache + activations")
     pl.add_argument("--batch", type=int, default=1, help="inference: sequences served at once")

@@ -1,9 +1,44 @@
 """`zerotrain plan`'s front end: the model and run shapes from --model, a run config, a ds_config and the flags; one
-GPU's memory from --gpu-memory or nvidia-smi; and the printed plan (the per-stage table, notes, the recommendation).
-The arithmetic is memory.py's; cli.py parses the flags and calls these. No torch import: plan answers instantly.
+GPU's memory from --gpu-memory or nvidia-smi; the node's host RAM from --host-memory, the cgroup limit or
+/proc/meminfo; and the printed plan (the per-stage table, notes, the recommendation). The arithmetic is the memory
+package's; cli.py parses the flags and calls these. No torch import: plan answers instantly.
 """
 
+from pathlib import Path
+
 from zerotrain import UserError
+
+# cgroup v2, then v1: a container's memory limit, which the kernel's OOM killer enforces below the machine's RAM
+CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def host_memory(spec: str | None, root: str = "/") -> tuple[int | None, str]:
+    """Bytes of host RAM one node may use: --host-memory when given, else the smaller of this process's cgroup
+    memory limit and MemTotal in /proc/meminfo (the OOM killer acts at whichever is lower); (None, why) when
+    neither can be read. `root` lets tests point at a fake /sys and /proc."""
+    from zerotrain import memory
+
+    if spec:
+        return memory.parse_size(spec), f"{spec} (--host-memory)"
+    found = []
+    for path in CGROUP_LIMITS:
+        try:
+            text = Path(root, path.lstrip("/")).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2**60:  # "max" or a huge number: no limit
+            found.append((int(text), "cgroup limit"))
+        break
+    try:
+        for line in Path(root, "proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                found.append((int(line.split()[1]) * 1024, "/proc/meminfo"))
+    except (OSError, ValueError, IndexError):
+        pass
+    if not found:
+        return None, "unknown (pass --host-memory)"
+    amount, source = min(found)
+    return amount, f"{amount / 2**30:.1f} GiB ({source}; --host-memory overrides)"
 
 
 def gpu_memory(spec: str | None) -> tuple[int | None, str]:
@@ -32,6 +67,31 @@ def gpu_memory(spec: str | None) -> tuple[int | None, str]:
     return None, "unknown (pass --gpu-memory)"
 
 
+def run_shape(cfg, gpus_per_node: int = 1, nodes: int = 1, dtype: str | None = None):
+    """The RunShape of a zerotrain run config on `gpus_per_node` × `nodes` ranks (dtype: the resolved one, else the
+    config's with "auto" read as bf16)."""
+    from zerotrain import memory
+
+    m, t, ds = cfg.model, cfg.train, cfg.deepspeed
+    return memory.RunShape(
+        gpus_per_node=gpus_per_node,
+        nodes=nodes,
+        micro_batch=t.micro_batch_size,
+        grad_accum=t.grad_accum,
+        zero_stage=ds.zero_stage,
+        offload_optimizer=ds.offload_optimizer,
+        offload_params=ds.offload_params,
+        activation_checkpointing=ds.activation_checkpointing,
+        contiguous_gradients=ds.zero_stage >= 2,
+        overlap_comm=gpus_per_node * nodes > 1,
+        dtype=dtype or ("bf16" if ds.dtype == "auto" else ds.dtype),
+        grad_accum_dtype=ds.grad_accum_dtype,
+        compile=t.compile,
+        fused_loss=t.fused_loss,
+        seq_len=t.seq_len or (m.block_size or memory.GPT2_PRESETS.get(m.preset, {}).get("block_size", 1024)),
+    )
+
+
 def plan_inputs(args):
     """ModelShape and RunShape from --config (a zerotrain run), --ds-config and the flags, flags winning."""
     import dataclasses
@@ -45,7 +105,7 @@ def plan_inputs(args):
         from zerotrain.runconfig import load_run_config
 
         cfg = load_run_config(args.config, [])
-        m, t, ds = cfg.model, cfg.train, cfg.deepspeed
+        m = cfg.model
         if model_spec is None:
             model = memory.gpt2_shape(
                 m.preset,
@@ -56,20 +116,8 @@ def plan_inputs(args):
                 vocab_size=m.vocab_size,
                 dropout=m.dropout,
             )
-        run = dataclasses.replace(
-            run,
-            micro_batch=t.micro_batch_size,
-            grad_accum=t.grad_accum,
-            zero_stage=ds.zero_stage,
-            offload_optimizer=ds.offload_optimizer,
-            offload_params=ds.offload_params,
-            activation_checkpointing=ds.activation_checkpointing,
-            contiguous_gradients=ds.zero_stage >= 2,
-            overlap_comm=args.gpus is not None and args.gpus * (args.nodes or 1) > 1,
-            dtype="bf16" if ds.dtype == "auto" else ds.dtype,
-            grad_accum_dtype=ds.grad_accum_dtype,
-            seq_len=t.seq_len or (m.block_size or memory.GPT2_PRESETS.get(m.preset, {}).get("block_size", 1024)),
-        )
+        overlap = args.gpus is not None and args.gpus * (args.nodes or 1) > 1
+        run = dataclasses.replace(run_shape(cfg), overlap_comm=overlap)
     if model_spec is not None:
         model = memory.resolve_model(model_spec)
     elif not args.config:
@@ -121,7 +169,16 @@ def print_inference(model, ip, gpu_bytes: int | None, gpu_name: str) -> None:
         print(f"  {'fits' if ip.total <= gpu_bytes else 'does NOT fit'} in {gpu_bytes / 2**30:.1f} GiB")
 
 
-def print_plans(model, run, plans: list, best, gpu_bytes: int | None, gpu_name: str) -> None:
+def print_plans(
+    model,
+    run,
+    plans: list,
+    best,
+    gpu_bytes: int | None,
+    gpu_name: str,
+    host_bytes: int | None = None,
+    host_name: str = "",
+) -> None:
     """The per-GPU table of every planned configuration, host RAM and checkpoint size, the notes, and the fastest
     configuration that fits with 10% headroom (`best`, from memory.recommend)."""
     from rich.console import Console
@@ -158,7 +215,7 @@ def print_plans(model, run, plans: list, best, gpu_bytes: int | None, gpu_name: 
         "host/node",
         "peak in",
     ):
-        table.add_column(col, justify="left" if col in ("ZeRO", "offload") else "right")
+        table.add_column(col, justify="left" if col in ("ZeRO", "offload") else "right", no_wrap=col == "fits")
     for p in plans:
         r, g = p.run, p.per_gpu
         offload = ", ".join(
@@ -166,7 +223,17 @@ def print_plans(model, run, plans: list, best, gpu_bytes: int | None, gpu_name: 
             for what, where in (("opt", r.offload_optimizer), ("params", r.offload_params))
             if where != "none"
         )
-        fits = "" if not gpu_bytes else ("yes" if p.fits(gpu_bytes, 0.10) else ("tight" if p.fits(gpu_bytes) else "NO"))
+        fits = (
+            ""
+            if not gpu_bytes
+            else "yes"
+            if p.fits(gpu_bytes, 0.10, host_bytes)
+            else "tight"
+            if p.fits(gpu_bytes, 0.0, host_bytes)
+            else "NO (host)"
+            if p.fits(gpu_bytes, 0.0)
+            else "NO"
+        )
         table.add_row(
             str(r.zero_stage),
             offload or "-",
@@ -185,7 +252,9 @@ def print_plans(model, run, plans: list, best, gpu_bytes: int | None, gpu_name: 
     console.print(table)
     first = plans[0]
     console.print(
-        f"host/node: host RAM per node in GiB ({run.gpus_per_node} ranks, their pinned offload buffers, loading a checkpoint); "
+        f"host/node: host RAM per node in GiB ({run.gpus_per_node} ranks, their pinned offload buffers, loading a checkpoint"
+        + (f"; the node has {host_name}" if host_bytes else "; not checked against a node's RAM: pass --host-memory")
+        + "); "
         f"checkpoint on disk: {first.checkpoint_bytes / 2**30:.1f} GiB"
         + "".join(f"; NVMe for ZeRO-{p.run.zero_stage}: {p.nvme_bytes / 2**30:.1f} GiB" for p in plans if p.nvme_bytes)
     )

@@ -193,55 +193,6 @@ def planner_inputs(ev: RunEvidence, model_spec: str | None = None):
     return model, run
 
 
-def oom_changes(run) -> list[tuple[str, object]]:
-    """Single changes to a run, from the cheapest in speed to the dearest: a higher ZeRO stage below 3 (almost
-    free), a smaller micro-batch with accumulation keeping the global batch, activation checkpointing (~1/3 more
-    compute), ZeRO-3 (re-gathers parameters every micro-step), optimizer offload, then parameter offload."""
-    from dataclasses import replace
-
-    out = []
-    if run.world > 1:
-        for z in range(run.zero_stage + 1, 3):
-            out.append((f"ZeRO-{z} (deepspeed.zero_stage = {z})", replace(run, zero_stage=z)))
-    mb = run.micro_batch // 2
-    while mb >= 1:
-        accum = run.grad_accum * run.micro_batch // mb
-        keeps = run.grad_accum * run.micro_batch % mb == 0
-        label = (
-            f"micro-batch {mb} with accumulation {accum}, the same global batch (train.micro_batch_size = {mb}, "
-            f"train.grad_accum = {accum})"
-            if keeps
-            else f"micro-batch {mb} (train.micro_batch_size = {mb})"
-        )
-        out.append((label, replace(run, micro_batch=mb, grad_accum=accum if keeps else run.grad_accum)))
-        mb //= 2
-    if not run.activation_checkpointing:
-        out.append(
-            (
-                "activation checkpointing (deepspeed.activation_checkpointing = true)",
-                replace(run, activation_checkpointing=True),
-            )
-        )
-    if run.world > 1 and run.zero_stage < 3:
-        out.append(("ZeRO-3 (deepspeed.zero_stage = 3)", replace(run, zero_stage=3)))
-    if run.offload_optimizer == "none":
-        z = max(run.zero_stage, 1)
-        out.append(
-            (
-                f'optimizer offload to CPU at ZeRO-{z} (deepspeed.offload_optimizer = "cpu")',
-                replace(run, zero_stage=z, offload_optimizer="cpu"),
-            )
-        )
-    if run.offload_params == "none":
-        out.append(
-            (
-                "ZeRO-3 with optimizer and parameter offload to CPU",
-                replace(run, zero_stage=3, offload_optimizer="cpu", offload_params="cpu"),
-            )
-        )
-    return out
-
-
 def _oom_advice(diag: Diagnosis, ev: RunEvidence, total: int | None, model_spec: str | None) -> None:
     from zerotrain import memory
 
@@ -286,7 +237,7 @@ def _oom_advice(diag: Diagnosis, ev: RunEvidence, total: int | None, model_spec:
             "something outside the plan took the memory: another process on the GPU, fragmentation "
             "(set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True), or a larger eval/sequence batch"
         )
-    for label, changed in oom_changes(run):
+    for label, changed in memory.changes_cheapest_first(run):
         p = memory.plan(model, changed)
         if p.fits(total, 0.10):
             diag.fix.append(

@@ -6,6 +6,7 @@ it derives, and all the trainer's setup reads from it.
 
 import dataclasses
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,7 +253,7 @@ def preflight(cfg: runconfig.RunConfig, world: int, overwrite: bool = False) -> 
                 f"that is another DeepSpeed optimizer with other checkpoint files; set deepspeed.grad_accum_dtype = "
                 f'"{"fp32" if saved_accum == "fp32" else "auto"}" to resume it, or start a new run with run.init_from'
             )
-    return Plan(
+    plan = Plan(
         cfg,
         model,
         seq_len,
@@ -267,6 +268,8 @@ def preflight(cfg: runconfig.RunConfig, world: int, overwrite: bool = False) -> 
         hf_info,
         cfg.model.init_from_hf if not resume_from else "",
     )
+    check_memory(plan, world, on_gpu)
+    return plan
 
 
 def prepare_run_dir(plan: Plan, ds_config: dict) -> None:
@@ -283,3 +286,87 @@ def prepare_run_dir(plan: Plan, ds_config: dict) -> None:
     checkpoint.write_atomic(run_dir / "config.toml", runconfig.dumps_toml(plan.cfg))
     checkpoint.write_atomic(run_dir / "ds_config.json", json.dumps(ds_config, indent=2) + "\n")
     shutil.copytree(plan.data[0].path / "tokenizer", run_dir / "tokenizer", dirs_exist_ok=True)
+
+
+# A rank's own host memory on the CPU (Python, torch, DeepSpeed and gloo), measured as the peak RSS of a tiny model's
+# rank (docs/memory.md); on GPUs it is memory.PROCESS_HOST_RAM (the CUDA libraries too).
+CPU_PROCESS_HOST_RAM = 600 * 2**20
+
+
+def check_memory(plan: Plan, world: int, on_gpu: bool) -> None:
+    """Plan the run's memory before anything loads and refuse what would not fit: one GPU's memory (on GPUs) and the
+    node's host RAM (run.host_memory, else detected). On the CPU the model states and activations live in host RAM
+    too. The message names the largest term and the cheapest change that fits."""
+    from zerotrain import memory, planning
+
+    cfg = plan.cfg
+    if not cfg.run.memory_check:
+        return
+    try:
+        if plan.hf:
+            model = memory.shape_from_hf_config(plan.hf.config, str(plan.hf.path))
+        else:
+            m = plan.model
+            model = memory.gpt2_shape(
+                cfg.model.preset if cfg.model.preset in memory.GPT2_PRESETS else "gpt2",
+                n_layer=m.n_layer,
+                n_head=m.n_head,
+                n_embd=m.n_embd,
+                block_size=m.block_size,
+                vocab_size=m.vocab_size,
+                dropout=m.dropout,
+            )
+    except UserError:
+        return  # a model the planner does not know: nothing to compare
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world)) or world
+    run = dataclasses.replace(
+        planning.run_shape(cfg, per_node, max(1, world // per_node), plan.dtype), seq_len=plan.seq_len
+    )
+    if not on_gpu:  # host pages that are never written cost nothing: DeepSpeed's buckets count up to the model's size
+        n = model.n_params
+        run = dataclasses.replace(
+            run,
+            reduce_bucket_size=min(run.reduce_bucket_size, n),
+            allgather_bucket_size=min(run.allgather_bucket_size, n),
+            prefetch_bucket_size=min(run.prefetch_bucket_size, n),
+        )
+    host_bytes, host_name = planning.host_memory(cfg.run.host_memory or None)
+    gpu_bytes = None
+    if on_gpu:
+        import torch
+
+        gpu_bytes = torch.cuda.get_device_properties(0).total_memory
+
+    loads = plan.resume_from or plan.init_from or plan.hf or plan.init_from_hf  # a fresh GPT reads no weights
+
+    def host_needed(p: memory.MemoryPlan) -> int:
+        need = p.host_ram_per_node - (0 if loads else p.host_terms["loading"])
+        if on_gpu:
+            return need
+        # on the CPU a rank's "device" is host RAM: its model states and activations, without the CUDA libraries
+        return need + per_node * (p.per_gpu["peak_allocated"] + CPU_PROCESS_HOST_RAM - memory.PROCESS_HOST_RAM)
+
+    def shortfalls(p: memory.MemoryPlan) -> list[str]:
+        out = p.shortfalls(gpu_bytes, 0.0, None)
+        if host_bytes is not None and host_needed(p) > host_bytes:
+            out.append(f"host RAM: needs {host_needed(p) / 2**30:.1f} of {host_name} per node")
+        return out
+
+    planned = memory.plan(model, run)
+    problems = shortfalls(planned)
+    if not problems:
+        return
+    largest, size = planned.largest_term()
+    fix = "no single change fits: add GPUs or nodes, or shorten train.seq_len"
+    for label, changed in memory.changes_cheapest_first(run):
+        p = memory.plan(model, changed)
+        if not shortfalls(p):
+            parts = [f"GPU {p.gpu_bytes_needed / 2**30:.1f} GiB"] if on_gpu else []
+            parts.append(f"host {host_needed(p) / 2**30:.1f} GiB")
+            fix = f"cheapest change that fits: {label} → {', '.join(parts)}"
+            break
+    raise UserError(
+        f"this run would not fit ({'; '.join(problems)}); largest term: {largest} {size / 2**30:.1f} GiB per "
+        f"{'GPU' if on_gpu else 'rank'}, planned for {model.name} with {run.describe()}; {fix}; or set "
+        f"run.memory_check = false to start anyway"
+    )

@@ -44,6 +44,12 @@ class RunSection:
     wandb_project: str = "zerotrain"
     checkpoints: bool = True
     """Write checkpoints (periodic, best and final). false for benchmarks and memory measurements."""
+    host_memory: str = ""
+    """Host RAM one node may use, e.g. "125GiB" (`train --host-memory`); empty: this machine's cgroup limit or
+    MemTotal, whichever is lower. The memory check compares the planned host RAM with it."""
+    memory_check: bool = True
+    """Before anything loads, plan the run's GPU and host memory and refuse a run that would not fit, naming the
+    largest term and the cheapest change that fits. false: start anyway (for a model or kernel the planner misjudges)."""
 
 
 @dataclass

@@ -18,7 +18,7 @@ Notation: N parameters, W data-parallel ranks, b bytes per element of the comput
 
 from zerotrain.memory.activations import FUSED_LOSS_CHUNK_TOKENS, saved_bytes_per_token_per_layer
 from zerotrain.memory.inference import InferencePlan, plan_inference
-from zerotrain.memory.inputs import GPUS, gpu_memory_from_name, run_from_ds_config
+from zerotrain.memory.inputs import GPUS, gpu_memory_from_name, parse_size, run_from_ds_config
 from zerotrain.memory.shapes import (
     CUBLAS_WORKSPACE,
     CUDA_CONTEXT,
@@ -42,7 +42,15 @@ from zerotrain.memory.shapes import (
     shape_from_hf_config,
     to_jsonable,
 )
-from zerotrain.memory.training import STAGES_FASTEST_FIRST, MemoryPlan, plan, recommend, variants
+from zerotrain.memory.training import (
+    STAGES_FASTEST_FIRST,
+    MemoryPlan,
+    changes_cheapest_first,
+    cheapest_change_that_fits,
+    plan,
+    recommend,
+    variants,
+)
 
 __all__ = [
     "CUBLAS_WORKSPACE",
@@ -65,10 +73,13 @@ __all__ = [
     "MiB",
     "ModelShape",
     "RunShape",
+    "changes_cheapest_first",
     "check_run",
+    "cheapest_change_that_fits",
     "fp32_grad_accum",
     "gpt2_shape",
     "gpu_memory_from_name",
+    "parse_size",
     "plan",
     "plan_inference",
     "recommend",

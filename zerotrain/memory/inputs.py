@@ -32,6 +32,27 @@ GPUS = {
 }
 
 
+def parse_size(text: str, what: str = "--host-memory") -> int:
+    """Bytes of an amount such as `125GiB`, `64G` (GiB), `500MB`, `2TiB`; a bare number is GiB."""
+    import re
+
+    amount = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(TiB|TB|T|GiB|GB|G|MiB|MB|M)?", text.strip(), flags=re.IGNORECASE)
+    if not amount or float(amount.group(1)) <= 0:
+        raise UserError(f"{what} {text!r} is not a size; write it like 125GiB, 64G or 500MiB")
+    scale = {
+        "tib": 1024 * GiB,
+        "t": 1024 * GiB,
+        "tb": 10**12,
+        "gib": GiB,
+        "g": GiB,
+        "gb": 10**9,
+        "mib": MiB,
+        "m": MiB,
+        "mb": 10**6,
+    }
+    return int(float(amount.group(1)) * scale[(amount.group(2) or "GiB").lower()])
+
+
 def gpu_memory_from_name(name: str) -> tuple[int, bool]:
     """(bytes, bf16 support) for `h100`, `A100-40GB`, `RTX 4090`, or an amount such as `80GiB` / `40GB`."""
     import difflib

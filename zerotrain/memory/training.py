@@ -38,16 +38,35 @@ class MemoryPlan:
     # phases: phase -> its terms (bytes): what is alive at each moment
     phases: dict[str, dict[str, int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # host_ram_per_node term by term: "processes" (each rank's Python, torch and libraries), "offload" (pinned
+    # offload buffers and the optimizer states they hold), "loading" (reading a checkpoint or pretrained weights)
+    host_terms: dict[str, int] = field(default_factory=dict)
 
     @property
     def gpu_bytes_needed(self) -> int:
         """What the GPU must have free: the allocator's reserved peak plus the CUDA context and NCCL buffers."""
         return self.per_gpu["peak_reserved"] + self.per_gpu["overhead"]
 
-    def fits(self, gpu_memory: int, headroom: float = 0.0) -> bool:
-        return self.gpu_bytes_needed <= gpu_memory * (1 - headroom)
+    def fits(self, gpu_memory: int | None, headroom: float = 0.0, host_memory: int | None = None) -> bool:
+        """Within the GPU's memory and, when given, the node's host RAM, with `headroom` (a fraction) to spare."""
+        return not self.shortfalls(gpu_memory, headroom, host_memory)
 
-    def to_json(self, gpu_memory: int | None = None) -> dict:
+    def shortfalls(self, gpu_memory: int | None, headroom: float = 0.0, host_memory: int | None = None) -> list[str]:
+        """What does not fit, one phrase each ("GPU: needs 81.2 of 79.6 GiB"); empty when everything fits."""
+        out = []
+        if gpu_memory is not None and self.gpu_bytes_needed > gpu_memory * (1 - headroom):
+            out.append(f"GPU: needs {self.gpu_bytes_needed / GiB:.1f} of {gpu_memory / GiB:.1f} GiB")
+        if host_memory is not None and self.host_ram_per_node > host_memory * (1 - headroom):
+            out.append(f"host RAM: needs {self.host_ram_per_node / GiB:.1f} of {host_memory / GiB:.1f} GiB per node")
+        return out
+
+    def largest_term(self) -> tuple[str, int]:
+        """The largest of the terms alive at the GPU peak (params, grads, optimizer, activations, buffers)."""
+        terms = {k: self.per_gpu[k] for k in ("params", "grads", "optimizer", "activations", "buffers")}
+        name = max(terms, key=lambda k: terms[k])
+        return name, terms[name]
+
+    def to_json(self, gpu_memory: int | None = None, host_memory: int | None = None) -> dict:
         return {
             "zero_stage": self.run.zero_stage,
             "offload_optimizer": self.run.offload_optimizer,
@@ -66,7 +85,8 @@ class MemoryPlan:
             "host_ram_per_node": int(self.host_ram_per_node),
             "nvme_bytes": int(self.nvme_bytes),
             "checkpoint_bytes": int(self.checkpoint_bytes),
-            "fits": None if gpu_memory is None else self.fits(gpu_memory),
+            "fits": None if gpu_memory is None else self.fits(gpu_memory, 0.0, host_memory),
+            "host_fits": None if host_memory is None else self.host_ram_per_node <= host_memory,
         }
 
 
@@ -207,6 +227,11 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
         host_per_rank += b * N / W + b * run.prefetch_bucket_size
     load_shard = (b * N if z < 3 else b * N / W) + (4 + opt_bytes) * N / shard  # torch.load of model + optimizer shard
     host_ram = ranks * (host_per_rank + load_shard)
+    host_terms = {
+        "processes": ranks * PROCESS_HOST_RAM,
+        "offload": ranks * (host_per_rank - PROCESS_HOST_RAM),
+        "loading": ranks * load_shard,
+    }
     nvme = 0
     if run.offload_optimizer == "nvme":
         nvme += (4 + opt_bytes + 4) * N
@@ -227,6 +252,7 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
         int(checkpoint),
         {name: {k: int(v) for k, v in t.items()} for name, t in phases.items()},
         notes,
+        {k: int(v) for k, v in host_terms.items()},
     )
 
 
@@ -250,13 +276,18 @@ STAGES_FASTEST_FIRST = (1, 2, 0, 3)
 
 
 def recommend(
-    model: ModelShape, run: RunShape, gpu_memory: int, micro_batches: list[int] | None = None, headroom: float = 0.10
+    model: ModelShape,
+    run: RunShape,
+    gpu_memory: int,
+    micro_batches: list[int] | None = None,
+    headroom: float = 0.10,
+    host_memory: int | None = None,
 ) -> MemoryPlan | None:
     """The fastest configuration that fits with `headroom` to spare: no offload before optimizer offload
     before parameter offload (each costs PCIe traffic and CPU Adam time); without activation checkpointing
     before with it (recomputing the forward costs about a third more compute, less than offload); then the
     faster ZeRO stage (STAGES_FASTEST_FIRST), then the largest micro-batch (better GPU utilisation).
-    None when nothing fits."""
+    With host_memory, a configuration must also fit the node's host RAM. None when nothing fits."""
     candidates = micro_batches or [run.micro_batch]
     checkpointing = [True] if run.activation_checkpointing else [False, True]
     best = None
@@ -277,9 +308,56 @@ def recommend(
                             activation_checkpointing=ckpt,
                         ),
                     )
-                    if p.fits(gpu_memory, headroom):
+                    if p.fits(gpu_memory, headroom, host_memory):
                         key = (offload_rank, ckpt, speed_rank, -mb)
                         if best is None or key < best[0]:
                             best = (key, p)
                         break
     return best[1] if best else None
+
+
+def changes_cheapest_first(run: RunShape) -> list[tuple[str, RunShape]]:
+    """Single changes to a run, from the cheapest in speed to the dearest: a higher ZeRO stage below 3 (almost
+    free), a smaller micro-batch with accumulation keeping the global batch, activation checkpointing (~1/3 more
+    compute), ZeRO-3 (re-gathers parameters every micro-step), optimizer offload, then parameter offload.
+    Each comes with a label naming the run-config keys to set."""
+    out = []
+    if run.world > 1:
+        for z in range(run.zero_stage + 1, 3):
+            out.append((f"ZeRO-{z} (deepspeed.zero_stage = {z})", replace(run, zero_stage=z)))
+    mb = run.micro_batch // 2
+    while mb >= 1:
+        accum = run.grad_accum * run.micro_batch // mb
+        keeps = run.grad_accum * run.micro_batch % mb == 0
+        label = (
+            f"micro-batch {mb} with accumulation {accum}, the same global batch (train.micro_batch_size = {mb}, "
+            f"train.grad_accum = {accum})"
+            if keeps
+            else f"micro-batch {mb} (train.micro_batch_size = {mb})"
+        )
+        out.append((label, replace(run, micro_batch=mb, grad_accum=accum if keeps else run.grad_accum)))
+        mb //= 2
+    if not run.activation_checkpointing:
+        label = "activation checkpointing (deepspeed.activation_checkpointing = true)"
+        out.append((label, replace(run, activation_checkpointing=True)))
+    if run.world > 1 and run.zero_stage < 3:
+        out.append(("ZeRO-3 (deepspeed.zero_stage = 3)", replace(run, zero_stage=3)))
+    if run.offload_optimizer == "none":
+        z = max(run.zero_stage, 1)
+        label = f'optimizer offload to CPU at ZeRO-{z} (deepspeed.offload_optimizer = "cpu")'
+        out.append((label, replace(run, zero_stage=z, offload_optimizer="cpu")))
+    if run.offload_params == "none":
+        label = "ZeRO-3 with optimizer and parameter offload to CPU"
+        out.append((label, replace(run, zero_stage=3, offload_optimizer="cpu", offload_params="cpu")))
+    return out
+
+
+def cheapest_change_that_fits(
+    model: ModelShape, run: RunShape, gpu_memory: int | None, host_memory: int | None, headroom: float = 0.10
+) -> tuple[str, MemoryPlan] | None:
+    """The first of changes_cheapest_first whose plan fits GPU and host with `headroom`; None when none does."""
+    for label, changed in changes_cheapest_first(run):
+        p = plan(model, changed)
+        if p.fits(gpu_memory, headroom, host_memory):
+            return label, p
+    return None
