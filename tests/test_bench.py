@@ -146,3 +146,16 @@ def test_bench_needs_prepared_data(tmp_path):
     assert_clean_failure(
         zerotrain("bench", "--model", "tiny", "--data", str(tmp_path), "--out", str(tmp_path / "b")), "data prepare"
     )
+
+
+def test_a_configuration_that_would_not_fit_is_refused_not_run(tmp_path, char_data):
+    """With --host-memory below what the planner predicts, each configuration's train run refuses itself before any
+    rank starts; bench records why instead of waiting for the OOM killer."""
+    r = zerotrain(
+        "bench", "--model", "tiny", "--data", char_data, "--nproc", 2, "--stages", "2", "--micro-batch", 4,
+        "--steps", 1, "--warmup-steps", 0, "--host-memory", "200MiB", "--out", tmp_path / "out",
+    )  # fmt: skip
+    assert r.returncode == 1, r.stdout + r.stderr  # nothing could be measured
+    report = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert [row["status"] for row in report["results"]] == ["does not fit (planned)"]
+    assert "would not fit (host RAM: needs" in (tmp_path / "out" / "runs" / "zero2-mb4.log").read_text()

@@ -110,3 +110,15 @@ def test_cli_new_for_accelerate_writes_a_yaml_accelerate_loads(tmp_path):
     assert loaded.num_processes == 8 and loaded.num_machines == 2
     assert loaded.deepspeed_config["deepspeed_config_file"] == str(out)
     assert loaded.mixed_precision is None  # Accelerate refuses it next to a deepspeed_config_file
+
+
+def test_cli_new_fits_the_host_ram_it_is_given():
+    from tests.conftest import assert_clean_failure, zerotrain
+
+    r = zerotrain("config", "new", "--model", "gpt2-xl", "--gpus", 1, "--gpu", "h100", "--host-memory", "30GiB")
+    assert r.returncode == 0, r.stderr
+    assert_clean_failure(
+        zerotrain("config", "new", "--model", "llama3-8b", "--gpus", 1, "--gpu", "h200", "--host-memory", "125GiB"),
+        "does not fit on 1 GPU(s) of 140 GiB and 125 GiB of host RAM per node",
+    )
+    assert_clean_failure(zerotrain("config", "new", "--model", "gpt2", "--gpus", 1, "--host-memory", "x"), "not a size")

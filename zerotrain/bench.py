@@ -192,6 +192,9 @@ def run_one(
     records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
     tail = "\n".join(log.strip().splitlines()[-5:])
     if proc.returncode != 0:
+        refused = [line for line in log.splitlines() if line.startswith("error: this run would not fit")]
+        if refused:  # train's memory check: planned not to fit, so never started
+            return BenchResult(cfg, "does not fit (planned)", log_tail=refused[0])
         if any(m in log for m in OOM_MARKERS):
             return BenchResult(cfg, "oom", log_tail=tail)
         finished = any(r.get("step") == max_steps and "loss" in r for r in records)

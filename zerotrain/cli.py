@@ -245,7 +245,15 @@ def cmd_config_new(args, _extra) -> int:
 
     _printable_output()
     config, notes = dsconfig.new_config(
-        args.model, args.gpus, args.nodes, args.gpu, args.micro_batch, args.global_batch, args.seq_len, args.target
+        args.model,
+        args.gpus,
+        args.nodes,
+        args.gpu,
+        args.micro_batch,
+        args.global_batch,
+        args.seq_len,
+        args.target,
+        args.host_memory,
     )
     out = args.out or ("ds_config.json" if args.target == "accelerate" else None)
     text = json.dumps(config, indent=2) + "\n"
@@ -402,6 +410,9 @@ def cmd_bench(args, _extra) -> int:
         max_steps=max_steps, grad_accum=args.grad_accum, seq_len=seq, warmup_steps=1, profile_steps=args.profile_steps
     )
     base["deepspeed"]["dtype"] = args.dtype
+    if args.host_memory:  # each configuration's train run checks itself against it before it loads
+        memory.parse_size(args.host_memory)
+        base["run"]["host_memory"] = args.host_memory
     out.mkdir(parents=True, exist_ok=True)
     base_path = out / "bench_base.toml"
     base_path.write_text(dumps_toml(from_dict(base)))
@@ -626,6 +637,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="then profile this many more steps with torch.profiler, for the communication wait and the "
         "kernel breakdown (default 2; 0 to skip); they are left out of the medians",
     )
+    bn.add_argument(
+        "--host-memory",
+        help="host RAM of the node (125GiB): a configuration that would not fit is refused, not run (default: detected)",
+    )
     bn.add_argument("--out", default="bench-results", help="output directory (default bench-results)")
     bn.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     bn.set_defaults(func=cmd_bench)
@@ -725,6 +740,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     nw.add_argument("--global-batch", type=int, help="sequences per optimizer step (default: micro × GPUs)")
     nw.add_argument("--seq-len", type=int, help="tokens per sequence (default: the model's block size)")
+    nw.add_argument(
+        "--host-memory", help="host RAM of a node (125GiB): the layout must fit it too (default: not checked)"
+    )
     nw.add_argument(
         "--for",
         dest="target",

@@ -29,10 +29,11 @@ def choose_layout(
     global_batch: int | None,
     seq_len: int,
     dtype: str = "bf16",
+    host_memory_bytes: int | None = None,
 ) -> Layout:
     """Stage, offload, micro-batch and accumulation from the memory planner: its recommendation (the fastest
     configuration that fits with 10% headroom) among micro-batches up to 32 — or the given one — that divide
-    the per-GPU share of the global batch."""
+    the per-GPU share of the global batch. With host_memory_bytes, the layout must also fit a node's host RAM."""
     world = gpus * nodes
     if global_batch is not None and global_batch % world:
         raise UserError(f"--global-batch {global_batch} is not divisible by {world} GPUs; use a multiple of {world}")
@@ -47,11 +48,12 @@ def choose_layout(
     else:
         candidates = [m for m in (1, 2, 4, 8, 16, 32) if per_gpu is None or per_gpu % m == 0]
     run = memory.RunShape(gpus_per_node=gpus, nodes=nodes, micro_batch=candidates[0], seq_len=seq_len, dtype=dtype)
-    best = memory.recommend(model, run, gpu_memory_bytes, candidates)
+    best = memory.recommend(model, run, gpu_memory_bytes, candidates, host_memory=host_memory_bytes)
     if best is None:
+        host = f" and {host_memory_bytes / 2**30:.0f} GiB of host RAM per node" if host_memory_bytes else ""
         raise UserError(
             f"{model.name} ({model.n_params / 1e6:,.0f}M parameters) with micro-batch {candidates[0]} × {seq_len} tokens "
-            f"does not fit on {world} GPU(s) of {gpu_memory_bytes / 2**30:.0f} GiB even with stage 3 and CPU "
+            f"does not fit on {world} GPU(s) of {gpu_memory_bytes / 2**30:.0f} GiB{host} even with stage 3 and CPU "
             "offload; use more GPUs, a shorter --seq-len or a GPU with more memory"
         )
     r = best.run
@@ -86,6 +88,7 @@ def new_config(
     global_batch: int | None = None,
     seq_len: int | None = None,
     target: str = "deepspeed",
+    host_memory: str | None = None,
 ) -> tuple[dict, list[str]]:
     """A ds_config for a zerotrain preset on `gpus` × `nodes` GPUs, and notes saying what was chosen and why."""
     from zerotrain.runconfig import TrainSection  # torch-free: the optimizer defaults zerotrain trains with
@@ -110,7 +113,9 @@ def new_config(
     seq = seq_len or min(shape.max_positions, 1024 if shape.impl != "hf-llama" else 2048)
     if seq > shape.max_positions:
         raise UserError(f"--seq-len {seq} exceeds {model}'s {shape.max_positions} positions")
-    layout = choose_layout(shape, gpus, nodes, gpu_memory, micro_batch, global_batch, seq, "bf16" if bf16 else "fp16")
+    host_bytes = memory.parse_size(host_memory) if host_memory else None
+    dtype = "bf16" if bf16 else "fp16"
+    layout = choose_layout(shape, gpus, nodes, gpu_memory, micro_batch, global_batch, seq, dtype, host_bytes)
     notes.append(layout.reason)
     h = shape.hidden
     zero: dict = {"stage": layout.stage}
