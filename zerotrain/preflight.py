@@ -17,6 +17,7 @@ from zerotrain.data import TokenData
 from zerotrain.model import GPTConfig, config_from_preset
 
 if TYPE_CHECKING:  # zerotrain.hf imports transformers; the trainer imports it only for model.hf runs
+    from zerotrain import memory
     from zerotrain.hf import HFModelInfo
 
 RUN_ARTIFACTS = (
@@ -293,15 +294,42 @@ def prepare_run_dir(plan: Plan, ds_config: dict) -> None:
 CPU_PROCESS_HOST_RAM = 600 * 2**20
 
 
-def check_memory(plan: Plan, world: int, on_gpu: bool) -> None:
-    """Plan the run's memory before anything loads and refuse what would not fit: one GPU's memory (on GPUs) and the
-    node's host RAM (run.host_memory, else detected). On the CPU the model states and activations live in host RAM
-    too. The message names the largest term and the cheapest change that fits."""
+@dataclass
+class MemoryCheck:
+    """What the memory check compares: the run as the planner sees it, its plan, and the limits of this machine."""
+
+    model: "memory.ModelShape"
+    run: "memory.RunShape"
+    planned: "memory.MemoryPlan"
+    gpu_bytes: int | None  # one GPU's memory; None on the CPU
+    host_bytes: int | None  # one node's host RAM; None when it cannot be read
+    host_name: str
+    ranks_per_node: int
+    loads_weights: bool  # resume, init_from or a Hugging Face model: weights are read into host RAM first
+
+    def host_needed(self, p: "memory.MemoryPlan") -> int:
+        need = p.host_ram_per_node - (0 if self.loads_weights else p.host_terms["loading"])
+        if self.gpu_bytes is not None:
+            return need
+        # on the CPU a rank's "device" is host RAM: its model states and activations, without the CUDA libraries
+        from zerotrain import memory
+
+        return need + self.ranks_per_node * (
+            p.per_gpu["peak_allocated"] + CPU_PROCESS_HOST_RAM - memory.PROCESS_HOST_RAM
+        )
+
+    def shortfalls(self, p: "memory.MemoryPlan") -> list[str]:
+        out = p.shortfalls(self.gpu_bytes, 0.0, None)
+        if self.host_bytes is not None and self.host_needed(p) > self.host_bytes:
+            out.append(f"host RAM: needs {self.host_needed(p) / 2**30:.1f} of {self.host_name} per node")
+        return out
+
+
+def memory_check(plan: Plan, world: int, on_gpu: bool) -> MemoryCheck | None:
+    """The run planned as it will start (None for a model the planner does not know)."""
     from zerotrain import memory, planning
 
     cfg = plan.cfg
-    if not cfg.run.memory_check:
-        return
     try:
         if plan.hf:
             model = memory.shape_from_hf_config(plan.hf.config, str(plan.hf.path))
@@ -317,7 +345,7 @@ def check_memory(plan: Plan, world: int, on_gpu: bool) -> None:
                 dropout=m.dropout,
             )
     except UserError:
-        return  # a model the planner does not know: nothing to compare
+        return None
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world)) or world
     run = dataclasses.replace(
         planning.run_shape(cfg, per_node, max(1, world // per_node), plan.dtype), seq_len=plan.seq_len
@@ -336,37 +364,32 @@ def check_memory(plan: Plan, world: int, on_gpu: bool) -> None:
         import torch
 
         gpu_bytes = torch.cuda.get_device_properties(0).total_memory
+    loads = bool(plan.resume_from or plan.init_from or plan.hf or plan.init_from_hf)
+    return MemoryCheck(model, run, memory.plan(model, run), gpu_bytes, host_bytes, host_name, per_node, loads)
 
-    loads = plan.resume_from or plan.init_from or plan.hf or plan.init_from_hf  # a fresh GPT reads no weights
 
-    def host_needed(p: memory.MemoryPlan) -> int:
-        need = p.host_ram_per_node - (0 if loads else p.host_terms["loading"])
-        if on_gpu:
-            return need
-        # on the CPU a rank's "device" is host RAM: its model states and activations, without the CUDA libraries
-        return need + per_node * (p.per_gpu["peak_allocated"] + CPU_PROCESS_HOST_RAM - memory.PROCESS_HOST_RAM)
+def check_memory(plan: Plan, world: int, on_gpu: bool) -> None:
+    """Plan the run's memory before anything loads and refuse what would not fit: one GPU's memory (on GPUs) and the
+    node's host RAM (run.host_memory, else detected). On the CPU the model states and activations live in host RAM
+    too. The message names the largest term and the cheapest change that fits."""
+    from zerotrain import memory
 
-    def shortfalls(p: memory.MemoryPlan) -> list[str]:
-        out = p.shortfalls(gpu_bytes, 0.0, None)
-        if host_bytes is not None and host_needed(p) > host_bytes:
-            out.append(f"host RAM: needs {host_needed(p) / 2**30:.1f} of {host_name} per node")
-        return out
-
-    planned = memory.plan(model, run)
-    problems = shortfalls(planned)
+    if not plan.cfg.run.memory_check or (mc := memory_check(plan, world, on_gpu)) is None:
+        return
+    problems = mc.shortfalls(mc.planned)
     if not problems:
         return
-    largest, size = planned.largest_term()
+    largest, size = mc.planned.largest_term()
     fix = "no single change fits: add GPUs or nodes, or shorten train.seq_len"
-    for label, changed in memory.changes_cheapest_first(run):
-        p = memory.plan(model, changed)
-        if not shortfalls(p):
+    for label, changed in memory.changes_cheapest_first(mc.run):
+        p = memory.plan(mc.model, changed)
+        if not mc.shortfalls(p):
             parts = [f"GPU {p.gpu_bytes_needed / 2**30:.1f} GiB"] if on_gpu else []
-            parts.append(f"host {host_needed(p) / 2**30:.1f} GiB")
+            parts.append(f"host {mc.host_needed(p) / 2**30:.1f} GiB")
             fix = f"cheapest change that fits: {label} → {', '.join(parts)}"
             break
     raise UserError(
         f"this run would not fit ({'; '.join(problems)}); largest term: {largest} {size / 2**30:.1f} GiB per "
-        f"{'GPU' if on_gpu else 'rank'}, planned for {model.name} with {run.describe()}; {fix}; or set "
+        f"{'GPU' if on_gpu else 'rank'}, planned for {mc.model.name} with {mc.run.describe()}; {fix}; or set "
         f"run.memory_check = false to start anyway"
     )
