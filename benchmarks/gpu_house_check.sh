@@ -40,13 +40,13 @@ EOF
 } | tee "$OUT/env.txt"
 
 if [ "$mode" = speed ] || [ "$mode" = all ]; then
-  s124=(--train.max_steps=30 --train.log_interval=10 --train.micro_batch_size=32 --train.grad_accum=4 --deepspeed.zero_stage=2)
-  sxl=(--model.preset=gpt2-xl --train.max_steps=9 --train.log_interval=3 --train.micro_batch_size=16 --train.grad_accum=4
+  s124=(--train.max_steps=20 --train.log_interval=10 --train.micro_batch_size=32 --train.grad_accum=4 --deepspeed.zero_stage=2)
+  sxl=(--model.preset=gpt2-xl --train.max_steps=6 --train.log_interval=3 --train.micro_batch_size=16 --train.grad_accum=4
        --deepspeed.zero_stage=1)
   for code in base new new base; do train "$code" "124m-z2-$code" "${s124[@]}"; done
   for code in base new; do train "$code" "xl-z1-$code" "${sxl[@]}"; done
 fi
 if [ "$mode" = tests ] || [ "$mode" = all ]; then
-  PYTHONPATH="$here:${SITE:-}" timeout 400 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_cublaslt.py \
+  PYTHONPATH="$here:${SITE:-}" timeout ${TEST_TIMEOUT:-400} python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_cublaslt.py \
     tests/test_flash3.py 2>&1 | tail -15 | tee "$OUT/gpu-tests.txt"
 fi
