@@ -109,7 +109,9 @@ def cmd_export(args, _extra) -> int:
     _quiet_deepspeed()
     from zerotrain.export import export
 
-    report = export(args.path, args.out, dtype=args.dtype, overwrite=args.overwrite)
+    report = export(
+        args.path, args.out, dtype=args.dtype, overwrite=args.overwrite, config=getattr(args, "config", None)
+    )
     print(
         f"exported {report['checkpoint']} (step {report['step']}) to {args.out} as {report['dtype']} safetensors; "
         f"verified: max |logit diff| {report['max_abs_logit_diff']:.2e} vs the checkpoint"
@@ -638,6 +640,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex = verbs.add_parser("export", help="checkpoint -> verified Hugging Face folder (safetensors)")
     ex.add_argument("path", help="run directory, its checkpoints/ or one checkpoint directory")
     ex.add_argument("--out", required=True, help="output folder")
+    ex.add_argument(
+        "--config",
+        help="a Hugging Face model directory: PATH is then a checkpoint another tool wrote with DeepSpeed "
+        "(the HF Trainer's checkpoint-N/, engine.save_checkpoint's folder) of that model",
+    )
     ex.add_argument(
         "--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="weight precision on disk (default fp32)"
     )
