@@ -53,6 +53,13 @@ def main():
     p.add_argument("--micro-batch", type=int, default=4, help="sequences per process per micro-step")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
+    p.add_argument(
+        "--save-steps",
+        type=int,
+        default=0,
+        help="also write a Trainer checkpoint (DeepSpeed's global_stepN/, latest, zero_to_fp32.py) every this many "
+        "steps into --out/checkpoint-N/; `zerotrain export CKPT --config MODEL_DIR` exports one",
+    )
     p.add_argument("--local_rank", type=int, default=-1, help="passed by the deepspeed launcher; unused")
     args = p.parse_args()
 
@@ -74,7 +81,8 @@ def main():
         max_grad_norm=1.0,
         bf16=on_gpu and torch.cuda.is_bf16_supported(),  # CPU matmuls are fastest in fp32
         logging_steps=1,
-        save_strategy="no",  # one save, at the end
+        save_strategy="steps" if args.save_steps else "no",  # without checkpoints: one save, at the end
+        save_steps=args.save_steps or 500,
         report_to="none",
         seed=0,
         accelerator_config={"use_configured_state": not on_gpu},

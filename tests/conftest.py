@@ -193,6 +193,42 @@ def stage_runs(tmp_path_factory, char_data):
     return runs
 
 
+# Global batch 12 (micro 2 × accumulation 3 × 2 ranks): 1, 2 and 3 ranks all split it, so a resume keeps it.
+BATCH_12 = ("--train.micro_batch_size=2", "--train.grad_accum=3")
+
+
+@pytest.fixture(scope="session")
+def straight_runs(tmp_path_factory, char_data):
+    """8 steps on 2 ranks with global batch 12, dropout 0 and fp32, at ZeRO-2 and ZeRO-3; checkpoints at 4 and 8.
+    The straight runs the resumes of tests/test_resume.py are held against."""
+    root = tmp_path_factory.mktemp("straight")
+    runs = {}
+    for stage in (2, 3):
+        cfg = write_config(
+            root / f"s{stage}.toml",
+            out_dir=root / f"s{stage}",
+            data_dir=char_data,
+            zero_stage=stage,
+            max_steps=8,
+            save_interval=4,
+            eval_interval=8,
+        )
+        run_ok("train", cfg, "--nproc", 2, *BATCH_12)
+        runs[stage] = root / f"s{stage}"
+    return runs
+
+
+def tree_digest(path: Path) -> str:
+    """SHA-256 over every file's relative path and bytes: equal digests, untouched tree."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(Path(path).rglob("*")):
+        if p.is_file() and not p.is_symlink():
+            h.update(str(p.relative_to(path)).encode() + p.read_bytes())
+    return h.hexdigest()
+
+
 # ------------------------------------------------------------------------------------------------ ds_configs
 
 

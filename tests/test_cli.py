@@ -1,20 +1,11 @@
 """Bad input through the CLI: one `error:` line naming the fix, a non-zero exit, no traceback, and
 nothing overwritten."""
 
-import hashlib
 import shutil
 
 import pytest
 
-from conftest import assert_clean_failure, write_config, zerotrain
-
-
-def tree_digest(path):
-    h = hashlib.sha256()
-    for p in sorted(path.rglob("*")):
-        if p.is_file() and not p.is_symlink():
-            h.update(str(p.relative_to(path)).encode() + p.read_bytes())
-    return h.hexdigest()
+from conftest import assert_clean_failure, tree_digest, write_config, zerotrain
 
 
 def test_missing_and_empty_corpus(tmp_path):
@@ -120,12 +111,14 @@ def test_resume_without_a_complete_checkpoint(tmp_path, stage_runs, char_data):
 
 
 @pytest.mark.slow
-def test_resume_with_another_world_size_or_stage_is_refused(tmp_path, stage_runs, char_data):
+def test_resume_on_a_world_size_that_cannot_split_the_global_batch_is_refused(tmp_path, stage_runs, char_data):
+    """Other world sizes and ZeRO stages resume through a universal checkpoint (tests/test_resume.py); a number of
+    ranks that cannot split the checkpoint's global batch is refused before any rank starts."""
     cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data, zero_stage=2)
-    assert_clean_failure(
-        zerotrain("train", cfg, f"--run.resume={stage_runs[2]}"), "written by 2 ranks", "run.init_from"
-    )
-    assert_clean_failure(zerotrain("train", cfg, "--nproc", 2, f"--run.resume={stage_runs[3]}"), "zero_stage 3")
+    r = zerotrain("train", cfg, "--nproc", 3, f"--run.resume={stage_runs[2]}")
+    assert_clean_failure(r, "global batch 8 (micro 4 × accumulation 1 × world 2)", "3 ranks cannot split evenly")
+    assert "launching" not in r.stdout
+    assert not (tmp_path / "run").exists() and not (stage_runs[2] / "checkpoints" / "step_12.universal").exists()
 
 
 @pytest.mark.slow

@@ -142,6 +142,31 @@ def test_sampler_data_order_does_not_depend_on_world_size():
         assert np.array_equal(x, joined)
 
 
+def test_sampler_resumes_on_another_micro_batch_times_world_size():
+    """A position saved by 2 ranks drawing 2 sequences each goes on, in sequences, on 1 rank drawing 2 or 3 ranks
+    drawing 2: the stream continues where it stopped; a split that does not land on a whole micro-step is refused."""
+    split = np.arange(8_000, dtype=np.uint16)
+    straight = BatchSampler([split], [1.0], 8, 12, 0, 1, seed=5)  # the whole global micro-batch on one rank
+    saved = [BatchSampler([split], [1.0], 8, 2, r, 2, seed=5) for r in range(2)]
+    for _ in range(6):  # 6 micro-steps of 4 sequences: 2 steps of global batch 12
+        for s in saved:
+            s.next_batch()
+    for _ in range(2):
+        straight.next_batch()
+    for world in (1, 3):
+        ranks = [BatchSampler([split], [1.0], 8, 2, r, world, seed=5) for r in range(world)]
+        for r in ranks:
+            r.load_state_dict(saved[0].state_dict())
+        reference = BatchSampler([split], [1.0], 8, 12, 0, 1, seed=5)
+        reference.load_state_dict(straight.state_dict())
+        for _ in range(3):  # each global batch of 12, as 12 / (2 × world) micro-steps
+            x = np.concatenate([np.concatenate([r.next_batch()[0] for r in ranks]) for _ in range(12 // (2 * world))])
+            assert np.array_equal(x, reference.next_batch()[0])
+    odd = BatchSampler([split], [1.0], 8, 5, 0, 1, seed=5)
+    with pytest.raises(UserError, match="not a whole number of this run's micro-steps of 5"):
+        odd.load_state_dict(saved[0].state_dict())
+
+
 def test_sampler_covers_an_epoch_without_repeats_and_mixes_by_weight():
     split = np.arange(1_000, dtype=np.uint16)
     s = BatchSampler([split], [1.0], 10, 1, 0, 1, seed=0)

@@ -229,3 +229,40 @@ def test_accelerate_launch_runs_the_generated_config(hf_models, corpus_file, tmp
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0], losses
     assert f"saved finetuned after {STEPS} steps" in r.stdout
     assert_trained_and_reloads(tmp_path / "finetuned", hf_models[model])
+
+
+def test_export_reads_the_hf_trainers_deepspeed_checkpoint(hf_models, corpus_file, tmp_path):
+    """The Trainer's checkpoint-N/ (DeepSpeed's global_stepN/ shards, latest, zero_to_fp32.py) of a ZeRO-3 run
+    exports with `zerotrain export CKPT --config MODEL_DIR` to a verified folder holding the weights the Trainer
+    itself saves at that step."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from conftest import assert_clean_failure, zerotrain
+
+    generate(hf_models["gpt2"], "hf-trainer", tmp_path, 3)
+    port = free_port()
+    r = launch(
+        ["torchrun", "--nproc_per_node", 2, "--master_port", port, EXAMPLES / "hf_trainer_finetune.py"]
+        + [hf_models["gpt2"], corpus_file, "--deepspeed", "ds_config.json", "--out", "finetuned"]
+        + ["--max-steps", 4, "--save-steps", 4, "--seq-len", SEQ_LEN],
+        tmp_path,
+        port,
+    )
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    ckpt = tmp_path / "finetuned" / "checkpoint-4"
+    assert (ckpt / "latest").read_text().strip() == "global_step4" and (ckpt / "zero_to_fp32.py").is_file()
+    out = run_ok("export", ckpt, "--config", hf_models["gpt2"], "--out", tmp_path / "hf")
+    assert "verified: max |logit diff|" in out.stdout
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    trainer_saved = AutoModelForCausalLM.from_pretrained(tmp_path / "finetuned", dtype=torch.float32).eval()
+    saved = dict(trainer_saved.named_parameters())
+    for name, p in exported.named_parameters():
+        assert torch.allclose(p, saved[name], atol=1e-6), name  # the fp32 masters of the same step
+    assert (tmp_path / "hf" / "tokenizer.json").is_file()
+    assert_clean_failure(
+        zerotrain("export", ckpt, "--config", hf_models["llama"], "--out", tmp_path / "wrong"),
+        "does not hold the weights",
+        "--config",
+    )
+    assert not (tmp_path / "wrong").exists()

@@ -6,6 +6,8 @@
                        zero_to_fp32 read it)
       best -> step_400 symlink to the checkpoint with the lowest val loss
       final -> step_500 symlink to the checkpoint written when training ended
+      step_400.universal/  its DeepSpeed universal copy, made when it is resumed at another world size or
+                       ZeRO stage (zerotrain/universal.py); pruned with it
 
 A checkpoint is written into `.tmp_step_N` (emptied first, so files of an earlier attempt never mix in),
 every rank finishes, rank 0 adds zerotrain.json, renames the directory to `step_N` and only then rewrites
@@ -112,6 +114,7 @@ def save(engine, ckpt_dir: Path, state, manifest: dict, d, keep_last: int, point
             + "\n",
         )
         final = ckpt_dir / tag
+        shutil.rmtree(ckpt_dir / f"{tag}.universal", ignore_errors=True)  # made from the checkpoint replaced below
         if final.exists():  # the same step saved again (e.g. after a resume): swap it out whole
             trash = ckpt_dir / f".old_{tag}"
             shutil.rmtree(trash, ignore_errors=True)
@@ -154,6 +157,10 @@ def prune(ckpt_dir: Path, keep_last: int) -> None:
     for tag in step_tags(ckpt_dir)[:-keep_last]:
         if tag not in protected:
             shutil.rmtree(ckpt_dir / tag)
+    kept = set(step_tags(ckpt_dir))
+    for copy in [*ckpt_dir.glob("step_*.universal"), *ckpt_dir.glob(".step_*.universal.tmp")]:
+        if copy.name.strip(".").removesuffix(".tmp").removesuffix(".universal") not in kept:
+            shutil.rmtree(copy, ignore_errors=True)  # universal copies go with their checkpoint
     for stale in [
         *ckpt_dir.glob(".tmp_step_*"),
         *ckpt_dir.glob(".old_step_*"),
@@ -196,6 +203,99 @@ def read_manifest(ckpt_dir: Path, tag: str) -> dict:
             f"{ckpt_dir / tag} was written by an incompatible zerotrain (format {manifest.get('version')}); re-export it with that version"
         )
     return manifest
+
+
+def missing_files(ckpt_dir: Path, tag: str, manifest: dict) -> list[str]:
+    """The DeepSpeed files a complete checkpoint of this stage and world size has and this one lacks (a copy that
+    lost a rank's shard, say). Matched by pattern, as DeepSpeed names them: bf16 runs prefix the optimizer shards."""
+    folder = ckpt_dir / tag
+    stage, world = manifest["zero_stage"], manifest["world_size"]
+    wanted = []
+    if stage < 3:
+        wanted.append(("mp_rank_00_model_states.pt", "mp_rank_00_model_states.pt"))
+    for rank in range(world if stage > 0 else 0):
+        if stage == 3:
+            wanted.append((f"zero_pp_rank_{rank}_mp_rank_*_model_states.pt", f"rank {rank}'s model states"))
+        wanted.append((f"*zero_pp_rank_{rank}_mp_rank_*_optim_states.pt", f"rank {rank}'s optimizer shard"))
+    return [what for pattern, what in wanted if not any(folder.glob(pattern))]
+
+
+def check_complete(ckpt_dir: Path, tag: str, manifest: dict) -> None:
+    missing = missing_files(ckpt_dir, tag, manifest)
+    if missing:
+        raise UserError(
+            f"checkpoint {ckpt_dir / tag} (ZeRO-{manifest['zero_stage']}, {manifest['world_size']} ranks) is incomplete: "
+            f"{', '.join(missing)} missing; copy the whole checkpoint directory, or use another checkpoint"
+        )
+
+
+def info(path: str | Path) -> dict:
+    """What `zerotrain checkpoint info` shows, from the manifest and the filesystem only (no torch import)."""
+    from zerotrain import universal
+
+    ckpt_dir, tag = resolve(path)
+    manifest = read_manifest(ckpt_dir, tag)
+    folder = ckpt_dir / tag
+    copy = universal.folder_for(ckpt_dir, tag)
+    stale = universal.stale_reason(ckpt_dir, tag) if copy.exists() else None
+    return {
+        "checkpoint": str(folder),
+        "step": manifest["step"],
+        "tokens_seen": manifest.get("tokens_seen"),
+        "zero_stage": manifest["zero_stage"],
+        "world_size": manifest["world_size"],
+        "dtype": manifest["dtype"],
+        "batch": manifest.get("batch"),
+        "val_loss": manifest.get("val_loss"),
+        "model": manifest["model"],
+        "hf": manifest.get("hf"),
+        "saved_at": manifest.get("saved_at"),
+        "bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
+        "files": sorted(p.name for p in folder.iterdir()),
+        "missing": missing_files(ckpt_dir, tag, manifest),
+        "universal": None
+        if not copy.exists()
+        else {
+            "path": str(copy),
+            "trusted": stale is None,
+            "reason": stale,
+            "bytes": sum(p.stat().st_size for p in copy.rglob("*") if p.is_file()),
+        },
+    }
+
+
+def save_fp32(path: str | Path, out: str | Path, overwrite: bool = False) -> dict:
+    """One consolidated fp32 state dict (load_fp32_state_dict) as a safetensors file, written atomically; tied
+    tensors are stored under each of their names."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} exists; choose another --out or pass --overwrite")
+    ckpt_dir, tag = resolve(path)
+    manifest = read_manifest(ckpt_dir, tag)
+    state = load_fp32_state_dict(ckpt_dir, tag)
+    seen: set[int] = set()
+    tensors = {}
+    for name, t in state.items():  # safetensors refuses tensors that share memory
+        tensors[name] = t.clone().contiguous() if id(t) in seen else t.contiguous()
+        seen.add(id(t))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file(
+        tensors,
+        str(tmp),
+        metadata={"format": "zerotrain-fp32", "checkpoint": str(ckpt_dir / tag), "step": str(manifest["step"])},
+    )
+    os.replace(tmp, out)
+    return {
+        "checkpoint": str(ckpt_dir / tag),
+        "step": manifest["step"],
+        "out": str(out),
+        "tensors": len(tensors),
+        "parameters": sum(t.numel() for t in tensors.values()),
+        "bytes": out.stat().st_size,
+    }
 
 
 def _bf16_optimizer_fp32_state_dict(folder: Path) -> dict:

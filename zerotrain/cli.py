@@ -114,13 +114,93 @@ def cmd_export(args, _extra) -> int:
     _quiet_deepspeed()
     from zerotrain.export import export
 
-    report = export(args.path, args.out, dtype=args.dtype, overwrite=args.overwrite)
+    report = export(
+        args.path, args.out, dtype=args.dtype, overwrite=args.overwrite, config=getattr(args, "config", None)
+    )
     print(
         f"exported {report['checkpoint']} (step {report['step']}) to {args.out} as {report['dtype']} safetensors; "
         f"verified: max |logit diff| {report['max_abs_logit_diff']:.2e} vs the checkpoint"
         + (", tied embeddings kept" if report["tied_embeddings"] else "")
     )
     return 0
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def cmd_checkpoint_info(args, _extra) -> int:
+    import json
+
+    from zerotrain import checkpoint
+
+    r = checkpoint.info(args.path)
+    if args.json:
+        print(json.dumps(r, indent=1))
+        return 1 if r["missing"] else 0
+    m = r["model"]
+    batch = r["batch"]
+    print(f"checkpoint {r['checkpoint']}")
+    print(
+        f"  step {r['step']}, {r['tokens_seen'] or 0:,} tokens seen"
+        + (f", val loss {r['val_loss']:.4f}" if r["val_loss"] is not None else "")
+        + (f", saved {r['saved_at']}" if r["saved_at"] else "")
+    )
+    print(
+        f"  ZeRO-{r['zero_stage']}, {r['world_size']} ranks, {r['dtype']}"
+        + (
+            f", global batch {batch['global']} = micro {batch['micro']} × accumulation {batch['accum']} × world {batch['world']}"
+            if batch
+            else ""
+        )
+    )
+    shape = f"{m['n_layer']} layers, {m['n_head']} heads, {m['n_embd']} wide, vocab {m['vocab_size']}, block {m['block_size']}"
+    print(f"  model {r['hf'] or 'zerotrain GPT'}: {shape}")
+    print(f"  size on disk {_size(r['bytes'])} in {len(r['files'])} files")
+    if r["missing"]:
+        print(f"  INCOMPLETE: {', '.join(r['missing'])} missing")
+    else:
+        print(
+            "  complete: " + ("every rank's shard present" if r["zero_stage"] else "model and optimizer states present")
+        )
+    u = r["universal"]
+    if u is None:
+        print("  universal copy: none (made when it is resumed on another number of ranks or ZeRO stage)")
+    elif u["trusted"]:
+        print(f"  universal copy: {u['path']} ({_size(u['bytes'])}), up to date")
+    else:
+        print(f"  universal copy: {u['path']}, not used: {u['reason']} (the next resume or convert makes it again)")
+    return 1 if r["missing"] else 0
+
+
+def cmd_checkpoint_convert(args, _extra) -> int:
+    from zerotrain import checkpoint
+
+    if args.to in ("fp32", "hf") and not args.out:
+        raise UserError(f"--to {args.to} needs --out ({'a .safetensors file' if args.to == 'fp32' else 'a folder'})")
+    _quiet_deepspeed()
+    if args.to == "universal":
+        from zerotrain import universal
+
+        ckpt_dir, tag = checkpoint.resolve(args.path)
+        folder = universal.convert(
+            ckpt_dir, tag, args.out, say=print, workers=min(4, os.cpu_count() or 1), overwrite=args.overwrite
+        )
+        print(
+            f"universal copy of {ckpt_dir / tag}: {folder} (DeepSpeed load_dir {folder}, tag {tag}); it loads at any number of ranks and ZeRO stage 1-3"
+        )
+        return 0
+    if args.to == "fp32":
+        r = checkpoint.save_fp32(args.path, args.out, overwrite=args.overwrite)
+        print(
+            f"wrote {r['out']}: {r['tensors']} fp32 tensors ({r['parameters']:,} values, {_size(r['bytes'])}) from {r['checkpoint']} (step {r['step']})"
+        )
+        return 0
+    args.dtype = args.dtype or "fp32"
+    return cmd_export(args, _extra)
 
 
 def cmd_generate(args, _extra) -> int:
@@ -587,10 +667,41 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("path", help="run directory, its checkpoints/ or one checkpoint directory")
     ex.add_argument("--out", required=True, help="output folder")
     ex.add_argument(
+        "--config",
+        help="a Hugging Face model directory: PATH is then a checkpoint another tool wrote with DeepSpeed "
+        "(the HF Trainer's checkpoint-N/, engine.save_checkpoint's folder) of that model",
+    )
+    ex.add_argument(
         "--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="weight precision on disk (default fp32)"
     )
     ex.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     ex.set_defaults(func=cmd_export)
+
+    cp = verbs.add_parser(
+        "checkpoint", help="what a checkpoint holds; convert it (universal, fp32, Hugging Face)"
+    ).add_subparsers(dest="checkpoint_verb", required=True, metavar="ACTION")
+    ci = cp.add_parser(
+        "info",
+        help="step, tokens, ZeRO stage, ranks, dtype, size, whether every rank's file is there, its universal copy",
+        description="Reads the manifest and the file listing only (no torch import). Exit 1 when a file is missing.",
+    )
+    ci.add_argument("path", help="run directory, its checkpoints/ or one checkpoint directory")
+    ci.add_argument("--json", action="store_true", help="machine-readable, sizes in bytes")
+    ci.set_defaults(func=cmd_checkpoint_info)
+    cc = cp.add_parser(
+        "convert",
+        help="to DeepSpeed's universal format (any ranks and ZeRO stage 1-3), one fp32 safetensors file, or a verified HF folder",
+        description="--to universal writes beside the checkpoint (step_N.universal/, what a resume on another number "
+        "of ranks or ZeRO stage uses) unless --out names a folder; the checkpoint itself is never written.",
+    )
+    cc.add_argument("path", help="run directory, its checkpoints/ or one checkpoint directory")
+    cc.add_argument("--to", required=True, choices=("universal", "fp32", "hf"))
+    cc.add_argument(
+        "--out", help="universal: a folder (default: beside the checkpoint); fp32: a .safetensors file; hf: a folder"
+    )
+    cc.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), help="hf: weight precision on disk (default fp32)")
+    cc.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    cc.set_defaults(func=cmd_checkpoint_convert)
 
     ge = verbs.add_parser("generate", help="sample text from a run, checkpoint or export")
     ge.add_argument("path", help="run directory, checkpoint directory or export folder")

@@ -651,16 +651,26 @@ class BatchSampler:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if state["global_micro_batch"] != self.micro_batch * self.world or state["seq_len"] != self.seq_len:
+        """The position of a checkpoint, also one written with another micro-batch × world size: it is kept in
+        sequences drawn, so the stream goes on where it stopped. (With several data.dirs, the sources of the
+        sequences still to come are drawn per global micro-batch, so they follow another draw than the straight
+        run's; each source's own order is kept.)"""
+        if state["seq_len"] != self.seq_len:
             raise UserError(
-                f"the checkpoint's data position is for {state['global_micro_batch']} sequences of {state['seq_len']} tokens "
-                f"per micro-step, this run draws {self.micro_batch * self.world} of {self.seq_len}; keep micro_batch_size × world size and seq_len"
+                f"the checkpoint's data position is for sequences of {state['seq_len']} tokens, this run draws "
+                f"{self.seq_len}; keep train.seq_len"
             )
         if len(state["epoch"]) != len(self.splits):
             raise UserError(
                 f"the checkpoint was trained on {len(state['epoch'])} data sources, this run has {len(self.splits)}; keep data.dirs unchanged"
             )
-        self.draws, self.epoch, self.pos = state["draws"], list(state["epoch"]), list(state["pos"])
+        drawn, per_draw = state["draws"] * state["global_micro_batch"], self.micro_batch * self.world
+        if drawn % per_draw:
+            raise UserError(
+                f"the checkpoint stopped after {drawn:,} sequences, not a whole number of this run's micro-steps of "
+                f"{per_draw} (micro_batch_size × world size); choose a micro-batch × world size that divides {drawn}"
+            )
+        self.draws, self.epoch, self.pos = drawn // per_draw, list(state["epoch"]), list(state["pos"])
         self._order = [None] * len(self.splits)
 
 

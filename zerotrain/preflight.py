@@ -51,6 +51,8 @@ class Plan:
         None  # model.hf: the Hugging Face model to fine-tune (plan.model then only carries its shape)
     )
     init_from_hf: str = ""  # model.init_from_hf: HF GPT-2 weights that start zerotrain's model
+    resume_universal: bool = False  # run.resume is loaded through its DeepSpeed universal copy (zerotrain/universal.py)
+    batch_was: dsconfig.Batch | None = None  # run.resume's batch, when this run splits the global batch otherwise
 
 
 def _model_config(cfg: runconfig.RunConfig, vocab_size: int, from_checkpoint: dict | None, what: str) -> GPTConfig:
@@ -146,6 +148,71 @@ def _check_run_dir(cfg: runconfig.RunConfig, run_dir: Path, overwrite: bool, res
             )
 
 
+def resume_batch(
+    t: runconfig.TrainSection, world: int, manifest: dict, where: Path
+) -> tuple[dsconfig.Batch, dsconfig.Batch | None]:
+    """The batch a resumed run trains with, and the checkpoint's batch when that was split otherwise.
+
+    The global batch carries over: with the batch keys (micro_batch_size, grad_accum, global_batch_size) the
+    checkpoint's run was given, another world size keeps its global batch by changing the accumulation (the
+    micro-batch too, to the largest that divides, when it must). Keys changed since, so that the global batch
+    changes, are refused unless train.allow_batch_change says that is meant."""
+    saved = manifest.get("batch")
+    if saved is None:  # written before checkpoints recorded their batch
+        if world != manifest["world_size"] and not t.global_batch_size:
+            raise UserError(
+                f"checkpoint {where} does not record its global batch (an older zerotrain wrote it) and this run has "
+                f"{world} ranks, not {manifest['world_size']}; set train.global_batch_size to the global batch it trained with"
+            )
+        return dsconfig.derive_batch(t, world), None
+    was = dsconfig.Batch(saved["micro"], saved["accum"], saved["world"])
+    total = was.global_size
+    keys = {
+        "micro_batch_size": t.micro_batch_size,
+        "grad_accum": t.grad_accum,
+        "global_batch_size": t.global_batch_size,
+    }
+    if keys != saved["keys"] or (total % world and t.allow_batch_change):  # what the batch keys ask for now
+        asked = dsconfig.derive_batch(t, world)
+        if asked.global_size != total and not t.allow_batch_change:
+            raise UserError(
+                f"checkpoint {where} trained with global batch {total} ({was.split()}) and "
+                f"train.micro_batch_size / grad_accum / global_batch_size now give {asked.global_size} "
+                f"({asked.split()}); set them back, or train.global_batch_size = {total}, to keep it, "
+                f"or pass --train.allow_batch_change=true to train on with {asked.global_size}"
+            )
+        return asked, (was if asked != was else None)
+    if total % world:
+        divisors = [n for n in range(1, total + 1) if total % n == 0]
+        raise UserError(
+            f"checkpoint {where} trained with global batch {total} ({was.split()}), which {world} "
+            f"ranks cannot split evenly; resume on a number of ranks that divides {total} "
+            f"({', '.join(map(str, divisors[:8]))}{', ...' if len(divisors) > 8 else ''}), or pass "
+            f"--train.allow_batch_change=true to train on with {t.micro_batch_size} × {t.grad_accum} × {world}"
+        )
+    per_rank = total // world
+    micro = next(m for m in range(min(t.micro_batch_size, per_rank), 0, -1) if per_rank % m == 0)
+    batch = dsconfig.Batch(micro, per_rank // micro, world)
+    return batch, (was if batch != was else None)
+
+
+def _needs_universal(manifest: dict, stage: int, world: int, where: Path) -> bool:
+    """Whether run.resume must be loaded through its universal copy: ZeRO-1/2/3 shards load only into the world
+    size and stage that wrote them (ZeRO-0 keeps whole optimizer states on every rank: any world size loads it).
+    To or from ZeRO-0, only fp32 runs convert: a bf16/fp16 ZeRO-0 optimizer is DeepSpeed's mixed-precision wrapper."""
+    saved_stage, saved_world = manifest["zero_stage"], manifest["world_size"]
+    if saved_stage == stage and (saved_world == world or stage == 0):
+        return False
+    if 0 in (saved_stage, stage) and manifest["dtype"] != "fp32":
+        raise UserError(
+            f"checkpoint {where} was written at ZeRO-{saved_stage} in {manifest['dtype']} and this run uses ZeRO-{stage}: "
+            f"zerotrain converts to and from ZeRO-0 in fp32 only; resume it at deepspeed.zero_stage = {saved_stage}"
+            + (" (any number of ranks)" if saved_stage == 0 else "")
+            + ", or start a new run from its weights with run.init_from"
+        )
+    return True
+
+
 def preflight(cfg: runconfig.RunConfig, world: int, overwrite: bool = False) -> Plan:
     """Check the run before launching it; every problem is a UserError naming the fix."""
     dirs = cfg.data.dirs or [cfg.data.dir]
@@ -217,7 +284,15 @@ def preflight(cfg: runconfig.RunConfig, world: int, overwrite: bool = False) -> 
         )
     for d in data:
         d.check_fits(model.vocab_size, seq_len)
-    batch = dsconfig.derive_batch(cfg.train, world)
+    batch_was, universal = None, False
+    if not resume_from:
+        batch = dsconfig.derive_batch(cfg.train, world)
+    else:
+        manifest = checkpoint.read_manifest(*resume_from)
+        where = resume_from[0] / resume_from[1]
+        checkpoint.check_complete(*resume_from, manifest)
+        universal = _needs_universal(manifest, cfg.deepspeed.zero_stage, world, where)
+        batch, batch_was = resume_batch(cfg.train, world, manifest, where)
     import torch  # only to see whether this machine has a GPU, and which dtypes it supports
 
     on_gpu = torch.cuda.is_available()
@@ -225,18 +300,6 @@ def preflight(cfg: runconfig.RunConfig, world: int, overwrite: bool = False) -> 
         cfg.deepspeed.dtype, "cuda" if on_gpu else "cpu", not on_gpu or torch.cuda.is_bf16_supported()
     )
     if resume_from:
-        manifest = checkpoint.read_manifest(*resume_from)
-        where = resume_from[0] / resume_from[1]
-        if manifest["world_size"] != world and cfg.deepspeed.zero_stage > 0:
-            raise UserError(
-                f"checkpoint {where} was written by {manifest['world_size']} ranks and this run has {world}; "
-                f"ZeRO optimizer shards do not reshape: resume with {manifest['world_size']} ranks, or start a new run with run.init_from"
-            )
-        if manifest["zero_stage"] != cfg.deepspeed.zero_stage:
-            raise UserError(
-                f"checkpoint {where} was written with zero_stage {manifest['zero_stage']}, this run uses "
-                f"{cfg.deepspeed.zero_stage}; resume with the same stage, or start a new run with run.init_from"
-            )
         if manifest["dtype"] != dtype:
             raise UserError(
                 f"checkpoint {where} was trained in {manifest['dtype']} and this run would use {dtype}; "
@@ -268,6 +331,8 @@ def preflight(cfg: runconfig.RunConfig, world: int, overwrite: bool = False) -> 
         dtype,
         hf_info,
         cfg.model.init_from_hf if not resume_from else "",
+        universal,
+        batch_was,
     )
     check_memory(plan, world, on_gpu)
     return plan

@@ -91,6 +91,10 @@ class TrainSection:
     """Micro-batches accumulated per optimizer step (ignored when global_batch_size is set)."""
     global_batch_size: int = 0
     """Sequences per optimizer step; 0 means micro_batch_size × grad_accum × world size."""
+    allow_batch_change: bool = False
+    """On a resume, let the batch keys above change the global batch the checkpoint trained with (the step count,
+    LR schedule and data position carry on). Without it that is refused; a resume on another number of ranks with
+    the keys unchanged keeps the checkpoint's global batch by changing the accumulation."""
     seq_len: int = 0
     """Tokens per training sequence; 0 means the model's block_size."""
     lr: float = 6e-4

@@ -101,6 +101,17 @@ def _reduce_epilogue_without_host_wait(optimizer) -> bool:
     return True
 
 
+def _reseed(seed: int, step: int, rank: int) -> None:
+    """A resume on another number of ranks continues no rank's RNG streams: each rank seeds its own from
+    (run.seed, step, rank), so the run stays repeatable, but dropout masks differ from the straight run's."""
+    import torch
+
+    s = int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+    torch.manual_seed(s)
+    np.random.seed(s)
+    random.seed(s)
+
+
 def _set_rng_state(state: dict) -> None:
     import torch
 
@@ -257,8 +268,10 @@ class TrainState:
         self.step, self.tokens_seen = zt["step"], zt["tokens_seen"]
         self.best_val_loss, self.evals_since_best = zt["best_val_loss"], zt["evals_since_best"]
         self.sampler.load_state_dict(zt["sampler"])
-        if len(zt["rng"]) == self._d.world:  # another world size draws dropout masks afresh
+        if len(zt["rng"]) == self._d.world:
             _set_rng_state(zt["rng"][self._d.rank])
+        else:
+            _reseed(self.run_config["run"]["seed"], self.step, self._d.rank)
 
 
 # ------------------------------------------------------------------------------------------------ setup
@@ -340,18 +353,60 @@ def build_engine(model, plan: Plan, ds_config: dict, d):
     return engine, group_names, notes
 
 
+def convert_for_resume(plan: Plan, d, say) -> None:
+    """Collective. run.resume written by another world size or ZeRO stage: rank 0 makes (or finds) its universal copy
+    while the other ranks wait for it in the gather below; a failure reaches every rank. The process group's timeout
+    bounds the wait: convert a large checkpoint beforehand with `zerotrain checkpoint convert CKPT --to universal`."""
+    from zerotrain import distributed, universal
+
+    problem = None
+    if d.is_main:
+        try:
+            universal.convert(*plan.resume_from, say=say)
+        except UserError as e:
+            problem = str(e)
+    problem = distributed.all_gather_object(problem, d)[0]
+    if problem:
+        raise UserError(problem)
+
+
 def restore(engine, state: TrainState, plan: Plan, say) -> None:
-    """Load run.resume's checkpoint into the engine (weights, optimizer) and the train state."""
+    """Load run.resume's checkpoint into the engine (weights, optimizer) and the train state; through its universal
+    copy when it was written by another world size or ZeRO stage (the ds_config then sets checkpoint.load_universal)."""
+    from zerotrain import universal
+
     ckpt_dir, tag = plan.resume_from
-    load_path, client = engine.load_checkpoint(
-        str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False
-    )
+    load_dir = universal.folder_for(ckpt_dir, tag) if plan.resume_universal else ckpt_dir
+    # DeepSpeed's universal loaders copy the saved parameter groups' hyperparameters over the optimizer's, and at
+    # ZeRO-3 the first group's onto every group (weight decay included); this run's own are put back.
+    hyper = [{k: v for k, v in g.items() if k != "params"} for g in engine.optimizer.param_groups]
+    if plan.resume_universal and plan.cfg.deepspeed.zero_stage == 0:
+        load_path, client = load_dir / tag, universal.load_into_zero0(engine, load_dir / tag)
+    else:
+        load_path, client = engine.load_checkpoint(
+            str(load_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False
+        )
     if load_path is None:
         raise UserError(
             f"DeepSpeed found no loadable checkpoint at {ckpt_dir / tag}; pass a complete checkpoint to run.resume"
         )
+    if plan.resume_universal:
+        import torch
+
+        for group, saved in zip(engine.optimizer.param_groups, hyper, strict=True):
+            group.update(saved)
+        # DeepSpeed 0.19.8's ZeRO-3 universal loader gives every group's state one and the same step tensor, which
+        # AdamW advances in place once per group: with 3 groups the bias corrections would run 3 steps per step.
+        inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+        for param_state in inner.state.values():
+            if torch.is_tensor(param_state.get("step")):
+                param_state["step"] = param_state["step"].clone()
     state.load_state_dict(client)
-    say(f"resumed from {ckpt_dir / tag} at step {state.step}")
+    how = ""
+    if plan.resume_universal:
+        m = checkpoint.read_manifest(ckpt_dir, tag)
+        how = f" (written by {m['world_size']} ranks at ZeRO-{m['zero_stage']}, loaded through its universal copy)"
+    say(f"resumed from {ckpt_dir / tag} at step {state.step}{how}")
     if state.step >= plan.cfg.train.max_steps:
         say(
             f"nothing to do: the run is at step {state.step} and train.max_steps is {plan.cfg.train.max_steps}; "
@@ -367,6 +422,14 @@ def manifest_for(plan: Plan, state: TrainState, d, group_names: list[list[str]])
         "tokens_seen": state.tokens_seen,
         "world_size": d.world,
         "zero_stage": ds.zero_stage,
+        "batch": {
+            "micro": plan.batch.micro,
+            "accum": plan.batch.accum,
+            "world": plan.batch.world,
+            "global": plan.batch.global_size,
+            # the keys it came from: a resume with the same keys keeps this global batch on any world size
+            "keys": {k: getattr(plan.cfg.train, k) for k in ("micro_batch_size", "grad_accum", "global_batch_size")},
+        },
         "dtype": plan.dtype,
         "grad_accum_dtype": dsconfig.grad_accum_dtype(ds, plan.dtype),
         "model": dataclasses.asdict(plan.model),
@@ -460,6 +523,8 @@ def describe_run(plan: Plan, d, n_params: int, notes: list[str], ds_config: dict
     )
     tokens_per_step = plan.batch.global_size * plan.seq_len
     say(f"{plan.batch.describe()} sequences of {plan.seq_len} tokens = {tokens_per_step:,} tokens per step")
+    if plan.batch_was:
+        say(f"{plan.batch.describe()} (was {plan.batch_was.split()})")
     what = [f"ZeRO stage {ds.zero_stage}", plan.dtype, f"{d.world} × {d.device.type}", *notes]
     say(", ".join([*what, f"lr {t.lr:g} -> {t.min_lr:g}", f"run dir {plan.run_dir}"]))
     say("ds_config: " + json.dumps(ds_config, separators=(",", ":")))
@@ -571,6 +636,8 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
 
     t, ds = cfg.train, cfg.deepspeed
     ds_config = dsconfig.build(cfg, plan.batch, plan.dtype, d.device.type)
+    if plan.resume_universal and ds.zero_stage > 0:  # ZeRO-0: zerotrain loads it (universal.load_into_zero0)
+        ds_config["checkpoint"] = {"load_universal": True}
     say = print if d.is_main else (lambda *a, **k: None)
     # Each rank ran preflight on its own view of the filesystem; all must start from the same checkpoint.
     views = distributed.all_gather_object((plan.resume_from, plan.init_from), d)
@@ -583,6 +650,8 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     if d.is_main:
         prepare_run_dir(plan, ds_config)
     distributed.barrier(d)
+    if plan.resume_universal:
+        convert_for_resume(plan, d, say)
 
     # ---- setup: model, engine, state
     model, notes = build_model(plan, ds_config, d, say)
@@ -590,7 +659,7 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     torch.manual_seed(cfg.run.seed + d.rank)  # dropout differs per rank
     engine, group_names, engine_notes = build_engine(model, plan, ds_config, d)
     sampler = BatchSampler(
-        [s.train for s in plan.data], plan.weights, plan.seq_len, t.micro_batch_size, d.rank, d.world, cfg.run.seed
+        [s.train for s in plan.data], plan.weights, plan.seq_len, plan.batch.micro, d.rank, d.world, cfg.run.seed
     )
     state = TrainState(sampler, runconfig.to_dict(cfg), d)
     if plan.resume_from:

@@ -26,8 +26,11 @@ class Batch:
     def global_size(self) -> int:
         return self.micro * self.accum * self.world
 
+    def split(self) -> str:
+        return f"micro {self.micro} × accumulation {self.accum} × world {self.world}"
+
     def describe(self) -> str:
-        return f"global batch {self.global_size} = micro {self.micro} × accumulation {self.accum} × world {self.world}"
+        return f"global batch {self.global_size} = {self.split()}"
 
 
 def derive_batch(train: TrainSection, world: int) -> Batch:
