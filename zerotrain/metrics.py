@@ -1,10 +1,12 @@
-"""Metrics: peak-FLOPs table and MFU, peak memory, the one-line step report, and the writers
-(metrics.jsonl, TensorBoard, optionally Weights & Biases)."""
+"""Metrics: peak-FLOPs table and MFU, peak memory, the one-line step report, the writers (metrics.jsonl,
+TensorBoard, optionally Weights & Biases), and the log window the training loop reports through (StepLog: step
+time, tokens/s, MFU, memory, phase times and GPU clocks, above a progress bar on a terminal)."""
 
 import json
 import os
 import resource
 import sys
+import time
 from pathlib import Path
 
 # Dense bf16/fp16 tensor-core peak per GPU from NVIDIA's datasheets (without sparsity). The first
@@ -155,3 +157,162 @@ def _wandb_id(run_dir: Path) -> str:
 
         id_file.write_text(secrets.token_hex(8))
     return id_file.read_text().strip()
+
+
+# ------------------------------------------------------------------------------------------------ the log window
+
+
+class StepLog:
+    """The metrics of a log window (steps since the last log line): step time, tokens/s, MFU, memory, the phase
+    times and GPU clocks, written to metrics.jsonl (rank 0) and printed as one line, above a progress bar on a
+    terminal. Evaluation and checkpoint time is kept out of the window (`restart`)."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        config: dict,
+        d,
+        start_step: int,
+        max_steps: int,
+        *,
+        tokens_per_step: int,
+        flops_per_token: float,
+        started: float,
+        time_phases: bool,
+    ):
+        import torch
+
+        on_gpu = d.device.type == "cuda"
+        self.d, self.started, self.max_steps = d, started, max_steps
+        self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
+        self.peak = peak_flops(torch.cuda.get_device_name(d.device) if on_gpu else None)
+        # model states and DeepSpeed's buffers before the first step, in the first record: `zerotrain plan` predicts it
+        self.setup_mem = torch.cuda.memory_allocated(d.device) if on_gpu else None
+        run = config["run"]
+        self.writer = (
+            MetricsWriter(run_dir, start_step, run["tensorboard"], run["wandb"], run["wandb_project"], config)
+            if d.is_main
+            else None
+        )
+        self.clock = PhaseClock(time_phases, on_gpu)
+        self.progress = _progress(d.is_main, start_step, max_steps)
+        self.gpu_clocks = None
+        if on_gpu and d.is_main:  # rank 0's GPU: its SM clock and power in every log record
+            from zerotrain.clocks import ClockMonitor
+
+            self.gpu_clocks = ClockMonitor.start(d.device)
+        self.profiled = False  # a step of this window ran under the profiler
+        self.restart()
+
+    def restart(self) -> None:
+        self.window_start, self.window_steps = time.perf_counter(), 0
+        if self.gpu_clocks:
+            self.gpu_clocks.window()  # drop the readings taken outside training steps
+
+    def step_done(self, profiled: bool) -> None:
+        self.window_steps += 1
+        self.profiled = self.profiled or profiled
+        if self.progress:
+            self.progress.advance()
+
+    def record(self, step: int, loss: float, lr: float, grad_norm, tokens_seen: int, extra: dict) -> None:
+        """One log line and metrics.jsonl record for the window that ends at `step`; `extra` joins the record
+        (fp16's loss scale and skipped steps)."""
+        step_time = (time.perf_counter() - self.window_start) / self.window_steps
+        record = {
+            "step": step,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": None if grad_norm is None else float(grad_norm),
+            "step_time_s": step_time,
+            "tokens_per_s": self.tokens_per_step / step_time,
+            "mfu": None
+            if self.peak is None
+            else self.flops_per_token * self.tokens_per_step / step_time / self.d.world / self.peak,
+            **peak_memory(self.d.device),
+            "tokens_seen": tokens_seen,
+            "elapsed_s": time.perf_counter() - self.started,
+        }
+        record.update(self.clock.per_step(self.window_steps))
+        if self.gpu_clocks:
+            record.update(self.gpu_clocks.window())
+        if self.profiled:  # the profiler slowed these steps: `zerotrain bench` leaves them out
+            record["profiled"], self.profiled = True, False
+        if self.setup_mem is not None:
+            record["setup_mem_bytes"], self.setup_mem = self.setup_mem, None
+        record.update(extra)
+        if self.writer:
+            self.writer.write(record)
+            self.print(format_line(record, self.max_steps))
+        self.window_start, self.window_steps = time.perf_counter(), 0
+
+    def print(self, line: str) -> None:
+        if self.d.is_main:
+            _print(self.progress, line)
+
+    def close(self) -> None:
+        if self.progress:
+            self.progress.stop()
+        if self.gpu_clocks:
+            self.gpu_clocks.close()
+        if self.writer:
+            self.writer.close()
+
+
+class PhaseClock:
+    """With train.time_phases: seconds spent in forward, backward and the optimizer step, summed over a log
+    window. Each lap synchronizes the GPU (a host-device sync per phase: only when asked for)."""
+
+    def __init__(self, enabled: bool, on_gpu: bool):
+        self.enabled, self.on_gpu = enabled, on_gpu
+        self.totals, self.last = {}, 0.0
+
+    def lap(self, phase: str | None) -> None:
+        if not self.enabled:
+            return
+        if self.on_gpu:
+            import torch
+
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        if phase:
+            self.totals[phase] = self.totals.get(phase, 0.0) + now - self.last
+        self.last = now
+
+    def per_step(self, steps: int) -> dict:
+        out = {k: v / max(steps, 1) for k, v in self.totals.items()}
+        self.totals = {}
+        return out
+
+
+# ------------------------------------------------------------------------------------------------ console
+
+
+class _Progress:
+    """A rich progress bar on interactive terminals (rank 0); metric lines print above it."""
+
+    def __init__(self, start: int, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+        )
+        self.task = self.bar.add_task("train", total=total, completed=start)
+        self.bar.start()
+
+    def advance(self) -> None:
+        self.bar.update(self.task, advance=1)
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+def _progress(enabled: bool, start: int, total: int) -> _Progress | None:
+    return _Progress(start, total) if enabled and sys.stdout.isatty() else None
+
+
+def _print(progress: _Progress | None, line: str) -> None:
+    if progress:
+        progress.bar.console.print(line, highlight=False, markup=False)
+    else:
+        print(line, flush=True)

@@ -14,7 +14,6 @@ import os
 import random
 import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 
 from zerotrain import UserError, checkpoint, dsconfig, runconfig
 from zerotrain.data import BatchSampler, eval_batches
+from zerotrain.metrics import PhaseClock, StepLog
 from zerotrain.model import flops_per_token
 from zerotrain.preflight import Plan, preflight, prepare_run_dir
 
@@ -452,9 +452,7 @@ def _stop_signals() -> list[int]:
 # ------------------------------------------------------------------------------------------------ the run
 
 
-def optimizer_step(
-    engine, sampler: BatchSampler, plan: Plan, d, clock: "_PhaseClock", loss_sum, measure_grad_norm: bool
-):
+def optimizer_step(engine, sampler: BatchSampler, plan: Plan, d, clock: PhaseClock, loss_sum, measure_grad_norm: bool):
     """One optimizer step: grad_accum × (forward, backward, engine.step()). The micro-batch losses are summed into
     loss_sum on the device (no host sync). Returns the gradient norm when asked to measure it (stage 0 in fp32/fp16,
     whose optimizers record none), else None."""
@@ -483,7 +481,7 @@ def optimizer_step(
     return grad_norm
 
 
-def evaluate_and_report(engine, plan: Plan, d, state: TrainState, log: "StepLog", started: float) -> tuple[str, ...]:
+def evaluate_and_report(engine, plan: Plan, d, state: TrainState, log: StepLog, started: float) -> tuple[str, ...]:
     """Validation loss (and a sample, with train.sample_prompt) at an eval step; updates the best loss. Returns
     ("best",) when this evaluation is the best so far: that checkpoint gets the `best` pointer."""
     from zerotrain.metrics import format_eval_line
@@ -528,97 +526,6 @@ def describe_run(plan: Plan, d, n_params: int, notes: list[str], ds_config: dict
     what = [f"ZeRO stage {ds.zero_stage}", plan.dtype, f"{d.world} × {d.device.type}", *notes]
     say(", ".join([*what, f"lr {t.lr:g} -> {t.min_lr:g}", f"run dir {plan.run_dir}"]))
     say("ds_config: " + json.dumps(ds_config, separators=(",", ":")))
-
-
-class StepLog:
-    """The metrics of a log window (steps since the last log line): step time, tokens/s, MFU, memory, the phase
-    times and GPU clocks, written to metrics.jsonl (rank 0) and printed as one line, above a progress bar on a
-    terminal. Evaluation and checkpoint time is kept out of the window (`restart`)."""
-
-    def __init__(self, plan: Plan, d, n_params: int, start_step: int, started: float):
-        import torch
-
-        from zerotrain.metrics import MetricsWriter, peak_flops
-
-        t, run = plan.cfg.train, plan.cfg.run
-        on_gpu = d.device.type == "cuda"
-        self.plan, self.d, self.started = plan, d, started
-        self.tokens_per_step = plan.batch.global_size * plan.seq_len
-        self.flops_per_token = flops_per_token(plan.model, n_params, plan.seq_len)
-        self.peak = peak_flops(torch.cuda.get_device_name(d.device) if on_gpu else None)
-        # model states and DeepSpeed's buffers before the first step, in the first record: `zerotrain plan` predicts it
-        self.setup_mem = torch.cuda.memory_allocated(d.device) if on_gpu else None
-        self.writer = (
-            MetricsWriter(
-                plan.run_dir, start_step, run.tensorboard, run.wandb, run.wandb_project, runconfig.to_dict(plan.cfg)
-            )
-            if d.is_main
-            else None
-        )
-        self.clock = _PhaseClock(t.time_phases, on_gpu)
-        self.progress = _progress(d.is_main, start_step, t.max_steps)
-        self.gpu_clocks = None
-        if on_gpu and d.is_main:  # rank 0's GPU: its SM clock and power in every log record
-            from zerotrain.clocks import ClockMonitor
-
-            self.gpu_clocks = ClockMonitor.start(d.device)
-        self.profiled = False  # a step of this window ran under the profiler
-        self.restart()
-
-    def restart(self) -> None:
-        self.window_start, self.window_steps = time.perf_counter(), 0
-        if self.gpu_clocks:
-            self.gpu_clocks.window()  # drop the readings taken outside training steps
-
-    def step_done(self, profiled: bool) -> None:
-        self.window_steps += 1
-        self.profiled = self.profiled or profiled
-        if self.progress:
-            self.progress.advance()
-
-    def record(self, step: int, loss: float, lr: float, grad_norm, tokens_seen: int, optimizer, skipped_steps) -> None:
-        from zerotrain.metrics import format_line, peak_memory
-
-        step_time = (time.perf_counter() - self.window_start) / self.window_steps
-        record = {
-            "step": step,
-            "loss": loss,
-            "lr": lr,
-            "grad_norm": None if grad_norm is None else float(grad_norm),
-            "step_time_s": step_time,
-            "tokens_per_s": self.tokens_per_step / step_time,
-            "mfu": None
-            if self.peak is None
-            else self.flops_per_token * self.tokens_per_step / step_time / self.d.world / self.peak,
-            **peak_memory(self.d.device),
-            "tokens_seen": tokens_seen,
-            "elapsed_s": time.perf_counter() - self.started,
-        }
-        record.update(self.clock.per_step(self.window_steps))
-        if self.gpu_clocks:
-            record.update(self.gpu_clocks.window())
-        if self.profiled:  # the profiler slowed these steps: `zerotrain bench` leaves them out
-            record["profiled"], self.profiled = True, False
-        if self.setup_mem is not None:
-            record["setup_mem_bytes"], self.setup_mem = self.setup_mem, None
-        if self.plan.dtype == "fp16":
-            record["loss_scale"], record["skipped_steps"] = _loss_scale(optimizer), skipped_steps
-        if self.writer:
-            self.writer.write(record)
-            self.print(format_line(record, self.plan.cfg.train.max_steps))
-        self.window_start, self.window_steps = time.perf_counter(), 0
-
-    def print(self, line: str) -> None:
-        if self.d.is_main:
-            _print(self.progress, line)
-
-    def close(self) -> None:
-        if self.progress:
-            self.progress.stop()
-        if self.gpu_clocks:
-            self.gpu_clocks.close()
-        if self.writer:
-            self.writer.close()
 
 
 def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
@@ -667,7 +574,17 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     if dsconfig.grad_accum_dtype(ds, plan.dtype) != plan.dtype:
         notes.append("gradients summed in fp32")
     describe_run(plan, d, n_params, notes + engine_notes, ds_config, say)
-    log = StepLog(plan, d, n_params, state.step, started)
+    log = StepLog(
+        plan.run_dir,
+        runconfig.to_dict(cfg),
+        d,
+        state.step,
+        t.max_steps,
+        tokens_per_step=plan.batch.global_size * plan.seq_len,
+        flops_per_token=flops_per_token(plan.model, n_params, plan.seq_len),
+        started=started,
+        time_phases=t.time_phases,
+    )
     profiler = StepProfiler(
         t.profile_steps, t.max_steps, state.step, plan.run_dir / "profile", d.rank, d.device.type == "cuda"
     )
@@ -700,7 +617,8 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
             if not math.isfinite(train_loss):  # the same all-reduced value on every rank: all stop together
                 raise _diverged(state.step, ckpt_dir)
             grad_norm = grad_norm if own_grad_norm else engine.get_global_grad_norm()
-            log.record(state.step, train_loss, lr, grad_norm, state.tokens_seen, engine.optimizer, engine.skipped_steps)
+            fp16 = {"loss_scale": _loss_scale(engine.optimizer), "skipped_steps": engine.skipped_steps}
+            log.record(state.step, train_loss, lr, grad_norm, state.tokens_seen, fp16 if plan.dtype == "fp16" else {})
 
         pointers = ()
         if t.eval_interval and (state.step % t.eval_interval == 0 or state.step == t.max_steps):
@@ -743,62 +661,3 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
         "checkpoint": str(ckpt_dir / last_saved) if last_saved else None,
         "stop_reason": stop_reason,
     }
-
-
-class _PhaseClock:
-    """With train.time_phases: seconds spent in forward, backward and the optimizer step, summed over a log
-    window. Each lap synchronizes the GPU (a host-device sync per phase: only when asked for)."""
-
-    def __init__(self, enabled: bool, on_gpu: bool):
-        self.enabled, self.on_gpu = enabled, on_gpu
-        self.totals, self.last = {}, 0.0
-
-    def lap(self, phase: str | None) -> None:
-        if not self.enabled:
-            return
-        if self.on_gpu:
-            import torch
-
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        if phase:
-            self.totals[phase] = self.totals.get(phase, 0.0) + now - self.last
-        self.last = now
-
-    def per_step(self, steps: int) -> dict:
-        out = {k: v / max(steps, 1) for k, v in self.totals.items()}
-        self.totals = {}
-        return out
-
-
-# ------------------------------------------------------------------------------------------------ console
-
-
-class _Progress:
-    """A rich progress bar on interactive terminals (rank 0); metric lines print above it."""
-
-    def __init__(self, start: int, total: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
-        )
-        self.task = self.bar.add_task("train", total=total, completed=start)
-        self.bar.start()
-
-    def advance(self) -> None:
-        self.bar.update(self.task, advance=1)
-
-    def stop(self) -> None:
-        self.bar.stop()
-
-
-def _progress(enabled: bool, start: int, total: int) -> _Progress | None:
-    return _Progress(start, total) if enabled and sys.stdout.isatty() else None
-
-
-def _print(progress: _Progress | None, line: str) -> None:
-    if progress:
-        progress.bar.console.print(line, highlight=False, markup=False)
-    else:
-        print(line, flush=True)
