@@ -67,6 +67,21 @@ def gpu_memory(spec: str | None) -> tuple[int | None, str]:
     return None, "unknown (pass --gpu-memory)"
 
 
+def model_shape(m, vocab_size: int | None = None):
+    """The ModelShape of a run config's [model] section (zerotrain's GPT): its preset with the keys it sets."""
+    from zerotrain import memory
+
+    return memory.gpt2_shape(
+        m.preset,
+        n_layer=m.n_layer,
+        n_head=m.n_head,
+        n_embd=m.n_embd,
+        block_size=m.block_size,
+        vocab_size=vocab_size if vocab_size is not None else m.vocab_size,
+        dropout=m.dropout,
+    )
+
+
 def run_shape(cfg, gpus_per_node: int = 1, nodes: int = 1, dtype: str | None = None):
     """The RunShape of a zerotrain run config on `gpus_per_node` × `nodes` ranks (dtype: the resolved one, else the
     config's with "auto" read as bf16)."""
@@ -107,15 +122,7 @@ def plan_inputs(args):
         cfg = load_run_config(args.config, [])
         m = cfg.model
         if model_spec is None:
-            model = memory.gpt2_shape(
-                m.preset,
-                n_layer=m.n_layer,
-                n_head=m.n_head,
-                n_embd=m.n_embd,
-                block_size=m.block_size,
-                vocab_size=m.vocab_size,
-                dropout=m.dropout,
-            )
+            model = model_shape(m)
         overlap = args.gpus is not None and args.gpus * (args.nodes or 1) > 1
         run = dataclasses.replace(run_shape(cfg), overlap_comm=overlap)
     if model_spec is not None:

@@ -156,15 +156,9 @@ def planner_inputs(ev: RunEvidence, model_spec: str | None = None):
         if vocab is None and meta.is_file():
             vocab = json.loads(meta.read_text()).get("vocab_size")
         if model is None:
-            model = memory.gpt2_shape(
-                m.preset,
-                n_layer=m.n_layer,
-                n_head=m.n_head,
-                n_embd=m.n_embd,
-                block_size=m.block_size,
-                vocab_size=vocab,
-                dropout=m.dropout,
-            )
+            from zerotrain.planning import model_shape
+
+            model = model_shape(m, vocab)
         run = dataclasses.replace(
             run,
             micro_batch=t.micro_batch_size,

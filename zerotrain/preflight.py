@@ -398,17 +398,11 @@ def memory_check(plan: Plan, world: int, on_gpu: bool) -> MemoryCheck | None:
     try:
         if plan.hf:
             model = memory.shape_from_hf_config(plan.hf.config, str(plan.hf.path))
-        else:
+        else:  # the shape as preflight resolved it (from a checkpoint, or the config and the data's vocabulary)
             m = plan.model
-            model = memory.gpt2_shape(
-                cfg.model.preset if cfg.model.preset in memory.GPT2_PRESETS else "gpt2",
-                n_layer=m.n_layer,
-                n_head=m.n_head,
-                n_embd=m.n_embd,
-                block_size=m.block_size,
-                vocab_size=m.vocab_size,
-                dropout=m.dropout,
-            )
+            preset = cfg.model.preset if cfg.model.preset in memory.GPT2_PRESETS else "gpt2"
+            shape = {k: getattr(m, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout")}
+            model = memory.gpt2_shape(preset, **shape)
     except UserError:
         return None
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world)) or world
