@@ -333,3 +333,19 @@ def test_a_second_train_into_a_running_run_dir_is_refused(tmp_path, char_data):
             first.wait()
     assert first.returncode == 0, out[-4000:]
     assert "stopped by SIGTERM" in out and not (run / ".zerotrain.lock").exists()
+
+
+@pytest.mark.parametrize("key", ["model.hf", "model.init_from_hf"])
+def test_out_dir_that_holds_the_hugging_face_model_is_refused(tmp_path, char_data, key):
+    run = tmp_path / "run"
+    (run / "hf").mkdir(parents=True)
+    (run / "hf" / "config.json").write_text("{}")
+    cfg = write_config(tmp_path / "c.toml", out_dir=run, data_dir=char_data)
+    shape = ("n_layer = 2\n", "n_head = 2\n", "n_embd = 32\n", "block_size = 32\n")
+    cfg.write_text("".join(line for line in cfg.read_text().splitlines(True) if line not in shape))
+    assert_clean_failure(
+        zerotrain("train", cfg, "--overwrite", f"--{key}={run / 'hf'}"),
+        f"run.out_dir {run} contains {key} {run / 'hf'}",
+        "choose another run.out_dir",
+    )
+    assert sorted(p.name for p in run.rglob("*")) == ["config.json", "hf"]
