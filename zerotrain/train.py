@@ -1,7 +1,8 @@
 """`zerotrain train`: setup -> loop -> final save.
 
 Reading order: `train` runs `preflight.preflight` (everything that needs no process group; the `--nproc` parent
-runs it too, before it launches anything), joins the process group, then sets up with named functions
+runs it too, before it launches anything), joins the process group, locks the run dir (runlock.py; the `--nproc`
+parent holds it for its ranks), then `run` sets up with named functions
 (`build_model`, `build_engine`, `restore`), and runs the loop: one optimizer step = grad_accum × (forward,
 backward, engine.step()) in `optimizer_step`, a log line on log steps, `evaluate_and_report` on eval steps, and
 `checkpoint.save(engine, state, ...)` with the `TrainState` that is the checkpoint's client state.
