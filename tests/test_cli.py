@@ -235,3 +235,117 @@ def test_a_run_that_does_not_fit_the_host_is_refused_before_it_loads(tmp_path, c
         "train", cfg, "--nproc", 2, "--host-memory", "3GiB", *big, "--run.memory_check=false", "--train.max_steps=0"
     )
     assert "would not fit" not in ok.stderr
+
+
+def test_out_dir_that_is_holds_or_lies_inside_the_data_is_refused(tmp_path, char_data):
+    """Without this, --overwrite deleted the data dir's tokenizer/ (a run artifact) and the ranks crashed."""
+    data = tmp_path / "data"
+    shutil.copytree(char_data, data)
+    before = tree_digest(data)
+    for out_dir, where in ((data, "is data.dir"), (data / "run", "lies inside data.dir"), (tmp_path, "contains")):
+        cfg = write_config(tmp_path / "c.toml", out_dir=out_dir, data_dir=data)
+        for flags in ((), ("--overwrite",), ("--nproc", 2, "--overwrite")):
+            r = zerotrain("train", cfg, *flags)
+            assert_clean_failure(r, f"run.out_dir {out_dir} {where}", str(data), "choose another run.out_dir")
+            assert "launching" not in r.stdout
+        assert tree_digest(data) == before and not (data / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "nproc,message",
+    [("0", "--nproc 0 starts no ranks"), ("-2", "--nproc -2 starts no ranks"), ("9999", "lower --nproc to at most")],
+)
+def test_nproc_that_is_no_number_of_ranks_or_far_beyond_the_machine(tmp_path, char_data, nproc, message):
+    import os
+
+    cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data)
+    r = zerotrain("train", cfg, "--nproc", nproc)
+    line = assert_clean_failure(r, message)
+    if nproc == "9999":
+        assert f"{os.cpu_count()} CPU cores" in line and "--force-nproc" in line
+    assert "launching" not in r.stdout and not (tmp_path / "run").exists()
+
+
+def test_force_nproc_lets_a_large_nproc_through_the_check(tmp_path, char_data):
+    cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data)
+    # past the --nproc check, the run still stops at the next problem, before anything starts
+    r = zerotrain("train", cfg, "--nproc", 9999, "--force-nproc", "--model.n_head=3")
+    assert_clean_failure(r, "not divisible by model.n_head 3")
+    assert "launching" not in r.stdout
+
+
+def test_a_run_dir_in_use_is_refused(tmp_path, char_data):
+    """A lock held (here by this test process) refuses a second train into that out_dir, --overwrite or not."""
+    import os
+
+    from zerotrain.runlock import LOCK_NAME, RunLock
+
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.toml", out_dir=run, data_dir=char_data)
+    with RunLock(run):
+        for flags in ((), ("--overwrite",), ("--nproc", 2)):
+            assert_clean_failure(
+                zerotrain("train", cfg, *flags), f"in use by a running zerotrain train (pid {os.getpid()}", "kill -TERM"
+            )
+        assert [p.name for p in run.iterdir()] == [LOCK_NAME]
+    assert list(run.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_second_train_into_a_running_run_dir_is_refused(tmp_path, char_data):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    cfg = write_config(
+        tmp_path / "c.toml", out_dir=run, data_dir=char_data, max_steps=2000, eval_interval=0, save_interval=0
+    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "zerotrain", "train", str(cfg), "--nproc", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / ".zerotrain.lock").exists():
+            assert first.poll() is None and time.monotonic() < deadline, "the first run never locked its out_dir"
+            time.sleep(0.2)
+        for flags in (("--nproc", 2), ("--nproc", 2, "--overwrite")):
+            assert_clean_failure(zerotrain("train", cfg, *flags), f"(pid {first.pid} on", "kill -TERM")
+        # stop it once its ranks are in the loop (they then finish the step, save and exit)
+        metrics_file = run / "metrics.jsonl"
+        while not (metrics_file.exists() and metrics_file.stat().st_size > 0):
+            assert first.poll() is None and time.monotonic() < deadline, "the first run never logged a step"
+            time.sleep(0.2)
+        first.send_signal(signal.SIGTERM)
+        out, _ = first.communicate(timeout=180)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 0, out[-4000:]
+    assert "stopped by SIGTERM" in out and not (run / ".zerotrain.lock").exists()
+
+
+@pytest.mark.parametrize("key", ["model.hf", "model.init_from_hf"])
+def test_out_dir_that_holds_the_hugging_face_model_is_refused(tmp_path, char_data, key):
+    run = tmp_path / "run"
+    (run / "hf").mkdir(parents=True)
+    (run / "hf" / "config.json").write_text("{}")
+    cfg = write_config(tmp_path / "c.toml", out_dir=run, data_dir=char_data)
+    shape = ("n_layer = 2\n", "n_head = 2\n", "n_embd = 32\n", "block_size = 32\n")
+    cfg.write_text("".join(line for line in cfg.read_text().splitlines(True) if line not in shape))
+    assert_clean_failure(
+        zerotrain("train", cfg, "--overwrite", f"--{key}={run / 'hf'}"),
+        f"run.out_dir {run} contains {key} {run / 'hf'}",
+        "choose another run.out_dir",
+    )
+    assert sorted(p.name for p in run.rglob("*")) == ["config.json", "hf"]

@@ -65,10 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("config", help="run config (TOML), e.g. configs/shakespeare-char.toml")
     tr.add_argument(
-        "--nproc",
-        type=int,
-        default=0,
-        help="start this many local ranks with the DeepSpeed launcher (GPUs, or CPU processes)",
+        "--nproc", type=int, help="start this many local ranks with the DeepSpeed launcher (GPUs, or CPU processes)"
+    )
+    tr.add_argument(
+        "--force-nproc",
+        action="store_true",
+        help="start --nproc ranks even beyond the GPUs here (or 4 per CPU core on a machine without GPUs)",
     )
     tr.add_argument("--overwrite", action="store_true", help="replace a run already in run.out_dir")
     tr.add_argument(

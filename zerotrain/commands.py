@@ -78,7 +78,7 @@ def _split_overrides(extra: list[str]) -> list[str]:
 
 
 def cmd_train(args, extra) -> int:
-    from zerotrain.distributed import in_launcher, launch_local
+    from zerotrain.distributed import check_nproc, in_launcher, launch_local
     from zerotrain.preflight import preflight
     from zerotrain.runconfig import load_run_config
 
@@ -90,13 +90,23 @@ def cmd_train(args, extra) -> int:
         overrides.append(f"--run.host_memory={args.host_memory}")
     cfg = load_run_config(args.config, overrides)
     _quiet_deepspeed()
-    if args.nproc and in_launcher():
+    if args.nproc is not None and in_launcher():
         raise UserError("--nproc starts its own ranks; drop it when running under deepspeed, torchrun or srun")
+    if args.nproc is not None:
+        check_nproc(args.nproc, args.force_nproc)
     if args.nproc and args.nproc > 1:
+        from pathlib import Path
+
+        from zerotrain import runlock
+
+        run_dir = Path(cfg.run.out_dir)
+        runlock.check_free(run_dir)  # a running run's dir is refused first, whatever else would be said of it
         preflight(cfg, args.nproc, args.overwrite)  # bad input fails here, before any process starts
-        return launch_local(
-            args.nproc, ["train", args.config, *overrides, *(["--overwrite"] if args.overwrite else [])]
-        )
+        with runlock.RunLock(run_dir) as lock:  # held until the ranks are gone; they see it in the environment
+            os.environ[runlock.HELD_BY_PARENT] = str(lock.path)
+            return launch_local(
+                args.nproc, ["train", args.config, *overrides, *(["--overwrite"] if args.overwrite else [])]
+            )
     from zerotrain.train import train
 
     summary = train(cfg, overwrite=args.overwrite)

@@ -113,6 +113,38 @@ def barrier(d: Dist) -> None:
 # ------------------------------------------------------------------------------------------ local launch
 
 
+# Ranks per CPU core beyond which a CPU-only --nproc is taken for a typo: each rank is a whole Python process with
+# torch, DeepSpeed and gloo (docs/memory.md: CPU_PROCESS_HOST_RAM), and they time-share the cores.
+CPU_RANKS_PER_CORE = 4
+
+
+def check_nproc(nproc: int, force: bool = False) -> None:
+    """Refuse a --nproc that is not a number of ranks, or more ranks than this machine has GPUs (or, without GPUs,
+    far more than it has CPU cores) unless force says that is meant."""
+    from zerotrain import UserError
+
+    if nproc < 1:
+        raise UserError(
+            f"--nproc {nproc} starts no ranks; pass --nproc 1 or more, or leave it out to train in this process"
+        )
+    import torch
+
+    if torch.cuda.is_available():
+        gpus = torch.cuda.device_count()
+        if nproc > gpus and not force:
+            raise UserError(
+                f"--nproc {nproc} but this machine has {gpus} GPU{'s' if gpus != 1 else ''}; lower --nproc to {gpus} "
+                f"or fewer, or pass --force-nproc to put several ranks on one GPU"
+            )
+        return
+    cores = os.cpu_count() or 1
+    if nproc > CPU_RANKS_PER_CORE * cores and not force:
+        raise UserError(
+            f"--nproc {nproc} but this machine has no GPU and {cores} CPU cores; lower --nproc to at most "
+            f"{CPU_RANKS_PER_CORE * cores}, or pass --force-nproc to start them anyway"
+        )
+
+
 def launcher_command(nproc: int, zerotrain_args: list[str], env=os.environ) -> list[str]:
     """The DeepSpeed launcher command that runs `python -m zerotrain ARGS` as nproc local ranks.
     DeepSpeed's launcher drops CUDA_VISIBLE_DEVICES when given --num_gpus, so visible GPUs are named."""

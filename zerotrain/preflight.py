@@ -99,9 +99,34 @@ def _inside(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
 
+def _check_inputs_apart(cfg: runconfig.RunConfig, run_dir: Path) -> None:
+    """The run writes config files and the tokenizer into out_dir, checkpoints under it, and --overwrite deletes
+    RUN_ARTIFACTS there (a data dir's tokenizer/ among them): out_dir must not be, hold or lie inside what it reads."""
+    inputs = [("data.dirs" if cfg.data.dirs else "data.dir", d) for d in cfg.data.dirs or [cfg.data.dir]]
+    inputs += [(k, v) for k, v in (("run.init_from", cfg.run.init_from), ("model.hf", cfg.model.hf)) if v]
+    inputs += [("model.init_from_hf", cfg.model.init_from_hf)] if cfg.model.init_from_hf else []
+    for key, value in inputs:
+        source = Path(value)
+        if not source.exists():  # a name that is no local path (what the checks of that key report)
+            continue
+        if source.resolve() == run_dir.resolve():
+            where = "is"
+        elif _inside(source, run_dir):
+            where = "contains"
+        elif _inside(run_dir, source):
+            where = "lies inside"
+        else:
+            continue
+        raise UserError(
+            f"run.out_dir {run_dir} {where} {key} {source}, which the run reads: training (and --overwrite) would "
+            f"write into or delete it; choose another run.out_dir"
+        )
+
+
 def _check_run_dir(cfg: runconfig.RunConfig, run_dir: Path, overwrite: bool, resume_from, init_from) -> None:
     """An out_dir holding a run is only ever continued by that same run; nothing in it is replaced unless
-    --overwrite says so, and --overwrite may not delete the checkpoint this run starts from."""
+    --overwrite says so, and --overwrite may not delete the checkpoint this run starts from. Nor may out_dir be, hold
+    or lie inside an input of the run."""
     if overwrite:
         for key, source in (("run.resume", resume_from), ("run.init_from", init_from)):
             if source and _inside(source[0], run_dir):
@@ -109,8 +134,8 @@ def _check_run_dir(cfg: runconfig.RunConfig, run_dir: Path, overwrite: bool, res
                     f"--overwrite would delete {key} {source[0] / source[1]}, which lies in run.out_dir {run_dir}; "
                     f"copy it elsewhere first or choose another out_dir"
                 )
-        return
-    if not _holds_run(run_dir):
+    _check_inputs_apart(cfg, run_dir)
+    if overwrite or not _holds_run(run_dir):
         return
     if not cfg.run.resume:
         raise UserError(

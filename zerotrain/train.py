@@ -1,7 +1,8 @@
 """`zerotrain train`: setup -> loop -> final save.
 
 Reading order: `train` runs `preflight.preflight` (everything that needs no process group; the `--nproc` parent
-runs it too, before it launches anything), joins the process group, then sets up with named functions
+runs it too, before it launches anything), joins the process group, locks the run dir (runlock.py; the `--nproc`
+parent holds it for its ranks), then `run` sets up with named functions
 (`build_model`, `build_engine`, `restore`), and runs the loop: one optimizer step = grad_accum × (forward,
 backward, engine.step()) in `optimizer_step`, a log line on log steps, `evaluate_and_report` on eval steps, and
 `checkpoint.save(engine, state, ...)` with the `TrainState` that is the checkpoint's client state.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zerotrain import UserError, checkpoint, dsconfig, runconfig
+from zerotrain import UserError, checkpoint, dsconfig, runconfig, runlock
 from zerotrain.data import BatchSampler, eval_batches
 from zerotrain.metrics import PhaseClock, StepLog
 from zerotrain.model import flops_per_token
@@ -534,8 +535,40 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
 
     started = time.perf_counter()
     distributed.check_not_a_bare_multitask_launch()
+    locked_by_parent = runlock.held_by_parent(Path(cfg.run.out_dir))
+    if not locked_by_parent:  # a running run's dir is refused first, on every rank, before --overwrite could act
+        runlock.check_free(Path(cfg.run.out_dir))
     plan = preflight(cfg, distributed.world_size(), overwrite)  # bad input fails before any process group exists
     d = distributed.init()
+    lock = None if locked_by_parent else take_run_lock(plan.run_dir, d)
+    try:
+        return run(plan, d, started)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def take_run_lock(run_dir: Path, d) -> "runlock.RunLock | None":
+    """Rank 0 locks the run dir; every rank learns whether it could, so all stop together when it could not."""
+    from zerotrain import distributed
+
+    lock, refused = None, None
+    if d.is_main:
+        try:
+            lock = runlock.RunLock(run_dir)
+        except UserError as e:
+            refused = str(e)
+    refused = distributed.all_gather_object(refused, d)[0]
+    if refused:
+        raise UserError(refused)
+    return lock
+
+
+def run(plan: Plan, d, started: float) -> dict:
+    """The run itself, on every rank, once preflight passed and the process group exists."""
+    from zerotrain import distributed
+
+    cfg = plan.cfg
     import torch
     import torch.distributed as dist
 
