@@ -20,28 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-LLAMA_SHAPES = {  # transformers LlamaConfig arguments for the Llama-style shapes we calibrate on
-    "smollm2-135m": {
-        "hidden_size": 576,
-        "intermediate_size": 1536,
-        "num_hidden_layers": 30,
-        "num_attention_heads": 9,
-        "num_key_value_heads": 3,
-        "vocab_size": 49152,
-        "tie_word_embeddings": True,
-        "max_position_embeddings": 8192,
-    },
-    "tinyllama-1.1b": {
-        "hidden_size": 2048,
-        "intermediate_size": 5632,
-        "num_hidden_layers": 22,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 4,
-        "vocab_size": 32000,
-        "tie_word_embeddings": False,
-        "max_position_embeddings": 2048,
-    },
-}
+from zerotrain.memory import LLAMA_PRESETS as LLAMA_SHAPES  # transformers LlamaConfig arguments
 
 
 def parse_args():

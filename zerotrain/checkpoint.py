@@ -67,6 +67,19 @@ def write_atomic(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
+def publish_dir(tmp: Path, final: Path, trash: Path) -> None:
+    """Put the finished folder `tmp` at `final` by rename. A folder already at `final` is first renamed to `trash`
+    and removed after, so `final` is never a half-written folder; the rename is made durable."""
+    if final.exists():
+        shutil.rmtree(trash, ignore_errors=True)
+        os.rename(final, trash)
+        os.rename(tmp, final)
+        shutil.rmtree(trash)
+    else:
+        os.rename(tmp, final)
+    _fsync_dir(final.parent)
+
+
 def _point(ckpt_dir: Path, name: str, tag: str) -> None:
     """Atomically make ckpt_dir/name a relative symlink to tag."""
     tmp = ckpt_dir / f".{name}.tmp"
@@ -115,15 +128,9 @@ def save(engine, ckpt_dir: Path, state, manifest: dict, d, keep_last: int, point
         )
         final = ckpt_dir / tag
         shutil.rmtree(ckpt_dir / f"{tag}.universal", ignore_errors=True)  # made from the checkpoint replaced below
-        if final.exists():  # the same step saved again (e.g. after a resume): swap it out whole
-            trash = ckpt_dir / f".old_{tag}"
-            shutil.rmtree(trash, ignore_errors=True)
-            os.rename(final, trash)
-            os.rename(tmp, final)
-            shutil.rmtree(trash)
-        else:
-            os.rename(tmp, final)
-        _fsync_dir(ckpt_dir)
+        publish_dir(
+            tmp, final, ckpt_dir / f".old_{tag}"
+        )  # the same step saved again (e.g. after a resume): swapped whole
         write_atomic(ckpt_dir / "latest", tag)
         for name in pointers:
             _point(ckpt_dir, name, tag)

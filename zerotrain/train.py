@@ -650,8 +650,9 @@ def run(plan: Plan, d, started: float) -> dict:
             if not math.isfinite(train_loss):  # the same all-reduced value on every rank: all stop together
                 raise _diverged(state.step, ckpt_dir)
             grad_norm = grad_norm if own_grad_norm else engine.get_global_grad_norm()
-            fp16 = {"loss_scale": _loss_scale(engine.optimizer), "skipped_steps": engine.skipped_steps}
-            log.record(state.step, train_loss, lr, grad_norm, state.tokens_seen, fp16 if plan.dtype == "fp16" else {})
+            fp16 = plan.dtype == "fp16"
+            extra = {"loss_scale": _loss_scale(engine.optimizer), "skipped_steps": engine.skipped_steps} if fp16 else {}
+            log.record(state.step, train_loss, lr, grad_norm, state.tokens_seen, extra)
 
         pointers = ()
         if t.eval_interval and (state.step % t.eval_interval == 0 or state.step == t.max_steps):

@@ -147,15 +147,7 @@ def convert(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if folder.exists():  # a stale copy: swap it out whole
-        trash = folder.with_name(f".{folder.name}.old")
-        shutil.rmtree(trash, ignore_errors=True)
-        os.rename(folder, trash)
-        os.rename(tmp, folder)
-        shutil.rmtree(trash)
-    else:
-        os.rename(tmp, folder)
-    checkpoint._fsync_dir(folder.parent)
+    checkpoint.publish_dir(tmp, folder, folder.with_name(f".{folder.name}.old"))  # a stale copy is swapped out whole
     say(f"converted in {time.perf_counter() - started:.1f} s")
     return folder
 
