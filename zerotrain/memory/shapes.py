@@ -305,8 +305,8 @@ class RunShape:
     offload_params: str = "none"  # none | cpu | nvme (stage 3 only)
     activation_checkpointing: bool = False
     attention: str = "sdpa"  # sdpa (flash/memory-efficient kernels: no T×T scores kept) | eager (scores kept)
-    compile: str = "auto"  # zerotrain models: train.compile (auto, blocks: compiled blocks on GPUs below stage 3)
-    fused_loss: bool = True  # zerotrain models: train.fused_loss
+    compile: str = "auto"  # train.compile (auto, blocks: compiled blocks or decoder layers on GPUs below stage 3)
+    fused_loss: bool = True  # train.fused_loss (model.hf models: with train.hf_fast_path, Llama/Mistral/Qwen/GPT-2)
     reduce_bucket_size: int = 500_000_000
     allgather_bucket_size: int = 500_000_000
     overlap_comm: bool | None = None  # None: DeepSpeed's default (on at stage 3)
