@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pl.add_argument(
         "--model",
-        help="gpt2 ... gpt2-xl, smollm2-135m, tinyllama-1.1b, llama2-7b, mistral-7b, llama3-8b, hf:DIR, "
+        help="gpt2 ... gpt2-xl, smollm2-135m, tinyllama-1.1b, llama3.2-3b, llama2-7b, mistral-7b, llama3-8b, hf:DIR, "
         "a config.json, or dims:LAYERS,HEADS,HIDDEN[,VOCAB]",
     )
     pl.add_argument("--config", help="a zerotrain run config (TOML): model, batch and DeepSpeed settings from it")

@@ -47,6 +47,16 @@ LLAMA_PRESETS = {
         "tie_word_embeddings": False,
         "max_position_embeddings": 2048,
     },
+    "llama3.2-3b": {
+        "hidden_size": 3072,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 24,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+        "tie_word_embeddings": True,
+        "max_position_embeddings": 131072,
+    },
     "llama2-7b": {
         "hidden_size": 4096,
         "intermediate_size": 11008,
