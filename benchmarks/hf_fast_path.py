@@ -11,6 +11,7 @@ memory, and the planner's prediction for the same run. Variants, NAME-zSTAGE:
   fast    `zerotrain train` as configured by default (fused loss; compiled layers at ZeRO 0-2, Liger Kernel at ZeRO-3)
   compile fused loss + compiled decoder layers, no Liger Kernel
   liger   fused loss + Liger Kernel, eager layers
+  persist as fast, with every parameter persistent under ZeRO-3 (benchmarks/zero3_persistent_params.json)
   peer    the raw peer: transformers LlamaForCausalLM under deepspeed.initialize, as its documentation shows
           (benchmarks/memory_probe.py hf), timed after --warm steps
 """
@@ -31,6 +32,8 @@ VARIANTS = {
     "fast": [],
     "compile": ["--train.liger=off", "--train.compile=auto"],
     "liger": ["--train.compile=none", "--train.liger=on"],
+    # ZeRO-3 with every parameter persistent (never released after use: on one GPU a partition is the whole tensor)
+    "persist": ["--deepspeed.config=benchmarks/zero3_persistent_params.json"],
 }
 
 
