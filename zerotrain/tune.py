@@ -437,17 +437,21 @@ def _timed(metrics: Path, warmup_steps: int) -> float | None:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the run's process group (the one it was started in), SIGKILL after 10 s."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+    """Stop a measuring run as train --nproc expects (distributed.launch_local): a first SIGTERM lets the ranks
+    finish the step and exit, a second kills the launcher's process group and cleans up after it; SIGKILL to the
+    run's own process group (it was started in a session of its own) if it still has not ended."""
+    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGTERM, 10)):
         try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
+            proc.send_signal(sig)
             proc.wait(wait)
             return
         except subprocess.TimeoutExpired:
             continue
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def _last(tail: str) -> str:
@@ -467,7 +471,7 @@ class Search:
     give_up_slower_by: float  # the search ends when the next is predicted this much slower than the best measured
 
 
-def measurement_cost(c: Candidate, m: Measure, hw: Hardware, startup_s: float) -> float:
+def measurement_cost(c: Candidate, m: Measure, startup_s: float) -> float:
     """Seconds one measurement of `c` is expected to take: starting, then warm-up and timed steps."""
     return startup_s + m.max_steps * (c.predicted_s or 0.0)
 
@@ -498,7 +502,7 @@ def search(
         if not todo:
             break
         c = todo[0]
-        best = min((x for x in measured if x.status == "ok"), key=lambda x: x.step_time_s or 0.0, default=None)
+        best = min((x for x in measured if x.status.startswith("ok")), key=lambda x: x.step_time_s or 0.0, default=None)
         done = len([x for x in fitting if x.status != "not measured"])
         if s.max_measure is not None and done >= s.max_measure:
             ended = f"--max-measure {s.max_measure} reached"
@@ -509,7 +513,7 @@ def search(
                     f"the {len(todo)} left are predicted over {s.give_up_slower_by:.0%} slower than the best measured"
                 )
                 break
-        if deadline is not None and time.monotonic() + measurement_cost(c, m, hw, startup_s) > deadline and done:
+        if deadline is not None and time.monotonic() + measurement_cost(c, m, startup_s) > deadline and done:
             ended = f"the budget would not hold another measurement ({len(todo)} left)"
             break
         c.predicted_before_s = c.predicted_s
@@ -517,13 +521,18 @@ def search(
             f"[{done + 1}/{len(fitting)}] {c.label}: predicted {_ms(c.predicted_s)} ms/step"
             + (f", best so far {_ms(best.step_time_s)} ms ({best.label})" if best else "")
         )
-        measure(c, m, out / "runs" / c.name, None if s.exhaustive or not best else best.step_time_s, deadline)
-        if c.measured and c.status == "ok":
+        # the first measurement always runs to the end, so that a budget that held its estimate gives a winner
+        measure(
+            c,
+            m,
+            out / "runs" / c.name,
+            None if s.exhaustive or not best else best.step_time_s,
+            deadline if measured else None,
+        )
+        if c.measured:
             measured.append(c)
-            # what starting cost: the run's wall time less its steps
+        if c.measured and c.status.startswith("ok"):  # what starting cost: the run's wall time less its steps
             startup_s = max(1.0, c.wall_s - m.max_steps * c.step_time_s)
-        elif c.measured:
-            measured.append(c)
         off = "" if not c.measured else f", {100 * (c.predicted_before_s / c.step_time_s - 1):+.0f}% predicted"
         on_progress(
             f"  {c.status}"
@@ -667,9 +676,13 @@ def tune(a: TuneArgs, on_progress=print) -> dict:
         f"tune {model.name} ({model.n_params / 1e6:,.1f}M parameters) on {a.nproc} × {device}: global batch "
         f"{global_batch} × {run.seq_len} tokens, {run.dtype}; {len(cands)} candidates, {len(cands) - len(fitting)} "
         f"pruned by the planner"
-        + (f" (GPU {_gib(limits.gpu_bytes)} GiB" if limits.gpu_bytes else " (")
-        + (f", host {_gib(limits.host_bytes)} GiB" if limits.host_bytes else "")
-        + f", {a.headroom:.0%} headroom)"
+        + " ("
+        + ", ".join(
+            [f"GPU {_mem(limits.gpu_bytes)}"] * bool(limits.gpu_bytes)
+            + [f"host {_mem(limits.host_bytes)}"] * bool(limits.host_bytes)
+            + [f"{a.headroom:.0%} headroom"]
+        )
+        + ")"
     )
     for c in cands:
         if c.pruned:
@@ -682,7 +695,7 @@ def tune(a: TuneArgs, on_progress=print) -> dict:
     started = time.monotonic()
     cal, ended = search(fitting, model, run, hw, m, s, out, on_progress)
     elapsed = time.monotonic() - started
-    ok = [c for c in fitting if c.status == "ok"]
+    ok = [c for c in fitting if c.status.startswith("ok")]
     winner = min(ok, key=lambda c: c.step_time_s or math.inf, default=None)
     written = []
     if winner:
@@ -700,7 +713,7 @@ def tune(a: TuneArgs, on_progress=print) -> dict:
         "budget_s": None if a.exhaustive else 60 * a.budget_minutes,
         "elapsed_s": elapsed,
         "ended": ended,
-        "candidates": len(cands),
+        "n_candidates": len(cands),
         "pruned": len(cands) - len(fitting),
         "measured": len([c for c in fitting if c.status != "not measured"]),
         "limits": {"gpu_bytes": limits.gpu_bytes, "host_bytes": limits.host_bytes, "headroom": limits.headroom},
@@ -744,6 +757,8 @@ def write_winner(cfg, w: Candidate, a: TuneArgs, dtype: str, device_type: str, o
         return written
     config = dsconfig.build(cfg, dsconfig.Batch(w.micro_batch, w.grad_accum, a.nproc), dtype, device_type)
     if a.target == "hf-trainer":
+        if "bf16" not in config and "fp16" not in config:  # an fp32 run: the Trainer's own args decide
+            config["bf16"] = {"enabled": False}
         config = _hf_variant(config)
     (out / "ds_config.json").write_text(json.dumps(config, indent=2) + "\n")
     written.append("ds_config.json")
@@ -776,7 +791,7 @@ def _ms(x) -> str:
 def prediction_error(cands: list[Candidate]) -> dict:
     """How far off the predictions were: before each measurement (calibrated on the earlier ones only) and after
     calibrating on all of them, as |predicted/measured - 1|."""
-    full = [c for c in cands if c.measured and c.status == "ok"]
+    full = [c for c in cands if c.measured and c.status.startswith("ok")]
     before = [abs(c.predicted_before_s / c.step_time_s - 1) for c in full if c.predicted_before_s]
     after = [abs(c.predicted_s / c.step_time_s - 1) for c in full if c.predicted_s]
     stat = lambda xs: (
@@ -794,7 +809,7 @@ def write_reports(out: Path, summary: dict, cands: list[Candidate]) -> None:
         f"# zerotrain tune: {summary['model']} on {summary['nproc']} × {summary['device']}",
         "",
         f"global batch {summary['global_batch']} sequences of {summary['seq_len']} tokens, {summary['dtype']}; "
-        f"{summary['candidates']} candidates, {summary['pruned']} pruned by the planner, {summary['measured']} "
+        f"{summary['n_candidates']} candidates, {summary['pruned']} pruned by the planner, {summary['measured']} "
         f"measured in {summary['elapsed_s']:.0f} s; the search ended because {summary['ended']}.",
         "",
         f"winner: **{w['label']}**, {_ms(w['step_time_s'])} ms/step, {w['tokens_per_s']:,.0f} tokens/s"
@@ -836,7 +851,7 @@ def _plot(cands: list[Candidate], out: Path) -> None:
     if done:
         xs = [1000 * c.predicted_before_s for c in done]
         ys = [1000 * c.step_time_s for c in done]
-        left.scatter(xs, ys, c=["tab:blue" if c.status == "ok" else "tab:orange" for c in done])
+        left.scatter(xs, ys, c=["tab:blue" if c.status.startswith("ok") else "tab:orange" for c in done])
         for c, x, y in zip(done, xs, ys):
             left.annotate(c.name, (x, y), fontsize=6)
         lim = [0, 1.1 * max(xs + ys)]
