@@ -123,42 +123,28 @@ def limit_between(tiny_config, **kw) -> str:
 def test_tune_on_two_cpu_ranks_prunes_measures_and_its_choice_trains(tmp_path, tiny_config):
     limit = limit_between(tiny_config, nproc=2, micro_batches=[2, 4])
     out = tmp_path / "tune"
-    r = run_ok(
-        "tune",
-        tiny_config,
-        "--nproc",
-        "2",
-        "--micro-batch",
-        "2",
-        "4",
-        "--headroom",
-        "0",
-        "--gpu-memory",
-        limit,
-        "--steps",
-        "2",
-        "--warmup-steps",
-        "1",
-        "--max-measure",
-        "2",
-        "--for",
-        "hf-trainer",
-        "--out",
-        out,
-        timeout=900,
-    )
-    assert "[1/" in r.stdout and "predicted" in r.stdout and "winner" in r.stdout  # progress as it goes
+    args = ["tune", tiny_config, "--nproc", "2", "--micro-batch", "2", "4", "--headroom", "0", "--gpu-memory", limit]
+    args += ["--steps", "2", "--warmup-steps", "1", "--for", "hf-trainer", "--out", out]
+    first = run_ok(*args, "--max-measure", "1", timeout=900)
+    assert "[1/16]" in first.stdout and "--max-measure 1 reached" in first.stdout
+    measured_first = json.loads((out / "tune.json").read_text())
+    # an interrupted or cut-short tune continues where it stopped, its measurements and time kept
+    r = run_ok(*args, "--max-measure", "2", "--resume", timeout=900)
+    assert "resuming: 1 measured" in r.stdout and "[2/16]" in r.stdout and "[1/16]" not in r.stdout
+    assert "predicted" in r.stdout and "ms/step" in r.stdout and "winner" in r.stdout  # progress as it goes
     doc = json.loads((out / "tune.json").read_text())
     cands = {c["name"]: c for c in doc["candidates"]}
     assert doc["n_candidates"] == len(cands) == 32
     pruned = [c for c in cands.values() if c["status"] == "pruned"]
     assert 0 < len(pruned) < len(cands) and all(c["pruned"].startswith("GPU: needs") for c in pruned)
     measured = [c for c in cands.values() if c["step_time_s"] is not None]
-    assert 1 <= len(measured) <= 2 and all(c["predicted_before_measuring_s"] > 0 for c in measured)
+    assert len(measured) == 2 and all(c["predicted_before_measuring_s"] > 0 for c in measured)
     winner = cands[doc["winner"]["name"]]
     assert winner["status"] == "ok" and not winner["pruned"] and winner["peak_allocated"] > 0
     assert winner["step_time_s"] == min(c["step_time_s"] for c in measured if c["status"] == "ok")
-    assert doc["prediction_error"]["before_measuring"]["n"] >= 1
+    assert doc["prediction_error"]["before_measuring"]["n"] >= 1 and doc["elapsed_s"] > measured_first["elapsed_s"]
+    kept = measured_first["winner"]["name"]
+    assert cands[kept]["wall_s"] == next(c["wall_s"] for c in measured_first["candidates"] if c["name"] == kept)
     assert (out / "tune.png").read_bytes()[:8] == PNG_MAGIC
     assert f"winner: **{doc['winner']['label']}**" in (out / "tune.md").read_text()
     ds = json.loads((out / "ds_config.json").read_text())

@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
         "drops what the memory planner says does not fit, orders the rest by a predicted step time calibrated as "
         "measurements arrive, and measures the most promising with short `zerotrain train` runs (as bench does) "
         "within the budget. Writes the winner as DIR/tuned.toml (and --for's config), tune.md, tune.json and "
-        "tune.png. docs/tune.md explains the model.",
+        "tune.png. --section.key=value overrides apply to the config and to every measured run. docs/tune.md "
+        "explains the model.",
     )
     tu.add_argument("config", help="the run config (TOML) to tune: its model, data and settings")
     tu.add_argument("--nproc", type=int, default=1, help="ranks (GPUs, or CPU processes) (default 1)")
@@ -216,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--max-measure", type=int, help="measure at most this many candidates")
     tu.add_argument("--out", default="tune-results", help="output directory (default tune-results)")
     tu.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    tu.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted tune in --out (the same command): what it measured is kept, its time counted",
+    )
     tu.set_defaults(func=commands.cmd_tune)
 
     pl = verbs.add_parser(
@@ -410,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated")
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.verb != "train":
+    if extra and args.verb not in ("train", "tune"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args, extra)

@@ -522,7 +522,8 @@ def cmd_bench(args, _extra) -> int:
     return 0 if any(r.measured for r in results) else 1
 
 
-def cmd_tune(args, _extra) -> int:
+def cmd_tune(args, extra) -> int:
+    import signal
     from pathlib import Path
 
     from zerotrain.tune import TuneArgs, tune
@@ -543,7 +544,14 @@ def cmd_tune(args, _extra) -> int:
         exhaustive=args.exhaustive,
         max_measure=args.max_measure,
         overwrite=args.overwrite,
+        resume=args.resume,
+        overrides=_split_overrides(extra),
     )
+
+    def interrupted(_signum, _frame):  # SIGTERM (a `timeout`, a scheduler) ends tune as Ctrl-C does: its run stopped
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
     summary = tune(a, on_progress=lambda line: print(line, flush=True))
     out = args.out
     print((Path(out) / "tune.md").read_text())

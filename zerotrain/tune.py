@@ -372,12 +372,12 @@ def measure(c: Candidate, m: Measure, run_dir: Path, best_s: float | None, deadl
         c.zero_stage, c.micro_batch, c.offload_optimizer, c.offload_params, c.grad_accum_dtype(m.grad_accum_dtype)
     )
     overrides = [
+        *m.overrides,
         f"--train.grad_accum={c.grad_accum}",
         "--train.global_batch_size=0",
         f"--deepspeed.activation_checkpointing={str(c.activation_checkpointing).lower()}",
         f"--train.max_steps={m.max_steps}",
         "--train.profile_steps=0",
-        *m.overrides,
     ]
     cmd = train_command(bc, m.base_config, overrides, m.nproc, run_dir)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -389,17 +389,21 @@ def measure(c: Candidate, m: Measure, run_dir: Path, best_s: float | None, deadl
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-        while proc.poll() is None:
-            time.sleep(0.5)
-            if deadline is not None and time.monotonic() > deadline:
-                stopped = "stopped (budget)"
-            elif best_s is not None and metrics.exists():
-                s = _timed(metrics, m.warmup_steps)
-                if s is not None and s > best_s * (1 + m.stop_slower_by):
-                    stopped = "stopped early (slower)"
-            if stopped:
-                _stop(proc)
-                break
+        try:
+            while proc.poll() is None:
+                time.sleep(0.5)
+                if deadline is not None and time.monotonic() > deadline:
+                    stopped = "stopped (budget)"
+                elif best_s is not None and metrics.exists():
+                    s = _timed(metrics, m.warmup_steps)
+                    if s is not None and s > best_s * (1 + m.stop_slower_by):
+                        stopped = "stopped early (slower)"
+                if stopped:
+                    _stop(proc)
+                    break
+        except BaseException:  # tune itself interrupted (Ctrl-C, SIGTERM): its run, in a session of its own, too
+            _stop(proc)
+            raise
     c.wall_s = time.monotonic() - started
     text = log_path.read_text(errors="replace")
     if stopped:
@@ -469,6 +473,8 @@ class Search:
     max_measure: int | None
     min_measure: int  # measured before the predictions may end the search
     give_up_slower_by: float  # the search ends when the next is predicted this much slower than the best measured
+    signature: dict = field(default_factory=dict)  # what a --resume must match (TuneArgs.signature)
+    elapsed_before_s: float = 0.0  # spent by the calls this one resumes
 
 
 def measurement_cost(c: Candidate, m: Measure, startup_s: float) -> float:
@@ -492,10 +498,13 @@ def search(
     for c in fitting:
         c.terms = predict_terms(c, model, run, hw)
         c.predicted_s = cal.predict(c.terms)
-    start = time.monotonic()
+    measured = [c for c in fitting if c.measured]  # from an earlier call (--resume)
+    cal.fit(measured)
+    for c in fitting:
+        c.predicted_s = cal.predict(c.terms)
+    start = time.monotonic() - s.elapsed_before_s
     deadline = None if s.budget_s is None else start + s.budget_s
     startup_s = hw.startup_s
-    measured: list[Candidate] = []
     ended = "every fitting candidate was measured"
     while True:
         todo = sorted((c for c in fitting if c.status == "not measured"), key=lambda c: c.predicted_s or 0.0)
@@ -542,7 +551,40 @@ def search(
         cal.fit(measured)
         for x in fitting:
             x.predicted_s = cal.predict(x.terms)
+        save_state(out, s.signature, time.monotonic() - start, fitting)
     return cal, ended
+
+
+STATE = "tune-state.json"  # what --resume continues from: the grid's signature, the time spent, every measurement
+
+
+def save_state(out: Path, signature: dict, elapsed_s: float, cands: list[Candidate]) -> None:
+    rows = {c.name: c.row() for c in cands if c.status != "not measured"}
+    tmp = out / (STATE + ".tmp")
+    tmp.write_text(json.dumps({"signature": signature, "elapsed_s": elapsed_s, "measured": rows}, indent=1))
+    tmp.replace(out / STATE)
+
+
+def load_state(out: Path, signature: dict, fitting: list[Candidate]) -> float:
+    """Restore the measurements an earlier call made (the same grid, limits and steps); the seconds it spent."""
+    path = out / STATE
+    if not path.is_file():
+        raise UserError(f"--resume: {out} holds no {STATE}; start without --resume")
+    state = json.loads(path.read_text())
+    if state["signature"] != signature:
+        changed = sorted(k for k in signature if state["signature"].get(k) != signature[k])
+        raise UserError(
+            f"--resume: {out} was tuned with other settings ({', '.join(changed)} differ); use the same "
+            "command, or start afresh with --overwrite"
+        )
+    by_name = {c.name: c for c in fitting}
+    for name, row in state["measured"].items():
+        if (c := by_name.get(name)) is None:  # planned to fit then, not now: the planner changed
+            continue
+        c.status, c.step_time_s, c.tokens_per_s = row["status"], row["step_time_s"], row["tokens_per_s"]
+        c.peak_allocated, c.steps_timed, c.wall_s = row["peak_allocated"], row["steps_timed"], row["wall_s"]
+        c.predicted_before_s = row["predicted_before_measuring_s"]
+    return float(state["elapsed_s"])
 
 
 # ------------------------------------------------------------------------------------------------ the verb
@@ -569,6 +611,26 @@ class TuneArgs:
     min_measure: int = 3
     stop_slower_by: float = 0.10
     overwrite: bool = False
+    resume: bool = False
+    overrides: list[str] = field(default_factory=list)  # --section.key=value for the config and every run
+
+    def signature(self) -> dict:
+        """The settings a --resume must share with the call it continues (the budget and --max-measure may grow)."""
+        keys = ("config", "nproc", "global_batch", "gpu_memory", "host_memory", "headroom", "micro_batches")
+        keys += ("warmup_steps", "steps", "exhaustive", "overrides")
+        return {k: getattr(self, k) for k in keys}
+
+
+# the keys tune chooses: an override of one of them would be overridden in every measurement
+TUNED_KEYS = (
+    "deepspeed.zero_stage",
+    "deepspeed.offload_optimizer",
+    "deepspeed.offload_params",
+    "deepspeed.activation_checkpointing",
+    "train.micro_batch_size",
+    "train.grad_accum",
+    "train.global_batch_size",
+)
 
 
 def model_of(cfg) -> memory.ModelShape:
@@ -612,10 +674,20 @@ def setup(a: TuneArgs):
         raise UserError("--micro-batch values must be ≥ 1")
     if not Path(a.config).is_file():
         raise UserError(f"run config {a.config} not found")
+    for o in a.overrides:
+        key = o.removeprefix("--").split("=", 1)[0]
+        if key in TUNED_KEYS:
+            what = "--global-batch" if key == "train.global_batch_size" else "--micro-batch or --global-batch"
+            hint = what if key.startswith("train.") else "the grid"
+            raise UserError(f"--{key} is what tune chooses; drop it (set the search with {hint})")
     out = Path(a.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not a.overwrite:
-        raise UserError(f"{out} is not empty; pass --overwrite to replace its results or choose another --out")
-    cfg = load_run_config(a.config, [])
+    if a.resume and a.overwrite:
+        raise UserError("--resume continues the results in --out and --overwrite replaces them; pass one")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not (a.overwrite or a.resume):
+        raise UserError(
+            f"{out} is not empty; pass --resume to continue it, --overwrite to replace it, or choose another --out"
+        )
+    cfg = load_run_config(a.config, a.overrides)
     model = model_of(cfg)
     gpu_detected, device = planning.gpu_memory(None)
     on_gpu = gpu_detected is not None
@@ -667,6 +739,7 @@ def tune(a: TuneArgs, on_progress=print) -> dict:
     and the reports. Returns tune.json's summary."""
     cfg, model, run, cands, fitting, limits, hw, global_batch, device = setup(a)
     out = Path(a.out)
+    elapsed_before = load_state(out, a.signature(), fitting) if a.resume else 0.0
     if out.exists() and a.overwrite:
         import shutil
 
@@ -687,14 +760,23 @@ def tune(a: TuneArgs, on_progress=print) -> dict:
     for c in cands:
         if c.pruned:
             on_progress(f"  pruned {c.label}: {c.pruned}")
-    overrides = [f"--run.host_memory={a.host_memory}"] if a.host_memory else []
+    overrides = [*a.overrides, *([f"--run.host_memory={a.host_memory}"] if a.host_memory else [])]
+    if elapsed_before:
+        done = [c for c in fitting if c.status != "not measured"]
+        on_progress(f"resuming: {len(done)} measured in {elapsed_before:.0f} s by the earlier call(s)")
     m = Measure(a.config, a.nproc, a.warmup_steps, a.steps, overrides, run.grad_accum_dtype, a.stop_slower_by)
     s = Search(
-        None if a.exhaustive else 60 * a.budget_minutes, a.exhaustive, a.max_measure, a.min_measure, a.stop_slower_by
+        None if a.exhaustive else 60 * a.budget_minutes,
+        a.exhaustive,
+        a.max_measure,
+        a.min_measure,
+        a.stop_slower_by,
+        a.signature(),
+        elapsed_before,
     )
     started = time.monotonic()
     cal, ended = search(fitting, model, run, hw, m, s, out, on_progress)
-    elapsed = time.monotonic() - started
+    elapsed = elapsed_before + time.monotonic() - started
     ok = [c for c in fitting if c.status.startswith("ok")]
     winner = min(ok, key=lambda c: c.step_time_s or math.inf, default=None)
     written = []
