@@ -751,8 +751,8 @@ def tune(a: TuneArgs, on_progress=print) -> dict:
         f"pruned by the planner"
         + " ("
         + ", ".join(
-            [f"GPU {_mem(limits.gpu_bytes)}"] * bool(limits.gpu_bytes)
-            + [f"host {_mem(limits.host_bytes)}"] * bool(limits.host_bytes)
+            ([f"GPU {_mem(limits.gpu_bytes)}"] if limits.gpu_bytes else [])
+            + ([f"host {_mem(limits.host_bytes)}"] if limits.host_bytes else [])
             + [f"{a.headroom:.0%} headroom"]
         )
         + ")"
