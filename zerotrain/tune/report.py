@@ -18,9 +18,9 @@ def ms_text(x) -> str:
 
 
 def prediction_error(cands: list[Candidate]) -> dict:
-    """How far off the predictions were: before each measurement (calibrated on the earlier ones only) and after
-    calibrating on all of them, as |predicted/measured - 1|."""
-    full = [c for c in cands if c.measured and c.status.startswith("ok")]
+    """How far off the predictions were for the candidates measured: before each measurement (calibrated on the
+    earlier ones only) and after calibrating on all of them, as |predicted/measured - 1|."""
+    full = [c for c in cands if c.measured]  # stopped early too: a median over two steps or more
     before = [abs(c.predicted_before_s / c.step_time_s - 1) for c in full if c.predicted_before_s]
     after = [abs(c.predicted_s / c.step_time_s - 1) for c in full if c.predicted_s]
     stat = lambda xs: (

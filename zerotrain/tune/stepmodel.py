@@ -51,7 +51,7 @@ def default_hardware(on_gpu: bool, device_name: str | None = None) -> Hardware:
         pcie_bandwidth=0.0,
         cpu_adam_params_per_s=0.5e9,
         memory_bandwidth=20e9,
-        micro_step_s=0.004,
+        micro_step_s=0.02,  # DeepSpeed's per-step Python and gloo latency dominate a small model's CPU step
         zero3_hook_s=0.0005,
         startup_s=20.0,
     )
