@@ -2,6 +2,7 @@
 written, and a real 2-rank CPU tune whose chosen configuration trains."""
 
 import json
+import re
 import time
 from dataclasses import replace
 
@@ -13,15 +14,18 @@ from zerotrain.tune import (
     TERMS,
     Calibration,
     Candidate,
+    Limits,
     Measure,
     TuneArgs,
     default_hardware,
     enumerate_candidates,
     measure,
     predict_terms,
+    prune,
     setup,
     split_batch,
 )
+from zerotrain.tune.grid import what_would_fit
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -61,6 +65,19 @@ def test_the_step_time_model_ranks_stages_checkpointing_and_offload():
     )
     # the same tokens per step in fewer, larger micro-steps cost less fixed overhead
     assert t(2, mb=8, accum=1)["overhead"] < t(2, mb=1, accum=8)["overhead"]
+
+
+def test_a_model_that_fits_nowhere_is_told_what_would():
+    model = memory.resolve_model("llama3-8b")
+    run = memory.RunShape(gpus_per_node=1, seq_len=2048, dtype="bf16")
+    cands = enumerate_candidates(8, 1, [2, 4])
+    limits = Limits(40 * 2**30, 64 * 2**30, 0.1, 1, True)  # one 40 GiB GPU, 64 GiB of host RAM
+    prune(cands, model, run, limits)
+    assert all(c.pruned for c in cands)
+    ideas = what_would_fit(model, run, limits, cands).split("; ")
+    # more GPUs (the fewest on which a configuration of the grid fits), NVMe, or the memory the smallest needs
+    assert re.fullmatch(r"(2|4|8|16) GPUs \(ZeRO-\d.*, mb \d\)", ideas[0]) and ideas[1].startswith("NVMe offload")
+    assert ideas[-1].startswith("a GPU of") and "GiB of host RAM per node" in ideas[-1]
 
 
 def test_calibration_recovers_the_scale_of_each_term():

@@ -181,12 +181,13 @@ def what_would_fit(model: memory.ModelShape, run: memory.RunShape, limits: Limit
     smallest = min(cands, key=lambda c: c.plan["gpu_needed"] + c.plan["host_needed"])
     base = smallest.run_shape(run)
     ideas = []
-    for world in (2, 4, 8, 16, 32, 64):
-        if world > run.world:
-            r = replace(base, gpus_per_node=min(world, 8), nodes=max(1, world // 8))
-            if fits(r, replace(limits, ranks_per_node=r.gpus_per_node)):
-                ideas.append(f"{world} GPUs ({smallest.label})")
-                break
+    # the fewest GPUs (8 per node) on which some configuration of the grid fits, the least sharded first
+    more = ((w, c) for w in (2, 4, 8, 16, 32, 64) if w > run.world for c in cands)
+    for world, c in more:
+        r = replace(c.run_shape(run), gpus_per_node=min(world, 8), nodes=max(1, world // 8))
+        if fits(r, replace(limits, ranks_per_node=r.gpus_per_node)):
+            ideas.append(f"{world} GPUs ({c.label.rsplit(' × ', 1)[0]})")
+            break
     nvme = replace(base, zero_stage=3, offload_optimizer="nvme", offload_params="nvme", activation_checkpointing=True)
     if fits(nvme, limits):
         ideas.append('NVMe offload (deepspeed.offload_optimizer = offload_params = "nvme", zero_stage = 3)')
