@@ -158,6 +158,30 @@ def newest(ckpt_dir: Path) -> str | None:
     return tags[-1] if tags else None
 
 
+def last_finite(ckpt_dir: Path) -> str | None:
+    """The newest complete checkpoint whose weights were checked finite before it was published (the manifest says
+    so); None when there is none."""
+    for tag in reversed(step_tags(ckpt_dir)):
+        try:
+            if json.loads((ckpt_dir / tag / MANIFEST).read_text()).get("weights_finite"):
+                return tag
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def check_finite(state: dict, where: Path | str) -> None:
+    """Refuse weights holding inf or NaN (a checkpoint of a run that diverged): nothing sensible can be made of them."""
+    import torch
+
+    bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise UserError(
+            f"{where} holds non-finite weights ({len(bad)} of {len(state)} tensors, e.g. {bad[0]}): it was saved after "
+            f"training diverged; use an earlier checkpoint, or retrain with a lower train.lr"
+        )
+
+
 def prune(ckpt_dir: Path, keep_last: int) -> None:
     """Delete step checkpoints beyond the newest keep_last, never one that latest/best/final names."""
     protected = {read_pointer(ckpt_dir, name) for name in ("latest", *POINTERS)}

@@ -79,6 +79,7 @@ def export(
     cfg = GPTConfig(**manifest["model"])
 
     state = checkpoint.load_fp32_state_dict(ckpt_dir, tag)
+    checkpoint.check_finite(state, ckpt_dir / tag)
     state = {k: v.to(torch_dtype).float() for k, v in state.items()}  # the reference sees the saved precision
     reference = GPT(cfg)
     try:
@@ -146,6 +147,7 @@ def _export_hf(
     hf_cfg = dict(manifest["hf_config"])
     config = AutoConfig.for_model(hf_cfg.pop("model_type"), **hf_cfg)
     state = checkpoint.load_fp32_state_dict(ckpt_dir, tag)
+    checkpoint.check_finite(state, ckpt_dir / tag)
     state = {
         k.removeprefix("inner."): v.to(torch_dtype).float() for k, v in state.items()
     }  # the reference sees the saved precision

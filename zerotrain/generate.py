@@ -48,6 +48,7 @@ def load_model(path: str | Path):
         state = {k: v.float() for k, v in load_file(str(path / "model.safetensors")).items()}
         if not any(k.startswith("transformer.") for k in state):  # older transformers saved without the prefix
             state = {f"transformer.{k}": v for k, v in state.items()}
+        checkpoint.check_finite(state, path)
         state = from_hf_state_dict(state, cfg)
         tokenizer, what = load_tokenizer(path), f"export {path}"
     else:
@@ -59,6 +60,7 @@ def load_model(path: str | Path):
             )
         cfg = GPTConfig(**checkpoint.read_manifest(ckpt_dir, tag)["model"])
         state = checkpoint.load_fp32_state_dict(ckpt_dir, tag)
+        checkpoint.check_finite(state, ckpt_dir / tag)
         tokenizer_dir = ckpt_dir.parent / "tokenizer"
         if not tokenizer_dir.is_dir():
             raise UserError(
