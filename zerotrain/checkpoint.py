@@ -111,9 +111,13 @@ def save(engine, ckpt_dir: Path, state, manifest: dict, d, keep_last: int, point
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(ckpt_dir / tmp_tag, ignore_errors=True)
     barrier(d)
-    engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
-    _fault_point("save", step, d.rank)
-    _fsync_tree(ckpt_dir / tmp_tag)  # durable before `latest` can name it, also across a power cut
+    try:
+        engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
+        _fault_point("save", step, d.rank)
+        _fsync_tree(ckpt_dir / tmp_tag)  # durable before `latest` can name it, also across a power cut
+    except (OSError, RuntimeError) as e:  # torch's writer reports a full disk as a RuntimeError
+        shutil.rmtree(ckpt_dir / tmp_tag, ignore_errors=True)
+        raise save_failed(ckpt_dir, tag, e) from e
     barrier(d)  # every rank's shard is on disk before anything is published
     if d.is_main:
         tmp = ckpt_dir / tmp_tag
@@ -137,6 +141,25 @@ def save(engine, ckpt_dir: Path, state, manifest: dict, d, keep_last: int, point
         prune(ckpt_dir, keep_last)
     barrier(d)
     return tag
+
+
+def save_failed(ckpt_dir: Path, tag: str, e: BaseException) -> UserError:
+    """The line for a checkpoint that could not be written: a full disk says so, with what is left."""
+    import errno
+
+    latest = read_pointer(ckpt_dir, "latest")
+    kept = f"the last published checkpoint ({ckpt_dir / latest}) is intact" if latest else "no checkpoint was published"
+    try:
+        free = shutil.disk_usage(ckpt_dir).free
+    except OSError:
+        free = None
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if getattr(e, "errno", None) == errno.ENOSPC or (free is not None and free < 64 * 2**20):
+        return UserError(
+            f"no space left on the device writing checkpoint {tag} to {ckpt_dir} ({free // 2**20 if free is not None else '?'} MiB "
+            f"free); {kept}; free space there (train.keep_last keeps fewer) or choose another run.out_dir"
+        )
+    return UserError(f"writing checkpoint {tag} to {ckpt_dir} failed ({first}); {kept}")
 
 
 def step_tags(ckpt_dir: Path) -> list[str]:
@@ -228,7 +251,15 @@ def resolve(path: str | Path) -> tuple[Path, str]:
 
 
 def read_manifest(ckpt_dir: Path, tag: str) -> dict:
-    manifest = json.loads((ckpt_dir / tag / MANIFEST).read_text())
+    path = ckpt_dir / tag / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"{path} cannot be read ({e}); the checkpoint is damaged: use another checkpoint of the run"
+        ) from None
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise UserError(
             f"{ckpt_dir / tag} was written by an incompatible zerotrain (format {manifest.get('version')}); re-export it with that version"
@@ -356,10 +387,18 @@ def load_fp32_state_dict(ckpt_dir: Path, tag: str) -> dict:
     consolidates (BF16_Optimizer's shards too, above). At stage 0 the model states file holds the full weights: in fp32 runs they are the
     masters; in bf16/fp16 runs they are 16-bit copies and the masters are the optimizer's fp32_groups,
     matched to names through the parameter groups recorded in the manifest."""
+    import zipfile
+
     import torch
 
     manifest = read_manifest(ckpt_dir, tag)
     folder = ckpt_dir / tag
+    check_complete(ckpt_dir, tag, manifest)
+    for f in folder.glob("*.pt"):  # torch.save writes zip archives: a cut one lacks its central directory
+        if not zipfile.is_zipfile(f):
+            raise UserError(
+                f"{f} is damaged (truncated or overwritten); copy the checkpoint again, or use another checkpoint"
+            )
     # DeepSpeed prefixes every bf16 run's shard files with "bf16_", whichever optimizer wrote them; BF16_Optimizer
     # (ZeRO-1 with fp32 gradient sums) is told by the manifest.
     bf16_optimizer = (manifest.get("zero_stage"), manifest.get("dtype"), manifest.get("grad_accum_dtype")) == (

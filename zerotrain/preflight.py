@@ -127,6 +127,8 @@ def _check_run_dir(cfg: runconfig.RunConfig, run_dir: Path, overwrite: bool, res
     """An out_dir holding a run is only ever continued by that same run; nothing in it is replaced unless
     --overwrite says so, and --overwrite may not delete the checkpoint this run starts from. Nor may out_dir be, hold
     or lie inside an input of the run."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run.out_dir {run_dir} is a file; give a directory (new, or one holding this run)")
     if overwrite:
         for key, source in (("run.resume", resume_from), ("run.init_from", init_from)):
             if source and _inside(source[0], run_dir):

@@ -299,7 +299,7 @@ def load_run_config(path: str | Path | None = None, overrides: Sequence[str] = (
             )
         try:
             doc = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"{path}: not valid TOML ({e}); fix the file") from None
         for section, table in doc.items():
             if not isinstance(table, dict):

@@ -31,12 +31,13 @@ STALL_EXIT = 3  # the exit code of a rank the watchdog stopped
 
 
 def _process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks (/proc/PID/stat field 22): with the pid, it names one process."""
+    """The process's start time in clock ticks (/proc/PID/stat field 22): with the pid, it names one process. None
+    when it is gone, or dead and not yet reaped (a zombie keeps its /proc entry until its parent waits for it)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def exit_with_launcher(poll_s: float = 0.5) -> None:
