@@ -74,11 +74,13 @@ def init(timeout_minutes: float = 30) -> Dist:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", world)))
-    deepspeed.init_distributed(verbose=False, timeout=timedelta(minutes=timeout_minutes))
+    timeout = timedelta(minutes=timeout_minutes)
+    deepspeed.init_distributed(verbose=False, timeout=timeout)
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
-        control = dist.new_group(backend="gloo")  # host flags without a device sync
+        # host flags without a device sync; a new group takes the backend's default timeout unless told
+        control = dist.new_group(backend="gloo", timeout=timeout)
     else:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
         device = torch.device("cpu")
