@@ -37,10 +37,11 @@ def test_a_rank_whose_heartbeat_stops_is_named_with_what_it_last_did(tmp_path):
 
 def test_ranks_that_beat_but_make_no_progress_are_all_named(tmp_path):
     w = _watchdog(tmp_path)
-    for beat in range(3):
+    for beat in range(4):
         for rank in (0, 1):
             _beat(tmp_path, rank, beat, 7, doing=f"step 9: {'forward' if rank else 'backward'}")
-        line = w._check(beat * 3.0)
+        line = w._check(beat * 2.6)
+        assert (line is None) == (beat * 2.6 <= 7.5)  # a stuck rank waits 1.5 timeouts, a silent one 1
     assert line.startswith("no progress for 5 s (run.stall_timeout) on rank 0, 1")
     assert "last: step 9: backward" in line and "last: step 9: forward" in line
 
@@ -80,3 +81,10 @@ def test_the_process_group_waits_a_minute_longer_than_the_watchdog():
     assert process_group_timeout_minutes(600) == 11
     assert process_group_timeout_minutes(10) == 70 / 60
     assert process_group_timeout_minutes(0) == 30  # the watchdog off: torch's default
+
+
+def test_in_a_large_world_a_rank_reads_its_neighbour_and_rank_0_only(tmp_path):
+    assert list(watchdog.Watchdog(tmp_path, 5, 8, 0, report=None).watched) == list(range(8))
+    assert watchdog.Watchdog(tmp_path, 5, 100, 0, report=None).watched == [0, 5, 6]
+    assert watchdog.Watchdog(tmp_path, 99, 100, 0, report=None).watched == [0, 99]
+    assert list(watchdog.Watchdog(tmp_path, 0, 100, 0, report=None).watched) == list(range(100))

@@ -284,7 +284,11 @@ def _ranks_error(folder: Path, code: int, log_dir: Path | None) -> str:
     first = records[0]
     line = first["line"]
     if first["echo"]:
-        line = f"a rank ended without reporting an error (killed?), and rank {first['rank']} lost it: {line}"
+        line = (
+            f"a rank ended without reporting an error (killed by the out-of-memory killer or kill -9? see `dmesg`), "
+            f"and rank {first['rank']} lost its connection to it ({line[:160]}); the last published checkpoint is "
+            f"intact: continue with --run.resume=auto"
+        )
     elif first["traceback"] or len({r["line"] for r in records}) > 1:
         line = f"rank {first['rank']}: {line}"
     return line + (f" (rank tracebacks in {log})" if log else "")

@@ -10,7 +10,9 @@ did goes to the launcher (distributed.report_to_launcher) and the process exits,
 as it was (publishing is atomic: checkpoint.py). A silent rank on this host is killed, as a SIGSTOPped process cannot
 act on a SIGTERM. Files rather than the rendezvous store: the store is served from rank 0's process, and a stopped
 rank 0 would take it down too. Staleness is judged on the reader's own monotonic clock (when did the counter last
-change), so the hosts' clocks need not agree.
+change), so the hosts' clocks need not agree. In a large world a rank reads only its own, rank 0's and the next
+rank's files (rank 0 reads all), so the shared filesystem sees a few reads per rank and interval; a rank that is only
+stuck itself waits half a timeout longer before it acts, so the rank that watches a silent one speaks first.
 
 `exit_with_launcher`: ranks of `zerotrain train --nproc` die when the zerotrain process that launched them does, even
 by SIGKILL (which no handler sees): a parent-death signal for the rank's direct parent, and a thread that watches the
@@ -28,6 +30,7 @@ from pathlib import Path
 
 PARENT_PID = "ZEROTRAIN_PARENT_PID"  # set by distributed.launch_local for its ranks: the pid to die with
 STALL_EXIT = 3  # the exit code of a rank the watchdog stopped
+WATCH_ALL = 32  # up to this many ranks, every rank reads every heartbeat
 
 
 def _process_start(pid: int) -> str | None:
@@ -77,6 +80,8 @@ class Watchdog:
         self.interval = max(0.2, min(5.0, timeout_s / 10))
         self._stop = threading.Event()
         self._seen: dict[int, tuple] = {}  # rank -> (beat, progress, beat changed at, progress changed at, record)
+        everyone = rank == 0 or world <= WATCH_ALL
+        self.watched = range(world) if everyone else sorted({0, rank, (rank + 1) % world})
         self._thread = None
         if timeout_s > 0:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -128,7 +133,7 @@ class Watchdog:
 
     def _check(self, now: float) -> str | None:
         """The line to stop with, or None while every rank beats and progresses."""
-        for r in range(self.world):
+        for r in self.watched:
             try:
                 record = json.loads((self.dir / f"rank_{r}.json").read_text())
             except (OSError, ValueError):
@@ -146,7 +151,7 @@ class Watchdog:
                 record or old_record,
             )
         silent = [r for r, seen in self._seen.items() if now - seen[2] > self.timeout]
-        stuck = [r for r, seen in self._seen.items() if now - seen[3] > self.timeout]
+        stuck = [r for r, seen in self._seen.items() if now - seen[3] > self.timeout * 1.5]
         if not (silent or stuck):
             return None
 
@@ -182,7 +187,7 @@ class Watchdog:
                 except OSError:
                     pass
         try:
-            self.report(line, self.rank == min(set(range(self.world)) - silent, default=self.rank))
+            self.report(line, self.rank == min(set(self.watched) - silent, default=self.rank))
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
