@@ -331,6 +331,7 @@ def test_bad_input_is_one_error_line(case, ws, tmp_path, capsys, monkeypatch):
     code = cli.main(argv)
     out, err = capsys.readouterr()
     errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "RANK" not in os.environ, "the case got as far as a process group: refuse it in preflight"
     assert code == EXIT_USER_ERROR, (code, out, err)
     assert len(errors) == 1 and "Traceback" not in out + err, err
     assert needle in errors[0], errors[0]
@@ -508,3 +509,45 @@ def test_weights_that_are_not_finite_are_never_published(tmp_path, char_data):
     assert str(ckpts / "step_2") in line
     assert (ckpts / "latest").read_text() == "step_2" and not (ckpts / "step_3").exists()
     run_ok("train", cfg, f"--run.resume={ckpts / 'step_2'}", "--train.max_steps=3")  # the advice works
+
+
+DISK_CASES = [
+    # (id, argv for a disk of 64 KiB at `disk`, read-only or not, exit code, the words of the error line)
+    ("export-onto-a-full-disk", lambda ws, disk: ["export", ws.run, "--out", disk / "hf"], False, 2, "free space"),
+    (
+        "convert-fp32-onto-a-full-disk",
+        lambda ws, disk: ["checkpoint", "convert", ws.run, "--to", "fp32", "--out", disk / "w.safetensors"],
+        False,
+        2,
+        "free space",
+    ),
+    (
+        "train-into-a-read-only-disk",
+        lambda ws, disk: _train(ws, "--nproc", "2", out_dir=disk / "run"),
+        True,
+        1,
+        "Read-only",
+    ),
+    ("prepare-onto-a-read-only-disk", lambda ws, disk: _prepare(ws, "--out", disk / "d"), True, 1, "Read-only"),
+]
+
+
+@pytest.mark.parametrize("case", DISK_CASES, ids=[c[0] for c in DISK_CASES])
+def test_a_full_or_read_only_disk_is_one_line_and_leaves_nothing_behind(case, ws, tmp_path, tmpfs, capsys):
+    from zerotrain import cli
+
+    name, setup, read_only, exit_code, needle = case
+    ws.tmp = tmp_path
+    disk = tmpfs(64 * 2**10)
+    if read_only:
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    published = {p: tree_digest(p) for p in (ws.run, ws.data)}
+    argv = [str(a) for a in setup(ws, disk)]
+    capsys.readouterr()
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == exit_code and len(errors) == 1 and "Traceback" not in out + err, (code, err)
+    assert needle in errors[0], errors[0]
+    assert list(disk.iterdir()) == []  # no temporary file or folder left on the disk
+    assert {p: tree_digest(p) for p in published} == published

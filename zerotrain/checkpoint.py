@@ -344,12 +344,17 @@ def save_fp32(path: str | Path, out: str | Path, overwrite: bool = False) -> dic
         seen.add(id(t))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    save_file(
-        tensors,
-        str(tmp),
-        metadata={"format": "zerotrain-fp32", "checkpoint": str(ckpt_dir / tag), "step": str(manifest["step"])},
-    )
-    os.replace(tmp, out)
+    try:
+        save_file(
+            tensors,
+            str(tmp),
+            metadata={"format": "zerotrain-fp32", "checkpoint": str(ckpt_dir / tag), "step": str(manifest["step"])},
+        )
+        os.replace(tmp, out)
+    except Exception as e:  # safetensors reports a full disk as its own SafetensorError
+        tmp.unlink(missing_ok=True)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"writing {out} failed: {first}; free space there or choose another --out") from None
     return {
         "checkpoint": str(ckpt_dir / tag),
         "step": manifest["step"],

@@ -56,8 +56,33 @@ def export(
     path: str | Path, out: str | Path, dtype: str = "fp32", overwrite: bool = False, config: str | Path | None = None
 ) -> dict:
     """Write the export to `out`; returns a report with the logits difference. Nothing is written to
-    `out` unless the check passes. `config`: the Hugging Face model directory of a checkpoint written by another
-    tool (see the module docstring)."""
+    `out` unless the check passes, and a failed export leaves no temporary folder behind. `config`: the Hugging Face
+    model directory of a checkpoint written by another tool (see the module docstring)."""
+    tmp = Path(out).with_name(f".{Path(out).name}.tmp")
+    try:
+        return _export(path, out, dtype, overwrite, config)
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, UserError) or not write_failed(e):
+            raise
+        raise UserError(
+            f"writing the export to {out} failed: {_first_line(e)}; free space there or choose another --out"
+        ) from None
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def write_failed(e: BaseException) -> bool:
+    """A failed write: an OSError, or safetensors' and torch's own errors for one (a full disk, mostly)."""
+    text = str(e)
+    return isinstance(e, OSError) or any(
+        s in text for s in ("No space left", "StorageFull", "iostream error", "file write failed", "IoError")
+    )
+
+
+def _export(path, out, dtype: str, overwrite: bool, config) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, GPT2LMHeadModel
 

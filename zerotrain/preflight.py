@@ -259,6 +259,7 @@ def preflight(cfg: runconfig.RunConfig, world: int, overwrite: bool = False) -> 
         resume_from = checkpoint.resolve(cfg.run.resume)
     if cfg.run.init_from:
         init_from = checkpoint.resolve(cfg.run.init_from)
+        checkpoint.check_complete(*init_from, checkpoint.read_manifest(*init_from))  # before any rank loads it
     _check_run_dir(cfg, run_dir, overwrite, resume_from, init_from)
 
     source = resume_from or init_from
