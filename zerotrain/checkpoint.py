@@ -116,6 +116,8 @@ def save(engine, ckpt_dir: Path, state, manifest: dict, d, keep_last: int, point
         _fault_point("save", step, d.rank)
         _fsync_tree(ckpt_dir / tmp_tag)  # durable before `latest` can name it, also across a power cut
     except (OSError, RuntimeError) as e:  # torch's writer reports a full disk as a RuntimeError
+        if not _write_error(e):
+            raise  # a collective that lost a peer: the partial folder stays for the next save to clear
         shutil.rmtree(ckpt_dir / tmp_tag, ignore_errors=True)
         raise save_failed(ckpt_dir, tag, e) from e
     barrier(d)  # every rank's shard is on disk before anything is published
@@ -141,6 +143,19 @@ def save(engine, ckpt_dir: Path, state, manifest: dict, d, keep_last: int, point
         prune(ckpt_dir, keep_last)
     barrier(d)
     return tag
+
+
+def _write_error(e: BaseException | None) -> bool:
+    """Whether e (or an exception it was raised from) is a failed write: torch's zip writer reports one as a
+    RuntimeError ("iostream error", "unexpected pos"), DeepSpeed as an OSError."""
+    while e is not None:
+        text = str(e)
+        if isinstance(e, OSError) or any(
+            s in text for s in ("iostream error", "file write failed", "PytorchStreamWriter", "unexpected pos")
+        ):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def save_failed(ckpt_dir: Path, tag: str, e: BaseException) -> UserError:

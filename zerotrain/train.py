@@ -180,8 +180,8 @@ def _local_weights(engine) -> list:
         "fp32_groups_flat",  # FP16_Optimizer (stage 0)
     ):
         groups = getattr(optimizer, name, None)
-        if groups and all(hasattr(g, "isfinite") for g in groups):
-            return [g for g in groups if g.numel()]
+        if groups and all(hasattr(g, "isfinite") for g in groups) and any(g.numel() for g in groups):
+            return [g for g in groups if g.numel()]  # (NVMe offload swaps them out, leaving empty ones: below)
     return [getattr(p, "ds_tensor", p) for p in engine.module.parameters()]
 
 
