@@ -70,10 +70,10 @@ def test_the_thread_beats_at_once_and_close_removes_its_file(tmp_path):
 
 def test_a_dead_launcher_not_yet_reaped_counts_as_gone():
     child = subprocess.Popen(["sleep", "30"])
-    assert watchdog._process_start(child.pid) is not None
+    assert watchdog.process_start(child.pid) is not None
     child.kill()
     time.sleep(0.3)  # dead, and a zombie until waited for
-    assert watchdog._process_start(child.pid) is None
+    assert watchdog.process_start(child.pid) is None
     child.wait()
 
 

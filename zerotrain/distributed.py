@@ -319,7 +319,7 @@ def launch_local(nproc: int, zerotrain_args: list[str], log_dir: Path | None = N
         **os.environ,
         ERRORS_DIR: str(errors),
         watchdog.PARENT_PID: str(me),
-        watchdog.PARENT_PID + "_START": watchdog._process_start(me) or "",
+        watchdog.PARENT_PID + "_START": watchdog.process_start(me) or "",
     }
     try:
         runner = subprocess.Popen(cmd, start_new_session=True, env=env, preexec_fn=_die_with_parent(me))

@@ -33,7 +33,7 @@ STALL_EXIT = 3  # the exit code of a rank the watchdog stopped
 WATCH_ALL = 32  # up to this many ranks, every rank reads every heartbeat
 
 
-def _process_start(pid: int) -> str | None:
+def process_start(pid: int) -> str | None:
     """The process's start time in clock ticks (/proc/PID/stat field 22): with the pid, it names one process. None
     when it is gone, or dead and not yet reaped (a zombie keeps its /proc entry until its parent waits for it)."""
     try:
@@ -56,14 +56,14 @@ def exit_with_launcher(poll_s: float = 0.5) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         pass
-    started = os.environ.get(PARENT_PID + "_START") or _process_start(pid)
+    started = os.environ.get(PARENT_PID + "_START") or process_start(pid)
 
     def watch():
-        while _process_start(pid) == started:
+        while process_start(pid) == started:
             time.sleep(poll_s)
         os.kill(os.getpid(), signal.SIGKILL)  # nothing of this rank is worth finishing without its launcher
 
-    if _process_start(pid) != started or started is None:
+    if process_start(pid) != started or started is None:
         os.kill(os.getpid(), signal.SIGKILL)
     threading.Thread(target=watch, name="zerotrain-launcher-watch", daemon=True).start()
 
