@@ -55,15 +55,17 @@ def test_a_rank_that_never_wrote_a_heartbeat_is_silent(tmp_path):
 
 
 def test_the_thread_beats_at_once_and_close_removes_its_file(tmp_path):
-    w = watchdog.Watchdog(tmp_path, 0, 1, 100, report=None)
+    w = watchdog.Watchdog(tmp_path, 0, 1, 1000, report=None)  # beats at once, then every 5 s
+    heartbeat = tmp_path / ".heartbeat" / "rank_0.json"
+    deadline = time.monotonic() + 2
+    while not heartbeat.exists():
+        assert time.monotonic() < deadline, "no heartbeat within 2 s of the start"
+        time.sleep(0.02)
+    record = json.loads(heartbeat.read_text())
+    assert record["beat"] == 1 and record["doing"] == "step 0: starting the loop"
     w.step = 4
     w.progress("forward")
-    deadline = time.monotonic() + 5
-    while not (tmp_path / ".heartbeat" / "rank_0.json").exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    record = json.loads((tmp_path / ".heartbeat" / "rank_0.json").read_text())
-    assert record["beat"] == 1 and record["progress"] == 1 and record["doing"] == "step 4: forward"
+    assert (w.progressed, w.doing) == (1, "forward")
     w.close()
     assert not (tmp_path / ".heartbeat").exists()
 
