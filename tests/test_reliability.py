@@ -452,7 +452,9 @@ def test_ranks_die_with_their_launcher(tmp_path, char_data):
     try:
         _wait_for_steps(tmp_path / "run", 3, proc)
         tree = psutil.Process(proc.pid).children(recursive=True)  # DeepSpeed's runner, its launch.py, the ranks
-        assert len(_ranks(proc)) == 2
+        ranks = _ranks(proc)
+        assert len(ranks) == 2
+        errors_dir = Path(ranks[0].environ()["ZEROTRAIN_ERRORS_DIR"])
         proc.kill()  # SIGKILL: no handler of the launcher runs
         killed = time.monotonic()  # left unreaped a while (a zombie, as under a busy parent), then reaped
         time.sleep(1)
@@ -461,6 +463,7 @@ def test_ranks_die_with_their_launcher(tmp_path, char_data):
             time.sleep(0.1)
         assert not _alive(tree), f"{len(_alive(tree))} processes outlived their launcher by 10 s"
         assert time.monotonic() - killed < 5
+        assert not errors_dir.exists()  # the launcher's temporary folder went with the ranks
     finally:
         for pid in _alive(tree):
             os.kill(pid, signal.SIGKILL)

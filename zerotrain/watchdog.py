@@ -61,6 +61,11 @@ def exit_with_launcher(poll_s: float = 0.5) -> None:
     def watch():
         while process_start(pid) == started:
             time.sleep(poll_s)
+        import shutil
+
+        from zerotrain.distributed import ERRORS_DIR
+
+        shutil.rmtree(os.environ.get(ERRORS_DIR, ""), ignore_errors=True)  # the launcher's, which it cannot remove now
         os.kill(os.getpid(), signal.SIGKILL)  # nothing of this rank is worth finishing without its launcher
 
     if process_start(pid) != started or started is None:
