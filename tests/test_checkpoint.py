@@ -83,3 +83,21 @@ def test_info_and_convert_refuse_bad_input(straight_runs, tmp_path):
         "--overwrite",
     )
     assert [p.name for p in occupied.iterdir()] == ["mine.txt"]
+
+
+def test_last_finite_is_the_newest_checkpoint_checked_finite(tmp_path):
+    for step, finite in ((2, True), (4, True), (6, None)):
+        folder = tmp_path / f"step_{step}"
+        folder.mkdir()
+        manifest = {"step": step} | ({"weights_finite": True} if finite else {})
+        (folder / checkpoint.MANIFEST).write_text(json.dumps(manifest))
+    assert checkpoint.last_finite(tmp_path) == "step_4"  # step_6 was written without the check
+    assert checkpoint.last_finite(tmp_path / "nowhere") is None
+
+
+def test_check_finite_names_a_tensor_holding_nan_or_inf():
+    import torch
+
+    checkpoint.check_finite({"a": torch.ones(3), "steps": torch.tensor([1, 2])}, "ckpt")
+    with pytest.raises(checkpoint.UserError, match=r"ckpt holds non-finite weights \(1 of 2 tensors, e.g. b\)"):
+        checkpoint.check_finite({"a": torch.ones(3), "b": torch.tensor([1.0, float("inf")])}, "ckpt")

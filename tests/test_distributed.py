@@ -34,3 +34,32 @@ def test_cpu_runs_leave_no_shared_memory_behind(tmp_path, char_data):
     )
     run_ok("train", cfg, "--nproc", 2)
     assert set(shm.glob("deepspeed_allreduce_buffer_*")) - before == set()
+
+
+def _rank_error(folder, rank, line, when, echo=False, tb=""):
+    import json
+
+    record = {"rank": rank, "line": line, "time": when, "echo": echo, "traceback": tb}
+    (folder / f"rank_{rank}.json").write_text(json.dumps(record))
+
+
+def test_the_launcher_says_the_first_rank_error_and_names_the_tracebacks(tmp_path):
+    from zerotrain.distributed import _ranks_error
+
+    errors, logs = tmp_path / "errors", tmp_path / "logs"
+    errors.mkdir(), logs.mkdir()
+    _rank_error(errors, 0, "RuntimeError: Connection closed by peer", 1.0, echo=True, tb="Traceback ...\n")
+    _rank_error(errors, 1, "no space left on the device writing x", 2.0, tb="Traceback ...\n")
+    line = _ranks_error(errors, 1, logs)
+    assert line.startswith("rank 1: no space left on the device writing x (rank tracebacks in ")
+    log = next(logs.iterdir())
+    assert str(log) in line and "==== rank 0" in log.read_text() and "==== rank 1" in log.read_text()
+
+
+def test_the_same_user_error_on_every_rank_is_said_once_without_a_rank(tmp_path):
+    from zerotrain.distributed import _ranks_error
+
+    for rank in (0, 1):
+        _rank_error(tmp_path, rank, "run.out_dir x already holds a run", float(rank))
+    assert _ranks_error(tmp_path, 2, None) == "run.out_dir x already holds a run"
+    assert "killed by SIGKILL" in _ranks_error(tmp_path / "none", -9, None)

@@ -111,9 +111,15 @@ def save(engine, ckpt_dir: Path, state, manifest: dict, d, keep_last: int, point
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(ckpt_dir / tmp_tag, ignore_errors=True)
     barrier(d)
-    engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
-    _fault_point("save", step, d.rank)
-    _fsync_tree(ckpt_dir / tmp_tag)  # durable before `latest` can name it, also across a power cut
+    try:
+        engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
+        _fault_point("save", step, d.rank)
+        _fsync_tree(ckpt_dir / tmp_tag)  # durable before `latest` can name it, also across a power cut
+    except (OSError, RuntimeError) as e:  # torch's writer reports a full disk as a RuntimeError
+        if not _write_error(e):
+            raise  # a collective that lost a peer: the partial folder stays for the next save to clear
+        shutil.rmtree(ckpt_dir / tmp_tag, ignore_errors=True)
+        raise save_failed(ckpt_dir, tag, e) from e
     barrier(d)  # every rank's shard is on disk before anything is published
     if d.is_main:
         tmp = ckpt_dir / tmp_tag
@@ -139,6 +145,38 @@ def save(engine, ckpt_dir: Path, state, manifest: dict, d, keep_last: int, point
     return tag
 
 
+def _write_error(e: BaseException | None) -> bool:
+    """Whether e (or an exception it was raised from) is a failed write: torch's zip writer reports one as a
+    RuntimeError ("iostream error", "unexpected pos"), DeepSpeed as an OSError."""
+    while e is not None:
+        text = str(e)
+        if isinstance(e, OSError) or any(
+            s in text for s in ("iostream error", "file write failed", "PytorchStreamWriter", "unexpected pos")
+        ):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def save_failed(ckpt_dir: Path, tag: str, e: BaseException) -> UserError:
+    """The line for a checkpoint that could not be written: a full disk says so, with what is left."""
+    import errno
+
+    latest = read_pointer(ckpt_dir, "latest")
+    kept = f"the last published checkpoint ({ckpt_dir / latest}) is intact" if latest else "no checkpoint was published"
+    try:
+        free = shutil.disk_usage(ckpt_dir).free
+    except OSError:
+        free = None
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if getattr(e, "errno", None) == errno.ENOSPC or (free is not None and free < 64 * 2**20):
+        return UserError(
+            f"no space left on the device writing checkpoint {tag} to {ckpt_dir} ({free // 2**20 if free is not None else '?'} MiB "
+            f"free); {kept}; free space there (train.keep_last keeps fewer) or choose another run.out_dir"
+        )
+    return UserError(f"writing checkpoint {tag} to {ckpt_dir} failed ({first}); {kept}")
+
+
 def step_tags(ckpt_dir: Path) -> list[str]:
     """Complete step checkpoints, oldest first."""
     if not ckpt_dir.is_dir():
@@ -156,6 +194,30 @@ def newest(ckpt_dir: Path) -> str | None:
     checkpoint and rewriting `latest`, the one just published."""
     tags = step_tags(ckpt_dir)
     return tags[-1] if tags else None
+
+
+def last_finite(ckpt_dir: Path) -> str | None:
+    """The newest complete checkpoint whose weights were checked finite before it was published (the manifest says
+    so); None when there is none."""
+    for tag in reversed(step_tags(ckpt_dir)):
+        try:
+            if json.loads((ckpt_dir / tag / MANIFEST).read_text()).get("weights_finite"):
+                return tag
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def check_finite(state: dict, where: Path | str) -> None:
+    """Refuse weights holding inf or NaN (a checkpoint of a run that diverged): nothing sensible can be made of them."""
+    import torch
+
+    bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise UserError(
+            f"{where} holds non-finite weights ({len(bad)} of {len(state)} tensors, e.g. {bad[0]}): it was saved after "
+            f"training diverged; use an earlier checkpoint, or retrain with a lower train.lr"
+        )
 
 
 def prune(ckpt_dir: Path, keep_last: int) -> None:
@@ -204,7 +266,15 @@ def resolve(path: str | Path) -> tuple[Path, str]:
 
 
 def read_manifest(ckpt_dir: Path, tag: str) -> dict:
-    manifest = json.loads((ckpt_dir / tag / MANIFEST).read_text())
+    path = ckpt_dir / tag / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"{path} cannot be read ({e}); the checkpoint is damaged: use another checkpoint of the run"
+        ) from None
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise UserError(
             f"{ckpt_dir / tag} was written by an incompatible zerotrain (format {manifest.get('version')}); re-export it with that version"
@@ -289,12 +359,17 @@ def save_fp32(path: str | Path, out: str | Path, overwrite: bool = False) -> dic
         seen.add(id(t))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    save_file(
-        tensors,
-        str(tmp),
-        metadata={"format": "zerotrain-fp32", "checkpoint": str(ckpt_dir / tag), "step": str(manifest["step"])},
-    )
-    os.replace(tmp, out)
+    try:
+        save_file(
+            tensors,
+            str(tmp),
+            metadata={"format": "zerotrain-fp32", "checkpoint": str(ckpt_dir / tag), "step": str(manifest["step"])},
+        )
+        os.replace(tmp, out)
+    except Exception as e:  # safetensors reports a full disk as its own SafetensorError
+        tmp.unlink(missing_ok=True)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"writing {out} failed: {first}; free space there or choose another --out") from None
     return {
         "checkpoint": str(ckpt_dir / tag),
         "step": manifest["step"],
@@ -332,10 +407,18 @@ def load_fp32_state_dict(ckpt_dir: Path, tag: str) -> dict:
     consolidates (BF16_Optimizer's shards too, above). At stage 0 the model states file holds the full weights: in fp32 runs they are the
     masters; in bf16/fp16 runs they are 16-bit copies and the masters are the optimizer's fp32_groups,
     matched to names through the parameter groups recorded in the manifest."""
+    import zipfile
+
     import torch
 
     manifest = read_manifest(ckpt_dir, tag)
     folder = ckpt_dir / tag
+    check_complete(ckpt_dir, tag, manifest)
+    for f in folder.glob("*.pt"):  # torch.save writes zip archives: a cut one lacks its central directory
+        if not zipfile.is_zipfile(f):
+            raise UserError(
+                f"{f} is damaged (truncated or overwritten); copy the checkpoint again, or use another checkpoint"
+            )
     # DeepSpeed prefixes every bf16 run's shard files with "bf16_", whichever optimizer wrote them; BF16_Optimizer
     # (ZeRO-1 with fp32 gradient sums) is told by the manifest.
     bf16_optimizer = (manifest.get("zero_stage"), manifest.get("dtype"), manifest.get("grad_accum_dtype")) == (

@@ -7,11 +7,15 @@ Heavy imports (torch, deepspeed, transformers) happen inside the verbs that need
 import argparse
 import os
 import sys
+import tempfile
+import traceback
 import warnings
+from pathlib import Path
 
-from zerotrain import UserError, __version__, commands
+from zerotrain import UserError, __version__, commands, distributed
 
 EXIT_USER_ERROR = 2
+EXIT_FAILURE = 1  # the filesystem or a rank failed
 
 
 # ------------------------------------------------------------------------------------------------ parser
@@ -421,12 +425,31 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args, extra)
     except UserError as e:
+        if distributed.report_to_launcher(str(e)):  # a rank of `train --nproc`: the launching process says it
+            return EXIT_USER_ERROR
         if commands.is_main_rank():  # the same input error is raised on every rank; say it once
             print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        # A rank of `train --nproc` leaves any failure to the launching process, traceback included; elsewhere a
+        # full disk or a refused write is one line with the traceback in a log file; anything else is a bug and
+        # shows its traceback.
+        line = distributed.describe_failure(e)
+        if distributed.report_to_launcher(line, traceback.format_exc()):
+            return EXIT_FAILURE
+        if not distributed.is_io_failure(e):
+            raise
+        log = Path(tempfile.gettempdir()) / f"zerotrain-error-{os.getpid()}.log"
+        try:
+            log.write_text(traceback.format_exc())
+            line += f" (traceback in {log})"
+        except OSError:
+            pass
+        print(f"error: {line}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def main_exit() -> None:

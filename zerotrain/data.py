@@ -79,8 +79,16 @@ def shakespeare_documents(cache_dir: Path | None = None) -> list[tuple[str, str]
     return docs
 
 
-def _normalise(raw: bytes) -> str:
-    return raw.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
+def _normalise(raw: bytes, name: str = "the source") -> str:
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise UserError(
+            f"{name} is not UTF-8 text (byte {raw[e.start]:#04x} at line {line}); convert it first, e.g. "
+            f"`iconv -f latin1 -t utf-8 {name} > corpus.txt`"
+        ) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def source_fingerprint(source: str) -> list | str:
@@ -106,7 +114,7 @@ def read_source(source: str) -> tuple[str, list]:
             raise UserError(
                 f"directory {path} holds no .txt files; point --source at a text file, a .jsonl, a .parquet or a directory of .txt files"
             )
-        return "text", [(str(p.relative_to(path)), _normalise(p.read_bytes())) for p in files]
+        return "text", [(str(p.relative_to(path)), _normalise(p.read_bytes(), str(p))) for p in files]
     if not path.is_file():
         raise UserError(
             f"--source {source} not found; pass a text file, a directory of .txt files, a .jsonl or .parquet file, or 'shakespeare'"
@@ -115,7 +123,7 @@ def read_source(source: str) -> tuple[str, list]:
         return _read_rows(_jsonl_rows(path))
     if path.suffix == ".parquet":
         return _read_rows(_parquet_rows(path))
-    return "text", [(path.name, _normalise(path.read_bytes()))]
+    return "text", [(path.name, _normalise(path.read_bytes(), str(path)))]
 
 
 def _jsonl_rows(path: Path):
@@ -314,6 +322,8 @@ def prepare(
     instruction data, cut at the example boundary nearest to it), so the output is a deterministic function
     of the inputs. An up-to-date out_dir is left alone; a bad source is reported before anything is written."""
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file; give a directory (new, or one prepared before)")
     if not 0 < val_fraction < 1:
         raise UserError(f"--val-fraction {val_fraction} must be between 0 and 1 (e.g. 0.1)")
     request = {
@@ -324,7 +334,11 @@ def prepare(
     }
     meta_path = out_dir / "meta.json"
     if meta_path.is_file() and not overwrite:
-        existing = json.loads(meta_path.read_text())
+        try:
+            existing = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            existing = {}
+        existing = existing if isinstance(existing, dict) else {}
         if existing.get("request") == request and all((out_dir / f).is_file() for f in ("train.bin", "val.bin")):
             return existing | {"up_to_date": True}
         before = existing.get("request", {})
@@ -506,10 +520,23 @@ class TokenData:
             raise UserError(
                 f"{self.path} is not a prepared data directory (no meta.json); create it with `zerotrain data prepare --out {self.path} ...`"
             )
-        self.meta = json.loads(meta_path.read_text())
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(
+                f"{meta_path} cannot be read ({e}); regenerate the directory with `zerotrain data prepare --out "
+                f"{self.path} --overwrite ...`"
+            ) from None
+        if not isinstance(self.meta, dict):
+            self.meta = {}
         if self.meta.get("format") != "zerotrain-tokens" or self.meta.get("version") != VERSION:
             raise UserError(
                 f"{meta_path} is not zerotrain data format version {VERSION}; regenerate it with `zerotrain data prepare`"
+            )
+        if not (self.path / "tokenizer").is_dir():
+            raise UserError(
+                f"{self.path} has no tokenizer/ folder; regenerate the directory with `zerotrain data prepare --out "
+                f"{self.path} --overwrite ...`"
             )
         self.instruction = bool(self.meta.get("instruction"))
         self.train = self._split("train")

@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -55,7 +56,8 @@ def check_not_a_bare_multitask_launch() -> None:
 
 def init(timeout_minutes: float = 30) -> Dist:
     """Join the process group (NCCL on GPUs, gloo on CPU, as DeepSpeed's accelerator picks); a lone
-    process becomes a world of one."""
+    process becomes a world of one. `timeout_minutes` bounds every collective's wait (train sets it from
+    run.stall_timeout: process_group_timeout_minutes)."""
     if not in_launcher():
         os.environ.update(
             RANK="0",
@@ -72,16 +74,24 @@ def init(timeout_minutes: float = 30) -> Dist:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", world)))
-    deepspeed.init_distributed(verbose=False, timeout=timedelta(minutes=timeout_minutes))
+    timeout = timedelta(minutes=timeout_minutes)
+    deepspeed.init_distributed(verbose=False, timeout=timeout)
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
-        control = dist.new_group(backend="gloo")  # host flags without a device sync
+        # host flags without a device sync; a new group takes the backend's default timeout unless told
+        control = dist.new_group(backend="gloo", timeout=timeout)
     else:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
         device = torch.device("cpu")
         control = None
     return Dist(rank, local_rank, world, local_world, device, control)
+
+
+def process_group_timeout_minutes(stall_timeout_s: float) -> float:
+    """The process group's timeout for a run.stall_timeout: 60 s beyond it, so the watchdog names the stalled rank
+    before gloo or NCCL give up with their own error; 30 minutes (torch's default) when the watchdog is off."""
+    return (stall_timeout_s + 60) / 60 if stall_timeout_s > 0 else 30
 
 
 def max_over_ranks(value: int, d: Dist) -> int:
@@ -166,26 +176,156 @@ def launcher_command(nproc: int, zerotrain_args: list[str], env=os.environ) -> l
         str(free_port()),
         "--no_local_rank",
         "--log_level",
-        "error",
+        "critical",  # its one error line repeats the whole command; launch_local reports the ranks' own errors
         "--module",
         "zerotrain",
         *zerotrain_args,
     ]
 
 
-def launch_local(nproc: int, zerotrain_args: list[str]) -> int:
+# ------------------------------------------------------------------------------------------ rank errors
+#
+# Ranks started by launch_local do not print their errors: each writes it to a file in the folder named by
+# ERRORS_DIR (rank_N.json: the line, its time, whether it is only the echo of another rank's end, the traceback),
+# and the launching process prints the first rank's line as its one `error:` line, the tracebacks gathered in a log
+# file it names.
+
+ERRORS_DIR = "ZEROTRAIN_ERRORS_DIR"
+# A rank whose collective failed because a peer went away reports that echo, not the cause.
+_PEER_LOST = (
+    "connection closed by peer",
+    "connection reset by peer",
+    "broken pipe",
+    "socket closed",
+    "communicator was aborted",
+    "remote process exited",
+)
+
+
+def is_io_failure(e: BaseException) -> bool:
+    """A failure of the filesystem rather than of zerotrain: a refused or failed read or write, a full disk (torch's
+    writer reports one as a RuntimeError)."""
+    text = str(e)
+    return isinstance(e, OSError) or "iostream error" in text or "file write failed" in text
+
+
+def describe_failure(e: BaseException) -> str:
+    """One line for an exception that is not a UserError: a full disk, a refused write, a failed write inside torch,
+    or else its type and first line."""
+    import errno
+
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC or "iostream error" in text or "file write failed" in text:
+        where = f" writing {e.filename}" if isinstance(e, OSError) and e.filename else ""
+        return f"no space left on the device{where} ({text}); free space there or choose another run.out_dir"
+    if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {e.filename or 'a file'}: {e.strerror}; make it writable or choose another run.out_dir"
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.strerror or text}: {e.filename}"
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def report_to_launcher(line: str, traceback_text: str = "") -> bool:
+    """Under launch_local: leave this rank's error for the launching process to print; False elsewhere."""
+    folder = os.environ.get(ERRORS_DIR)
+    if not folder or not in_launcher():
+        return False
+    import json
+
+    rank = os.environ["RANK"]
+    record = {
+        "rank": int(rank),
+        "line": line,
+        "time": time.time(),
+        "echo": any(p in (line + traceback_text).lower() for p in _PEER_LOST),
+        "traceback": traceback_text,
+    }
+    try:
+        tmp = Path(folder) / f".rank_{rank}.tmp"
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, Path(folder) / f"rank_{rank}.json")
+    except OSError:
+        return False
+    return True
+
+
+def _ranks_error(folder: Path, code: int, log_dir: Path | None) -> str:
+    """The launching process's one line for ranks that ended with exit code `code`: the first rank's own error
+    (one that is only the echo of a peer's end comes last), the tracebacks written to a log file it names."""
+    import json
+    import tempfile
+
+    records = []
+    for f in folder.glob("rank_*.json"):
+        try:
+            records.append(json.loads(f.read_text()))
+        except (OSError, ValueError):
+            continue
+    records.sort(key=lambda r: (r["echo"], r["time"], r["rank"]))
+    tracebacks = [r for r in records if r["traceback"]]
+    log = None
+    if tracebacks:
+        text = "".join(f"==== rank {r['rank']}: {r['line']}\n{r['traceback']}\n" for r in tracebacks)
+        for where in [log_dir, Path(tempfile.gettempdir())]:
+            if where is None or not where.is_dir():
+                continue
+            try:
+                log = where / f"zerotrain-rank-errors-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+                log.write_text(text)
+                break
+            except OSError:
+                log = None
+    if not records:
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        return (
+            f"a rank {how} without reporting an error (the out-of-memory killer or kill -9: see `dmesg`); the last "
+            f"published checkpoint is intact: continue with --run.resume=auto"
+        )
+    first = records[0]
+    line = first["line"]
+    if first["echo"]:
+        line = (
+            f"a rank ended without reporting an error (killed by the out-of-memory killer or kill -9? see `dmesg`), "
+            f"and rank {first['rank']} lost its connection to it ({line[:160]}); the last published checkpoint is "
+            f"intact: continue with --run.resume=auto"
+        )
+    elif first["traceback"] or len({r["line"] for r in records}) > 1:
+        line = f"rank {first['rank']}: {line}"
+    return line + (f" (rank tracebacks in {log})" if log else "")
+
+
+def launch_local(nproc: int, zerotrain_args: list[str], log_dir: Path | None = None) -> int:
     """Run `python -m zerotrain <args>` as nproc local ranks through the DeepSpeed launcher and return
-    its exit code.
+    its exit code; a rank's failure is a UserError carrying the first rank's error (tracebacks go to a log
+    file in `log_dir`, or the temp folder, that the line names).
 
     A SIGINT/SIGTERM sent to this process is passed to the ranks themselves (not to the launcher, which
     would kill them after 30 s), so they finish the step, save and exit cleanly; a second signal kills
-    everything. When a rank dies, DeepSpeed's launcher terminates the others, so nothing hangs."""
+    everything. When a rank dies, DeepSpeed's launcher terminates the others, so nothing hangs; when this
+    process dies, even by SIGKILL, the launcher and the ranks die with it (watchdog.exit_with_launcher)."""
+    import shutil
+    import tempfile
+
     import psutil
+
+    from zerotrain import UserError, watchdog
 
     cmd = launcher_command(nproc, zerotrain_args)
     shown = cmd[cmd.index("deepspeed.launcher.runner") + 1 :]
     print(f"launching {nproc} ranks: deepspeed {' '.join(shown)}", flush=True)
-    runner = subprocess.Popen(cmd, start_new_session=True)
+    errors = Path(tempfile.mkdtemp(prefix="zerotrain-ranks-"))
+    me = os.getpid()
+    env = {
+        **os.environ,
+        ERRORS_DIR: str(errors),
+        watchdog.PARENT_PID: str(me),
+        watchdog.PARENT_PID + "_START": watchdog.process_start(me) or "",
+    }
+    try:
+        runner = subprocess.Popen(cmd, start_new_session=True, env=env, preexec_fn=_die_with_parent(me))
+    except BaseException:
+        shutil.rmtree(errors, ignore_errors=True)
+        raise
     signals_seen = []
 
     def forward(signum, _frame):
@@ -207,13 +347,33 @@ def launch_local(nproc: int, zerotrain_args: list[str]) -> int:
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return runner.wait()
+        code = runner.wait()
+        if code != 0:
+            raise UserError(_ranks_error(errors, code, log_dir))
+        return code
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
         if runner.poll() is None:
             os.killpg(runner.pid, signal.SIGKILL)
         remove_shm_buffers("127.0.0.1", cmd[cmd.index("--master_port") + 1])
+        shutil.rmtree(errors, ignore_errors=True)
+
+
+def _die_with_parent(parent: int):
+    """preexec_fn for the launcher: a parent-death signal, so SIGKILL of this process takes DeepSpeed's runner down at
+    once (its launch.py and the ranks follow: watchdog.exit_with_launcher). Linux only."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def preexec():
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # died before the signal was armed
+            os._exit(1)
+
+    return preexec
 
 
 def remove_shm_buffers(master_addr: str, master_port: str, rank: int | None = None) -> None:

@@ -56,14 +56,41 @@ def export(
     path: str | Path, out: str | Path, dtype: str = "fp32", overwrite: bool = False, config: str | Path | None = None
 ) -> dict:
     """Write the export to `out`; returns a report with the logits difference. Nothing is written to
-    `out` unless the check passes. `config`: the Hugging Face model directory of a checkpoint written by another
-    tool (see the module docstring)."""
+    `out` unless the check passes, and a failed export leaves no temporary folder behind. `config`: the Hugging Face
+    model directory of a checkpoint written by another tool (see the module docstring)."""
+    tmp = Path(out).with_name(f".{Path(out).name}.tmp")
+    try:
+        return _export(path, out, dtype, overwrite, config)
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, UserError) or not write_failed(e):
+            raise
+        raise UserError(
+            f"writing the export to {out} failed: {_first_line(e)}; free space there or choose another --out"
+        ) from None
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def write_failed(e: BaseException) -> bool:
+    """A failed write: an OSError, or safetensors' and torch's own errors for one (a full disk, mostly)."""
+    text = str(e)
+    return isinstance(e, OSError) or any(
+        s in text for s in ("No space left", "StorageFull", "iostream error", "file write failed", "IoError")
+    )
+
+
+def _export(path, out, dtype: str, overwrite: bool, config) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, GPT2LMHeadModel
 
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype} is not one of {', '.join(DTYPES)}")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a new or empty directory")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} exists and is not empty; choose a new --out directory or pass --overwrite")
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
@@ -79,6 +106,7 @@ def export(
     cfg = GPTConfig(**manifest["model"])
 
     state = checkpoint.load_fp32_state_dict(ckpt_dir, tag)
+    checkpoint.check_finite(state, ckpt_dir / tag)
     state = {k: v.to(torch_dtype).float() for k, v in state.items()}  # the reference sees the saved precision
     reference = GPT(cfg)
     try:
@@ -146,6 +174,7 @@ def _export_hf(
     hf_cfg = dict(manifest["hf_config"])
     config = AutoConfig.for_model(hf_cfg.pop("model_type"), **hf_cfg)
     state = checkpoint.load_fp32_state_dict(ckpt_dir, tag)
+    checkpoint.check_finite(state, ckpt_dir / tag)
     state = {
         k.removeprefix("inner."): v.to(torch_dtype).float() for k, v in state.items()
     }  # the reference sees the saved precision

@@ -5,6 +5,7 @@ the same text for the same seed.
 """
 
 import json
+import math
 from pathlib import Path
 
 from zerotrain import UserError, checkpoint
@@ -35,7 +36,10 @@ def load_model(path: str | Path):
     if (path / "config.json").is_file() and any(path.glob("model*.safetensors")):
         from safetensors.torch import load_file
 
-        hf = json.loads((path / "config.json").read_text())
+        try:
+            hf = json.loads((path / "config.json").read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path / 'config.json'} cannot be read ({e}); export the checkpoint again") from None
         if hf.get("model_type") != "gpt2":
             return _hf_model(path), load_tokenizer(path), f"export {path}"
         cfg = GPTConfig(
@@ -48,6 +52,7 @@ def load_model(path: str | Path):
         state = {k: v.float() for k, v in load_file(str(path / "model.safetensors")).items()}
         if not any(k.startswith("transformer.") for k in state):  # older transformers saved without the prefix
             state = {f"transformer.{k}": v for k, v in state.items()}
+        checkpoint.check_finite(state, path)
         state = from_hf_state_dict(state, cfg)
         tokenizer, what = load_tokenizer(path), f"export {path}"
     else:
@@ -59,6 +64,7 @@ def load_model(path: str | Path):
             )
         cfg = GPTConfig(**checkpoint.read_manifest(ckpt_dir, tag)["model"])
         state = checkpoint.load_fp32_state_dict(ckpt_dir, tag)
+        checkpoint.check_finite(state, ckpt_dir / tag)
         tokenizer_dir = ckpt_dir.parent / "tokenizer"
         if not tokenizer_dir.is_dir():
             raise UserError(
@@ -81,11 +87,18 @@ def generate(
 ) -> str:
     import torch
 
-    if temperature < 0:
-        raise UserError("--temperature must be >= 0 (0 means greedy)")
+    if not temperature >= 0 or math.isinf(temperature):  # NaN compares false
+        raise UserError(f"--temperature {temperature} must be a number >= 0 (0 means greedy)")
     if max_new_tokens < 1:
         raise UserError("--max-new-tokens must be >= 1")
+    if top_k is not None and top_k < 0:
+        raise UserError(f"--top-k {top_k} must be >= 1, or 0 to sample among all tokens")
     model, tokenizer, _ = load_model(path)
+    vocab = getattr(getattr(getattr(model, "inner", model), "config", None), "vocab_size", None)
+    if top_k and vocab and top_k > vocab:
+        raise UserError(
+            f"--top-k {top_k} is larger than the vocabulary ({vocab} tokens); give at most {vocab}, or 0 for all"
+        )
     model.to(device)
     ids = list(tokenizer.encode(prompt)) if prompt else []
     if not ids:

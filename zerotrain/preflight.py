@@ -127,6 +127,8 @@ def _check_run_dir(cfg: runconfig.RunConfig, run_dir: Path, overwrite: bool, res
     """An out_dir holding a run is only ever continued by that same run; nothing in it is replaced unless
     --overwrite says so, and --overwrite may not delete the checkpoint this run starts from. Nor may out_dir be, hold
     or lie inside an input of the run."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run.out_dir {run_dir} is a file; give a directory (new, or one holding this run)")
     if overwrite:
         for key, source in (("run.resume", resume_from), ("run.init_from", init_from)):
             if source and _inside(source[0], run_dir):
@@ -257,6 +259,7 @@ def preflight(cfg: runconfig.RunConfig, world: int, overwrite: bool = False) -> 
         resume_from = checkpoint.resolve(cfg.run.resume)
     if cfg.run.init_from:
         init_from = checkpoint.resolve(cfg.run.init_from)
+        checkpoint.check_complete(*init_from, checkpoint.read_manifest(*init_from))  # before any rank loads it
     _check_run_dir(cfg, run_dir, overwrite, resume_from, init_from)
 
     source = resume_from or init_from

@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 import inspect
 import json
+import math
 import textwrap
 import types
 import typing
@@ -50,6 +51,11 @@ class RunSection:
     memory_check: bool = True
     """Before anything loads, plan the run's GPU and host memory and refuse a run that would not fit, naming the
     largest term and the cheapest change that fits. false: start anyway (for a model or kernel the planner misjudges)."""
+    stall_timeout: float = 600.0
+    """Seconds a rank may make no progress (no micro-step phase, evaluation or save ends) before every rank stops,
+    naming the stalled rank(s) and what they last did (zerotrain/watchdog.py); the process group's timeout is set
+    60 s beyond it, so the watchdog speaks first. Raise it for saves or evaluations slower than that; 0 turns the
+    watchdog off (the process group then waits 30 minutes)."""
 
 
 @dataclass
@@ -302,7 +308,7 @@ def load_run_config(path: str | Path | None = None, overrides: Sequence[str] = (
             )
         try:
             doc = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"{path}: not valid TOML ({e}); fix the file") from None
         for section, table in doc.items():
             if not isinstance(table, dict):
@@ -390,6 +396,13 @@ def validate(cfg: RunConfig) -> None:
     for sec, key in NON_NEGATIVE:
         if getattr(getattr(cfg, sec), key) < 0:
             problems.append(f"{sec}.{key} must be >= 0")
+    if cfg.run.stall_timeout < 0:
+        problems.append("run.stall_timeout must be >= 0 (0 turns the watchdog off)")
+    for sec in ("run", "train", "model", "deepspeed"):
+        for f in dataclasses.fields(getattr(cfg, sec)):
+            value = getattr(getattr(cfg, sec), f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                problems.append(f"{sec}.{f.name} = {value} is not a finite number; give a number")
     t, ds, d, m = cfg.train, cfg.deepspeed, cfg.data, cfg.model
     if t.lr <= 0:
         problems.append("train.lr must be > 0")

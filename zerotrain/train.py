@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from zerotrain import UserError, checkpoint, dsconfig, runconfig, runlock
+from zerotrain import UserError, checkpoint, dsconfig, runconfig, runlock, watchdog
 from zerotrain.data import BatchSampler, eval_batches
 from zerotrain.metrics import PhaseClock, StepLog
 from zerotrain.model import flops_per_token
 from zerotrain.preflight import Plan, preflight, prepare_run_dir
+from zerotrain.watchdog import Watchdog
 
 
 def lr_at(step: int, t: runconfig.TrainSection) -> float:
@@ -152,11 +153,51 @@ def _raise_if_diverged(loss_sum, step: int, ckpt_dir: Path) -> None:
         raise _diverged(step, ckpt_dir)
 
 
-def _diverged(step: int, ckpt_dir: Path) -> UserError:
+def _diverged(step: int, ckpt_dir: Path, what: str = "the loss is") -> UserError:
+    """The divergence line: names the newest checkpoint whose weights were checked finite, or says there is none."""
+    last = checkpoint.last_finite(ckpt_dir)
+    if last is None:
+        return UserError(
+            f"{what} not finite at step {step}: training diverged before any checkpoint with finite weights was "
+            f"saved; start over (--overwrite) with a lower train.lr or more train.warmup_steps (or bf16 instead of fp16)"
+        )
     return UserError(
-        f"the loss is not finite at step {step}: training diverged; continue from the last good checkpoint "
-        f"({checkpoint.newest(ckpt_dir)}) with a lower train.lr or more train.warmup_steps (or bf16 instead of fp16)"
+        f"{what} not finite at step {step}: training diverged; continue from {ckpt_dir / last}, the last checkpoint "
+        f"with finite weights (--run.resume={ckpt_dir / last}), with a lower train.lr or more train.warmup_steps "
+        f"(or bf16 instead of fp16)"
     )
+
+
+def _local_weights(engine) -> list:
+    """The weights this rank owns: ZeRO-1/2's and ZeRO-3's fp32 master partitions, BF16_Optimizer's and
+    FP16_Optimizer's flat fp32 groups, else the module's parameters (ZeRO-3: their local partitions). A non-finite
+    master always shows in the 16-bit copy made from it, so either is enough to tell."""
+    optimizer = engine.optimizer
+    for name in (
+        "single_partition_of_fp32_groups",  # ZeRO-1/2
+        "fp32_partitioned_groups_flat",  # ZeRO-3
+        "fp32_groups_flat_partition",  # BF16_Optimizer (ZeRO-1 with fp32 gradient sums)
+        "fp32_groups_flat",  # FP16_Optimizer (stage 0)
+    ):
+        groups = getattr(optimizer, name, None)
+        if groups and all(hasattr(g, "isfinite") for g in groups) and any(g.numel() for g in groups):
+            return [g for g in groups if g.numel()]  # (NVMe offload swaps them out, leaving empty ones: below)
+    return [getattr(p, "ds_tensor", p) for p in engine.module.parameters()]
+
+
+def weights_finite(engine, d) -> bool:
+    """Collective: whether every rank's own weights are finite. One fused max-|w| per rank (torch._foreach_norm with
+    ord inf, exact and overflow-free: NaN and inf propagate) and one all-reduce; costs a read of this rank's
+    partition, at save steps only. `.item()` syncs the host: a save does anyway."""
+    import torch
+
+    from zerotrain import distributed
+
+    tensors = [t.detach() for t in _local_weights(engine)]
+    finite = True
+    if tensors:
+        finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(tensors, float("inf"))).max()).item())
+    return not distributed.max_over_ranks(int(not finite), d)
 
 
 def _check_cpu_adam_can_build(on_gpu: bool) -> None:
@@ -321,7 +362,9 @@ def build_model(plan: Plan, ds_config: dict, d, say):
             model, block_classes
         )  # one gather, one release, one gradient hook per block
     if plan.init_from:
-        model.load_state_dict(checkpoint.load_fp32_state_dict(*plan.init_from))
+        weights = checkpoint.load_fp32_state_dict(*plan.init_from)
+        checkpoint.check_finite(weights, plan.init_from[0] / plan.init_from[1])
+        model.load_state_dict(weights)
         say(f"weights from {plan.init_from[0] / plan.init_from[1]} (fresh optimizer and schedule)")
     elif plan.init_from_hf:
         from zerotrain import hf
@@ -443,7 +486,18 @@ def manifest_for(plan: Plan, state: TrainState, d, group_names: list[list[str]])
         "param_group_names": group_names,
         "hf": str(plan.hf.path.resolve()) if plan.hf else None,
         "hf_config": plan.hf.config if plan.hf else None,
+        "weights_finite": True,  # checked before every save (weights_finite); export and generate check again
     }
+
+
+def _report_stall(line: str, speaker: bool) -> None:
+    """The watchdog's line: to the launching process under `train --nproc`, else printed by one rank."""
+    import sys
+
+    from zerotrain import distributed
+
+    if not distributed.report_to_launcher(line) and speaker:
+        print(f"error: {line}", file=sys.stderr, flush=True)
 
 
 def _stop_signals() -> list[int]:
@@ -457,28 +511,34 @@ def _stop_signals() -> list[int]:
 # ------------------------------------------------------------------------------------------------ the run
 
 
-def optimizer_step(engine, sampler: BatchSampler, plan: Plan, d, clock: PhaseClock, loss_sum, measure_grad_norm: bool):
+def optimizer_step(
+    engine, sampler: BatchSampler, plan: Plan, d, clock: PhaseClock, loss_sum, measure_grad_norm: bool, watch: Watchdog
+):
     """One optimizer step: grad_accum × (forward, backward, engine.step()). The micro-batch losses are summed into
     loss_sum on the device (no host sync). Returns the gradient norm when asked to measure it (stage 0 in fp32/fp16,
-    whose optimizers record none), else None."""
+    whose optimizers record none), else None. Each phase tells the watchdog it began."""
     from torch.profiler import record_function
 
     grad_norm = None
     loss_sum.zero_()
     for micro in range(plan.batch.accum):
         # record_function names the phases in train.profile_steps traces (and costs microseconds otherwise)
+        watch.progress("reading data")
         with record_function("zerotrain.data"):
             x, y = sampler.next_batch()
             x, y = _to_device(x, d.device), _to_device(y, d.device)
         clock.lap(None)
+        watch.progress("forward")
         with record_function("zerotrain.forward"):
             loss = engine(x, y)
         clock.lap("forward_s")
+        watch.progress("backward")
         with record_function("zerotrain.backward"):
             engine.backward(loss)  # at the accumulation boundary this also reduces gradients across ranks
         clock.lap("backward_s")
         if measure_grad_norm and micro == plan.batch.accum - 1:
             grad_norm = _grad_norm(engine.module) / (_loss_scale(engine.optimizer) if plan.dtype == "fp16" else 1.0)
+        watch.progress("optimizer step")
         with record_function("zerotrain.optimizer_step"):
             engine.step()  # DeepSpeed applies the optimizer only at the accumulation boundary
         clock.lap("optimizer_s")
@@ -538,12 +598,13 @@ def train(cfg: runconfig.RunConfig, overwrite: bool = False) -> dict:
     from zerotrain import distributed
 
     started = time.perf_counter()
+    watchdog.exit_with_launcher()  # a rank of `train --nproc` ends with the process that launched it
     distributed.check_not_a_bare_multitask_launch()
     locked_by_parent = runlock.held_by_parent(Path(cfg.run.out_dir))
     if not locked_by_parent:  # a running run's dir is refused first, on every rank, before --overwrite could act
         runlock.check_free(Path(cfg.run.out_dir))
     plan = preflight(cfg, distributed.world_size(), overwrite)  # bad input fails before any process group exists
-    d = distributed.init()
+    d = distributed.init(distributed.process_group_timeout_minutes(cfg.run.stall_timeout))
     lock = None if locked_by_parent else take_run_lock(plan.run_dir, d)
     try:
         return run(plan, d, started)
@@ -633,54 +694,68 @@ def run(plan: Plan, d, started: float) -> dict:
     last_saved, stop_reason = None, None
     loss_sum = torch.zeros((), device=d.device)
     engine.train()  # from_pretrained returns a model in eval mode: without this, dropout would only start after the first evaluation
+    watch = Watchdog(plan.run_dir, d.rank, d.world, cfg.run.stall_timeout, _report_stall)
 
     # ---- the loop: one optimizer step = grad_accum × (forward, backward, engine.step())
-    while state.step < t.max_steps:
-        profiler.maybe_start(state.step + 1)
-        lr = lr_at(state.step, t)
-        for group in engine.optimizer.param_groups:
-            group["lr"] = lr
-        logging = (state.step + 1) % t.log_interval == 0 or state.step + 1 == t.max_steps
-        grad_norm = optimizer_step(engine, sampler, plan, d, log.clock, loss_sum, own_grad_norm and logging)
-        state.step += 1
-        state.tokens_seen += plan.batch.global_size * plan.seq_len
-        log.step_done(profiler.active(state.step))
-        if summary := profiler.maybe_stop(state.step):
-            log.print(format_summary(summary) + f"; trace in {profiler.out_dir}")
+    try:
+        while state.step < t.max_steps:
+            profiler.maybe_start(state.step + 1)
+            lr = lr_at(state.step, t)
+            watch.step = state.step + 1
+            for group in engine.optimizer.param_groups:
+                group["lr"] = lr
+            logging = (state.step + 1) % t.log_interval == 0 or state.step + 1 == t.max_steps
+            grad_norm = optimizer_step(engine, sampler, plan, d, log.clock, loss_sum, own_grad_norm and logging, watch)
+            state.step += 1
+            state.tokens_seen += plan.batch.global_size * plan.seq_len
+            log.step_done(profiler.active(state.step))
+            if summary := profiler.maybe_stop(state.step):
+                log.print(format_summary(summary) + f"; trace in {profiler.out_dir}")
 
-        if logging:  # the one host sync of a step, on log steps only
-            dist.all_reduce(loss_sum)
-            train_loss = loss_sum.item() / (plan.batch.accum * d.world)
-            if not math.isfinite(train_loss):  # the same all-reduced value on every rank: all stop together
-                raise _diverged(state.step, ckpt_dir)
-            grad_norm = grad_norm if own_grad_norm else engine.get_global_grad_norm()
-            fp16 = plan.dtype == "fp16"
-            extra = {"loss_scale": _loss_scale(engine.optimizer), "skipped_steps": engine.skipped_steps} if fp16 else {}
-            log.record(state.step, train_loss, lr, grad_norm, state.tokens_seen, extra)
+            if logging:  # the one host sync of a step, on log steps only
+                dist.all_reduce(loss_sum)
+                train_loss = loss_sum.item() / (plan.batch.accum * d.world)
+                if not math.isfinite(train_loss):  # the same all-reduced value on every rank: all stop together
+                    raise _diverged(state.step, ckpt_dir)
+                grad_norm = grad_norm if own_grad_norm else engine.get_global_grad_norm()
+                fp16 = plan.dtype == "fp16"
+                extra = (
+                    {"loss_scale": _loss_scale(engine.optimizer), "skipped_steps": engine.skipped_steps} if fp16 else {}
+                )
+                log.record(state.step, train_loss, lr, grad_norm, state.tokens_seen, extra)
 
-        pointers = ()
-        if t.eval_interval and (state.step % t.eval_interval == 0 or state.step == t.max_steps):
-            pointers = evaluate_and_report(engine, plan, d, state, log, started)
-            if t.early_stop_patience and state.evals_since_best >= t.early_stop_patience:
-                stop_reason = f"early stop: no better val loss in {state.evals_since_best} evaluations"
+            pointers = ()
+            if t.eval_interval and (state.step % t.eval_interval == 0 or state.step == t.max_steps):
+                watch.progress("evaluation")
+                pointers = evaluate_and_report(engine, plan, d, state, log, started)
+                if t.early_stop_patience and state.evals_since_best >= t.early_stop_patience:
+                    stop_reason = f"early stop: no better val loss in {state.evals_since_best} evaluations"
 
-        # A signal reaches each process at its own moment; all ranks act on one all-reduced answer, so the
-        # collective save below is entered by every rank or by none.
-        signum = distributed.max_over_ranks(stop_signal[0] if stop_signal else 0, d)
-        if signum and not stop_reason:
-            stop_reason = f"stopped by {signal.Signals(signum).name}"
-        ending = stop_reason is not None or state.step == t.max_steps
-        if cfg.run.checkpoints and (pointers or (t.save_interval and state.step % t.save_interval == 0) or ending):
-            if not logging:  # never publish a checkpoint of diverged weights
-                _raise_if_diverged(loss_sum, state.step, ckpt_dir)
-            marks = pointers + (("final",) if ending and not signum else ())
-            manifest = manifest_for(plan, state, d, group_names)
-            last_saved = checkpoint.save(engine, ckpt_dir, state, manifest, d, t.keep_last, marks)
-            log.print(f"saved checkpoint {ckpt_dir / last_saved}" + (f" ({', '.join(marks)})" if marks else ""))
-            log.restart()  # keep eval and save time out of step timing
-        if stop_reason:
-            log.print(f"{stop_reason} at step {state.step}" + ("; continue with --run.resume=auto" if signum else ""))
-            break
+            # A signal reaches each process at its own moment; all ranks act on one all-reduced answer, so the
+            # collective save below is entered by every rank or by none.
+            watch.progress("agreeing on a stop signal")
+            signum = distributed.max_over_ranks(stop_signal[0] if stop_signal else 0, d)
+            if signum and not stop_reason:
+                stop_reason = f"stopped by {signal.Signals(signum).name}"
+            ending = stop_reason is not None or state.step == t.max_steps
+            if cfg.run.checkpoints and (pointers or (t.save_interval and state.step % t.save_interval == 0) or ending):
+                watch.progress("saving a checkpoint")
+                if not logging:  # never publish a checkpoint of diverged weights
+                    _raise_if_diverged(loss_sum, state.step, ckpt_dir)
+                if not weights_finite(engine, d):  # a finite loss can still be followed by an update to inf or NaN
+                    raise _diverged(state.step, ckpt_dir, "the weights are")
+                marks = pointers + (("final",) if ending and not signum else ())
+                manifest = manifest_for(plan, state, d, group_names)
+                last_saved = checkpoint.save(engine, ckpt_dir, state, manifest, d, t.keep_last, marks)
+                log.print(f"saved checkpoint {ckpt_dir / last_saved}" + (f" ({', '.join(marks)})" if marks else ""))
+                log.restart()  # keep eval and save time out of step timing
+            if stop_reason:
+                log.print(
+                    f"{stop_reason} at step {state.step}" + ("; continue with --run.resume=auto" if signum else "")
+                )
+                break
+    finally:
+        watch.close()
 
     # ---- teardown
     log.close()
