@@ -53,6 +53,7 @@ class Plan:
     init_from_hf: str = ""  # model.init_from_hf: HF GPT-2 weights that start zerotrain's model
     resume_universal: bool = False  # run.resume is loaded through its DeepSpeed universal copy (zerotrain/universal.py)
     batch_was: dsconfig.Batch | None = None  # run.resume's batch, when this run splits the global batch otherwise
+    offload_choice: str = ""  # deepspeed.offload_optimizer = "auto": what the planner chose and why, one line
 
 
 def _model_config(cfg: runconfig.RunConfig, vocab_size: int, from_checkpoint: dict | None, what: str) -> GPTConfig:
@@ -359,6 +360,8 @@ def preflight(cfg: runconfig.RunConfig, world: int, overwrite: bool = False) -> 
         universal,
         batch_was,
     )
+    check_nvme_path(cfg.deepspeed)
+    plan.offload_choice = resolve_offload(plan, world, on_gpu)
     check_memory(plan, world, on_gpu)
     return plan
 
@@ -396,9 +399,12 @@ class MemoryCheck:
     host_name: str
     ranks_per_node: int
     loads_weights: bool  # resume, init_from or a Hugging Face model: weights are read into host RAM first
+    resumes: bool = False  # run.resume: an optimizer shard is read into host RAM too
+    nvme_free: int | None = None  # free bytes at deepspeed.nvme_path; None without one
 
     def host_needed(self, p: "memory.MemoryPlan") -> int:
         need = p.host_ram_per_node - (0 if self.loads_weights else p.host_terms["loading"])
+        need += p.host_terms["resuming"] if self.resumes else 0
         if self.gpu_bytes is not None:
             return need
         # on the CPU a rank's "device" is host RAM: its model states and activations, without the CUDA libraries
@@ -408,10 +414,14 @@ class MemoryCheck:
             p.per_gpu["peak_allocated"] + CPU_PROCESS_HOST_RAM - memory.PROCESS_HOST_RAM
         )
 
-    def shortfalls(self, p: "memory.MemoryPlan") -> list[str]:
-        out = p.shortfalls(self.gpu_bytes, 0.0, None)
-        if self.host_bytes is not None and self.host_needed(p) > self.host_bytes:
+    def shortfalls(self, p: "memory.MemoryPlan", headroom: float = 0.0) -> list[str]:
+        """What does not fit this machine, with `headroom` (a fraction) to spare: GPU, host RAM, NVMe space."""
+        out = p.shortfalls(self.gpu_bytes, headroom, None)
+        if self.host_bytes is not None and self.host_needed(p) > self.host_bytes * (1 - headroom):
             out.append(f"host RAM: needs {self.host_needed(p) / 2**30:.1f} of {self.host_name} per node")
+        if p.nvme_bytes and (self.nvme_free is None or p.nvme_bytes > self.nvme_free * (1 - headroom)):
+            free = "no deepspeed.nvme_path" if self.nvme_free is None else f"{self.nvme_free / 2**30:.1f} GiB free"
+            out.append(f"NVMe: needs {p.nvme_bytes / 2**30:.1f} GiB, {free}")
         return out
 
 
@@ -449,7 +459,70 @@ def memory_check(plan: Plan, world: int, on_gpu: bool) -> MemoryCheck | None:
 
         gpu_bytes = torch.cuda.get_device_properties(0).total_memory
     loads = bool(plan.resume_from or plan.init_from or plan.hf or plan.init_from_hf)
-    return MemoryCheck(model, run, memory.plan(model, run), gpu_bytes, host_bytes, host_name, per_node, loads)
+    nvme_free = shutil.disk_usage(cfg.deepspeed.nvme_path).free if cfg.deepspeed.nvme_path else None
+    return MemoryCheck(
+        model,
+        run,
+        memory.plan(model, run),
+        gpu_bytes,
+        host_bytes,
+        host_name,
+        per_node,
+        loads,
+        bool(plan.resume_from),
+        nvme_free,
+    )
+
+
+def check_nvme_path(ds: runconfig.DeepSpeedSection) -> None:
+    """deepspeed.nvme_path, where NVMe offload (or offload_optimizer = "auto") would put it, must be a writable directory:
+    DeepSpeed's swapper otherwise fails deep inside engine construction, after the model has loaded."""
+    if not ds.nvme_path or ("nvme" not in (ds.offload_optimizer, ds.offload_params) and ds.offload_optimizer != "auto"):
+        return
+    path = Path(ds.nvme_path)
+    if not path.is_dir():
+        raise UserError(
+            f"deepspeed.nvme_path {path} {'is not a directory' if path.exists() else 'does not exist'}; create it on a "
+            f"fast local disk (mkdir -p {path}) or point nvme_path at one"
+        )
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(
+            f"deepspeed.nvme_path {path} is not writable by this user; chmod it, or point nvme_path at a directory you own"
+        )
+
+
+# GPU headroom of the offload chosen for offload_optimizer = "auto", as `plan` and `config new` recommend with: the
+# reserved-memory allowance is not a 5% prediction (docs/memory.md), and fragmentation grows over a long run.
+AUTO_OFFLOAD_HEADROOM = 0.10
+
+
+def resolve_offload(plan: Plan, world: int, on_gpu: bool) -> str:
+    """deepspeed.offload_optimizer = "auto": the least offload that fits this machine (memory.offload_ladder: none, a
+    partial offload ratio, the whole optimizer, parameters too, NVMe), written into plan.cfg.deepspeed so that the
+    ds_config and the memory check use it. Returns the line saying what was chosen ("" when not asked)."""
+    from zerotrain import memory
+
+    ds = plan.cfg.deepspeed
+    if ds.offload_optimizer != "auto":
+        return ""
+    ds.offload_optimizer, ds.offload_optimizer_ratio = "none", 1.0
+    mc = memory_check(plan, world, on_gpu)
+    if mc is None:
+        return 'offload auto: the planner does not know this model; trained with offload_optimizer = "none"'
+    chosen = memory.smallest_offload(
+        mc.model, mc.run, lambda p: not mc.shortfalls(p, AUTO_OFFLOAD_HEADROOM), nvme=bool(ds.nvme_path)
+    )
+    if chosen is None:  # nothing fits: the memory check refuses the run and names the cheapest change
+        return ""
+    r = chosen.run
+    ds.offload_optimizer, ds.offload_params, ds.offload_optimizer_ratio = (
+        r.offload_optimizer,
+        r.offload_params,
+        r.offload_ratio,
+    )
+    where = [f"GPU {chosen.gpu_bytes_needed / 2**30:.1f} of {mc.gpu_bytes / 2**30:.1f} GiB"] if mc.gpu_bytes else []
+    where.append(f"host {mc.host_needed(chosen) / 2**30:.1f} GiB of {mc.host_name}")
+    return f"offload auto → {memory.describe_offload(r)} ({', '.join(where)}; the least offload that fits with 10% to spare)"
 
 
 def check_memory(plan: Plan, world: int, on_gpu: bool) -> None:
