@@ -489,6 +489,26 @@ def check_nvme_path(ds: runconfig.DeepSpeedSection) -> None:
         raise UserError(
             f"deepspeed.nvme_path {path} is not writable by this user; chmod it, or point nvme_path at a directory you own"
         )
+    if "nvme" in (ds.offload_optimizer, ds.offload_params) and not async_io_builds():
+        raise UserError(
+            "NVMe offload needs DeepSpeed's async_io op, which cannot be built here (libaio is missing): "
+            "apt-get install libaio-dev (zerotrain doctor checks it), or offload to cpu"
+        )
+
+
+def async_io_builds() -> bool:
+    """Whether DeepSpeed's async_io op (NVMe offload) can be built here: its builder's own probe for libaio, as
+    `zerotrain doctor` and ds_report ask it; nothing is compiled."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            from deepspeed.ops.op_builder import AsyncIOBuilder
+
+            return bool(AsyncIOBuilder().is_compatible(False))
+        except Exception:  # noqa: BLE001 - a probe that fails means it cannot be built, as in ds_report
+            return False
 
 
 # GPU headroom of the offload chosen for offload_optimizer = "auto", as `plan` and `config new` recommend with: the
@@ -510,7 +530,10 @@ def resolve_offload(plan: Plan, world: int, on_gpu: bool) -> str:
     if mc is None:
         return 'offload auto: the planner does not know this model; trained with offload_optimizer = "none"'
     chosen = memory.smallest_offload(
-        mc.model, mc.run, lambda p: not mc.shortfalls(p, AUTO_OFFLOAD_HEADROOM), nvme=bool(ds.nvme_path)
+        mc.model,
+        mc.run,
+        lambda p: not mc.shortfalls(p, AUTO_OFFLOAD_HEADROOM),
+        nvme=bool(ds.nvme_path) and async_io_builds(),
     )
     if chosen is None:  # nothing fits: the memory check refuses the run and names the cheapest change
         return ""

@@ -286,11 +286,12 @@ def variants(run: RunShape, stages: list[int], offload: bool = True) -> list[Run
     """The configurations `zerotrain plan` compares: each stage, and the offload variants that apply."""
     out = []
     for z in stages:
-        out.append(replace(run, zero_stage=z, offload_optimizer="none", offload_params="none"))
+        plain = replace(run, zero_stage=z, offload_optimizer="none", offload_params="none", offload_ratio=1.0)
+        out.append(plain)
         if offload and z >= 1:
-            out.append(replace(run, zero_stage=z, offload_optimizer="cpu", offload_params="none"))
+            out.append(replace(plain, offload_optimizer="cpu"))
         if offload and z == 3:
-            out.append(replace(run, zero_stage=z, offload_optimizer="cpu", offload_params="cpu"))
+            out.append(replace(plain, offload_optimizer="cpu", offload_params="cpu"))
     return out
 
 
@@ -329,6 +330,7 @@ def recommend(
                         zero_stage=z,
                         offload_optimizer=oo,
                         offload_params=op,
+                        offload_ratio=1.0,
                         micro_batch=mb,
                         activation_checkpointing=ckpt,
                     )
@@ -361,8 +363,8 @@ def partial(run: RunShape, ratio: float) -> RunShape:
 def offload_ladder(run: RunShape, nvme: bool = False) -> list[RunShape]:
     """The offload choices for `run`'s ZeRO stage, from the least offloaded to the most: none; at ZeRO-3 the optimizer
     partly on the CPU (OFFLOAD_RATIOS); the whole optimizer on the CPU; at ZeRO-3 the parameters too; with an NVMe
-    path, the optimizer on NVMe (at ZeRO-3 with the parameters on the CPU, then on NVMe too). Each step moves GPU
-    memory to the host, and the NVMe steps move host memory to disk."""
+    path, the optimizer on NVMe (at ZeRO-3 then with the parameters on the CPU, then on NVMe too). Each step moves
+    GPU memory to the host, and the NVMe steps move host memory to disk."""
     base = replace(run, offload_optimizer="none", offload_params="none", offload_ratio=1.0)
     z = run.zero_stage
     if z == 0:
@@ -374,8 +376,9 @@ def offload_ladder(run: RunShape, nvme: bool = False) -> list[RunShape]:
     if z == 3:
         out.append(replace(base, offload_optimizer="cpu", offload_params="cpu"))
     if nvme:
-        out.append(replace(base, offload_optimizer="nvme", offload_params="cpu" if z == 3 else "none"))
+        out.append(replace(base, offload_optimizer="nvme"))
         if z == 3:
+            out.append(replace(base, offload_optimizer="nvme", offload_params="cpu"))
             out.append(replace(base, offload_optimizer="nvme", offload_params="nvme"))
     return out
 
