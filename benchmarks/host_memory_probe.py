@@ -13,6 +13,7 @@ writes every sample with that line to the file, to find which phase a term belon
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -51,7 +52,11 @@ def main() -> None:
 
     cmd = [sys.executable, "-m", "zerotrain", "train", args.config, "--nproc", str(args.nproc), *overrides]
     proc = subprocess.Popen(
-        [*cmd, "--run.memory_check=false", "--overwrite"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [*cmd, "--run.memory_check=false", "--overwrite"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},  # each line as it is printed, for --timeline
     )
     root, peak, done = psutil.Process(proc.pid), 0, threading.Event()
     started, lines, samples = time.perf_counter(), [""], []

@@ -280,6 +280,21 @@ def test_nvme_path_must_be_writable_and_async_io_buildable(tmp_path, monkeypatch
     preflight.check_nvme_path(DeepSpeedSection(offload_optimizer="cpu", nvme_path="/nowhere"))  # not used: not checked
 
 
+def test_cpu_memory_check_counts_what_glibc_keeps_of_zero3s_per_parameter_tensors():
+    """On the CPU a rank's device memory is host RAM; at ZeRO-3 glibc also keeps three copies of the model (gathers in
+    forward and backward, per-parameter gradients) freed into its heap (docs/log/2026-12-07-offload-that-fits.md)."""
+    from zerotrain import memory, preflight
+
+    model = memory.resolve_model("gpt2")
+    for stage, copies in ((2, 0), (3, 3)):
+        run = memory.RunShape(gpus_per_node=2, zero_stage=stage, dtype="fp32", micro_batch=1, seq_len=64)
+        p = memory.plan(model, run)
+        mc = preflight.MemoryCheck(model, run, p, None, None, "", 2, False)
+        device = p.per_gpu["peak_allocated"] + preflight.CPU_PROCESS_HOST_RAM - memory.PROCESS_HOST_RAM
+        base = p.host_ram_per_node - p.host_terms["loading"] + 2 * device
+        assert mc.host_needed(p) == base + 2 * copies * 4 * model.n_params
+
+
 def test_out_dir_that_is_holds_or_lies_inside_the_data_is_refused(tmp_path, char_data):
     """Without this, --overwrite deleted the data dir's tokenizer/ (a run artifact) and the ranks crashed."""
     data = tmp_path / "data"

@@ -88,7 +88,8 @@ def _host_key() -> dict:
 def measure_cpu_adam(n_params: int = 4_000_000, seconds: float = 0.5) -> float:
     """Parameters per second one process's AdamW steps on this host's CPU with all its cores: torch's fused CPU
     AdamW on fp32 tensors, the same work per parameter as DeepSpeedCPUAdam (which offload runs, and whose import alone
-    takes seconds) — the two agree to within ~15% (docs/memory.md). About a second with the torch import."""
+    takes seconds); how far apart the two are is measured by benchmarks/cpu_adam_rate.py (docs/memory.md). About a
+    second with the torch import."""
     import time
 
     import torch
