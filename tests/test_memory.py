@@ -740,3 +740,19 @@ def test_cli_plan_shows_partial_offload_auto_and_the_cpu_step(tmp_path):
     assert_clean_failure(
         zerotrain("plan", "--model", "gpt2", "--offload-optimizer", "auto", env=env), "needs one GPU's memory"
     )
+
+
+def test_cli_plan_resolves_a_run_configs_auto_offload_for_its_hugging_face_model(tmp_path):
+    model = tmp_path / "llama3b"
+    model.mkdir()
+    shape = {"hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 28, "num_attention_heads": 24}
+    shape |= {"num_key_value_heads": 8, "vocab_size": 50304, "max_position_embeddings": 8192}
+    (model / "config.json").write_text(json.dumps({"model_type": "llama", **shape}))
+    (tmp_path / "run.toml").write_text(
+        f'[data]\ndir = "d"\n[model]\nhf = "{model}"\n[train]\nmicro_batch_size = 4\nseq_len = 2048\n'
+        '[deepspeed]\nzero_stage = 3\noffload_optimizer = "auto"\nactivation_checkpointing = true\n'
+    )
+    r = run_ok("plan", "--config", tmp_path / "run.toml", "--gpu-memory", "40GiB", "--host-memory", "125GiB", "--json")
+    (only,) = json.loads(r.stdout)["plans"]
+    assert only["zero_stage"] == 3 and only["offload_optimizer"] == "cpu" and 0.5 < only["offload_ratio"] < 1
+    assert only["fits"] is True

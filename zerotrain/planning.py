@@ -194,8 +194,8 @@ def plan_inputs(args):
 
         cfg = load_run_config(args.config, [])
         m = cfg.model
-        if model_spec is None:
-            model = model_shape(m)
+        if model_spec is None:  # a Hugging Face model from its config.json, else zerotrain's GPT
+            model = memory.resolve_model(f"hf:{m.hf}") if m.hf else model_shape(m)
         overlap = args.gpus is not None and args.gpus * (args.nodes or 1) > 1
         run = dataclasses.replace(run_shape(cfg), overlap_comm=overlap)
         auto = auto or (args.offload_optimizer is None and cfg.deepspeed.offload_optimizer == "auto")
