@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import assert_clean_failure, run_ok, zerotrain
 from zerotrain import UserError, memory, planning
-from zerotrain.memory import GiB, ModelShape, RunShape, plan
+from zerotrain.memory import PARTIAL_OFFLOAD_SUB_GROUP, GiB, ModelShape, RunShape, plan
 
 MEASUREMENTS = Path(__file__).resolve().parent.parent / "docs" / "memory-measurements.jsonl"
 
@@ -52,6 +52,8 @@ def _run_of_measurement(row: dict) -> RunShape:
         zero_stage=row["zero_stage"],
         offload_optimizer=row["offload_optimizer"],
         offload_params=row["offload_params"],
+        offload_ratio=row.get("offload_ratio", 1.0),
+        sub_group_size=PARTIAL_OFFLOAD_SUB_GROUP if row.get("offload_ratio", 1.0) < 1 else RunShape.sub_group_size,
         activation_checkpointing=row["activation_checkpointing"],
         contiguous_gradients=contiguous,
         overlap_comm=overlap,
