@@ -696,6 +696,10 @@ def test_recommend_and_the_cheapest_change_know_partial_offload():
     assert best is not None and best.run.zero_stage == 3 and 0 < best.run.offload_ratio < 1
     label, fitting = memory.cheapest_change_that_fits(m, replace(LLAMA_8B_RUN, micro_batch=1), h200, 125 * GiB)
     assert "deepspeed.offload_optimizer_ratio = " in label and fitting.run.offload_ratio < 1
+    # an H100 with 125 GiB: the host cannot take the optimizer, an NVMe disk can
+    h100 = memory.gpu_memory_from_name("h100")[0]
+    label, fitting = memory.cheapest_change_that_fits(m, LLAMA_8B_RUN, h100, 125 * GiB)
+    assert "deepspeed.nvme_path" in label and fitting.run.offload_optimizer == "nvme" and fitting.nvme_bytes > 0
 
 
 def test_optimizer_step_time_from_the_cpu_adam_rate():

@@ -575,9 +575,15 @@ def check_memory(plan: Plan, world: int, on_gpu: bool) -> None:
     fix = "no single change fits: add GPUs or nodes, or shorten train.seq_len"
     for label, changed in memory.changes_cheapest_first(mc.run):
         p = memory.plan(mc.model, changed)
-        if not mc.shortfalls(p):
+        judge = mc
+        if p.nvme_bytes:  # NVMe needs a path (judged by its free space when set) and DeepSpeed's async_io op
+            if not on_gpu or not async_io_builds():
+                continue
+            judge = mc if mc.nvme_free is not None else dataclasses.replace(mc, nvme_free=p.nvme_bytes * 2)
+        if not judge.shortfalls(p):
             parts = [f"GPU {p.gpu_bytes_needed / 2**30:.1f} GiB"] if on_gpu else []
             parts.append(f"host {mc.host_needed(p) / 2**30:.1f} GiB")
+            parts += [f"NVMe {p.nvme_bytes / 2**30:.0f} GiB"] if p.nvme_bytes else []
             fix = f"cheapest change that fits: {label} → {', '.join(parts)}"
             break
     raise UserError(

@@ -420,7 +420,7 @@ def changes_cheapest_first(run: RunShape) -> list[tuple[str, RunShape]]:
     """Single changes to a run, from the cheapest in speed to the dearest: a higher ZeRO stage below 3 (almost
     free), a smaller micro-batch with accumulation keeping the global batch, activation checkpointing (~1/3 more
     compute), ZeRO-3 (re-gathers parameters every micro-step), part of the optimizer on the CPU at ZeRO-3 (5% steps),
-    the whole optimizer offloaded, then parameter offload.
+    the whole optimizer offloaded, then parameter offload, then the optimizer on NVMe (host RAM to disk).
     Each comes with a label naming the run-config keys to set."""
     out = []
     if run.world > 1:
@@ -459,6 +459,20 @@ def changes_cheapest_first(run: RunShape) -> list[tuple[str, RunShape]]:
         label = "ZeRO-3 with optimizer and parameter offload to CPU"
         out.append(
             (label, replace(run, zero_stage=3, offload_optimizer="cpu", offload_params="cpu", offload_ratio=1.0))
+        )
+    nvme = 'deepspeed.offload_optimizer = "nvme", deepspeed.nvme_path = a directory on a fast local disk'
+    if run.offload_optimizer != "nvme":
+        z = max(run.zero_stage, 1)
+        out.append(
+            (
+                f"optimizer offload to NVMe at ZeRO-{z} ({nvme})",
+                replace(run, zero_stage=z, offload_optimizer="nvme", offload_ratio=1.0),
+            )
+        )
+    if run.offload_params == "none":
+        label = f'ZeRO-3 with the optimizer on NVMe and the parameters on the CPU (deepspeed.zero_stage = 3, {nvme}, deepspeed.offload_params = "cpu")'
+        out.append(
+            (label, replace(run, zero_stage=3, offload_optimizer="nvme", offload_params="cpu", offload_ratio=1.0))
         )
     return out
 
