@@ -41,6 +41,8 @@ def parse_args():
     p.add_argument("--compile", default="none", choices=("none", "blocks", "auto"), help="zerotrain: train.compile")
     p.add_argument("--plain-loss", action="store_true", help="zerotrain: train.fused_loss=false (the full fp32 logits)")
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warm", type=int, default=0, help="hf: steps run before the clock starts (tokens/s)")
+    p.add_argument("--vocab", type=int, default=0, help="hf llama: vocabulary instead of the preset's")
     p.add_argument("--data", default="data/shakespeare-gpt2")
     p.add_argument("--snapshot", action="store_true")
     p.add_argument("--out", required=True)
@@ -121,7 +123,7 @@ def run_hf(a) -> dict:
             n_layer=s["n_layer"], n_head=s["n_head"], n_embd=s["n_embd"], n_positions=1024, vocab_size=50257
         )
     else:
-        cfg = transformers.LlamaConfig(**LLAMA_SHAPES[shape])
+        cfg = transformers.LlamaConfig(**{**LLAMA_SHAPES[shape], **({"vocab_size": a.vocab} if a.vocab else {})})
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
     with torch.device("cuda"):
@@ -155,7 +157,10 @@ def run_hf(a) -> dict:
     setup = torch.cuda.memory_allocated()
     g = torch.Generator().manual_seed(int(os.environ.get("RANK", "0")))
     peaks, t0 = [], time.perf_counter()
-    for _ in range(a.steps):
+    for step in range(a.warm + a.steps):
+        if step == a.warm:
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
         for _ in range(a.grad_accum):
             ids = (
                 torch.randint(0, cfg.vocab_size, (a.micro_batch, a.seq_len), generator=g)

@@ -75,6 +75,8 @@ def test_every_import_is_a_declared_dependency():
     for module, files in sorted(third_party_imports().items()):
         dists = providers(module)
         where = ", ".join(sorted(files))
+        if not dists and normalize(module) in extras.get("gpu", set()) and not any(files.values()):
+            continue  # the gpu extra's kernels (Triton) are not installed on CPU machines; imported where used
         if not dists:
             problems.append(
                 f"{module} (imported in {where}) is not installed: declare the distribution that provides it"

@@ -155,15 +155,9 @@ def summarize(records: list[dict], warmup_steps: int) -> dict:
     }
 
 
-def run_one(
-    cfg: BenchConfig,
-    base_config: str,
-    overrides: list[str],
-    nproc: int,
-    run_dir: Path,
-    warmup_steps: int,
-    max_steps: int,
-) -> BenchResult:
+def train_command(cfg: BenchConfig, base_config: str, overrides: list[str], nproc: int, run_dir: Path) -> list[str]:
+    """The `zerotrain train` command line that measures one configuration (no checkpoints, no evaluation, phase
+    timing on); `overrides` come last, so they win."""
     args = [
         base_config,
         f"--run.out_dir={run_dir}",
@@ -183,15 +177,17 @@ def run_one(
         *overrides,
         "--overwrite",
     ]
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "zerotrain", "train", *args] + (["--nproc", str(nproc)] if nproc > 1 else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    log = proc.stdout + proc.stderr
-    (run_dir.parent / f"{cfg.name}.log").write_text(log)
+    return [sys.executable, "-m", "zerotrain", "train", *args] + (["--nproc", str(nproc)] if nproc > 1 else [])
+
+
+def read_run(
+    cfg: BenchConfig, returncode: int, log: str, run_dir: Path, warmup_steps: int, max_steps: int
+) -> BenchResult:
+    """A finished train run's result from its exit code, its output and its metrics.jsonl."""
     metrics = run_dir / "metrics.jsonl"
     records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
     tail = "\n".join(log.strip().splitlines()[-5:])
-    if proc.returncode != 0:
+    if returncode != 0:
         refused = [line for line in log.splitlines() if line.startswith("error: this run would not fit")]
         if refused:  # train's memory check: planned not to fit, so never started
             return BenchResult(cfg, "does not fit (planned)", log_tail=refused[0])
@@ -199,16 +195,33 @@ def run_one(
             return BenchResult(cfg, "oom", log_tail=tail)
         finished = any(r.get("step") == max_steps and "loss" in r for r in records)
         if not finished:
-            return BenchResult(cfg, f"failed (exit {proc.returncode})", log_tail=tail)
+            return BenchResult(cfg, f"failed (exit {returncode})", log_tail=tail)
         # every step ran and was measured, then a process died on its way out: keep the numbers, say so
         return BenchResult(
-            cfg, f"ok, then exit {proc.returncode} at shutdown", log_tail=tail, **summarize(records, warmup_steps)
+            cfg, f"ok, then exit {returncode} at shutdown", log_tail=tail, **summarize(records, warmup_steps)
         )
     result = BenchResult(cfg, "ok", **summarize(records, warmup_steps))
     profile = run_dir / "profile" / "summary-rank0.json"
     if profile.is_file():
         result.communication_wait_s = json.loads(profile.read_text()).get("communication_wait_s")  # GPU runs only
     return result
+
+
+def run_one(
+    cfg: BenchConfig,
+    base_config: str,
+    overrides: list[str],
+    nproc: int,
+    run_dir: Path,
+    warmup_steps: int,
+    max_steps: int,
+) -> BenchResult:
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    cmd = train_command(cfg, base_config, overrides, nproc, run_dir)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    log = proc.stdout + proc.stderr
+    (run_dir.parent / f"{cfg.name}.log").write_text(log)
+    return read_run(cfg, proc.returncode, log, run_dir, warmup_steps, max_steps)
 
 
 def bench(

@@ -172,6 +172,58 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     bn.set_defaults(func=commands.cmd_bench)
 
+    tu = verbs.add_parser(
+        "tune",
+        help="the fastest ZeRO stage, offload, checkpointing and micro-batch that fits: planned, then measured",
+        description="Enumerates stage × offload × activation checkpointing × micro-batch (keeping the global batch), "
+        "drops what the memory planner says does not fit, orders the rest by a predicted step time calibrated as "
+        "measurements arrive, and measures the most promising with short `zerotrain train` runs (as bench does) "
+        "within the budget. Writes the winner as DIR/tuned.toml (and --for's config), tune.md, tune.json and "
+        "tune.png. --section.key=value overrides apply to the config and to every measured run. docs/tune.md "
+        "explains the model.",
+    )
+    tu.add_argument("config", help="the run config (TOML) to tune: its model, data and settings")
+    tu.add_argument("--nproc", type=int, default=1, help="ranks (GPUs, or CPU processes) (default 1)")
+    tu.add_argument(
+        "--budget-minutes", type=float, default=30, help="time for measuring (default 30; --exhaustive ignores it)"
+    )
+    tu.add_argument("--global-batch", type=int, help="sequences per optimizer step to keep (default: the config's)")
+    tu.add_argument(
+        "--micro-batch", type=int, nargs="+", help="micro-batch sizes to consider (default 1 2 4 ... 64 that divide)"
+    )
+    tu.add_argument(
+        "--for",
+        dest="target",
+        default="zerotrain",
+        choices=("zerotrain", "deepspeed", "hf-trainer", "accelerate"),
+        help='also write the winner\'s ds_config.json (deepspeed), its HF Trainer "auto" form (hf-trainer) or '
+        "ds_config.json and accelerate_config.yaml (accelerate); the run config is always written",
+    )
+    tu.add_argument(
+        "--gpu-memory", help="memory of one GPU: a name (h100) or an amount (80GiB, 600MiB); default: detected"
+    )
+    tu.add_argument("--host-memory", help="host RAM of the node (125GiB); default: the cgroup limit or MemTotal")
+    tu.add_argument(
+        "--headroom", type=float, default=0.10, help="share of GPU and host memory left free (default 0.10)"
+    )
+    tu.add_argument("--steps", type=int, default=10, help="measured steps per candidate after warm-up (default 10)")
+    tu.add_argument("--warmup-steps", type=int, default=3, help="steps left out of the median (default 3)")
+    tu.add_argument(
+        "--exhaustive",
+        action="store_true",
+        help="measure every fitting candidate to the end, no early stopping and no budget (the baseline tune is "
+        "compared with)",
+    )
+    tu.add_argument("--max-measure", type=int, help="measure at most this many candidates")
+    tu.add_argument("--out", default="tune-results", help="output directory (default tune-results)")
+    tu.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    tu.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted tune in --out (the same command): what it measured is kept, its time counted",
+    )
+    tu.set_defaults(func=commands.cmd_tune)
+
     pl = verbs.add_parser(
         "plan",
         help="per-GPU memory for each ZeRO stage and offload choice; what fits",
@@ -180,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pl.add_argument(
         "--model",
-        help="gpt2 ... gpt2-xl, smollm2-135m, tinyllama-1.1b, llama2-7b, mistral-7b, llama3-8b, hf:DIR, "
+        help="gpt2 ... gpt2-xl, smollm2-135m, tinyllama-1.1b, llama3.2-3b, llama2-7b, mistral-7b, llama3-8b, hf:DIR, "
         "a config.json, or dims:LAYERS,HEADS,HIDDEN[,VOCAB]",
     )
     pl.add_argument("--config", help="a zerotrain run config (TOML): model, batch and DeepSpeed settings from it")
@@ -385,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated")
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.verb != "train":
+    if extra and args.verb not in ("train", "tune"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args, extra)

@@ -545,6 +545,50 @@ def cmd_bench(args, _extra) -> int:
     return 0 if any(r.measured for r in results) else 1
 
 
+def cmd_tune(args, extra) -> int:
+    import signal
+    from pathlib import Path
+
+    from zerotrain.tune import TuneArgs, tune
+
+    a = TuneArgs(
+        config=args.config,
+        nproc=args.nproc,
+        budget_minutes=args.budget_minutes,
+        global_batch=args.global_batch,
+        target=args.target,
+        out=args.out,
+        gpu_memory=args.gpu_memory,
+        host_memory=args.host_memory,
+        headroom=args.headroom,
+        micro_batches=args.micro_batch,
+        warmup_steps=args.warmup_steps,
+        steps=args.steps,
+        exhaustive=args.exhaustive,
+        max_measure=args.max_measure,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        overrides=_split_overrides(extra),
+    )
+
+    def interrupted(_signum, _frame):  # SIGTERM (a `timeout`, a scheduler) ends tune as Ctrl-C does: its run stopped
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    summary = tune(a, on_progress=lambda line: print(line, flush=True))
+    out = args.out
+    print((Path(out) / "tune.md").read_text())
+    w = summary["winner"]
+    if w is None:
+        print(f"no candidate ran to the end; see {out}/tune.md and the logs in {out}/runs/", file=sys.stderr)
+        return 1
+    print(
+        f"winner {w['label']}: {1000 * w['step_time_s']:.1f} ms/step; wrote {', '.join(f'{out}/{f}' for f in summary['written'])}, "
+        f"{out}/tune.md, tune.json, tune.png"
+    )
+    return 0
+
+
 def cmd_launch(args, _extra) -> int:
     from zerotrain import launch
 

@@ -132,17 +132,21 @@ def check_tokenizer(info: HFModelInfo, data_dir: Path) -> None:
 class CausalLM(torch.nn.Module):
     """A transformers causal LM behind zerotrain's model interface: forward(idx, targets) -> mean loss over
     targets != IGNORE_INDEX (targets are already the next tokens, so nothing is shifted here), or the logits
-    without targets. The cross-entropy is taken in fp32 like transformers' own loss (model.masked_mean_cross_entropy)."""
+    without targets. The plain path takes the cross-entropy in fp32 like transformers' own loss
+    (model.masked_mean_cross_entropy); on the fast path (kernels/hf.py) the head is model.LMHead and the loss is
+    zerotrain's fused, chunked one, with no fp32 logits."""
 
     def __init__(self, inner):
         super().__init__()
         self.inner = inner
+        self.fused_loss = False  # kernels.hf.fuse_loss turns it on
 
     def forward(self, idx, targets=None):
-        logits = self.inner(input_ids=idx, use_cache=False).logits  # (B, T, V)
-        if targets is None:
-            return logits
-        return masked_mean_cross_entropy(logits, targets)
+        if targets is None or not self.fused_loss:
+            logits = self.inner(input_ids=idx, use_cache=False).logits  # (B, T, V)
+            return logits if targets is None else masked_mean_cross_entropy(logits, targets)
+        hidden = self.inner.base_model(input_ids=idx, use_cache=False).last_hidden_state  # (B, T, h)
+        return self.inner.lm_head(hidden, targets)
 
 
 def load(info: HFModelInfo, dtype: str, ds_config: dict, zero_stage: int, gradient_checkpointing: bool):

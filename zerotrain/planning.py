@@ -172,8 +172,8 @@ def run_shape(cfg, gpus_per_node: int = 1, nodes: int = 1, dtype: str | None = N
         overlap_comm=gpus_per_node * nodes > 1,
         dtype=dtype or ("bf16" if ds.dtype == "auto" else ds.dtype),
         grad_accum_dtype=ds.grad_accum_dtype,
-        compile=t.compile,
-        fused_loss=t.fused_loss,
+        compile=t.compile if (t.hf_fast_path or not m.hf) else "none",
+        fused_loss=t.fused_loss and (t.hf_fast_path or not m.hf),
         seq_len=t.seq_len or (m.block_size or memory.GPT2_PRESETS.get(m.preset, {}).get("block_size", 1024)),
     )
 

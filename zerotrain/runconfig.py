@@ -123,14 +123,23 @@ class TrainSection:
     early_stop_patience: int = 0
     """Stop after this many evaluations without a better val loss; 0 disables early stopping."""
     compile: Literal["auto", "blocks", "none"] = "auto"
-    """torch.compile: "blocks" compiles each transformer block and the loss, "none" runs eager, "auto" compiles on
-    GPUs at ZeRO stages 0-2 (not on CPU, where compiling takes longer than it saves). Never under ZeRO-3: with
+    """torch.compile: "blocks" compiles each transformer block (a model.hf model's decoder layers) and the loss, "none"
+    runs eager, "auto" compiles on GPUs at ZeRO stages 0-2 (not on CPU, where compiling takes longer than it saves). Never under ZeRO-3: with
     DeepSpeed 0.19.8 compiled blocks race with ZeRO-3's backward on GPUs and train on wrong gradients
     (docs/performance.md; benchmarks/zero3_compile_check.py shows it)."""
     fused_loss: bool = True
     """Cross-entropy a chunk of tokens at a time, with its gradient computed in the same pass, instead of
     materialising fp32 logits for the whole micro-batch (3 × 4 bytes × vocabulary per token). false: the
-    textbook path, for comparison."""
+    textbook path, for comparison. Also for model.hf models of the Llama, Mistral, Qwen2/3 and GPT-2 families
+    (their head becomes zerotrain's fused one; kernels/hf.py)."""
+    hf_fast_path: bool = True
+    """model.hf models: false runs transformers' code exactly as it is (fp32 logits, eager layers, no Liger Kernel),
+    whatever train.fused_loss, train.compile and train.liger say; for comparison and debugging."""
+    liger: Switch = "auto"
+    """model.hf models of the Llama, Mistral and Qwen2/3 families: RMSNorm, SwiGLU and RoPE through Liger Kernel's
+    Triton kernels (pip install liger-kernel). "auto": on GPUs in bf16/fp16 where the decoder layers are not compiled
+    (ZeRO-3, train.compile = "none") and the package is installed; compiled layers fuse the same operations.
+    "on": also with compiled layers; a run where it cannot stops and says why. "off": transformers' modules."""
     fused_gelu: Switch = "auto"
     """The MLP's GELU inside cuBLASLt's matmul epilogues (GELU_AUX_BIAS forward, DGELU backward; zerotrain/kernels/cublaslt.py)
     instead of separate kernels. "auto": with compiled blocks (GPUs, ZeRO 0-2), where it measured faster; eager

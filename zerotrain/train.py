@@ -291,10 +291,12 @@ def build_model(plan: Plan, ds_config: dict, d, say):
     compiled = False
     if plan.hf:
         from zerotrain import hf
+        from zerotrain.kernels import hf as hf_kernels
 
         model = hf.load(plan.hf, plan.dtype, ds_config, ds.zero_stage, ds.activation_checkpointing)
         say(f"fine-tuning {plan.hf.describe()}")
         block_classes = hf.decoder_layer_classes(model)
+        fast = hf_kernels.apply(model, t, d.device, plan.dtype, ds.zero_stage, set(block_classes))
     else:
         with torch.device(d.device):
             model = GPT(plan.model)
@@ -306,7 +308,9 @@ def build_model(plan: Plan, ds_config: dict, d, say):
         block_classes = [Block]
     per_block = ds.zero_stage == 3 and ds.zero3_gather_per_block and bool(block_classes)
     applied = (["compiled blocks"] if compiled else []) + (["parameters gathered per block"] if per_block else [])
-    if not plan.hf:
+    if plan.hf:
+        applied += fast
+    else:
         from zerotrain import kernels
 
         applied += kernels.apply(

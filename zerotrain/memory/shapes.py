@@ -47,6 +47,16 @@ LLAMA_PRESETS = {
         "tie_word_embeddings": False,
         "max_position_embeddings": 2048,
     },
+    "llama3.2-3b": {
+        "hidden_size": 3072,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 24,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+        "tie_word_embeddings": True,
+        "max_position_embeddings": 131072,
+    },
     "llama2-7b": {
         "hidden_size": 4096,
         "intermediate_size": 11008,
@@ -309,8 +319,8 @@ class RunShape:
     offload_ratio: float = 1.0
     activation_checkpointing: bool = False
     attention: str = "sdpa"  # sdpa (flash/memory-efficient kernels: no T×T scores kept) | eager (scores kept)
-    compile: str = "auto"  # zerotrain models: train.compile (auto, blocks: compiled blocks on GPUs below stage 3)
-    fused_loss: bool = True  # zerotrain models: train.fused_loss
+    compile: str = "auto"  # train.compile (auto, blocks: compiled blocks or decoder layers on GPUs below stage 3)
+    fused_loss: bool = True  # train.fused_loss (model.hf models: with train.hf_fast_path, Llama/Mistral/Qwen/GPT-2)
     reduce_bucket_size: int = 500_000_000
     allgather_bucket_size: int = 500_000_000
     overlap_comm: bool | None = None  # None: DeepSpeed's default (on at stage 3)

@@ -175,10 +175,10 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
     # --- activations kept for backward, and what comes on top at three moments: the end of the forward (the
     # fused loss's chunk loop), the start of backward (the plain loss's fp32 gradients) and the first block's
     # backward (reduce buffers allocated, the loss's scaled gradients alive)
-    compiled = (
-        model.impl == "zerotrain" and run.compile in ("blocks", "auto") and z < 3
-    )  # train refuses blocks at stage 3
-    fused = model.impl == "zerotrain" and run.fused_loss
+    # train refuses compiled blocks at stage 3; model.hf models get compiled layers and the fused loss on the
+    # fast path (kernels/hf.py), which run_shape folds into these two switches
+    compiled = run.compile in ("blocks", "auto") and z < 3
+    fused = run.fused_loss
     kept_loss, loss_forward, loss_backward = _loss_terms(model, b, s, fused, compiled)
     per_layer = saved_bytes_per_token_per_layer(model, b, run.attention, run.seq_len)
     block_backward: float = s * _block_backward_transient(model, b)

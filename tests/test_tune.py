@@ -1,0 +1,205 @@
+"""zerotrain tune: the candidate grid, the step-time model and its calibration, bad input refused before anything is
+written, and a real 2-rank CPU tune whose chosen configuration trains."""
+
+import json
+import re
+import time
+from dataclasses import replace
+
+import pytest
+
+from tests.conftest import assert_clean_failure, metrics, run_ok, write_config, zerotrain
+from zerotrain import UserError, memory
+from zerotrain.tune import (
+    TERMS,
+    Calibration,
+    Candidate,
+    Limits,
+    Measure,
+    TuneArgs,
+    default_hardware,
+    enumerate_candidates,
+    measure,
+    predict_terms,
+    prune,
+    setup,
+    split_batch,
+)
+from zerotrain.tune.grid import what_would_fit
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_grid_keeps_the_global_batch_and_only_valid_offloads():
+    cands = enumerate_candidates(16, 2, [1, 2, 4, 16])
+    # per rank 8: micro-batches 1, 2 and 4 divide it, 16 does not; 8 stage × offload pairs × 2 checkpointing
+    assert len(cands) == 3 * 8 * 2 and len({c.name for c in cands}) == len(cands)
+    assert {(c.micro_batch, c.grad_accum) for c in cands} == {(1, 8), (2, 4), (4, 2)}
+    for c in cands:
+        assert c.micro_batch * c.grad_accum * 2 == 16
+        assert c.offload_optimizer == "none" or c.zero_stage >= 1
+        assert c.offload_params == "none" or (c.zero_stage == 3 and c.offload_optimizer == "cpu")
+    assert split_batch(6, 4, [1, 2]) == [] and split_batch(8, 2, [8]) == []
+    with pytest.raises(UserError, match="global batch 6 cannot be split over 4 rank"):
+        enumerate_candidates(6, 4, [1, 2])
+
+
+def test_the_step_time_model_ranks_stages_checkpointing_and_offload():
+    model = memory.resolve_model("gpt2-xl")
+    run = memory.RunShape(gpus_per_node=8, seq_len=1024, dtype="bf16")
+    hw = default_hardware(on_gpu=True, device_name="NVIDIA H100 80GB HBM3")
+    assert hw.peak_flops == 989e12
+    t = lambda z, oo="none", op="none", ckpt=False, mb=4, accum=2: predict_terms(
+        Candidate(z, oo, op, ckpt, mb, accum), model, run, hw
+    )
+    comm = [t(z)["communication"] for z in range(4)]
+    assert comm[0] == comm[1] < comm[2] < comm[3]  # ZeRO-2 reduces every micro-step, ZeRO-3 also gathers parameters
+    assert t(2, accum=4)["communication"] > t(2, accum=2)["communication"]
+    assert t(2, ckpt=True)["compute"] > t(2)["compute"] and t(2)["offload"] == 0
+    assert t(3, "cpu", "cpu")["offload"] > t(3, "cpu")["offload"] > 0
+    assert (
+        predict_terms(Candidate(3, "none", "none", False, 4, 2), model, replace(run, gpus_per_node=1), hw)[
+            "communication"
+        ]
+        == 0
+    )
+    # the same tokens per step in fewer, larger micro-steps cost less fixed overhead
+    assert t(2, mb=8, accum=1)["overhead"] < t(2, mb=1, accum=8)["overhead"]
+
+
+def test_a_model_that_fits_nowhere_is_told_what_would():
+    model = memory.resolve_model("llama3-8b")
+    run = memory.RunShape(gpus_per_node=1, seq_len=2048, dtype="bf16")
+    cands = enumerate_candidates(8, 1, [2, 4])
+    limits = Limits(40 * 2**30, 64 * 2**30, 0.1, 1, True)  # one 40 GiB GPU, 64 GiB of host RAM
+    prune(cands, model, run, limits)
+    assert all(c.pruned for c in cands)
+    ideas = what_would_fit(model, run, limits, cands).split("; ")
+    # more GPUs (the fewest on which a configuration of the grid fits), NVMe, or the memory the smallest needs
+    assert re.fullmatch(r"(2|4|8|16) GPUs \(ZeRO-\d.*, mb \d\)", ideas[0]) and ideas[1].startswith("NVMe offload")
+    assert ideas[-1].startswith("a GPU of") and "GiB of host RAM per node" in ideas[-1]
+
+
+def test_calibration_recovers_the_scale_of_each_term():
+    truth = {"compute": 2.0, "communication": 0.5, "offload": 3.0, "overhead": 1.5}
+    cands = []
+    for i in range(6):
+        c = Candidate(2, "none", "none", False, 1, 1)
+        c.terms = {"compute": 1.0 + i, "communication": 0.2 * (i % 3), "offload": 0.1 * (i % 2), "overhead": 0.05 * i}
+        c.step_time_s = sum(truth[k] * c.terms[k] for k in TERMS)
+        cands.append(c)
+    cal = Calibration()
+    cal.fit(cands[:2])  # too few for a per-term fit: one common factor
+    assert cal.how.startswith("one factor") and len(set(cal.k.values())) == 1
+    cal.fit(cands)
+    assert cal.how.startswith("per term")
+    assert all(cal.k[k] == pytest.approx(truth[k], rel=1e-6) for k in TERMS)
+    assert all(cal.predict(c.terms) == pytest.approx(c.step_time_s) for c in cands)
+
+
+@pytest.fixture()
+def tiny_config(tmp_path, char_data):
+    return write_config(tmp_path / "tiny.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=6)
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_config):
+    out = tmp_path / "out"
+    # global batch 3 over 2 ranks: no micro-batch keeps it
+    r = zerotrain("tune", tiny_config, "--nproc", "2", "--global-batch", "3", "--out", out)
+    assert_clean_failure(r, "global batch 3 cannot be split over 2 rank", "multiple of 2")
+    # a budget too small to measure one configuration
+    r = zerotrain("tune", tiny_config, "--nproc", "2", "--budget-minutes", "0.05", "--out", out)
+    assert_clean_failure(r, "--budget-minutes 0.05 is too small to measure one configuration", "give at least")
+    # a model that fits nowhere says what would
+    xl = tmp_path / "xl.toml"
+    xl.write_text(
+        tiny_config.read_text()
+        .replace('preset = "tiny"', 'preset = "gpt2-xl"')
+        .replace("n_layer = 2\nn_head = 2\nn_embd = 32\nblock_size = 32\n", "")
+    )
+    r = zerotrain("tune", xl, "--gpu-memory", "6GiB", "--host-memory", "500GiB", "--global-batch", "8", "--out", out)
+    line = assert_clean_failure(r, "none of the 64 configurations of gpt2-xl", "what would:")
+    assert "a GPU of" in line and "GiB" in line
+    assert not out.exists()
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    r = zerotrain("tune", tiny_config, "--out", out)
+    assert_clean_failure(r, "--overwrite")
+
+
+def limit_between(tiny_config, **kw) -> str:
+    """A --gpu-memory (in MiB) halfway through the candidates' planned needs: about half of them do not fit."""
+    *_, cands, _fitting, _limits, _hw, _batch, _device = setup(
+        TuneArgs(config=str(tiny_config), gpu_memory="80GiB", headroom=0.0, **kw)
+    )
+    needs = sorted(c.plan["gpu_needed"] for c in cands)
+    return f"{(needs[len(needs) // 2 - 1] + needs[len(needs) // 2]) / 2 / 2**20:.4f}MiB"
+
+
+@pytest.mark.slow
+def test_tune_on_two_cpu_ranks_prunes_measures_and_its_choice_trains(tmp_path, tiny_config):
+    limit = limit_between(tiny_config, nproc=2, micro_batches=[2, 4])
+    out = tmp_path / "tune"
+    args = ["tune", tiny_config, "--nproc", "2", "--micro-batch", "2", "4", "--headroom", "0", "--gpu-memory", limit]
+    args += ["--steps", "2", "--warmup-steps", "1", "--for", "hf-trainer", "--out", out]
+    first = run_ok(*args, "--max-measure", "1", timeout=900)
+    assert "[1/16]" in first.stdout and "--max-measure 1 reached" in first.stdout
+    measured_first = json.loads((out / "tune.json").read_text())
+    # an interrupted or cut-short tune continues where it stopped, its measurements and time kept
+    r = run_ok(*args, "--max-measure", "2", "--resume", timeout=900)
+    assert "resuming: 1 measured" in r.stdout and "[2/16]" in r.stdout and "[1/16]" not in r.stdout
+    assert "predicted" in r.stdout and "ms/step" in r.stdout and "winner" in r.stdout  # progress as it goes
+    doc = json.loads((out / "tune.json").read_text())
+    cands = {c["name"]: c for c in doc["candidates"]}
+    assert doc["n_candidates"] == len(cands) == 32
+    pruned = [c for c in cands.values() if c["status"] == "pruned"]
+    assert 0 < len(pruned) < len(cands) and all(c["pruned"].startswith("GPU: needs") for c in pruned)
+    measured = [c for c in cands.values() if c["step_time_s"] is not None]
+    assert len(measured) == 2 and all(c["predicted_before_measuring_s"] > 0 for c in measured)
+    winner = cands[doc["winner"]["name"]]
+    assert winner["status"] == "ok" and not winner["pruned"] and winner["peak_allocated"] > 0
+    assert winner["step_time_s"] == min(c["step_time_s"] for c in measured if c["status"] == "ok")
+    assert doc["prediction_error"]["before_measuring"]["n"] >= 1 and doc["elapsed_s"] > measured_first["elapsed_s"]
+    kept = measured_first["winner"]["name"]
+    assert cands[kept]["wall_s"] == next(c["wall_s"] for c in measured_first["candidates"] if c["name"] == kept)
+    assert (out / "tune.png").read_bytes()[:8] == PNG_MAGIC
+    assert f"winner: **{doc['winner']['label']}**" in (out / "tune.md").read_text()
+    ds = json.loads((out / "ds_config.json").read_text())
+    assert ds["train_micro_batch_size_per_gpu"] == "auto" and ds["zero_optimization"]["stage"] == winner["zero_stage"]
+
+    # the chosen configuration trains
+    run_dir = tmp_path / "tuned-run"
+    run_ok(
+        "train",
+        out / "tuned.toml",
+        "--nproc",
+        "2",
+        f"--run.out_dir={run_dir}",
+        "--train.max_steps=3",
+        "--run.checkpoints=false",
+        "--train.eval_interval=0",
+        timeout=600,
+    )
+    assert [r["step"] for r in metrics(run_dir) if "loss" in r] == [1, 2, 3]
+    used = json.loads((run_dir / "ds_config.json").read_text())
+    assert used["zero_optimization"]["stage"] == winner["zero_stage"]
+    assert used["train_micro_batch_size_per_gpu"] == winner["micro_batch"]
+    assert used["gradient_accumulation_steps"] == winner["grad_accum"]
+    assert ("offload_optimizer" in used["zero_optimization"]) == (winner["offload_optimizer"] != "none")
+
+
+@pytest.mark.slow
+def test_a_run_clearly_slower_than_the_best_is_stopped(tmp_path, tiny_config):
+    import psutil
+
+    c = Candidate(2, "none", "none", False, 4, 1)
+    m = Measure(str(tiny_config), 2, 1, 200, [], "auto", stop_slower_by=0.1)
+    run_dir = tmp_path / "runs" / c.name
+    started = time.monotonic()
+    measure(c, m, run_dir, best_s=1e-6, deadline=None)
+    assert c.status == "stopped early (slower)"
+    assert 2 <= c.steps_timed < 200 and c.step_time_s > 0 and time.monotonic() - started < 300
+    assert (tmp_path / "runs" / f"{c.name}.log").is_file()
+    # the launcher and both ranks are gone
+    left = [p for p in psutil.process_iter(["cmdline"]) if str(run_dir) in " ".join(p.info["cmdline"] or [])]
+    assert not left, [p.info["cmdline"] for p in left]
