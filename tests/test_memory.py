@@ -651,9 +651,9 @@ LLAMA_8B_RUN = RunShape(micro_batch=2, seq_len=2048, zero_stage=3, activation_ch
     "gpu,host_gib,nvme,chosen",
     [
         # the whole optimizer on the host would need 134 GiB of 125: part of it stays on the H200
-        ("h200", 125, False, 'deepspeed.offload_optimizer = "cpu", deepspeed.offload_optimizer_ratio = 0.3'),
-        ("h200", 10_000, False, 'deepspeed.offload_optimizer = "cpu", deepspeed.offload_optimizer_ratio = 0.3'),
-        ("h100", 1000, False, 'deepspeed.offload_optimizer = "cpu", deepspeed.offload_optimizer_ratio = 0.7'),
+        ("h200", 125, False, 'deepspeed.offload_optimizer = "cpu", deepspeed.offload_optimizer_ratio = 0.35'),
+        ("h200", 10_000, False, 'deepspeed.offload_optimizer = "cpu", deepspeed.offload_optimizer_ratio = 0.35'),
+        ("h100", 1000, False, 'deepspeed.offload_optimizer = "cpu", deepspeed.offload_optimizer_ratio = 0.75'),
         # an H100 with 125 GiB: nothing fits on GPU and host alone; with an NVMe path the optimizer goes there
         ("h100", 125, False, None),
         ("h100", 125, True, 'deepspeed.offload_optimizer = "nvme"'),
@@ -728,11 +728,11 @@ def test_cli_plan_shows_partial_offload_auto_and_the_cpu_step(tmp_path):
     env = {"COLUMNS": "250", "XDG_CACHE_HOME": str(tmp_path)}
     args = ("plan", "--model", "llama3-8b", "--gpu-memory", "h200", "--host-memory", "125GiB", "--micro-batch", "2")
     r = run_ok(*args, "--activation-checkpointing", "--cpu-adam-rate", "2e9", env=env)
-    assert "opt cpu 30%" in r.stdout and "recommended: ZeRO-3, offload optimizer cpu (ratio 0.3)" in r.stdout
-    assert "deepspeed.offload_optimizer_ratio = 0.3" in r.stdout and "CPU Adam 1.20 s per optimizer step" in r.stdout
+    assert "opt cpu 35%" in r.stdout and "recommended: ZeRO-3, offload optimizer cpu (ratio 0.35)" in r.stdout
+    assert "deepspeed.offload_optimizer_ratio = 0.35" in r.stdout and "CPU Adam 1.41 s per optimizer step" in r.stdout
     r = run_ok(*args, "--activation-checkpointing", "--offload-optimizer", "auto", "--json", env=env)
     report = json.loads(r.stdout)
-    assert [(p["zero_stage"], p["offload_ratio"]) for p in report["plans"]][-1] == (3, 0.3)
+    assert [(p["zero_stage"], p["offload_ratio"]) for p in report["plans"]][-1] == (3, 0.35)
     assert report["cpu_adam_params_per_s"] is None and report["plans"][-1]["cpu_adam_step_s"] is None
     r = run_ok(*args, "--zero", "3", "--offload-optimizer", "cpu", "--offload-ratio", "0.5", "--json", env=env)
     assert json.loads(r.stdout)["plans"][0]["offload_ratio"] == 0.5
