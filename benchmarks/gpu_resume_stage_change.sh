@@ -2,13 +2,13 @@
 # One GPU: a checkpoint saved at ZeRO-2 resumes at ZeRO-3 (issue #25's GPU bar). GPT-2 124M on Shakespeare, bf16:
 # a straight ZeRO-2 run of 2N steps saving at step N, then its step_N resumed at ZeRO-3 (zerotrain converts it
 # to a universal checkpoint first) for steps N+1..2N; prints both loss curves and the largest relative difference.
-#   OUT=results N=20 bash benchmarks/gpu_resume_stage_change.sh
+#   OUT=results N=20 [EXTRA="--train.compile=none"] bash benchmarks/gpu_resume_stage_change.sh
 set -uo pipefail
 OUT=${OUT:-resume-results}; N=${N:-20}; RUNS=${RUNS:-/tmp/zerotrain-resume}
 mkdir -p "$OUT" "$RUNS"
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 common=(--train.max_steps=$((2 * N)) --train.log_interval=1 --train.eval_interval=0 --train.early_stop_patience=0
-  --train.micro_batch_size=8 --train.grad_accum=2 --run.tensorboard=false --overwrite)
+  --train.micro_batch_size=8 --train.grad_accum=2 --run.tensorboard=false --overwrite ${EXTRA:-})
 python3 -m zerotrain train configs/gpt2-124m.toml --run.out_dir="$RUNS/straight-z2" --run.resume= \
   --deepspeed.zero_stage=2 --train.save_interval="$N" --train.keep_last=4 "${common[@]}" > "$OUT/straight-z2.log" 2>&1 \
   || echo "straight run failed: $(tail -3 "$OUT/straight-z2.log")"

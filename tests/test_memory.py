@@ -104,6 +104,10 @@ def test_loss_chunk_matches_the_model():
     from zerotrain import model
 
     assert memory.FUSED_LOSS_CHUNK_TOKENS == model.LOSS_CHUNK_TOKENS
+    assert memory.activations.FUSED_LOSS_CHUNK_ELEMENTS == model.LOSS_CHUNK_ELEMENTS
+    for vocab in (300, 32000, 49152, 50304, 128256, 151936, 256000):
+        assert memory.activations.fused_loss_chunk_tokens(vocab) == model.loss_chunk_tokens(vocab)
+    assert model.loss_chunk_tokens(50304) == 4096 and model.loss_chunk_tokens(128256) == 1600
 
 
 def test_parameter_counts_match_the_real_models():
@@ -166,12 +170,16 @@ def test_activations_by_hand():
     # the fused loss: no fp32 logits; a chunk of them at the end of the forward (compiled: logits and gradient, 2·b each)
     fast = plan(m, replace(run, compile="blocks", fused_loss=True))
     kept = 8 * (2 * per_layer + 2 * 2 * 64 + 8) + 2 * 128 * 64  # + embedding sum and hidden gradient; + weight gradient
-    forward = (
-        8 * 2 * 64 + 8 * 128 * 4 + 4 * 128 * 64 + 6 * 128 * 64 - 2 * 128 * 64
-    )  # ln_f out, chunk, fp32 accumulator, product
+    forward = 8 * 2 * 64 + 8 * 128 * 4  # ln_f out, the one chunk (whose product is the weight gradient in `kept`)
     assert fast.phases["forward end"]["activations"] == kept + forward
     eager = plan(m, replace(run, compile="none", fused_loss=True))
     assert eager.phases["forward end"]["activations"] == kept + forward + 8 * 128 * (2 + 8 - 4)
+    # more tokens than a chunk (4096 at this vocabulary): the weight gradient is summed in fp32 over the chunks
+    s = 4096 + 8
+    longer = plan(m, replace(run, compile="blocks", fused_loss=True, micro_batch=s // 8))
+    kept = s * (2 * per_layer + 2 * 2 * 64 + 8) + 2 * 128 * 64
+    forward = s * 2 * 64 + 4096 * 128 * 4 + 4 * 128 * 64 + 6 * 128 * 64 - 2 * 128 * 64  # + fp32 sum, product, copy
+    assert longer.phases["forward end"]["activations"] == kept + forward
 
 
 def test_kv_cache_by_hand_and_grouped_query_attention():

@@ -104,7 +104,14 @@ def masked_mean_cross_entropy(logits, targets):
     return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
 
 
-LOSS_CHUNK_TOKENS = 4096  # rows of logits alive at once in the fused loss: 4096 × 50,304 × 4 bytes = 0.8 GB
+LOSS_CHUNK_TOKENS = 4096  # at most this many rows of logits alive at once in the fused loss
+LOSS_CHUNK_ELEMENTS = 4096 * 50304  # and at most this many logits: 0.8 GB in fp32 (GPT-2's vocabulary takes 4096 rows)
+
+
+def loss_chunk_tokens(vocab: int) -> int:
+    """Rows of logits per chunk of the fused loss: fewer for larger vocabularies (Llama 3's 128,256 takes 1,600),
+    so that the chunk's fp32 temporaries stay under a GB whatever the model."""
+    return min(LOSS_CHUNK_TOKENS, max(64, LOSS_CHUNK_ELEMENTS // vocab // 64 * 64))
 
 
 def _chunk_loss_and_grad_fusable(logits, targets, scale):
@@ -150,16 +157,23 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         n_valid = (targets != IGNORE_INDEX).sum().clamp(min=1)
         scale = 1.0 / n_valid.float()
         want_grad = grad_enabled and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
+        chunk = loss_chunk_tokens(weight.size(0))
+        one_chunk = hidden.size(0) <= chunk  # then the weight gradient is one product: no fp32 sum (4·V·h bytes) needed
         grad_hidden = torch.empty_like(hidden) if want_grad else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_grad else None
+        grad_weight = None
+        if want_grad and not one_chunk:
+            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for start in range(0, hidden.size(0), LOSS_CHUNK_TOKENS):
-            h = hidden[start : start + LOSS_CHUNK_TOKENS]
-            loss, grad = chunk_fn(logits_of(h, weight), targets[start : start + LOSS_CHUNK_TOKENS], scale)
+        for start in range(0, hidden.size(0), chunk):
+            h = hidden[start : start + chunk]
+            loss, grad = chunk_fn(logits_of(h, weight), targets[start : start + chunk], scale)
             total += loss
             if want_grad:
-                grad_hidden[start : start + LOSS_CHUNK_TOKENS] = input_grad(grad, weight)
-                grad_weight += weight_grad(grad, h).float()
+                grad_hidden[start : start + chunk] = input_grad(grad, weight)
+                if one_chunk:
+                    grad_weight = weight_grad(grad, h)
+                else:
+                    grad_weight += weight_grad(grad, h).float()
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if want_grad else None)
         return total * scale
 

@@ -230,6 +230,10 @@ def plan_inputs(args):
         run = dataclasses.replace(run, sub_group_size=min(run.sub_group_size, memory.PARTIAL_OFFLOAD_SUB_GROUP))
     if args.activation_checkpointing:
         run = dataclasses.replace(run, activation_checkpointing=True)
+    if not args.config and model.impl != "zerotrain":
+        # a Hugging Face model named without a zerotrain run config is planned as transformers' code runs it (the
+        # HF Trainer, Accelerate, raw DeepSpeed); `--config RUN.toml` plans zerotrain's fast path for it
+        run = dataclasses.replace(run, fused_loss=False, compile="none")
     if args.seq_len is None and not args.config:
         run = dataclasses.replace(
             run, seq_len=min(model.max_positions, 1024) if model.impl != "hf-llama" else min(model.max_positions, 2048)

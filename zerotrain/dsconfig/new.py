@@ -48,7 +48,16 @@ def choose_layout(
         candidates = [micro_batch]
     else:
         candidates = [m for m in (1, 2, 4, 8, 16, 32) if per_gpu is None or per_gpu % m == 0]
-    run = memory.RunShape(gpus_per_node=gpus, nodes=nodes, micro_batch=candidates[0], seq_len=seq_len, dtype=dtype)
+    ours = model.impl == "zerotrain"  # Hugging Face models: planned as transformers' code runs them (no fused loss)
+    run = memory.RunShape(
+        gpus_per_node=gpus,
+        nodes=nodes,
+        micro_batch=candidates[0],
+        seq_len=seq_len,
+        dtype=dtype,
+        fused_loss=ours,
+        compile="auto" if ours else "none",
+    )
     best = memory.recommend(model, run, gpu_memory_bytes, candidates, host_memory=host_memory_bytes)
     if best is None:
         host = f" and {host_memory_bytes / 2**30:.0f} GiB of host RAM per node" if host_memory_bytes else ""

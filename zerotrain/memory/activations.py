@@ -35,6 +35,12 @@ def _checkpointed_block_input(model: ModelShape, b: int) -> int:
 
 
 FUSED_LOSS_CHUNK_TOKENS = 4096  # zerotrain.model.LOSS_CHUNK_TOKENS (tests/test_memory.py checks they agree)
+FUSED_LOSS_CHUNK_ELEMENTS = 4096 * 50304  # zerotrain.model.LOSS_CHUNK_ELEMENTS
+
+
+def fused_loss_chunk_tokens(vocab: int) -> int:
+    """zerotrain.model.loss_chunk_tokens: rows of logits per chunk, fewer for larger vocabularies."""
+    return min(FUSED_LOSS_CHUNK_TOKENS, max(64, FUSED_LOSS_CHUNK_ELEMENTS // vocab // 64 * 64))
 
 
 def _loss_terms(model: ModelShape, b: int, s: int, fused: bool, compiled: bool) -> tuple[int, int, int]:
@@ -46,12 +52,13 @@ def _loss_terms(model: ModelShape, b: int, s: int, fused: bool, compiled: bool) 
     backward holds the fp32 gradient from nll_loss and the fp32 gradient of log_softmax at once (2 × 4V).
     The final norm's output and the embedding sum are kept (b·h each).
 
-    zerotrain's fused loss (model._FusedLinearCrossEntropy): the forward walks chunks of c tokens, holding one
-    chunk's logits and their gradient (2·b·c·V compiled; eager: the logits, one fp32 buffer the gradient is built
-    in, and log-sum-exp's fp32 temporary, (b + 8)·c·V), the weight
-    gradient accumulating in fp32 (4·V·h) and one chunk's contribution to it ((b + 4)·V·h), while the final
-    norm's output is alive; it keeps the hidden-state gradient (b·h per token) and the b·V·h weight gradient,
-    which backward scales into new tensors."""
+    zerotrain's fused loss (model._FusedLinearCrossEntropy): the forward walks chunks of c tokens (fewer rows for
+    larger vocabularies, fused_loss_chunk_tokens), holding one chunk's logits and their gradient (2·b·c·V compiled;
+    eager: the logits, one fp32 buffer the gradient is built in, and log-sum-exp's fp32 temporary, (b + 8)·c·V)
+    and, over several chunks, the weight gradient summed in fp32 (4·V·h) beside one chunk's product and its fp32 copy
+    ((b + 4)·V·h), while
+    the final norm's output is alive; it keeps the hidden-state gradient (b·h per token) and the b·V·h weight
+    gradient (one chunk: that chunk's product), which backward scales into new tensors."""
     V, h = model.vocab, model.hidden
     if not fused:
         if model.impl == "hf-llama":
@@ -61,13 +68,15 @@ def _loss_terms(model: ModelShape, b: int, s: int, fused: bool, compiled: bool) 
                 4 * V + 2 * b * h + 8 + (h if model.dropout > 0 else 0)
             )  # ln_f out + stats, embedding sum (+ mask)
         return kept, 0, s * 8 * V
-    c = min(FUSED_LOSS_CHUNK_TOKENS, s)
+    c = min(fused_loss_chunk_tokens(V), s)
     kept = (
         s * (2 * b * h + 8 + (h if model.dropout > 0 else 0)) + b * V * h
     )  # embedding sum, grad of hidden, ln_f stats
     # ln_f output + one chunk + fp32 accumulator + one chunk's product (b) and its fp32 copy (4); the b·V·h
     # gradient counted in `kept` is only made after the loop
-    forward = s * b * h + c * V * (2 * b if compiled else b + 8) + 4 * V * h + (b + 4) * V * h - b * V * h
+    # one chunk: the weight gradient is that chunk's product, made in place of the fp32 sum
+    accumulate = 0 if s <= c else 4 * V * h + (b + 4) * V * h - b * V * h  # the fp32 sum, a product and its fp32 copy
+    forward = s * b * h + c * V * (2 * b if compiled else b + 8) + accumulate
     backward = s * b * h + b * V * h  # the scaled gradients backward returns
     return kept, forward, backward
 
