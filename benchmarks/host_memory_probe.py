@@ -6,10 +6,14 @@ the peak of that sum is compared with the planned host RAM per node. On the CPU 
 are in host RAM too, so this calibrates the planner's host terms on any machine.
 
     python benchmarks/host_memory_probe.py CONFIG.toml --nproc 2 [--section.key=value ...] [--json OUT.jsonl]
+
+With --timeline, also says what the run had printed last when the peak came (model built, engine, step N), and
+writes every sample with that line to the file, to find which phase a term belongs to.
 """
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -33,6 +37,7 @@ def main() -> None:
     ap.add_argument("config")
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--json", help="append the result as one JSON line to this file")
+    ap.add_argument("--timeline", help="write 'seconds  PSS GiB  last output line' for every sample to this file")
     args, overrides = ap.parse_known_args()
 
     import torch
@@ -47,21 +52,36 @@ def main() -> None:
 
     cmd = [sys.executable, "-m", "zerotrain", "train", args.config, "--nproc", str(args.nproc), *overrides]
     proc = subprocess.Popen(
-        [*cmd, "--run.memory_check=false", "--overwrite"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [*cmd, "--run.memory_check=false", "--overwrite"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},  # each line as it is printed, for --timeline
     )
     root, peak, done = psutil.Process(proc.pid), 0, threading.Event()
+    started, lines, samples = time.perf_counter(), [""], []
 
     def sample() -> None:
         nonlocal peak
         while not done.is_set():
-            peak = max(peak, tree_pss(root))
+            pss = tree_pss(root)
+            peak = max(peak, pss)
+            samples.append((time.perf_counter() - started, pss, lines[-1]))
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    output = proc.communicate()[0]
+    for line in proc.stdout:  # streamed, so that each sample knows what the run had printed by then
+        lines.append(line.rstrip()[:120])
+    proc.wait()
+    output = "\n".join(lines)
     done.set()
     sampler.join()
+    if args.timeline:
+        with open(args.timeline, "w") as f:
+            f.writelines(f"{t:8.1f}  {pss / 2**30:6.2f}  {line}\n" for t, pss, line in samples)
+        at_peak = max(samples, key=lambda s: s[1])
+        print(f"peak at {at_peak[0]:.1f} s, after: {at_peak[2]}")
     if proc.returncode:
         sys.exit(f"training failed ({proc.returncode}):\n{output[-3000:]}")
     row = {

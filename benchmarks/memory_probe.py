@@ -35,6 +35,9 @@ def parse_args():
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
     p.add_argument("--offload-optimizer", default="none")
     p.add_argument("--offload-params", default="none")
+    p.add_argument(
+        "--offload-ratio", type=float, default=1.0, help="ZeRO-3 with --offload-optimizer cpu: the share on the CPU"
+    )
     p.add_argument("--compile", default="none", choices=("none", "blocks", "auto"), help="zerotrain: train.compile")
     p.add_argument("--plain-loss", action="store_true", help="zerotrain: train.fused_loss=false (the full fp32 logits)")
     p.add_argument("--steps", type=int, default=3)
@@ -50,6 +53,7 @@ def config_name(a) -> str:
     return (
         f"{a.impl}-{a.model.replace(':', '-')}-z{a.zero}-mb{a.micro_batch}-ga{a.grad_accum}-t{a.seq_len}-{a.dtype}"
         f"{'-ckpt' if a.checkpointing else ''}{'-oo' + a.offload_optimizer if a.offload_optimizer != 'none' else ''}"
+        f"{f'-r{a.offload_ratio:g}' if a.offload_ratio < 1 else ''}"
         f"{'-op' + a.offload_params if a.offload_params != 'none' else ''}"
         f"{'-compiled' if a.impl == 'zerotrain' and a.compile == 'blocks' else ''}{'-plainloss' if a.plain_loss else ''}"
         f"-w{os.environ.get('WORLD_SIZE', '1')}"
@@ -79,6 +83,7 @@ def run_zerotrain(a, out: Path) -> dict:
         f"--deepspeed.activation_checkpointing={'true' if a.checkpointing else 'false'}",
         f"--deepspeed.offload_optimizer={a.offload_optimizer}",
         f"--deepspeed.offload_params={a.offload_params}",
+        f"--deepspeed.offload_optimizer_ratio={a.offload_ratio}",
         f"--train.compile={a.compile}",
         f"--train.fused_loss={'false' if a.plain_loss else 'true'}",
     ]
@@ -128,6 +133,11 @@ def run_hf(a) -> dict:
     zero = {"stage": a.zero, "overlap_comm": True, "contiguous_gradients": True}
     if a.offload_optimizer != "none":
         zero["offload_optimizer"] = {"device": a.offload_optimizer, "pin_memory": True}
+        if a.offload_ratio < 1:  # as zerotrain writes it (dsconfig/from_run.py)
+            from zerotrain.memory import PARTIAL_OFFLOAD_SUB_GROUP
+
+            zero["offload_optimizer"]["ratio"] = a.offload_ratio
+            zero["sub_group_size"] = PARTIAL_OFFLOAD_SUB_GROUP
     if a.offload_params != "none":
         zero["offload_param"] = {"device": a.offload_params, "pin_memory": True}
     ds_config = {
@@ -206,6 +216,7 @@ def main() -> int:
         "activation_checkpointing": a.checkpointing,
         "offload_optimizer": a.offload_optimizer,
         "offload_params": a.offload_params,
+        "offload_ratio": a.offload_ratio,
         **({"compile": a.compile, "fused_loss": not a.plain_loss} if a.impl == "zerotrain" else {}),
         **result,
         "gpu": torch.cuda.get_device_name(),

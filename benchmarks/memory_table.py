@@ -32,7 +32,10 @@ def main() -> None:
             "/".join(
                 x
                 for x in (
-                    r["offload_optimizer"] != "none" and "opt " + r["offload_optimizer"],
+                    r["offload_optimizer"] != "none"
+                    and "opt "
+                    + r["offload_optimizer"]
+                    + (f" {r['offload_ratio']:g}" if r.get("offload_ratio", 1) < 1 else ""),
                     r["offload_params"] != "none" and "params " + r["offload_params"],
                 )
                 if x

@@ -5,6 +5,8 @@ import shutil
 
 import pytest
 
+from zerotrain import UserError
+
 from conftest import assert_clean_failure, tree_digest, write_config, zerotrain
 
 
@@ -235,6 +237,62 @@ def test_a_run_that_does_not_fit_the_host_is_refused_before_it_loads(tmp_path, c
         "train", cfg, "--nproc", 2, "--host-memory", "3GiB", *big, "--run.memory_check=false", "--train.max_steps=0"
     )
     assert "would not fit" not in ok.stderr
+
+
+@pytest.mark.slow
+def test_bad_offload_input_is_refused_before_anything_is_written(tmp_path, char_data):
+    """One line naming the fix, a non-zero exit and no run dir for each: a ratio outside (0, 1] or below ZeRO-3,
+    parameter offload below ZeRO-3, an NVMe path that is missing or a file, a host memory that is not a size."""
+    cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data, zero_stage=3)
+    nvme = ["--deepspeed.offload_optimizer=nvme"]
+    for args, fix in (
+        (["--deepspeed.offload_optimizer=cpu", "--deepspeed.offload_optimizer_ratio=1.5"], "must be in (0, 1]"),
+        (
+            [
+                "--deepspeed.offload_optimizer=cpu",
+                "--deepspeed.offload_optimizer_ratio=0.5",
+                "--deepspeed.zero_stage=2",
+            ],
+            "needs zero_stage = 3",
+        ),
+        (["--deepspeed.offload_params=cpu", "--deepspeed.zero_stage=1"], "offload_params needs zero_stage = 3"),
+        ([*nvme, f"--deepspeed.nvme_path={tmp_path / 'nowhere'}"], "does not exist; create it on a fast local disk"),
+        ([*nvme, f"--deepspeed.nvme_path={cfg}"], "is not a directory"),
+        (["--host-memory", "lots"], "--host-memory 'lots' is not a size"),
+    ):
+        assert_clean_failure(zerotrain("train", cfg, "--nproc", 2, *args), fix)
+        assert not (tmp_path / "run").exists()
+
+
+def test_nvme_path_must_be_writable_and_async_io_buildable(tmp_path, monkeypatch):
+    from zerotrain import preflight
+    from zerotrain.runconfig import DeepSpeedSection
+
+    ds = DeepSpeedSection(zero_stage=3, offload_optimizer="nvme", nvme_path=str(tmp_path))
+    monkeypatch.setattr(preflight, "async_io_builds", lambda: False)
+    with pytest.raises(UserError, match="apt-get install libaio-dev"):
+        preflight.check_nvme_path(ds)
+    monkeypatch.setattr(preflight, "async_io_builds", lambda: True)
+    preflight.check_nvme_path(ds)
+    monkeypatch.setattr(preflight.os, "access", lambda path, mode: False)  # as a non-root user meets a read-only dir
+    with pytest.raises(UserError, match="is not writable by this user"):
+        preflight.check_nvme_path(ds)
+    preflight.check_nvme_path(DeepSpeedSection(offload_optimizer="cpu", nvme_path="/nowhere"))  # not used: not checked
+
+
+def test_cpu_memory_check_counts_what_glibc_keeps_of_zero3s_per_parameter_tensors():
+    """On the CPU a rank's device memory is host RAM; at ZeRO-3 glibc also keeps three copies of the model (gathers in
+    forward and backward, per-parameter gradients) freed into its heap (docs/log/2026-12-07-offload-that-fits.md)."""
+    from zerotrain import memory, preflight
+
+    model = memory.resolve_model("gpt2")
+    for stage, copies in ((2, 0), (3, 3)):
+        run = memory.RunShape(gpus_per_node=2, zero_stage=stage, dtype="fp32", micro_batch=1, seq_len=64)
+        p = memory.plan(model, run)
+        mc = preflight.MemoryCheck(model, run, p, None, None, "", 2, False)
+        device = p.per_gpu["peak_allocated"] + preflight.CPU_PROCESS_HOST_RAM - memory.PROCESS_HOST_RAM
+        base = p.host_ram_per_node - p.host_terms["loading"] + 2 * device
+        assert mc.host_needed(p) == base + 2 * copies * 4 * model.n_params
 
 
 def test_out_dir_that_is_holds_or_lies_inside_the_data_is_refused(tmp_path, char_data):

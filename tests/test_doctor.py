@@ -39,6 +39,7 @@ def test_report_json_has_versions_ops_and_host_facts():
 def test_report_text_and_findings(monkeypatch):
     text = run_ok("doctor", env={"NCCL_P2P_DISABLE": "1"}).stdout
     assert "deepspeed" in text and "host RAM" in text and "/dev/shm" in text
+    assert "NVMe offload  " in text  # whether DeepSpeed's async_io op builds here
     assert "NCCL_P2P_DISABLE=1" in text and "warning  NCCL_P2P_DISABLE" in text
 
 
@@ -56,7 +57,7 @@ def test_findings_for_a_broken_gpu_machine():
         "cuda_home": None,
         "cuda_build": "12.1",
         "nvcc": "11.8",
-        "ops": {"fused_adam": False},
+        "ops": {"fused_adam": False, "async_io": False},
         "deepspeed": "0.19.8",
         "shm": {"total_bytes": 64 * 2**20, "free_bytes": 64 * 2**20},
         "env": {},
@@ -65,6 +66,9 @@ def test_findings_for_a_broken_gpu_machine():
     assert keys["torch"]["level"] == "error" and "index-url" in keys["torch"]["fix"]
     assert {"gpus", "gpu0", "ninja", "c++", "CUDA_HOME", "nvcc", "ops", "/dev/shm"} <= set(keys)
     assert "--shm-size" in keys["/dev/shm"]["fix"]
+    # NVMe offload needs DeepSpeed's async_io op, which needs libaio: its own finding, naming the package
+    assert keys["async_io"]["level"] == "warning" and "libaio-dev" in keys["async_io"]["fix"]
+    assert "async_io" not in keys["ops"]["message"]
 
 
 def test_a_hopper_gpu_without_flash_attention_3_is_told_how_to_get_it():

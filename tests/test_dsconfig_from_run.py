@@ -46,6 +46,24 @@ def test_generated_config_per_stage_and_dtype():
     assert ds["optimizer"]["type"] == "AdamW"  # DeepSpeedCPUAdam for offload
 
 
+def test_partial_offload_ratio_reaches_the_ds_config_and_deepspeeds_parser():
+    from zerotrain.dsconfig import engine_findings
+
+    cfg = RunConfig()
+    cfg.deepspeed.zero_stage, cfg.deepspeed.offload_optimizer = 3, "cpu"
+    ds = build(cfg, Batch(4, 1, 2), "bf16", "cuda")
+    assert (
+        "ratio" not in ds["zero_optimization"]["offload_optimizer"] and "sub_group_size" not in ds["zero_optimization"]
+    )
+    cfg.deepspeed.offload_optimizer_ratio = 0.35
+    ds = build(cfg, Batch(4, 1, 2), "bf16", "cuda")
+    zero = ds["zero_optimization"]
+    assert zero["offload_optimizer"] == {"device": "cpu", "pin_memory": True, "ratio": 0.35}
+    assert zero["sub_group_size"] == 10_000_000  # DeepSpeed splits in whole sub-groups: small ones land on the ratio
+    assert ds["optimizer"]["type"] == "AdamW"  # the CPU's share steps in DeepSpeedCPUAdam, built from the config
+    assert not [f for f in engine_findings(ds, 2) if f.level == "error"]  # DeepSpeed 0.19.8's own parser takes it
+
+
 def test_fp32_gradient_sums_only_where_training_is_bf16():
     cfg = RunConfig()
     cfg.deepspeed.grad_accum_dtype = "fp32"

@@ -117,8 +117,14 @@ def test_cli_new_fits_the_host_ram_it_is_given():
 
     r = zerotrain("config", "new", "--model", "gpt2-xl", "--gpus", 1, "--gpu", "h100", "--host-memory", "30GiB")
     assert r.returncode == 0, r.stderr
+    # an 8B model on one H200 with 125 GiB: the whole optimizer on the host would not fit it, part of it does
+    r = zerotrain("config", "new", "--model", "llama3-8b", "--gpus", 1, "--gpu", "h200", "--host-memory", "125GiB")
+    assert r.returncode == 0, r.stderr
+    zero = json.loads(r.stdout)["zero_optimization"]
+    assert zero["stage"] == 3 and 0 < zero["offload_optimizer"]["ratio"] < 1 and zero["sub_group_size"] == 10**7
+    assert "of the optimizer offloaded to CPU (the rest steps on the GPU)" in r.stderr
     assert_clean_failure(
-        zerotrain("config", "new", "--model", "llama3-8b", "--gpus", 1, "--gpu", "h200", "--host-memory", "125GiB"),
-        "does not fit on 1 GPU(s) of 140 GiB and 125 GiB of host RAM per node",
+        zerotrain("config", "new", "--model", "llama3-8b", "--gpus", 1, "--gpu", "h100", "--host-memory", "125GiB"),
+        "does not fit on 1 GPU(s) of 80 GiB and 125 GiB of host RAM per node",
     )
     assert_clean_failure(zerotrain("config", "new", "--model", "gpt2", "--gpus", 1, "--host-memory", "x"), "not a size")

@@ -645,3 +645,12 @@ def test_check_without_engine_never_imports_torch_and_is_fast(tmp_path):
             if seconds[-1] < 1.0:
                 break
         assert min(seconds) < 1.0, (argv, seconds)
+
+
+def test_partial_offload_with_large_sub_groups_is_told_to_make_them_small():
+    partial = {"device": "cpu", "ratio": 0.3}
+    config = with_(zero_optimization__stage=3, zero_optimization__offload_optimizer=partial)
+    assert "zero_optimization.sub_group_size" in keys_at(check(config, world_size=2), "info")
+    small = with_(zero_optimization__stage=3, zero_optimization__offload_optimizer=partial)
+    small["zero_optimization"]["sub_group_size"] = 10_000_000
+    assert "zero_optimization.sub_group_size" not in keys_at(check(small, world_size=2), "info")

@@ -95,6 +95,38 @@ def test_fp32_gradient_sums_are_refused_where_deepspeed_has_none(tmp_path):
         load_run_config(p, ["--deepspeed.grad_accum_dtype=bf16"])
 
 
+def test_offload_ratio_and_auto_are_checked(tmp_path):
+    """The partial offload ratio is a fraction in (0, 1] of the optimizer, only at ZeRO-3 with the optimizer on the CPU
+    (DeepSpeed has it nowhere else); offload_optimizer = "auto" chooses the ratio and the parameters' offload itself."""
+    p = write(tmp_path, '[data]\ndir = "d"\n[deepspeed]\nzero_stage = 3\noffload_optimizer = "cpu"\n')
+    assert load_run_config(p, ["--deepspeed.offload_optimizer_ratio=0.5"]).deepspeed.offload_optimizer_ratio == 0.5
+    assert load_run_config(p, ["--deepspeed.offload_optimizer=auto"]).deepspeed.offload_optimizer == "auto"
+    for overrides, fix in (
+        (["--deepspeed.offload_optimizer_ratio=0"], r"offload_optimizer_ratio = 0.0 must be in \(0, 1\]"),
+        (["--deepspeed.offload_optimizer_ratio=1.5"], r"offload_optimizer_ratio = 1.5 must be in \(0, 1\]"),
+        (["--deepspeed.offload_optimizer_ratio=-0.2"], r"must be in \(0, 1\]"),
+        (["--deepspeed.offload_optimizer_ratio=0.5", "--deepspeed.zero_stage=2"], "needs zero_stage = 3"),
+        (
+            ["--deepspeed.offload_optimizer_ratio=0.5", "--deepspeed.offload_optimizer=none"],
+            'offload_optimizer = "cpu"',
+        ),
+        (
+            [
+                "--deepspeed.offload_optimizer_ratio=0.5",
+                "--deepspeed.offload_optimizer=nvme",
+                "--deepspeed.nvme_path=/x",
+            ],
+            "needs zero_stage = 3",
+        ),
+        (["--deepspeed.offload_optimizer_ratio=0.5", "--deepspeed.offload_optimizer=auto"], "chooses the ratio itself"),
+        (["--deepspeed.offload_optimizer=auto", "--deepspeed.offload_params=cpu"], 'set offload_params = "none"'),
+        (["--deepspeed.offload_params=cpu", "--deepspeed.zero_stage=2"], "offload_params needs zero_stage = 3"),
+        (["--deepspeed.offload_optimizer=cloud"], "is not one of none, cpu, nvme, auto"),
+    ):
+        with pytest.raises(UserError, match=fix):
+            load_run_config(p, overrides)
+
+
 @pytest.mark.parametrize("key", ["fused_gelu", "tuned_matmuls"])
 def test_block_kernels_on_are_refused_where_they_cannot_apply(tmp_path, key):
     p = write(

@@ -149,6 +149,8 @@ def test_sigterm_finishes_the_step_saves_and_exits_cleanly(tmp_path, char_data):
     [
         (2, ["--deepspeed.offload_optimizer=cpu"]),
         (3, ["--deepspeed.offload_optimizer=cpu", "--deepspeed.offload_params=cpu"]),
+        # ZeRO-Offload++'s partial offload: half the sub-groups step in DeepSpeedCPUAdam, half in torch's AdamW
+        (3, ["--deepspeed.offload_optimizer=cpu", "--deepspeed.offload_optimizer_ratio=0.5"]),
     ],
 )
 def test_cpu_offload_matches_the_device_run(stage_runs, tmp_path, char_data, stage, offload):
@@ -156,9 +158,20 @@ def test_cpu_offload_matches_the_device_run(stage_runs, tmp_path, char_data, sta
     run_ok("train", cfg, "--nproc", 2, *offload, "--train.max_steps=6")
     ds_config = (tmp_path / "run" / "ds_config.json").read_text()
     assert '"offload_optimizer"' in ds_config and '"optimizer"' in ds_config
+    if "--deepspeed.offload_optimizer_ratio=0.5" in offload:
+        assert '"ratio": 0.5' in ds_config and '"sub_group_size": 10000000' in ds_config
     losses, reference = train_losses(tmp_path / "run"), train_losses(stage_runs[stage])
     for s in range(1, 7):  # DeepSpeedCPUAdam vs torch AdamW: same maths, different kernels
         assert losses[s] == pytest.approx(reference[s], rel=2e-3), s
+
+
+def test_offload_auto_is_resolved_before_the_run_and_said(tmp_path, char_data):
+    """offload_optimizer = "auto" is chosen by the planner before the engine exists (on the CPU, where offloading moves
+    nothing out of host RAM: none) and the line says which run-config keys it set."""
+    cfg = write_config(tmp_path / "a.toml", out_dir=tmp_path / "run", data_dir=char_data, zero_stage=3)
+    r = run_ok("train", cfg, "--nproc", 2, "--deepspeed.offload_optimizer=auto", "--train.max_steps=2")
+    assert 'offload auto → deepspeed.offload_optimizer = "none"' in r.stdout
+    assert '"offload_optimizer"' not in (tmp_path / "run" / "ds_config.json").read_text()
 
 
 def test_accumulation_checkpointing_and_zero3_gathering_keep_the_trajectory(tmp_path, char_data):

@@ -260,7 +260,28 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument(
         "--zero", default="all", help="0, 1, 2, 3, a list (1,2) or all (default: all, with the offload variants)"
     )
-    pl.add_argument("--offload-optimizer", choices=("none", "cpu", "nvme"))
+    pl.add_argument(
+        "--offload-optimizer",
+        choices=("none", "cpu", "nvme", "auto"),
+        help="auto: at each stage, the least offload that fits --gpu-memory and --host-memory (as train's "
+        'offload_optimizer = "auto")',
+    )
+    pl.add_argument(
+        "--offload-ratio",
+        type=float,
+        help="the fraction in (0, 1] of the optimizer offloaded to the CPU (ZeRO-3 with --offload-optimizer cpu; "
+        "DeepSpeed's partial offload)",
+    )
+    pl.add_argument(
+        "--measure-cpu-adam",
+        action="store_true",
+        help="measure this host's CPU Adam speed (about a second; cached in ~/.cache/zerotrain) for offload step times",
+    )
+    pl.add_argument(
+        "--cpu-adam-rate",
+        type=float,
+        help="CPU Adam parameters per second on the training host (e.g. 2e9) instead of this host's measured rate",
+    )
     pl.add_argument("--offload-params", choices=("none", "cpu", "nvme"), help="ZeRO-3 only")
     pl.add_argument("--activation-checkpointing", action="store_true")
     pl.add_argument("--attention", choices=("sdpa", "eager"), help="sdpa (default) keeps no T×T scores; eager does")

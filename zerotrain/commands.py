@@ -392,7 +392,7 @@ def cmd_plan(args, _extra) -> int:
 
     from zerotrain import memory, planning
 
-    model, run = planning.plan_inputs(args)
+    model, run, auto = planning.plan_inputs(args)
     gpu_bytes, gpu_name = planning.gpu_memory(args.gpu_memory)
     # This machine's RAM is the nodes' only when its GPU is: a plan for --gpu-memory elsewhere checks host RAM
     # only with --host-memory.
@@ -431,9 +431,28 @@ def cmd_plan(args, _extra) -> int:
             runs = [run] if args.zero == "all" else runs
     else:
         runs = memory.variants(run, stages)
+    fits = lambda p: p.fits(gpu_bytes, 0.10, host_bytes)  # noqa: E731 — as memory.recommend judges
+    if auto:  # each stage with the least offload that fits (offload_optimizer = "auto", as train resolves it)
+        if not gpu_bytes:
+            raise UserError("--offload-optimizer auto needs one GPU's memory to fit: pass --gpu-memory (h100, 80GiB)")
+        runs = [
+            (memory.smallest_offload(model, r, fits) or memory.plan(model, memory.offload_ladder(r)[-1])).run
+            for r in runs
+        ]
+    elif gpu_bytes and not explicit_offload and not args.ds_config and not args.config and 3 in stages:
+        # the partial offload at ZeRO-3 that fits, beside the full ones variants() lists
+        at3 = memory.smallest_offload(model, dataclasses.replace(run, zero_stage=3), fits)
+        if at3 and at3.run.offload_ratio < 1:
+            runs.insert(next(i for i, r in enumerate(runs) if r.zero_stage == 3) + 1, at3.run)
     plans = [memory.plan(model, r) for r in runs]
     candidates = sorted({run.micro_batch, *[2**i for i in range(8)]})
     best = memory.recommend(model, run, gpu_bytes, candidates, host_memory=host_bytes) if gpu_bytes else None
+    if args.cpu_adam_rate is not None:
+        if args.cpu_adam_rate <= 0:
+            raise UserError(f"--cpu-adam-rate {args.cpu_adam_rate:g} must be > 0 (parameters per second, e.g. 2e9)")
+        adam_rate, adam_source = args.cpu_adam_rate, "--cpu-adam-rate"
+    else:
+        adam_rate, adam_source = planning.cpu_adam_rate(args.measure_cpu_adam)
 
     if args.json:
         rec = None
@@ -445,14 +464,18 @@ def cmd_plan(args, _extra) -> int:
                     "model": {"name": model.name, "impl": model.impl, "n_params": model.n_params},
                     "gpu_memory": gpu_bytes,
                     "host_memory": host_bytes,
-                    "plans": [p.to_json(gpu_bytes, host_bytes) for p in plans],
+                    "plans": [
+                        {**p.to_json(gpu_bytes, host_bytes), "cpu_adam_step_s": planning.step_seconds(p, adam_rate)}
+                        for p in plans
+                    ],
                     "recommended": rec,
+                    "cpu_adam_params_per_s": adam_rate,
                 },
                 indent=2,
             )
         )
         return 0
-    planning.print_plans(model, run, plans, best, gpu_bytes, gpu_name, host_bytes, host_name)
+    planning.print_plans(model, run, plans, best, gpu_bytes, gpu_name, host_bytes, host_name, (adam_rate, adam_source))
     return 0
 
 

@@ -215,7 +215,18 @@ def environment_findings(r: dict) -> list[dict]:
                 f"point CUDA_HOME at a CUDA {r['cuda_build']} toolkit",
             )
         )
-    broken = [name for name, ok in r["ops"].items() if not ok]
+    if r["ops"].get("async_io") is False:
+        out.append(
+            finding(
+                "warning",
+                "async_io",
+                "DeepSpeed's async_io op cannot be built here (libaio's headers and library are missing): NVMe offload "
+                '(deepspeed.offload_optimizer or offload_params = "nvme") will fail; CPU offload is unaffected',
+                "apt-get install libaio-dev (Debian/Ubuntu; dnf install libaio-devel on RHEL), or point CFLAGS and "
+                "LDFLAGS at a libaio built elsewhere",
+            )
+        )
+    broken = [name for name, ok in r["ops"].items() if not ok and name != "async_io"]
     if r["deepspeed"] is None:
         out.append(
             finding("error", "deepspeed", "deepspeed is not importable", "pip install --no-build-isolation deepspeed")
@@ -280,6 +291,9 @@ def format_report(r: dict) -> str:
     ]
     if r["ops"]:
         lines.append("ops           " + ", ".join(f"{name} {'ok' if ok else 'NO'}" for name, ok in r["ops"].items()))
+    if "async_io" in r["ops"]:
+        nvme = "yes" if r["ops"]["async_io"] else "no: async_io cannot be built (apt-get install libaio-dev)"
+        lines.append(f"NVMe offload  {nvme}")
     if r["gpus"]:
         for g in r["gpus"]:
             lines.append(

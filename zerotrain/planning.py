@@ -67,6 +67,72 @@ def gpu_memory(spec: str | None) -> tuple[int | None, str]:
     return None, "unknown (pass --gpu-memory)"
 
 
+def cache_dir() -> Path:
+    """zerotrain's cache: $XDG_CACHE_HOME/zerotrain, else ~/.cache/zerotrain."""
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "zerotrain"
+
+
+def _host_key() -> dict:
+    """What a CPU Adam rate depends on: the host, the cores this process may use, the torch build."""
+    import os
+    import platform
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from importlib.metadata import version
+
+    return {"host": platform.node(), "cores": cores, "torch": version("torch")}
+
+
+def measure_cpu_adam(n_params: int = 4_000_000, seconds: float = 0.5) -> float:
+    """Parameters per second one process's AdamW steps on this host's CPU with all its cores: torch's fused CPU
+    AdamW on fp32 tensors, the same work per parameter as DeepSpeedCPUAdam (which offload runs, and whose import alone
+    takes seconds); how far apart the two are is measured by benchmarks/cpu_adam_rate.py (docs/memory.md). About a
+    second with the torch import."""
+    import time
+
+    import torch
+
+    param = torch.nn.Parameter(torch.zeros(n_params))
+    param.grad = torch.randn(n_params)
+    opt = torch.optim.AdamW([param], lr=1e-4, fused=True)
+    opt.step()  # the first step allocates the moments
+    steps, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds or steps < 2:
+        opt.step()
+        steps += 1
+    return steps * n_params / elapsed
+
+
+def cpu_adam_rate(measure: bool = False) -> tuple[float | None, str]:
+    """(parameters/s, where from) of CPU Adam on this host: measured now when asked (and cached in cache_dir()),
+    else the cached figure when it was measured on this host with these cores and this torch; (None, how to get
+    one) otherwise. `plan` stays instant: it measures only with --measure-cpu-adam."""
+    import json
+    from datetime import date
+
+    path, key = cache_dir() / "cpu_adam.json", _host_key()
+    if measure:
+        rate = measure_cpu_adam()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {
+            **key,
+            "params_per_s": rate,
+            "method": "torch.optim.AdamW(fused=True), fp32",
+            "date": str(date.today()),
+        }
+        path.write_text(json.dumps(record) + "\n")
+        return rate, f"measured now on {key['cores']} cores, cached in {path}"
+    try:
+        cached = json.loads(path.read_text())
+        if all(cached.get(k) == v for k, v in key.items()) and cached["params_per_s"] > 0:
+            return float(cached["params_per_s"]), f"measured on this host {cached.get('date', '')} ({path})"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None, "not measured on this host: `zerotrain plan --measure-cpu-adam` (about a second, then cached)"
+
+
 def model_shape(m, vocab_size: int | None = None):
     """The ModelShape of a run config's [model] section (zerotrain's GPT): its preset with the keys it sets."""
     from zerotrain import memory
@@ -84,17 +150,22 @@ def model_shape(m, vocab_size: int | None = None):
 
 def run_shape(cfg, gpus_per_node: int = 1, nodes: int = 1, dtype: str | None = None):
     """The RunShape of a zerotrain run config on `gpus_per_node` × `nodes` ranks (dtype: the resolved one, else the
-    config's with "auto" read as bf16)."""
+    config's with "auto" read as bf16; offload_optimizer "auto" read as none, the bottom of the planner's ladder)."""
     from zerotrain import memory
 
     m, t, ds = cfg.model, cfg.train, cfg.deepspeed
+    partial = ds.offload_optimizer_ratio < 1
     return memory.RunShape(
         gpus_per_node=gpus_per_node,
         nodes=nodes,
         micro_batch=t.micro_batch_size,
         grad_accum=t.grad_accum,
         zero_stage=ds.zero_stage,
-        offload_optimizer=ds.offload_optimizer,
+        offload_optimizer="none"
+        if ds.offload_optimizer == "auto"
+        else ds.offload_optimizer,  # auto: see resolve_offload
+        offload_ratio=ds.offload_optimizer_ratio,
+        sub_group_size=memory.PARTIAL_OFFLOAD_SUB_GROUP if partial else memory.RunShape.sub_group_size,
         offload_params=ds.offload_params,
         activation_checkpointing=ds.activation_checkpointing,
         contiguous_gradients=ds.zero_stage >= 2,
@@ -108,7 +179,8 @@ def run_shape(cfg, gpus_per_node: int = 1, nodes: int = 1, dtype: str | None = N
 
 
 def plan_inputs(args):
-    """ModelShape and RunShape from --config (a zerotrain run), --ds-config and the flags, flags winning."""
+    """ModelShape and RunShape from --config (a zerotrain run), --ds-config and the flags, flags winning; and whether
+    the offload is "auto" (--offload-optimizer auto, or the run config's), to be chosen by the planner."""
     import dataclasses
     from pathlib import Path
 
@@ -116,15 +188,17 @@ def plan_inputs(args):
 
     run = memory.RunShape(micro_batch=8)
     model_spec = args.model
+    auto = args.offload_optimizer == "auto"
     if args.config:
         from zerotrain.runconfig import load_run_config
 
         cfg = load_run_config(args.config, [])
         m = cfg.model
-        if model_spec is None:
-            model = model_shape(m)
+        if model_spec is None:  # a Hugging Face model from its config.json, else zerotrain's GPT
+            model = memory.resolve_model(f"hf:{m.hf}") if m.hf else model_shape(m)
         overlap = args.gpus is not None and args.gpus * (args.nodes or 1) > 1
         run = dataclasses.replace(run_shape(cfg), overlap_comm=overlap)
+        auto = auto or (args.offload_optimizer is None and cfg.deepspeed.offload_optimizer == "auto")
     if model_spec is not None:
         model = memory.resolve_model(model_spec)
     elif not args.config:
@@ -147,10 +221,13 @@ def plan_inputs(args):
         "dtype": args.dtype,
         "optimizer": args.optimizer,
         "attention": args.attention,
-        "offload_optimizer": args.offload_optimizer,
+        "offload_optimizer": None if auto else args.offload_optimizer,
         "offload_params": args.offload_params,
+        "offload_ratio": args.offload_ratio,
     }
     run = dataclasses.replace(run, **{k: v for k, v in flags.items() if v is not None})
+    if run.offload_ratio < 1:
+        run = dataclasses.replace(run, sub_group_size=min(run.sub_group_size, memory.PARTIAL_OFFLOAD_SUB_GROUP))
     if args.activation_checkpointing:
         run = dataclasses.replace(run, activation_checkpointing=True)
     if not args.config and model.impl != "zerotrain":
@@ -161,7 +238,7 @@ def plan_inputs(args):
         run = dataclasses.replace(
             run, seq_len=min(model.max_positions, 1024) if model.impl != "hf-llama" else min(model.max_positions, 2048)
         )
-    return model, run
+    return model, run, auto
 
 
 def print_inference(model, ip, gpu_bytes: int | None, gpu_name: str) -> None:
@@ -180,6 +257,16 @@ def print_inference(model, ip, gpu_bytes: int | None, gpu_name: str) -> None:
         print(f"  {'fits' if ip.total <= gpu_bytes else 'does NOT fit'} in {gpu_bytes / 2**30:.1f} GiB")
 
 
+def step_seconds(p, cpu_adam_rate: float | None) -> float | None:
+    """Seconds of CPU Adam per optimizer step of an offload plan at `cpu_adam_rate` parameters/s; None without a
+    rate or without offload."""
+    from zerotrain import memory
+
+    if cpu_adam_rate is None or p.run.offload_optimizer == "none":
+        return None
+    return memory.optimizer_step_seconds(p.model, p.run, cpu_adam_rate)
+
+
 def print_plans(
     model,
     run,
@@ -189,11 +276,15 @@ def print_plans(
     gpu_name: str,
     host_bytes: int | None = None,
     host_name: str = "",
+    cpu_adam: tuple[float | None, str] = (None, ""),
 ) -> None:
-    """The per-GPU table of every planned configuration, host RAM and checkpoint size, the notes, and the fastest
-    configuration that fits with 10% headroom (`best`, from memory.recommend)."""
+    """The per-GPU table of every planned configuration, host RAM and checkpoint size, the CPU Adam time of offload
+    rows at `cpu_adam` = (parameters/s, where from), the notes, and the fastest configuration that fits with 10%
+    headroom (`best`, from memory.recommend)."""
     from rich.console import Console
     from rich.table import Table
+
+    from zerotrain import memory
 
     console = Console(highlight=False, width=max(Console().width, 110))
     console.print(model.describe())
@@ -224,6 +315,7 @@ def print_plans(
         "need",
         "fits",
         "host/node",
+        "CPU step",
         "peak in",
     ):
         table.add_column(col, justify="left" if col in ("ZeRO", "offload") else "right", no_wrap=col == "fits")
@@ -233,7 +325,8 @@ def print_plans(
             f"{what} {where}"
             for what, where in (("opt", r.offload_optimizer), ("params", r.offload_params))
             if where != "none"
-        )
+        ).replace("opt cpu", f"opt cpu {r.offload_ratio:.0%}" if r.offload_ratio < 1 else "opt cpu")
+        step = step_seconds(p, cpu_adam[0])
         fits = (
             ""
             if not gpu_bytes
@@ -258,17 +351,25 @@ def print_plans(
             gib(p.gpu_bytes_needed),
             fits,
             f"{p.host_ram_per_node / 2**30:.0f}",
+            "-" if r.offload_optimizer == "none" else "?" if step is None else f"{step:.2f} s",
             p.peak_phase,
         )
     console.print(table)
     first = plans[0]
     console.print(
-        f"host/node: host RAM per node in GiB ({run.gpus_per_node} ranks, their pinned offload buffers, loading a checkpoint"
+        f"host/node: host RAM per node in GiB ({run.gpus_per_node} ranks, their pinned offload buffers, loading the "
+        f"weights; resuming adds {max(p.host_terms['resuming'] for p in plans) / 2**30:.0f} GiB at most for the optimizer shard"
         + (f"; the node has {host_name}" if host_bytes else "; not checked against a node's RAM: pass --host-memory")
         + "); "
         f"checkpoint on disk: {first.checkpoint_bytes / 2**30:.1f} GiB"
         + "".join(f"; NVMe for ZeRO-{p.run.zero_stage}: {p.nvme_bytes / 2**30:.1f} GiB" for p in plans if p.nvme_bytes)
     )
+    if any(p.run.offload_optimizer != "none" for p in plans):
+        rate, source = cpu_adam
+        console.print(
+            "CPU step: seconds of CPU Adam per optimizer step, which offload runs after backward without overlap; "
+            + (f"at {rate / 1e9:.2f}G parameters/s ({source})" if rate else source)
+        )
     for note in dict.fromkeys(note for p in plans for note in p.notes):
         console.print(f"note: {note}")
     if gpu_bytes:
@@ -280,9 +381,11 @@ def print_plans(
                 if accum == int(accum) and r.micro_batch != run.micro_batch
                 else ""
             )
+            step = step_seconds(best, cpu_adam[0])
             console.print(
                 f"recommended: ZeRO-{r.zero_stage}"
                 + (f", offload optimizer {r.offload_optimizer}" if r.offload_optimizer != "none" else "")
+                + (f" (ratio {r.offload_ratio:g})" if r.offload_ratio < 1 else "")
                 + (f", offload params {r.offload_params}" if r.offload_params != "none" else "")
                 + (
                     ", activation checkpointing"
@@ -290,7 +393,12 @@ def print_plans(
                     else ""
                 )
                 + f", micro-batch {r.micro_batch}{keep} — {best.gpu_bytes_needed / 2**30:.1f} of {gpu_bytes / 2**30:.1f} GiB"
+                + (f"; CPU Adam {step:.2f} s per optimizer step" if step is not None else "")
             )
+            if r.offload_optimizer != "none":
+                console.print(
+                    f"  as run-config keys: deepspeed.zero_stage = {r.zero_stage}, {memory.describe_offload(r)}"
+                )
         else:
             console.print(
                 "nothing fits with 10% headroom: add GPUs, shorten --seq-len"

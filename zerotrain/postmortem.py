@@ -164,7 +164,8 @@ def planner_inputs(ev: RunEvidence, model_spec: str | None = None):
             micro_batch=t.micro_batch_size,
             grad_accum=t.grad_accum,
             zero_stage=ds.zero_stage,
-            offload_optimizer=ds.offload_optimizer,
+            offload_optimizer="none" if ds.offload_optimizer == "auto" else ds.offload_optimizer,  # the ds_config says
+            offload_ratio=ds.offload_optimizer_ratio,
             offload_params=ds.offload_params,
             activation_checkpointing=ds.activation_checkpointing,
             dtype="bf16" if ds.dtype == "auto" else ds.dtype,

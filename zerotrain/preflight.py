@@ -53,6 +53,7 @@ class Plan:
     init_from_hf: str = ""  # model.init_from_hf: HF GPT-2 weights that start zerotrain's model
     resume_universal: bool = False  # run.resume is loaded through its DeepSpeed universal copy (zerotrain/universal.py)
     batch_was: dsconfig.Batch | None = None  # run.resume's batch, when this run splits the global batch otherwise
+    offload_choice: str = ""  # deepspeed.offload_optimizer = "auto": what the planner chose and why, one line
 
 
 def _model_config(cfg: runconfig.RunConfig, vocab_size: int, from_checkpoint: dict | None, what: str) -> GPTConfig:
@@ -362,6 +363,8 @@ def preflight(cfg: runconfig.RunConfig, world: int, overwrite: bool = False) -> 
         universal,
         batch_was,
     )
+    check_nvme_path(cfg.deepspeed)
+    plan.offload_choice = resolve_offload(plan, world, on_gpu)
     check_memory(plan, world, on_gpu)
     return plan
 
@@ -386,6 +389,15 @@ def prepare_run_dir(plan: Plan, ds_config: dict) -> None:
 # rank (docs/memory.md); on GPUs it is memory.PROCESS_HOST_RAM (the CUDA libraries too).
 CPU_PROCESS_HOST_RAM = 600 * 2**20
 
+# What glibc keeps of ZeRO-3's per-parameter tensors on the CPU, in copies of the model in the training dtype. Every
+# micro-step ZeRO-3 allocates and frees a gathered copy of each parameter in forward, again in backward, and each
+# parameter's gradient before it is reduce-scattered (b·N each); most are smaller than glibc's mmap threshold, which
+# rises to 32 MiB after the first large free, so they live in its heap and their pages stay with the process when
+# freed. Measured: the same ZeRO-3 run peaks 1.7 GiB lower with MALLOC_MMAP_THRESHOLD_=131072 (freed memory goes back
+# to the OS), within 5% of the plan's allocated peak (docs/log/2026-12-07-offload-that-fits.md). ZeRO-1/2 keep their
+# gradients in flat buffers, above the threshold.
+CPU_ZERO3_HEAP_COPIES = 3
+
 
 @dataclass
 class MemoryCheck:
@@ -399,22 +411,32 @@ class MemoryCheck:
     host_name: str
     ranks_per_node: int
     loads_weights: bool  # resume, init_from or a Hugging Face model: weights are read into host RAM first
+    resumes: bool = False  # run.resume: an optimizer shard is read into host RAM too
+    nvme_free: int | None = None  # free bytes at deepspeed.nvme_path; None without one
 
     def host_needed(self, p: "memory.MemoryPlan") -> int:
         need = p.host_ram_per_node - (0 if self.loads_weights else p.host_terms["loading"])
+        need += p.host_terms["resuming"] if self.resumes else 0
         if self.gpu_bytes is not None:
             return need
         # on the CPU a rank's "device" is host RAM: its model states and activations, without the CUDA libraries
         from zerotrain import memory
 
+        retained = 0
+        if p.run.zero_stage == 3:
+            retained = CPU_ZERO3_HEAP_COPIES * memory.DTYPE_BYTES[p.run.dtype] * p.model.n_params
         return need + self.ranks_per_node * (
-            p.per_gpu["peak_allocated"] + CPU_PROCESS_HOST_RAM - memory.PROCESS_HOST_RAM
+            p.per_gpu["peak_allocated"] + retained + CPU_PROCESS_HOST_RAM - memory.PROCESS_HOST_RAM
         )
 
-    def shortfalls(self, p: "memory.MemoryPlan") -> list[str]:
-        out = p.shortfalls(self.gpu_bytes, 0.0, None)
-        if self.host_bytes is not None and self.host_needed(p) > self.host_bytes:
+    def shortfalls(self, p: "memory.MemoryPlan", headroom: float = 0.0) -> list[str]:
+        """What does not fit this machine, with `headroom` (a fraction) to spare: GPU, host RAM, NVMe space."""
+        out = p.shortfalls(self.gpu_bytes, headroom, None)
+        if self.host_bytes is not None and self.host_needed(p) > self.host_bytes * (1 - headroom):
             out.append(f"host RAM: needs {self.host_needed(p) / 2**30:.1f} of {self.host_name} per node")
+        if p.nvme_bytes and (self.nvme_free is None or p.nvme_bytes > self.nvme_free * (1 - headroom)):
+            free = "no deepspeed.nvme_path" if self.nvme_free is None else f"{self.nvme_free / 2**30:.1f} GiB free"
+            out.append(f"NVMe: needs {p.nvme_bytes / 2**30:.1f} GiB, {free}")
         return out
 
 
@@ -452,7 +474,93 @@ def memory_check(plan: Plan, world: int, on_gpu: bool) -> MemoryCheck | None:
 
         gpu_bytes = torch.cuda.get_device_properties(0).total_memory
     loads = bool(plan.resume_from or plan.init_from or plan.hf or plan.init_from_hf)
-    return MemoryCheck(model, run, memory.plan(model, run), gpu_bytes, host_bytes, host_name, per_node, loads)
+    nvme_free = shutil.disk_usage(cfg.deepspeed.nvme_path).free if cfg.deepspeed.nvme_path else None
+    return MemoryCheck(
+        model,
+        run,
+        memory.plan(model, run),
+        gpu_bytes,
+        host_bytes,
+        host_name,
+        per_node,
+        loads,
+        bool(plan.resume_from),
+        nvme_free,
+    )
+
+
+def check_nvme_path(ds: runconfig.DeepSpeedSection) -> None:
+    """deepspeed.nvme_path, where NVMe offload (or offload_optimizer = "auto") would put it, must be a writable directory:
+    DeepSpeed's swapper otherwise fails deep inside engine construction, after the model has loaded."""
+    if not ds.nvme_path or ("nvme" not in (ds.offload_optimizer, ds.offload_params) and ds.offload_optimizer != "auto"):
+        return
+    path = Path(ds.nvme_path)
+    if not path.is_dir():
+        raise UserError(
+            f"deepspeed.nvme_path {path} {'is not a directory' if path.exists() else 'does not exist'}; create it on a "
+            f"fast local disk (mkdir -p {path}) or point nvme_path at one"
+        )
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(
+            f"deepspeed.nvme_path {path} is not writable by this user; chmod it, or point nvme_path at a directory you own"
+        )
+    if "nvme" in (ds.offload_optimizer, ds.offload_params) and not async_io_builds():
+        raise UserError(
+            "NVMe offload needs DeepSpeed's async_io op, which cannot be built here (libaio is missing): "
+            "apt-get install libaio-dev (zerotrain doctor checks it), or offload to cpu"
+        )
+
+
+def async_io_builds() -> bool:
+    """Whether DeepSpeed's async_io op (NVMe offload) can be built here: its builder's own probe for libaio, as
+    `zerotrain doctor` and ds_report ask it; nothing is compiled."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            from deepspeed.ops.op_builder import AsyncIOBuilder
+
+            return bool(AsyncIOBuilder().is_compatible(False))
+        except Exception:  # noqa: BLE001 - a probe that fails means it cannot be built, as in ds_report
+            return False
+
+
+# GPU headroom of the offload chosen for offload_optimizer = "auto", as `plan` and `config new` recommend with: the
+# reserved-memory allowance is not a 5% prediction (docs/memory.md), and fragmentation grows over a long run.
+AUTO_OFFLOAD_HEADROOM = 0.10
+
+
+def resolve_offload(plan: Plan, world: int, on_gpu: bool) -> str:
+    """deepspeed.offload_optimizer = "auto": the least offload that fits this machine (memory.offload_ladder: none, a
+    partial offload ratio, the whole optimizer, parameters too, NVMe), written into plan.cfg.deepspeed so that the
+    ds_config and the memory check use it. Returns the line saying what was chosen ("" when not asked)."""
+    from zerotrain import memory
+
+    ds = plan.cfg.deepspeed
+    if ds.offload_optimizer != "auto":
+        return ""
+    ds.offload_optimizer, ds.offload_optimizer_ratio = "none", 1.0
+    mc = memory_check(plan, world, on_gpu)
+    if mc is None:
+        return 'offload auto: the planner does not know this model; trained with offload_optimizer = "none"'
+    chosen = memory.smallest_offload(
+        mc.model,
+        mc.run,
+        lambda p: not mc.shortfalls(p, AUTO_OFFLOAD_HEADROOM),
+        nvme=bool(ds.nvme_path) and async_io_builds(),
+    )
+    if chosen is None:  # nothing fits: the memory check refuses the run and names the cheapest change
+        return ""
+    r = chosen.run
+    ds.offload_optimizer, ds.offload_params, ds.offload_optimizer_ratio = (
+        r.offload_optimizer,
+        r.offload_params,
+        r.offload_ratio,
+    )
+    where = [f"GPU {chosen.gpu_bytes_needed / 2**30:.1f} of {mc.gpu_bytes / 2**30:.1f} GiB"] if mc.gpu_bytes else []
+    where.append(f"host {mc.host_needed(chosen) / 2**30:.1f} GiB of {mc.host_name}")
+    return f"offload auto → {memory.describe_offload(r)} ({', '.join(where)}; the least offload that fits with 10% to spare)"
 
 
 def check_memory(plan: Plan, world: int, on_gpu: bool) -> None:
@@ -470,9 +578,15 @@ def check_memory(plan: Plan, world: int, on_gpu: bool) -> None:
     fix = "no single change fits: add GPUs or nodes, or shorten train.seq_len"
     for label, changed in memory.changes_cheapest_first(mc.run):
         p = memory.plan(mc.model, changed)
-        if not mc.shortfalls(p):
+        judge = mc
+        if p.nvme_bytes:  # NVMe needs a path (judged by its free space when set) and DeepSpeed's async_io op
+            if not on_gpu or not async_io_builds():
+                continue
+            judge = mc if mc.nvme_free is not None else dataclasses.replace(mc, nvme_free=p.nvme_bytes * 2)
+        if not judge.shortfalls(p):
             parts = [f"GPU {p.gpu_bytes_needed / 2**30:.1f} GiB"] if on_gpu else []
             parts.append(f"host {mc.host_needed(p) / 2**30:.1f} GiB")
+            parts += [f"NVMe {p.nvme_bytes / 2**30:.0f} GiB"] if p.nvme_bytes else []
             fix = f"cheapest change that fits: {label} → {', '.join(parts)}"
             break
     raise UserError(

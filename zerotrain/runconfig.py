@@ -186,12 +186,21 @@ class TrainSection:
 class DeepSpeedSection:
     zero_stage: int = 2
     """ZeRO stage: 0 (plain data parallel), 1 (optimizer states), 2 (+gradients), 3 (+parameters) partitioned."""
-    offload_optimizer: Offload = "none"
-    """none, cpu or nvme: where optimizer states live (stages 1-3)."""
+    offload_optimizer: Literal["none", "cpu", "nvme", "auto"] = "none"
+    """none, cpu or nvme: where optimizer states live (stages 1-3). auto: the memory planner picks the least offload
+    that fits this machine's GPU and host RAM (run.host_memory) at this zero_stage, in order: none; at stage 3 a
+    partial offload (offload_optimizer_ratio in 5% steps); the whole optimizer on the CPU; at stage 3 parameters too;
+    with nvme_path set, the optimizer on NVMe. `train` prints what it chose; `zerotrain plan --config` shows it."""
+    offload_optimizer_ratio: float = 1.0
+    """The fraction, in (0, 1], of the optimizer (fp32 master weights, Adam moments and fp32 gradients) offloaded to the
+    CPU, where DeepSpeedCPUAdam steps it; the rest stays on the GPU and steps there (DeepSpeed's ZeRO-Offload++
+    partial offload, offload_optimizer.ratio). Below 1 needs zero_stage = 3 and offload_optimizer = "cpu"; zerotrain
+    then sets sub_group_size small enough that DeepSpeed's split, made in whole sub-groups, lands on the ratio."""
     offload_params: Offload = "none"
     """none, cpu or nvme: where parameters live between uses (stage 3 only)."""
     nvme_path: str = ""
-    """Directory on a fast local disk for nvme offload."""
+    """Directory on a fast local disk for nvme offload (must exist and be writable; DeepSpeed's async_io op needs
+    libaio, see `zerotrain doctor`). With offload_optimizer = "auto" it lets the planner choose NVMe."""
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     """bf16, fp16 (dynamic loss scaling), fp32, or auto: bf16 where the GPU supports it, else fp32."""
     grad_accum_dtype: Literal["auto", "fp32"] = "auto"
@@ -452,6 +461,26 @@ def validate(cfg: RunConfig) -> None:
                 'deepspeed.grad_accum_dtype = "fp32" is not supported with an offloaded optimizer (DeepSpeed\'s '
                 'offload path sums gradients in the training dtype); set offload_optimizer = "none" or grad_accum_dtype = "auto"'
             )
+    if not 0 < ds.offload_optimizer_ratio <= 1:
+        problems.append(
+            f"deepspeed.offload_optimizer_ratio = {ds.offload_optimizer_ratio} must be in (0, 1]: the fraction of the "
+            "optimizer offloaded to the CPU (1: all of it)"
+        )
+    elif ds.offload_optimizer_ratio < 1 and ds.offload_optimizer == "auto":
+        problems.append(
+            'deepspeed.offload_optimizer = "auto" chooses the ratio itself; remove offload_optimizer_ratio or set '
+            'offload_optimizer = "cpu"'
+        )
+    elif ds.offload_optimizer_ratio < 1 and (ds.zero_stage != 3 or ds.offload_optimizer != "cpu"):
+        problems.append(
+            "deepspeed.offload_optimizer_ratio below 1 (partial offload) needs zero_stage = 3 and "
+            'offload_optimizer = "cpu" (DeepSpeed supports it nowhere else); set both, or offload_optimizer_ratio = 1'
+        )
+    if ds.offload_optimizer == "auto" and ds.offload_params != "none":
+        problems.append(
+            'deepspeed.offload_optimizer = "auto" chooses offload_params too; set offload_params = "none" (or choose '
+            "offload_optimizer yourself)"
+        )
     if "nvme" in (ds.offload_optimizer, ds.offload_params) and not ds.nvme_path:
         problems.append("nvme offload needs deepspeed.nvme_path (a directory on a fast local disk)")
     if d.dir and d.dirs:

@@ -641,6 +641,8 @@ def run(plan: Plan, d, started: float) -> dict:
 
     t, ds = cfg.train, cfg.deepspeed
     ds_config = dsconfig.build(cfg, plan.batch, plan.dtype, d.device.type)
+    if plan.offload_choice and d.is_main:
+        print(plan.offload_choice)
     if plan.resume_universal and ds.zero_stage > 0:  # ZeRO-0: zerotrain loads it (universal.load_into_zero0)
         ds_config["checkpoint"] = {"load_universal": True}
     say = print if d.is_main else (lambda *a, **k: None)

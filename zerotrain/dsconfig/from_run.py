@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zerotrain import UserError
+from zerotrain.memory import PARTIAL_OFFLOAD_SUB_GROUP
 from zerotrain.runconfig import RunConfig, TrainSection
 
 STEPS_PER_PRINT_NEVER = 2**31 - 1  # zerotrain prints its own metrics line; DeepSpeed's would duplicate it
@@ -79,6 +80,7 @@ def uses_config_optimizer(ds_config: dict) -> bool:
 
 def build(cfg: RunConfig, batch: Batch, dtype: str, device_type: str) -> dict:
     t, ds = cfg.train, cfg.deepspeed
+    assert ds.offload_optimizer != "auto", "preflight resolves offload_optimizer = auto before the ds_config is built"
     on_gpu = device_type == "cuda"
     zero: dict[str, object] = {"stage": ds.zero_stage}
     if ds.zero_stage >= 1:
@@ -86,7 +88,11 @@ def build(cfg: RunConfig, batch: Batch, dtype: str, device_type: str) -> dict:
         zero["overlap_comm"] = on_gpu and batch.world > 1
         zero["contiguous_gradients"] = ds.zero_stage >= 2
     if ds.offload_optimizer != "none":
-        zero["offload_optimizer"] = _offload(ds.offload_optimizer, ds.nvme_path, on_gpu)
+        offload = _offload(ds.offload_optimizer, ds.nvme_path, on_gpu)
+        if ds.offload_optimizer_ratio < 1:  # ZeRO-Offload++: the rest of the optimizer steps on the GPU
+            offload["ratio"] = ds.offload_optimizer_ratio
+            zero["sub_group_size"] = PARTIAL_OFFLOAD_SUB_GROUP
+        zero["offload_optimizer"] = offload
     if ds.offload_params != "none":
         zero["offload_param"] = _offload(ds.offload_params, ds.nvme_path, on_gpu)
     if ds.zero_stage == 3:

@@ -18,6 +18,7 @@ class Layout:
     accumulation: int
     world: int
     reason: str
+    offload_ratio: float = 1.0  # the fraction of the optimizer on the CPU (below 1: ZeRO-3's partial offload)
 
 
 def choose_layout(
@@ -72,6 +73,8 @@ def choose_layout(
         ("cpu", "none"): ", optimizer offloaded to CPU",
         ("cpu", "cpu"): ", optimizer and parameters offloaded to CPU",
     }[(r.offload_optimizer, r.offload_params)]
+    if r.offload_ratio < 1:
+        where = f", {r.offload_ratio:.0%} of the optimizer offloaded to CPU (the rest steps on the GPU)"
     if r.activation_checkpointing:
         where += (
             ", with activation checkpointing in the model (model.gradient_checkpointing_enable(), or "
@@ -82,7 +85,9 @@ def choose_layout(
         f"per GPU of {gpu_memory_bytes / 2**30:.0f} GiB (peak allocated {best.per_gpu['peak_allocated'] / 2**30:.1f} GiB; "
         f"zerotrain plan --model {model.name} --gpus {gpus} shows every option)"
     )
-    return Layout(r.zero_stage, r.offload_optimizer, r.offload_params, r.micro_batch, accumulation, world, reason)
+    return Layout(
+        r.zero_stage, r.offload_optimizer, r.offload_params, r.micro_batch, accumulation, world, reason, r.offload_ratio
+    )
 
 
 TARGETS = ("deepspeed", "hf-trainer", "accelerate")
@@ -138,6 +143,9 @@ def new_config(
             zero["allgather_bucket_size"] = h * h
     if layout.offload_optimizer != "none":
         zero["offload_optimizer"] = {"device": layout.offload_optimizer, "pin_memory": True}
+        if layout.offload_ratio < 1:  # DeepSpeed splits in whole sub-groups: small ones put the split on the ratio
+            zero["offload_optimizer"]["ratio"] = layout.offload_ratio
+            zero["sub_group_size"] = memory.PARTIAL_OFFLOAD_SUB_GROUP
     if layout.offload_param != "none":
         zero["offload_param"] = {"device": layout.offload_param, "pin_memory": True}
     if layout.stage == 3:

@@ -273,6 +273,17 @@ def _rule_offload(ctx: _Context):
             "partial offload (ratio < 1) is supported only at ZeRO stage 3 (zero/config.py offload_ratio_check)",
             "set stage 3 or ratio 1.0",
         )
+    sub_group = _get(cfg, "zero_optimization.sub_group_size")
+    sub_group = sub_group if _is_number(sub_group) else 1e9  # DeepSpeed's default
+    if _is_number(ratio) and 0 < ratio < 1 and stage == 3 and sub_group > 1e8:
+        yield Finding(
+            "info",
+            "zero_optimization.sub_group_size",
+            f"partial offload splits the optimizer in whole sub-groups (stage3.py _create_fp32_partitions): with "
+            f"sub_group_size {sub_group:.0e} a model of a few billion parameters per rank has a handful of them, so "
+            f"ratio {ratio} lands on the nearest fraction of that handful",
+            "set zero_optimization.sub_group_size to 1e7 (what zerotrain writes with a ratio below 1)",
+        )
 
 
 def _rule_stage3_keys(ctx: _Context):

@@ -43,12 +43,18 @@ from zerotrain.memory.shapes import (
     to_jsonable,
 )
 from zerotrain.memory.training import (
+    OFFLOAD_RATIOS,
+    PARTIAL_OFFLOAD_SUB_GROUP,
     STAGES_FASTEST_FIRST,
     MemoryPlan,
     changes_cheapest_first,
     cheapest_change_that_fits,
+    describe_offload,
+    offload_ladder,
+    optimizer_step_seconds,
     plan,
     recommend,
+    smallest_offload,
     variants,
 )
 
@@ -63,6 +69,8 @@ __all__ = [
     "LLAMA_PRESETS",
     "LLAMA_STYLE",
     "NCCL_BUFFERS",
+    "OFFLOAD_RATIOS",
+    "PARTIAL_OFFLOAD_SUB_GROUP",
     "OPTIMIZER_STATE_BYTES",
     "PROCESS_HOST_RAM",
     "STAGES_FASTEST_FIRST",
@@ -76,9 +84,12 @@ __all__ = [
     "changes_cheapest_first",
     "check_run",
     "cheapest_change_that_fits",
+    "describe_offload",
     "fp32_grad_accum",
     "gpt2_shape",
     "gpu_memory_from_name",
+    "offload_ladder",
+    "optimizer_step_seconds",
     "parse_size",
     "plan",
     "plan_inference",
@@ -87,6 +98,7 @@ __all__ = [
     "run_from_ds_config",
     "saved_bytes_per_token_per_layer",
     "shape_from_hf_config",
+    "smallest_offload",
     "to_jsonable",
     "variants",
 ]

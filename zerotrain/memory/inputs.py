@@ -108,6 +108,12 @@ def run_from_ds_config(cfg: dict, base: RunShape) -> RunShape:
         entry = zero.get(key)
         if isinstance(entry, dict) and entry.get("device"):
             changes[attr] = str(entry["device"])
+    offload_opt = zero.get("offload_optimizer")
+    if isinstance(offload_opt, dict) and "ratio" in offload_opt:
+        ratio = offload_opt["ratio"]
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+            raise UserError(f"ds_config zero_optimization.offload_optimizer.ratio = {ratio!r}: give a number in (0, 1]")
+        changes["offload_ratio"] = float(ratio)
     for key, attr in (
         ("reduce_bucket_size", "reduce_bucket_size"),
         ("allgather_bucket_size", "allgather_bucket_size"),

@@ -313,6 +313,10 @@ class RunShape:
     zero_stage: int = 2
     offload_optimizer: str = "none"  # none | cpu | nvme
     offload_params: str = "none"  # none | cpu | nvme (stage 3 only)
+    # ZeRO-Offload++'s partial offload (offload_optimizer.ratio, stage 3 with the optimizer on the CPU): the fraction
+    # of the fp32 master weights, optimizer states and fp32 gradients that live on the host and step in CPU Adam;
+    # the rest stays on the GPU and steps in torch's AdamW there (stage3.py _create_fp32_partitions)
+    offload_ratio: float = 1.0
     activation_checkpointing: bool = False
     attention: str = "sdpa"  # sdpa (flash/memory-efficient kernels: no T×T scores kept) | eager (scores kept)
     compile: str = "auto"  # train.compile (auto, blocks: compiled blocks or decoder layers on GPUs below stage 3)
@@ -335,9 +339,10 @@ class RunShape:
         return self.micro_batch * self.seq_len
 
     def describe(self) -> str:
+        ratio = f" (ratio {self.offload_ratio:g})" if self.offload_ratio < 1 else ""
         off = "".join(
             [
-                f", offload optimizer {self.offload_optimizer}" if self.offload_optimizer != "none" else "",
+                f", offload optimizer {self.offload_optimizer}{ratio}" if self.offload_optimizer != "none" else "",
                 f", offload params {self.offload_params}" if self.offload_params != "none" else "",
             ]
         )
@@ -381,6 +386,14 @@ def check_run(run: RunShape, model: ModelShape | None = None) -> None:
         problems.append("offloading parameters needs ZeRO stage 3; use --zero 3 or drop --offload-params")
     if run.offload_optimizer != "none" and run.zero_stage == 0:
         problems.append("offloading the optimizer needs ZeRO stage 1, 2 or 3; raise --zero or drop --offload-optimizer")
+    if not (isinstance(run.offload_ratio, (int, float)) and 0 < run.offload_ratio <= 1):
+        problems.append(
+            f"offload ratio {run.offload_ratio!r} must be in (0, 1]: the fraction of the optimizer on the CPU"
+        )
+    elif run.offload_ratio < 1 and (run.zero_stage != 3 or run.offload_optimizer != "cpu"):
+        problems.append(
+            "an offload ratio below 1 (partial optimizer offload) needs ZeRO stage 3 with the optimizer offloaded to cpu"
+        )
     if run.attention not in ("sdpa", "eager"):
         problems.append(f"attention {run.attention!r} must be sdpa or eager")
     for name in (

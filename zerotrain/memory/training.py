@@ -1,6 +1,7 @@
 """The training memory plan: per-GPU bytes of one ZeRO configuration, term by term and phase by phase (plan),
 the configurations `zerotrain plan` compares (variants), and the fastest one that fits (recommend)."""
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from zerotrain.memory.activations import (
@@ -39,7 +40,8 @@ class MemoryPlan:
     phases: dict[str, dict[str, int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     # host_ram_per_node term by term: "processes" (each rank's Python, torch and libraries), "offload" (pinned
-    # offload buffers and the optimizer states they hold), "loading" (reading a checkpoint or pretrained weights)
+    # offload buffers and the optimizer states they hold), "loading" (reading pretrained weights or a checkpoint's
+    # model states); and what resuming adds on top, "resuming" (torch.load of a checkpoint's optimizer shard)
     host_terms: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -70,6 +72,7 @@ class MemoryPlan:
         return {
             "zero_stage": self.run.zero_stage,
             "offload_optimizer": self.run.offload_optimizer,
+            "offload_ratio": self.run.offload_ratio,
             "offload_params": self.run.offload_params,
             "micro_batch": self.run.micro_batch,
             "grad_accum": self.run.grad_accum,
@@ -98,6 +101,10 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
     opt_bytes = OPTIMIZER_STATE_BYTES[run.optimizer]
     offload_opt = run.offload_optimizer != "none"
     offload_par = run.offload_params != "none"
+    # the share of the fp32 optimizer partition the GPU keeps: all of it, none when offloaded, 1 - ratio under ZeRO-3's
+    # partial offload (stage3.py _create_fp32_partitions puts the first (1 - ratio) of the sub-groups on the GPU, where
+    # torch's AdamW steps them, and the rest on the host for DeepSpeedCPUAdam)
+    keep = 1 - run.offload_ratio if offload_opt else 1.0
     notes = []
     # gradients summed in fp32 (data_types.grad_accum_dtype): ZeRO-2/3 keep their gradient partition in fp32; ZeRO-1 runs
     # DeepSpeed's BF16_Optimizer, which keeps an fp32 gradient of every parameter beside the bf16 ones (bf16_optimizer.py)
@@ -127,12 +134,17 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
     # a full fp32 copy; stages 1-3 keep a 1/W fp32 partition, even in fp32, see stage_1_and_2.py single_partition_of_fp32_groups)
     master = 0 if (z == 0 and b == 4) else 4
     shard = 1 if z == 0 else W
-    optimizer = 0 if offload_opt else (master + opt_bytes) * N / shard
+    optimizer = keep * (master + opt_bytes) * N / shard
 
     # --- gradients: accumulated over micro-batches, reduce buffers during backward, and at the optimizer step
     if z == 3:
-        # stage3.py preallocates the gradient partition (b·N/W) and the reduce bucket (reduce_bucket_size elements)
-        grads_backward = g * N / W + b * run.reduce_bucket_size if not offload_opt else b * run.reduce_bucket_size
+        # stage3.py preallocates the gradient partition (b·N/W) and the reduce bucket (reduce_bucket_size elements);
+        # with the optimizer offloaded the partition lives on the host, and the sub-groups stepped on the GPU (partial
+        # offload) keep their fp32 gradients there from the start (initialize_optimizer_states)
+        if offload_opt:
+            grads_backward = b * run.reduce_bucket_size + keep * 4 * N / W
+        else:
+            grads_backward = g * N / W + b * run.reduce_bucket_size
         reduce_buffers = 0
         grads_step = grads_backward
     elif bf16_optimizer:
@@ -185,7 +197,9 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
     if z == 0:
         step_extra: float = 4 * N if b < 4 else 0
     elif offload_opt:
-        step_extra = 0
+        # partial offload: torch's AdamW (foreach) takes the square root of a GPU sub-group's second moments into a
+        # new tensor; the CPU's share steps on the host
+        step_extra = 4 * min(keep * N / W, run.sub_group_size) if z == 3 else 0
     elif bf16_optimizer:
         # engine.py allreduce_bucket: a parameter group's flat fp32 gradients (a bucket of one tensor: flattening is a
         # view) cast to bf16 for the all-reduce; the largest group holds every weight matrix but the embeddings
@@ -222,15 +236,27 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
     ranks = run.gpus_per_node
     host_per_rank: float = PROCESS_HOST_RAM
     if run.offload_optimizer == "cpu":
-        host_per_rank += (4 + opt_bytes + 4) * N / W  # fp32 master, states and fp32 gradient partition (pinned)
+        # fp32 master, states and fp32 gradients of the host's share of the partition (pinned)
+        host_per_rank += run.offload_ratio * (4 + opt_bytes + 4) * N / W
+    if offload_opt and z == 3:
+        host_per_rank += b * N / W  # stage3.py: the gradient partition in the training dtype, pinned on the host
+    if run.offload_optimizer == "nvme":
+        # swap_tensor/optimizer_utils.py: offload_optimizer.buffer_count (4) pinned fp32 buffers of the largest sub-group
+        host_per_rank += 4 * 4 * min(run.sub_group_size, N / W)
+    if run.offload_params == "nvme":
+        # offload_param.buffer_count (5) pinned buffers of buffer_size (1e8) elements, in the training dtype
+        host_per_rank += 5 * b * 100_000_000
     if run.offload_params == "cpu":
         host_per_rank += b * N / W + b * run.prefetch_bucket_size
-    load_shard = (b * N if z < 3 else b * N / W) + (4 + opt_bytes) * N / shard  # torch.load of model + optimizer shard
-    host_ram = ranks * (host_per_rank + load_shard)
+    # reading weights (pretrained, or a checkpoint's model states), and on resume torch.load of an optimizer shard
+    load_weights = b * N if z < 3 else b * N / W
+    load_optimizer = (4 + opt_bytes) * N / shard
+    host_ram = ranks * (host_per_rank + load_weights)  # a fresh start; resuming adds host_terms["resuming"]
     host_terms = {
         "processes": ranks * PROCESS_HOST_RAM,
         "offload": ranks * (host_per_rank - PROCESS_HOST_RAM),
-        "loading": ranks * load_shard,
+        "loading": ranks * load_weights,
+        "resuming": ranks * load_optimizer,
     }
     nvme = 0
     if run.offload_optimizer == "nvme":
@@ -260,11 +286,12 @@ def variants(run: RunShape, stages: list[int], offload: bool = True) -> list[Run
     """The configurations `zerotrain plan` compares: each stage, and the offload variants that apply."""
     out = []
     for z in stages:
-        out.append(replace(run, zero_stage=z, offload_optimizer="none", offload_params="none"))
+        plain = replace(run, zero_stage=z, offload_optimizer="none", offload_params="none", offload_ratio=1.0)
+        out.append(plain)
         if offload and z >= 1:
-            out.append(replace(run, zero_stage=z, offload_optimizer="cpu", offload_params="none"))
+            out.append(replace(plain, offload_optimizer="cpu"))
         if offload and z == 3:
-            out.append(replace(run, zero_stage=z, offload_optimizer="cpu", offload_params="cpu"))
+            out.append(replace(plain, offload_optimizer="cpu", offload_params="cpu"))
     return out
 
 
@@ -283,31 +310,31 @@ def recommend(
     headroom: float = 0.10,
     host_memory: int | None = None,
 ) -> MemoryPlan | None:
-    """The fastest configuration that fits with `headroom` to spare: no offload before optimizer offload
-    before parameter offload (each costs PCIe traffic and CPU Adam time); without activation checkpointing
+    """The fastest configuration that fits with `headroom` to spare: no offload before a partial optimizer offload
+    at ZeRO-3 (the smallest ratio that fits) before the whole optimizer offloaded before parameter offload (each costs PCIe traffic and CPU Adam time); without activation checkpointing
     before with it (recomputing the forward costs about a third more compute, less than offload); then the
     faster ZeRO stage (STAGES_FASTEST_FIRST), then the largest micro-batch (better GPU utilisation).
     With host_memory, a configuration must also fit the node's host RAM. None when nothing fits."""
     candidates = micro_batches or [run.micro_batch]
     checkpointing = [True] if run.activation_checkpointing else [False, True]
+    offloads = [("none", "none", 1.0), *(("cpu", "none", r) for r in OFFLOAD_RATIOS), ("cpu", "none", 1.0)]
     best = None
-    for offload_rank, (oo, op) in enumerate([("none", "none"), ("cpu", "none"), ("cpu", "cpu")]):
+    for offload_rank, (oo, op, ratio) in enumerate([*offloads, ("cpu", "cpu", 1.0)]):
         for ckpt in checkpointing:
             for speed_rank, z in enumerate(STAGES_FASTEST_FIRST):
-                if (oo != "none" and z == 0) or (op != "none" and z != 3):
+                if (oo != "none" and z == 0) or ((op != "none" or ratio < 1) and z != 3):
                     continue
                 for mb in sorted(candidates, reverse=True):
-                    p = plan(
-                        model,
-                        replace(
-                            run,
-                            zero_stage=z,
-                            offload_optimizer=oo,
-                            offload_params=op,
-                            micro_batch=mb,
-                            activation_checkpointing=ckpt,
-                        ),
+                    candidate = replace(
+                        run,
+                        zero_stage=z,
+                        offload_optimizer=oo,
+                        offload_params=op,
+                        offload_ratio=1.0,
+                        micro_batch=mb,
+                        activation_checkpointing=ckpt,
                     )
+                    p = plan(model, partial(candidate, ratio) if ratio < 1 else candidate)
                     if p.fits(gpu_memory, headroom, host_memory):
                         key = (offload_rank, ckpt, speed_rank, -mb)
                         if best is None or key < best[0]:
@@ -316,10 +343,84 @@ def recommend(
     return best[1] if best else None
 
 
+# The partial-offload ratios the planner chooses among: steps of 5%, fine enough that the GPU is used to within a few
+# GiB on a 8B model and coarse enough that a chosen ratio reads as a round number.
+OFFLOAD_RATIOS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+# sub_group_size under partial offload: DeepSpeed splits the optimizer between GPU and CPU in whole sub-groups
+# (stage3.py _create_fp32_partitions), so with its default of 1e9 elements a 3B model on one GPU has 3-4 sub-groups and
+# a ratio of 0.3 lands on 0 or 0.33; sub-groups of 1e7 elements put the split within 1% of the ratio above 1B
+# parameters per rank, and cost one CPU Adam call (milliseconds) each.
+PARTIAL_OFFLOAD_SUB_GROUP = 10_000_000  # zerotrain's ds_config (dsconfig/from_run.py, new.py) sets it
+
+
+def partial(run: RunShape, ratio: float) -> RunShape:
+    """`run` with `ratio` of the optimizer offloaded to the CPU at ZeRO-3, with zerotrain's sub-group size."""
+    sub_group = min(run.sub_group_size, PARTIAL_OFFLOAD_SUB_GROUP) if ratio < 1 else run.sub_group_size
+    return replace(run, zero_stage=3, offload_optimizer="cpu", offload_ratio=ratio, sub_group_size=sub_group)
+
+
+def offload_ladder(run: RunShape, nvme: bool = False) -> list[RunShape]:
+    """The offload choices for `run`'s ZeRO stage, from the least offloaded to the most: none; at ZeRO-3 the optimizer
+    partly on the CPU (OFFLOAD_RATIOS); the whole optimizer on the CPU; at ZeRO-3 the parameters too; with an NVMe
+    path, the optimizer on NVMe (at ZeRO-3 then with the parameters on the CPU, then on NVMe too). Each step moves
+    GPU memory to the host, and the NVMe steps move host memory to disk."""
+    base = replace(run, offload_optimizer="none", offload_params="none", offload_ratio=1.0)
+    z = run.zero_stage
+    if z == 0:
+        return [base]
+    out = [base]
+    if z == 3:
+        out += [partial(base, r) for r in OFFLOAD_RATIOS]
+    out.append(replace(base, offload_optimizer="cpu"))
+    if z == 3:
+        out.append(replace(base, offload_optimizer="cpu", offload_params="cpu"))
+    if nvme:
+        out.append(replace(base, offload_optimizer="nvme"))
+        if z == 3:
+            out.append(replace(base, offload_optimizer="nvme", offload_params="cpu"))
+            out.append(replace(base, offload_optimizer="nvme", offload_params="nvme"))
+    return out
+
+
+def smallest_offload(
+    model: ModelShape, run: RunShape, fits: Callable[[MemoryPlan], bool], nvme: bool = False
+) -> MemoryPlan | None:
+    """The first plan of offload_ladder(run, nvme) that `fits` accepts (GPU, host RAM and NVMe space, as the caller
+    judges them); None when even the most offloaded does not fit."""
+    for candidate in offload_ladder(run, nvme):
+        p = plan(model, candidate)
+        if fits(p):
+            return p
+    return None
+
+
+def describe_offload(run: RunShape) -> str:
+    """The offload of a run in run-config keys: 'deepspeed.offload_optimizer = "cpu", deepspeed.offload_optimizer_ratio
+    = 0.35'."""
+    parts = [f'deepspeed.offload_optimizer = "{run.offload_optimizer}"']
+    if run.offload_ratio < 1:
+        parts.append(f"deepspeed.offload_optimizer_ratio = {run.offload_ratio:g}")
+    if run.offload_params != "none":
+        parts.append(f'deepspeed.offload_params = "{run.offload_params}"')
+    return ", ".join(parts)
+
+
+def optimizer_step_seconds(model: ModelShape, run: RunShape, cpu_adam_params_per_s: float) -> float:
+    """Seconds one optimizer step spends in CPU Adam: each rank steps its host share of its partition (ratio·N/W
+    parameters), and the ranks of a node share its cores, so a node steps ratio·N·gpus_per_node/W parameters at the
+    rate measured with all of them (planning.cpu_adam_rate). Transfers and the GPU's own share are not counted:
+    DeepSpeed runs the CPU step after backward without overlap, and it dominates (docs/memory.md)."""
+    if run.offload_optimizer == "none":
+        return 0.0
+    return run.offload_ratio * model.n_params * run.gpus_per_node / run.world / cpu_adam_params_per_s
+
+
 def changes_cheapest_first(run: RunShape) -> list[tuple[str, RunShape]]:
     """Single changes to a run, from the cheapest in speed to the dearest: a higher ZeRO stage below 3 (almost
     free), a smaller micro-batch with accumulation keeping the global batch, activation checkpointing (~1/3 more
-    compute), ZeRO-3 (re-gathers parameters every micro-step), optimizer offload, then parameter offload.
+    compute), ZeRO-3 (re-gathers parameters every micro-step), part of the optimizer on the CPU at ZeRO-3 (5% steps),
+    the whole optimizer offloaded, then parameter offload, then the optimizer on NVMe (host RAM to disk).
     Each comes with a label naming the run-config keys to set."""
     out = []
     if run.world > 1:
@@ -342,13 +443,37 @@ def changes_cheapest_first(run: RunShape) -> list[tuple[str, RunShape]]:
         out.append((label, replace(run, activation_checkpointing=True)))
     if run.world > 1 and run.zero_stage < 3:
         out.append(("ZeRO-3 (deepspeed.zero_stage = 3)", replace(run, zero_stage=3)))
-    if run.offload_optimizer == "none":
+    some = run.offload_optimizer == "cpu" and run.offload_ratio < 1
+    if run.offload_optimizer == "none" or some:
+        done = run.offload_ratio if some else 0.0
+        for r in (r for r in OFFLOAD_RATIOS if r > done):
+            label = (
+                f"{r:.0%} of the optimizer on the CPU at ZeRO-3 (deepspeed.zero_stage = 3, "
+                f'deepspeed.offload_optimizer = "cpu", deepspeed.offload_optimizer_ratio = {r:g})'
+            )
+            out.append((label, partial(run, r)))
         z = max(run.zero_stage, 1)
         label = f'optimizer offload to CPU at ZeRO-{z} (deepspeed.offload_optimizer = "cpu")'
-        out.append((label, replace(run, zero_stage=z, offload_optimizer="cpu")))
+        out.append((label, replace(run, zero_stage=z, offload_optimizer="cpu", offload_ratio=1.0)))
     if run.offload_params == "none":
         label = "ZeRO-3 with optimizer and parameter offload to CPU"
-        out.append((label, replace(run, zero_stage=3, offload_optimizer="cpu", offload_params="cpu")))
+        out.append(
+            (label, replace(run, zero_stage=3, offload_optimizer="cpu", offload_params="cpu", offload_ratio=1.0))
+        )
+    nvme = 'deepspeed.offload_optimizer = "nvme", deepspeed.nvme_path = a directory on a fast local disk'
+    if run.offload_optimizer != "nvme":
+        z = max(run.zero_stage, 1)
+        out.append(
+            (
+                f"optimizer offload to NVMe at ZeRO-{z} ({nvme})",
+                replace(run, zero_stage=z, offload_optimizer="nvme", offload_ratio=1.0),
+            )
+        )
+    if run.offload_params == "none":
+        label = f'ZeRO-3 with the optimizer on NVMe and the parameters on the CPU (deepspeed.zero_stage = 3, {nvme}, deepspeed.offload_params = "cpu")'
+        out.append(
+            (label, replace(run, zero_stage=3, offload_optimizer="nvme", offload_params="cpu", offload_ratio=1.0))
+        )
     return out
 
 
