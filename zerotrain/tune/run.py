@@ -249,6 +249,7 @@ def write_winner(cfg, w: Candidate, a: TuneArgs, dtype: str, device_type: str, o
 
     ds, t = cfg.deepspeed, cfg.train
     ds.zero_stage, ds.offload_optimizer, ds.offload_params = w.zero_stage, w.offload_optimizer, w.offload_params
+    ds.offload_optimizer_ratio = 1.0  # the grid offloads all or nothing: a ratio left from the config would not apply
     ds.activation_checkpointing = w.activation_checkpointing
     ds.grad_accum_dtype = w.grad_accum_dtype(ds.grad_accum_dtype)
     t.micro_batch_size, t.grad_accum = w.micro_batch, w.grad_accum
