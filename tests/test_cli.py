@@ -7,7 +7,7 @@ import pytest
 
 from zerotrain import UserError
 
-from conftest import assert_clean_failure, tree_digest, write_config, zerotrain
+from conftest import assert_clean_failure, run_ok, tree_digest, write_config, zerotrain
 
 
 def test_missing_and_empty_corpus(tmp_path):
@@ -157,6 +157,13 @@ def test_export_refuses_a_non_empty_destination(tmp_path, stage_runs):
 @pytest.mark.slow
 def test_generate_with_characters_outside_the_vocabulary(stage_runs):
     assert_clean_failure(zerotrain("generate", stage_runs[2], "--prompt", "Zebra €"), "not in this char vocabulary")
+
+
+def test_generate_with_top_k_beyond_the_vocabulary_samples_among_all_tokens(stage_runs):
+    # the default --top-k 200 exceeds a character vocabulary: the README's demo depends on this
+    for flags in ([], ["--top-k", "100000"]):
+        r = run_ok("generate", stage_runs[2], "--prompt", "the", "--max-new-tokens", 5, "--seed", 1, *flags)
+        assert r.stdout.startswith("the"), r.stdout
 
 
 @pytest.mark.parametrize(

@@ -95,10 +95,8 @@ def generate(
         raise UserError(f"--top-k {top_k} must be >= 1, or 0 to sample among all tokens")
     model, tokenizer, _ = load_model(path)
     vocab = getattr(getattr(getattr(model, "inner", model), "config", None), "vocab_size", None)
-    if top_k and vocab and top_k > vocab:
-        raise UserError(
-            f"--top-k {top_k} is larger than the vocabulary ({vocab} tokens); give at most {vocab}, or 0 for all"
-        )
+    if top_k and vocab and top_k >= vocab:
+        top_k = None  # the k most likely of a vocabulary of at most k tokens: all of them (the default 200 on chars)
     model.to(device)
     ids = list(tokenizer.encode(prompt)) if prompt else []
     if not ids:
