@@ -608,3 +608,22 @@ def test_docs_reliability_names_only_tests_that_exist():
     rows = {c[0] for c in CASES} | {c[0] for c in DISK_CASES}
     for row in re.findall(r"`(?:disk)?\[([a-z0-9-]+)\]`", doc):
         assert row in rows, row
+
+
+def test_data_of_exactly_one_micro_batch_is_enough_and_a_small_val_split_is_fine_without_evaluation(tmp_path):
+    """The data check's edges: 16 train sequences of 33 tokens take a micro-batch of 16 (or 8 × world 2); the
+    1-sequence val split refuses a micro-batch of 2 while evaluation is on, and is no concern with it off."""
+    from zerotrain import UserError
+    from zerotrain.data import TokenData, prepare
+    from zerotrain.dsconfig import Batch
+    from zerotrain.preflight import check_data_holds_a_batch
+
+    prepare(str(_write(tmp_path / "corpus.txt", "hello world\n" * 50)), "char", tmp_path / "d")
+    data = [TokenData(tmp_path / "d")]
+    check_data_holds_a_batch(data, 32, Batch(16, 1, 1), evaluates=False)
+    check_data_holds_a_batch(data, 32, Batch(8, 4, 2), evaluates=False)
+    check_data_holds_a_batch(data, 32, Batch(1, 1, 1), evaluates=True)
+    with pytest.raises(UserError, match="train.micro_batch_size 16 or less"):
+        check_data_holds_a_batch(data, 32, Batch(17, 1, 1), evaluates=False)
+    with pytest.raises(UserError, match=r"val.bin: 60 tokens hold 1 sequence of 33 tokens, .*eval_interval = 0"):
+        check_data_holds_a_batch(data, 32, Batch(2, 1, 1), evaluates=True)
