@@ -156,3 +156,31 @@ def test_unusable_paths_are_one_error_line(tmp_path, capsys):
         assert main(argv) == 2
         stderr = capsys.readouterr().err
         assert stderr.startswith("error: ") and message in stderr and stderr.count("\n") == 1, stderr
+
+
+def test_a_file_far_larger_than_a_ds_config_is_refused_before_parsing(tmp_path, capsys):
+    """A ds_config is a few KB; a 191 MB JSON once took 40 s and 3.2 GB to check. Past 16 MiB the file is refused from
+    its size alone (the file here is sparse, so the test writes almost nothing), by every verb that reads one; a
+    ds_config padded with whitespace to 1 MiB still loads."""
+    import time
+
+    from zerotrain.cli import main
+    from zerotrain.dsconfig import load_config_file
+    from zerotrain.dsconfig.from_run import load_user_config
+    from zerotrain.dsconfig.parse import MAX_FILE_BYTES
+
+    huge = tmp_path / "huge.json"
+    with huge.open("wb") as f:
+        f.write(b'{"train_batch_size": 8')
+        f.truncate(MAX_FILE_BYTES + 1)  # a hole: no blocks written
+    start = time.monotonic()
+    for verb in ("check", "explain"):
+        assert main(["config", verb, str(huge)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and "too large for a ds_config" in err, err
+    with pytest.raises(UserError, match="16 MiB"):
+        load_user_config(str(huge))  # train's deepspeed.config and plan --ds-config
+    assert time.monotonic() - start < 5
+    padded = tmp_path / "padded.json"
+    padded.write_text(json.dumps(BASE) + " " * 2**20)
+    assert load_config_file(padded)[0] == BASE and load_user_config(str(padded)) == BASE

@@ -199,6 +199,12 @@ CASES = [
     ("train-nproc-zero", lambda ws: _train(ws, "--nproc", "0"), "--nproc"),
     ("train-nproc-negative", lambda ws: _train(ws, "--nproc", "-1"), "--nproc"),
     ("train-nproc-far-beyond-cores", lambda ws: _train(ws, "--nproc", "100000"), "--force-nproc"),
+    # the issue's micro_batch_size=100000 on an 8 GB host: the memory check plans it (14.7 GiB of activations per rank)
+    (
+        "train-micro-batch-beyond-host-memory",
+        lambda ws: _train(ws, "--train.micro_batch_size=100000", "--host-memory", "8GiB"),
+        "would not fit (host RAM",
+    ),
     # ---- train: data
     ("train-data-missing", lambda ws: _train(ws, data_dir=ws.tmp / "nodata"), "nodata"),
     ("train-data-not-prepared", lambda ws: _train(ws, data_dir=_mkdir(ws.tmp / "empty")), "zerotrain data prepare"),
@@ -206,6 +212,23 @@ CASES = [
     ("train-data-bad-magic", lambda ws: _train(ws, data_dir=_bad_shard(ws, b"GARBAGE!")), "bad magic"),
     ("train-data-truncated-shard", lambda ws: _train(ws, data_dir=_truncated_shard(ws)), "train.bin"),
     ("train-data-tokenizer-missing", lambda ws: _train(ws, data_dir=_without_tokenizer(ws)), "tokenizer"),
+    # tiny data (16 train sequences of 33 tokens, 1 val sequence): smaller than one batch, refused before any rank
+    (
+        "train-data-smaller-than-a-micro-batch",
+        lambda ws: _train(ws, "--train.micro_batch_size=32", "--train.eval_interval=0", data_dir=_tiny_data(ws)),
+        "train.micro_batch_size 16 or less",
+    ),
+    (
+        "train-data-smaller-than-a-micro-batch-times-world",
+        lambda ws: _train(ws, "--nproc", "2", "--train.micro_batch_size=9", data_dir=_tiny_data(ws)),
+        "micro_batch_size 9 × world 2",
+    ),
+    ("train-data-val-smaller-than-an-eval-batch", lambda ws: _train(ws, data_dir=_tiny_data(ws)), "eval_interval = 0"),
+    (
+        "train-data-smaller-than-a-batch-of-short-sequences",
+        lambda ws: _train(ws, "--train.seq_len=4", "--train.micro_batch_size=2000", data_dir=_tiny_data(ws)),
+        "more data",
+    ),
     # ---- train: the run directory and the checkpoint to start from
     ("train-out-dir-is-a-file", lambda ws: _train(ws, out_dir=_write(ws.tmp / "file", "x")), "file"),
     ("train-out-dir-is-the-data", lambda ws: _train(ws, "--overwrite", out_dir=ws.data), "data.dir"),
@@ -268,6 +291,7 @@ CASES = [
         lambda ws: ["config", "check", _write(ws.tmp / "bad.json", b'{"a": "\xff"}')],
         "bad.json",
     ),
+    ("config-check-huge-file", lambda ws: ["config", "check", _sparse_json(ws.tmp / "huge.json")], "too large"),
     ("config-explain-missing-file", lambda ws: ["config", "explain", ws.tmp / "nope.json"], "nope.json"),
     ("plan-unknown-model", lambda ws: ["plan", "--model", "gpt-nonsense"], "gpt-nonsense"),
     ("doctor-explain-missing-path", lambda ws: ["doctor", "explain", ws.tmp / "nope.log"], "nope.log"),
@@ -296,6 +320,22 @@ def _truncated_shard(ws) -> Path:
     data = ws.copy_data()
     (data / "train.bin").write_bytes((data / "train.bin").read_bytes()[:10])
     return data
+
+
+def _tiny_data(ws) -> Path:
+    """A prepared directory of 540 train tokens (16 sequences of 33) and 60 val tokens (1 sequence)."""
+    from zerotrain.data import prepare
+
+    prepare(str(_corpus(ws)), "char", ws.tmp / "tiny")
+    return ws.tmp / "tiny"
+
+
+def _sparse_json(path: Path) -> Path:
+    """A 17 MiB JSON file that writes almost nothing: a hole after its first bytes."""
+    with path.open("wb") as f:
+        f.write(b'{"train_batch_size": 8')
+        f.truncate(17 * 2**20)
+    return path
 
 
 def _without_tokenizer(ws) -> Path:
@@ -553,3 +593,36 @@ def test_a_full_or_read_only_disk_is_one_line_and_leaves_nothing_behind(case, ws
     assert needle in errors[0], errors[0]
     assert list(disk.iterdir()) == []  # no temporary file or folder left on the disk
     assert {p: tree_digest(p) for p in published} == published
+
+
+def test_docs_reliability_names_only_tests_that_exist():
+    """docs/reliability.md is the closing evidence of issue #26: every test and table row it names must exist."""
+    import re
+
+    doc = (REPO / "docs" / "reliability.md").read_text()
+    named = re.findall(r"`(test_\w+\.py)::(\w+)`", doc)
+    assert len(named) > 20
+    for file, test in named:
+        assert re.search(rf"^def {test}\(", (REPO / "tests" / file).read_text(), re.M), f"{file}::{test}"
+    rows = {c[0] for c in CASES} | {c[0] for c in DISK_CASES}
+    for row in re.findall(r"`(?:disk)?\[([a-z0-9-]+)\]`", doc):
+        assert row in rows, row
+
+
+def test_data_of_exactly_one_micro_batch_is_enough_and_a_small_val_split_is_fine_without_evaluation(tmp_path):
+    """The data check's edges: 16 train sequences of 33 tokens take a micro-batch of 16 (or 8 × world 2); the
+    1-sequence val split refuses a micro-batch of 2 while evaluation is on, and is no concern with it off."""
+    from zerotrain import UserError
+    from zerotrain.data import TokenData, prepare
+    from zerotrain.dsconfig import Batch
+    from zerotrain.preflight import check_data_holds_a_batch
+
+    prepare(str(_write(tmp_path / "corpus.txt", "hello world\n" * 50)), "char", tmp_path / "d")
+    data = [TokenData(tmp_path / "d")]
+    check_data_holds_a_batch(data, 32, Batch(16, 1, 1), evaluates=False)
+    check_data_holds_a_batch(data, 32, Batch(8, 4, 2), evaluates=False)
+    check_data_holds_a_batch(data, 32, Batch(1, 1, 1), evaluates=True)
+    with pytest.raises(UserError, match="train.micro_batch_size 16 or less"):
+        check_data_holds_a_batch(data, 32, Batch(17, 1, 1), evaluates=False)
+    with pytest.raises(UserError, match=r"val.bin: 60 tokens hold 1 sequence of 33 tokens, .*eval_interval = 0"):
+        check_data_holds_a_batch(data, 32, Batch(2, 1, 1), evaluates=True)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zerotrain import UserError
+from zerotrain.dsconfig.parse import check_size
 from zerotrain.memory import PARTIAL_OFFLOAD_SUB_GROUP
 from zerotrain.runconfig import RunConfig, TrainSection
 
@@ -140,6 +141,7 @@ def load_user_config(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"deepspeed.config {path} not found; give the path of a ds_config JSON file or leave it empty")
+    check_size(p)
     try:
         doc = json.loads(p.read_text())
     except json.JSONDecodeError as e:

@@ -64,6 +64,7 @@ def parse_config_text(text: str, path: str = "ds_config") -> dict:
 
 
 MAX_DEPTH = 32
+MAX_FILE_BYTES = 16 * 2**20  # a ds_config is a few KB; DeepSpeed's largest examples are well under 100 KB
 
 
 def _depth(doc) -> int:
@@ -85,6 +86,17 @@ def _trailing_comma(text: str, pos: int) -> int | None:
     return len(before) - 1 if before.endswith(",") else None
 
 
+def check_size(p: Path) -> None:
+    """Refuse a file far larger than any ds_config before reading it: parsing hundreds of MB of JSON takes tens of
+    seconds and GBs of memory only to find it is not one."""
+    size = p.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise UserError(
+            f"{p}: {size / 2**20:,.0f} MiB is too large for a ds_config (those are a few KB; the limit is "
+            f"{MAX_FILE_BYTES // 2**20} MiB); check the path names the ds_config JSON file"
+        )
+
+
 def load_config_file(path: str | Path) -> tuple[dict, str]:
     """(config, text) of a ds_config file; UserError when it cannot be read or parsed."""
     p = Path(path)
@@ -93,6 +105,7 @@ def load_config_file(path: str | Path) -> tuple[dict, str]:
     if not p.is_file():
         raise UserError(f"{p} not found; give the path of a ds_config JSON file")
     try:
+        check_size(p)
         data = p.read_bytes()
     except OSError as e:
         raise UserError(f"{p}: cannot read it ({e.strerror or e})") from None
