@@ -223,7 +223,11 @@ CASES = [
         lambda ws: _train(ws, "--nproc", "2", "--train.micro_batch_size=9", data_dir=_tiny_data(ws)),
         "micro_batch_size 9 × world 2",
     ),
-    ("train-data-val-smaller-than-an-eval-batch", lambda ws: _train(ws, data_dir=_tiny_data(ws)), "eval_interval = 0"),
+    (
+        "train-data-val-without-a-sequence",
+        lambda ws: _train(ws, data_dir=_tiny_data(ws, val_fraction=0.04)),
+        "fewer than one sequence of 33",
+    ),
     (
         "train-data-smaller-than-a-batch-of-short-sequences",
         lambda ws: _train(ws, "--train.seq_len=4", "--train.micro_batch_size=2000", data_dir=_tiny_data(ws)),
@@ -322,12 +326,14 @@ def _truncated_shard(ws) -> Path:
     return data
 
 
-def _tiny_data(ws) -> Path:
-    """A prepared directory of 540 train tokens (16 sequences of 33) and 60 val tokens (1 sequence)."""
+def _tiny_data(ws, val_fraction: float = 0.1) -> Path:
+    """A prepared directory of 540 train tokens (16 sequences of 33) and 60 val tokens (1 sequence); with
+    val_fraction 0.04, 24 val tokens (no sequence)."""
     from zerotrain.data import prepare
 
-    prepare(str(_corpus(ws)), "char", ws.tmp / "tiny")
-    return ws.tmp / "tiny"
+    out = ws.tmp / f"tiny-{val_fraction}"
+    prepare(str(_corpus(ws)), "char", out, val_fraction=val_fraction)
+    return out
 
 
 def _sparse_json(path: Path) -> Path:
@@ -609,9 +615,8 @@ def test_docs_reliability_names_only_tests_that_exist():
         assert row in rows, row
 
 
-def test_data_of_exactly_one_micro_batch_is_enough_and_a_small_val_split_is_fine_without_evaluation(tmp_path):
-    """The data check's edges: 16 train sequences of 33 tokens take a micro-batch of 16 (or 8 × world 2); the
-    1-sequence val split refuses a micro-batch of 2 while evaluation is on, and is no concern with it off."""
+def test_data_of_exactly_one_micro_batch_is_enough(tmp_path):
+    """The data check's edges: 16 train sequences of 33 tokens take a micro-batch of 16 (or 8 × world 2), not 17."""
     from zerotrain import UserError
     from zerotrain.data import TokenData, prepare
     from zerotrain.dsconfig import Batch
@@ -619,10 +624,7 @@ def test_data_of_exactly_one_micro_batch_is_enough_and_a_small_val_split_is_fine
 
     prepare(str(_write(tmp_path / "corpus.txt", "hello world\n" * 50)), "char", tmp_path / "d")
     data = [TokenData(tmp_path / "d")]
-    check_data_holds_a_batch(data, 32, Batch(16, 1, 1), evaluates=False)
-    check_data_holds_a_batch(data, 32, Batch(8, 4, 2), evaluates=False)
-    check_data_holds_a_batch(data, 32, Batch(1, 1, 1), evaluates=True)
+    check_data_holds_a_batch(data, 32, Batch(16, 1, 1))
+    check_data_holds_a_batch(data, 32, Batch(8, 4, 2))
     with pytest.raises(UserError, match="train.micro_batch_size 16 or less"):
-        check_data_holds_a_batch(data, 32, Batch(17, 1, 1), evaluates=False)
-    with pytest.raises(UserError, match=r"val.bin: 60 tokens hold 1 sequence of 33 tokens, .*eval_interval = 0"):
-        check_data_holds_a_batch(data, 32, Batch(2, 1, 1), evaluates=True)
+        check_data_holds_a_batch(data, 32, Batch(17, 1, 1))

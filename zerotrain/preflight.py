@@ -366,15 +366,15 @@ def preflight(cfg: runconfig.RunConfig, world: int, overwrite: bool = False) -> 
     check_nvme_path(cfg.deepspeed)
     plan.offload_choice = resolve_offload(plan, world, on_gpu)
     check_memory(plan, world, on_gpu)
-    check_data_holds_a_batch(data, seq_len, batch, evaluates=cfg.train.eval_interval > 0)
+    check_data_holds_a_batch(data, seq_len, batch)
     return plan
 
 
-def check_data_holds_a_batch(data: list[TokenData], seq_len: int, batch: "dsconfig.Batch", evaluates: bool) -> None:
+def check_data_holds_a_batch(data: list[TokenData], seq_len: int, batch: "dsconfig.Batch") -> None:
     """Refuse data too small for one micro-step: the sampler cuts each train split into windows of seq_len+1 tokens
     and one micro-step draws micro × world of them, so fewer windows than that repeat sequences inside one step;
-    evaluation takes micro × world windows of each val split per micro-batch. Runs after the memory check, so a
-    micro-batch that cannot fit is refused for that first."""
+    evaluation samples its windows with repeats, so a val split smaller than an evaluation batch only repeats some
+    (one without any window is refused when the data is read). Runs after the memory check, so a micro-batch that cannot fit is refused for that first."""
     need = batch.micro * batch.world
     asked = f"micro_batch_size {batch.micro}" + (f" × world {batch.world}" if batch.world > 1 else "")
 
@@ -389,16 +389,6 @@ def check_data_holds_a_batch(data: list[TokenData], seq_len: int, batch: "dsconf
             f"{where}: {tokens:,} tokens hold {windows:,} sequence{'s' * (windows != 1)} of {seq_len + 1} tokens, fewer than one micro-batch "
             f"of {need:,} ({asked}); use {smaller(windows)}, a smaller train.seq_len, or more data"
         )
-    if not evaluates:
-        return
-    for d in data:
-        windows = (len(d.val) - 1) // seq_len
-        if windows < need:
-            raise UserError(
-                f"{d.path}/val.bin: {len(d.val):,} tokens hold {windows:,} sequence{'s' * (windows != 1)} of {seq_len + 1} tokens, fewer than "
-                f"one evaluation micro-batch of {need:,} ({asked}); use {smaller(windows)}, a smaller train.seq_len, "
-                f"more data or a larger `data prepare --val-fraction`, or train.eval_interval = 0 (no evaluation)"
-            )
 
 
 def prepare_run_dir(plan: Plan, ds_config: dict) -> None:
