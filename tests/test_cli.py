@@ -302,6 +302,7 @@ def test_cpu_memory_check_counts_what_glibc_keeps_of_zero3s_per_parameter_tensor
         assert mc.host_needed(p) == base + 2 * copies * 4 * model.n_params
 
 
+@pytest.mark.slow  # 18-27 s: in --full (CI), out of the quick tier
 def test_out_dir_that_is_holds_or_lies_inside_the_data_is_refused(tmp_path, char_data):
     """Without this, --overwrite deleted the data dir's tokenizer/ (a run artifact) and the ranks crashed."""
     data = tmp_path / "data"

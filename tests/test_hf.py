@@ -193,6 +193,7 @@ def test_init_from_hf_trains_zerotrains_model(tmp_path, hf_models):
     assert "weights from the Hugging Face GPT-2" in out and "2 layers, 2 heads, 32 wide" in out
 
 
+@pytest.mark.slow  # 18-27 s: in --full (CI), out of the quick tier
 def test_bad_model_directories(tmp_path, hf_models, char_data):
     def attempt(model_dir, data_dir=None):
         return zerotrain(

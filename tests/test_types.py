@@ -4,11 +4,14 @@ configuration and the ds_config package. mypy comes with the `test` extra, so CI
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 TYPED = ["zerotrain/memory", "zerotrain/runconfig.py", "zerotrain/dsconfig"]
 
 
+@pytest.mark.slow  # 18-27 s: in --full (CI), out of the quick tier
 def test_pure_modules_pass_mypy(tmp_path):
     # a fresh cache each time: the verdict never depends on what an earlier run left behind (about 10 s cold)
     r = subprocess.run(
