@@ -5,16 +5,6 @@ beside DeepSpeedCPUAdam's, which optimizer offload runs, on the same parameters;
 """
 
 import argparse
-import time
-
-
-def rate(optimizer, n_params: int, seconds: float) -> float:
-    optimizer.step()  # the first step allocates the moments
-    steps, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds or steps < 2:
-        optimizer.step()
-        steps += 1
-    return steps * n_params / elapsed
 
 
 def main() -> None:
@@ -26,11 +16,11 @@ def main() -> None:
     import torch
     from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-    from zerotrain.planning import measure_cpu_adam
+    from zerotrain.planning import measure_cpu_adam, optimizer_rate
 
     param = torch.nn.Parameter(torch.zeros(args.params))
     param.grad = torch.randn(args.params)
-    ds = rate(DeepSpeedCPUAdam([param], lr=1e-4, adamw_mode=True), args.params, args.seconds)
+    ds = optimizer_rate(DeepSpeedCPUAdam([param], lr=1e-4, adamw_mode=True), args.params, args.seconds)
     plan = measure_cpu_adam(args.params, args.seconds)
     print(
         f"{torch.get_num_threads()} threads: torch fused AdamW (plan --measure-cpu-adam) {plan / 1e9:.3f}G params/s, "

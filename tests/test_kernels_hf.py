@@ -136,14 +136,14 @@ def test_the_switches():
     cpu = torch.device("cpu")
     model = CausalLM(tiny("llama"))
     layers = set(decoder_layer_classes(model))
-    assert fast_path.apply(model, switches(hf_fast_path=False), cpu, "bf16", 2, layers) == []
+    assert fast_path.apply(model, switches(hf_fast_path=False), cpu, "bf16", False, layers) == []
     assert not model.fused_loss and type(model.inner.lm_head) is torch.nn.Linear
-    assert fast_path.apply(model, switches(fused_loss=False), cpu, "bf16", 2, layers) == []
+    assert fast_path.apply(model, switches(fused_loss=False), cpu, "bf16", False, layers) == []
     # on the CPU "auto" compiles nothing and leaves Liger Kernel (Triton, GPUs only) off
-    assert fast_path.apply(model, switches(), cpu, "bf16", 2, layers) == ["fused loss"]
+    assert fast_path.apply(model, switches(), cpu, "bf16", False, layers) == ["fused loss"]
     assert model.fused_loss and isinstance(model.inner.lm_head, LMHead)
     with pytest.raises(UserError, match="needs a GPU"):
-        fast_path.apply(CausalLM(tiny("llama")), switches(liger="on"), cpu, "bf16", 2, layers)
+        fast_path.apply(CausalLM(tiny("llama")), switches(liger="on"), cpu, "bf16", False, layers)
     with pytest.raises(UserError, match="covers llama, mistral, qwen2, qwen3 models, not gpt2"):
         fast_path.apply_liger(tiny("gpt2"))
 

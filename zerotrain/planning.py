@@ -90,17 +90,21 @@ def measure_cpu_adam(n_params: int = 4_000_000, seconds: float = 0.5) -> float:
     AdamW on fp32 tensors, the same work per parameter as DeepSpeedCPUAdam (which offload runs, and whose import alone
     takes seconds); how far apart the two are is measured by benchmarks/cpu_adam_rate.py (docs/memory.md). About a
     second with the torch import."""
-    import time
-
     import torch
 
     param = torch.nn.Parameter(torch.zeros(n_params))
     param.grad = torch.randn(n_params)
-    opt = torch.optim.AdamW([param], lr=1e-4, fused=True)
-    opt.step()  # the first step allocates the moments
+    return optimizer_rate(torch.optim.AdamW([param], lr=1e-4, fused=True), n_params, seconds)
+
+
+def optimizer_rate(optimizer, n_params: int, seconds: float) -> float:
+    """Parameters per second of optimizer.step() over n_params, timed for `seconds` after a first step."""
+    import time
+
+    optimizer.step()  # the first step allocates the moments
     steps, start = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - start) < seconds or steps < 2:
-        opt.step()
+        optimizer.step()
         steps += 1
     return steps * n_params / elapsed
 

@@ -329,7 +329,7 @@ def build_model(plan: Plan, ds_config: dict, d, say):
     t, ds = plan.cfg.train, plan.cfg.deepspeed
     on_gpu = d.device.type == "cuda"
     torch.manual_seed(plan.cfg.run.seed)  # same seed on every rank: identical initial weights whatever the ZeRO stage
-    compiled = False
+    compiled = t.compile == "blocks" or (t.compile == "auto" and on_gpu and ds.zero_stage < 3)
     if plan.hf:
         from zerotrain import hf
         from zerotrain.kernels import hf as hf_kernels
@@ -337,18 +337,19 @@ def build_model(plan: Plan, ds_config: dict, d, say):
         model = hf.load(plan.hf, plan.dtype, ds_config, ds.zero_stage, ds.activation_checkpointing)
         say(f"fine-tuning {plan.hf.describe()}")
         block_classes = hf.decoder_layer_classes(model)
-        fast = hf_kernels.apply(model, t, d.device, plan.dtype, ds.zero_stage, set(block_classes))
+        fast = hf_kernels.apply(model, t, d.device, plan.dtype, compiled, set(block_classes))
     else:
         with torch.device(d.device):
             model = GPT(plan.model)
         model.gradient_checkpointing = ds.activation_checkpointing
         model.lm_head.fused_loss = t.fused_loss
-        compiled = t.compile == "blocks" or (t.compile == "auto" and on_gpu and ds.zero_stage < 3)
         if compiled:
             model.compile_blocks()  # compiles lazily, on the first forward
         block_classes = [Block]
     per_block = ds.zero_stage == 3 and ds.zero3_gather_per_block and bool(block_classes)
-    applied = (["compiled blocks"] if compiled else []) + (["parameters gathered per block"] if per_block else [])
+    applied = (["compiled blocks"] if compiled and not plan.hf else []) + (
+        ["parameters gathered per block"] if per_block else []
+    )
     if plan.hf:
         applied += fast
     else:

@@ -83,9 +83,10 @@ def apply_liger(inner) -> None:
     )
 
 
-def apply(model, t, device, dtype: str, zero_stage: int, layer_classes) -> list[str]:
-    """Put a zerotrain hf.CausalLM on the fast path the run's switches allow; returns what was applied, for the
-    startup line. train.hf_fast_path = false leaves transformers' code as it is."""
+def apply(model, t, device, dtype: str, compiled: bool, layer_classes) -> list[str]:
+    """Put a zerotrain hf.CausalLM on the fast path the run's switches allow (compiled: train.compile resolved for
+    this device and stage, as for zerotrain's GPT); returns what was applied, for the startup line.
+    train.hf_fast_path = false leaves transformers' code as it is."""
     inner = model.inner
     if not t.hf_fast_path:
         return []
@@ -95,7 +96,6 @@ def apply(model, t, device, dtype: str, zero_stage: int, layer_classes) -> list[
         fuse_loss(inner)
         model.fused_loss = True
         applied.append("fused loss")
-    compiled = t.compile == "blocks" or (t.compile == "auto" and on_gpu and zero_stage < 3)
     liger = t.liger == "on" or (
         t.liger == "auto"
         and on_gpu
