@@ -159,6 +159,7 @@ def test_generate_with_characters_outside_the_vocabulary(stage_runs):
     assert_clean_failure(zerotrain("generate", stage_runs[2], "--prompt", "Zebra €"), "not in this char vocabulary")
 
 
+@pytest.mark.slow
 def test_generate_with_top_k_beyond_the_vocabulary_samples_among_all_tokens(stage_runs):
     # the default --top-k 200 exceeds a character vocabulary: the README's demo depends on this
     for flags in ([], ["--top-k", "100000"]):

@@ -4,19 +4,31 @@ import pytest
 
 from tests.conftest import run_ok, write_config
 from zerotrain import UserError
-from zerotrain.distributed import launcher_command
+from zerotrain.distributed import launcher_command, launcher_line
 
 
-def test_launcher_uses_the_deepspeed_runner_without_local_rank_argument():
+def world_of(cmd):
+    import base64
+    import json
+
+    arg = next(a for a in cmd if a.startswith("--world_info="))
+    return json.loads(base64.urlsafe_b64decode(arg.split("=", 1)[1]))
+
+
+def test_launcher_is_deepspeeds_node_launcher_without_local_rank_argument():
     cmd = launcher_command(2, ["train", "c.toml"], env={})
-    assert cmd[1:4] == ["-u", "-m", "deepspeed.launcher.runner"]
-    assert cmd[cmd.index("--num_gpus") + 1] == "2" and "--no_local_rank" in cmd
+    assert cmd[1:4] == ["-u", "-m", "deepspeed.launcher.launch"]
+    assert world_of(cmd) == {"localhost": [0, 1]} and "--no_local_rank" in cmd and "--master_addr=127.0.0.1" in cmd
     assert cmd[-4:] == ["--module", "zerotrain", "train", "c.toml"]
+    assert launcher_line(2, ["train", "c.toml"], env={}) == (
+        "deepspeed --num_gpus 2 --no_local_rank --module zerotrain train c.toml"
+    )
 
 
 def test_launcher_keeps_to_cuda_visible_devices():
     cmd = launcher_command(2, ["train", "c.toml"], env={"CUDA_VISIBLE_DEVICES": "4,5,6"})
-    assert "--num_gpus" not in cmd and cmd[cmd.index("--include") + 1] == "localhost:4,5"
+    assert world_of(cmd) == {"localhost": [4, 5]}
+    assert "--include localhost:4,5 " in launcher_line(2, ["train"], env={"CUDA_VISIBLE_DEVICES": "4,5,6"})
     with pytest.raises(UserError, match="lists 3 GPUs"):
         launcher_command(4, ["train"], env={"CUDA_VISIBLE_DEVICES": "4,5,6"})
 

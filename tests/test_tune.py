@@ -25,7 +25,7 @@ from zerotrain.tune import (
     setup,
     split_batch,
 )
-from zerotrain.tune.grid import what_would_fit
+from zerotrain.tune.grid import add_partial_offload, what_would_fit
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -78,6 +78,34 @@ def test_a_model_that_fits_nowhere_is_told_what_would():
     # more GPUs (the fewest on which a configuration of the grid fits), NVMe, or the memory the smallest needs
     assert re.fullmatch(r"(2|4|8|16) GPUs \(ZeRO-\d.*, mb \d\)", ideas[0]) and ideas[1].startswith("NVMe offload")
     assert ideas[-1].startswith("a GPU of") and "of host RAM per node" in ideas[-1]
+
+
+def test_zero3_gets_the_planners_partial_offload_where_the_gpu_alone_is_too_small():
+    """A 3B Llama on one 80 GiB GPU: ZeRO-3 without offload does not fit, the whole optimizer on the CPU does; the
+    grid gains ZeRO-3 with the smallest 5% step of the optimizer on the CPU that fits, predicted faster than the
+    whole optimizer offloaded, and its run config carries the ratio."""
+    model = memory.resolve_model("llama3.2-3b")
+    run = memory.RunShape(gpus_per_node=1, seq_len=2048, dtype="bf16")
+    limits = Limits(80 * 2**30, 500 * 2**30, 0.1, 1, True)
+    cands = enumerate_candidates(8, 1, [4])
+    prune(cands, model, run, limits)
+    cands = add_partial_offload(cands, model, run, limits)
+    partial = [c for c in cands if c.offload_ratio < 1]
+    assert partial, [(c.name, c.pruned) for c in cands]
+    hw = default_hardware(on_gpu=True, device_name="NVIDIA H100 80GB HBM3")
+    for c in partial:
+        assert c.zero_stage == 3 and c.offload_optimizer == "cpu" and not c.pruned and "-oo" in c.name
+        bare = next(b for b in cands if b.name == c.name.replace(f"-oo{c.offload_ratio * 100:.0f}", ""))
+        assert bare.pruned.startswith("GPU")
+        less = replace(c, offload_ratio=round(c.offload_ratio - 0.05, 2), plan={}, pruned="")
+        if less.offload_ratio > 0:  # one 5% step less does not fit
+            prune([less], model, run, limits)
+            assert less.pruned
+        full = next(f for f in cands if f.name == bare.name.replace("zero3", "zero3-oo"))
+        assert not full.pruned and c.plan["gpu_needed"] > full.plan["gpu_needed"]
+        terms = lambda x: sum(predict_terms(x, model, run, hw).values())  # noqa: E731
+        assert terms(c) < terms(full)
+        assert c.row()["offload_optimizer_ratio"] == c.offload_ratio
 
 
 def test_calibration_recovers_the_scale_of_each_term():
@@ -143,15 +171,21 @@ def test_tune_on_two_cpu_ranks_prunes_measures_and_its_choice_trains(tmp_path, t
     args = ["tune", tiny_config, "--nproc", "2", "--micro-batch", "2", "4", "--headroom", "0", "--gpu-memory", limit]
     args += ["--steps", "2", "--warmup-steps", "1", "--for", "hf-trainer", "--out", out]
     first = run_ok(*args, "--max-measure", "1", timeout=900)
-    assert "[1/16]" in first.stdout and "--max-measure 1 reached" in first.stdout
     measured_first = json.loads((out / "tune.json").read_text())
+    fitting = sum(c["status"] != "pruned" for c in measured_first["candidates"])
+    assert f"[1/{fitting}]" in first.stdout and "--max-measure 1 reached" in first.stdout
     # an interrupted or cut-short tune continues where it stopped, its measurements and time kept
     r = run_ok(*args, "--max-measure", "2", "--resume", timeout=900)
-    assert "resuming: 1 measured" in r.stdout and "[2/16]" in r.stdout and "[1/16]" not in r.stdout
+    assert "resuming: 1 measured" in r.stdout and f"[2/{fitting}]" in r.stdout and f"[1/{fitting}]" not in r.stdout
     assert "predicted" in r.stdout and "ms/step" in r.stdout and "winner" in r.stdout  # progress as it goes
     doc = json.loads((out / "tune.json").read_text())
     cands = {c["name"]: c for c in doc["candidates"]}
-    assert doc["n_candidates"] == len(cands) == 32
+    # the grid's 32, and ZeRO-3 with part of the optimizer on the CPU where the limit leaves ZeRO-3 without offload out
+    partial = [c for c in cands.values() if c["offload_optimizer_ratio"] < 1]
+    assert doc["n_candidates"] == len(cands) == 32 + len(partial) and partial
+    for c in partial:
+        assert c["status"] != "pruned" and c["zero_stage"] == 3 and c["offload_optimizer"] == "cpu"
+        assert cands[c["name"].replace(f"-oo{c['offload_optimizer_ratio'] * 100:.0f}", "")]["status"] == "pruned"
     pruned = [c for c in cands.values() if c["status"] == "pruned"]
     assert 0 < len(pruned) < len(cands) and all(c["pruned"].startswith("GPU: needs") for c in pruned)
     measured = [c for c in cands.values() if c["step_time_s"] is not None]

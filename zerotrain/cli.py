@@ -482,5 +482,9 @@ def main_exit() -> None:
         # exception", about 1 in 20 CPU ZeRO-3 runs), which would turn a finished run into a failed one.
         sys.stdout.flush()
         sys.stderr.flush()
+        if code == 0:
+            from zerotrain.distributed import report_finished
+
+            report_finished()
         os._exit(code)
     sys.exit(code)

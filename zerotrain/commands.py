@@ -16,13 +16,13 @@ def is_main_rank() -> bool:
 
 
 def _quiet_deepspeed() -> None:
-    """Name the CPU accelerator up front when there is no GPU, which spares DeepSpeed's detection
-    warning in every process."""
-    if "DS_ACCELERATOR" not in os.environ:
-        import torch
+    """Name the CPU accelerator up front on a machine without a GPU driver (distributed.GPU_DRIVER_FILES), which
+    spares DeepSpeed's detection warning in every process. Decided without importing torch (2-3 s), so that bad
+    input is answered at once; where a driver exists DeepSpeed detects the accelerator as it always does."""
+    from zerotrain.distributed import GPU_DRIVER_FILES
 
-        if not torch.cuda.is_available():
-            os.environ["DS_ACCELERATOR"] = "cpu"
+    if "DS_ACCELERATOR" not in os.environ and not any(os.path.exists(f) for f in GPU_DRIVER_FILES):
+        os.environ["DS_ACCELERATOR"] = "cpu"
 
 
 # ------------------------------------------------------------------------------------------------ verbs
@@ -78,7 +78,7 @@ def _split_overrides(extra: list[str]) -> list[str]:
 
 
 def cmd_train(args, extra) -> int:
-    from zerotrain.distributed import check_nproc, in_launcher, launch_local
+    from zerotrain.distributed import check_not_a_bare_multitask_launch, check_nproc, in_launcher, launch_local
     from zerotrain.preflight import preflight
     from zerotrain.runconfig import load_run_config
 
@@ -94,19 +94,21 @@ def cmd_train(args, extra) -> int:
         raise UserError("--nproc starts its own ranks; drop it when running under deepspeed, torchrun or srun")
     if args.nproc is not None:
         check_nproc(args.nproc, args.force_nproc)
-    if args.nproc and args.nproc > 1:
+    if not in_launcher():  # bad input fails here, before torch is imported or any rank starts (train checks again)
         from pathlib import Path
 
         from zerotrain import runlock
 
+        check_not_a_bare_multitask_launch()
         run_dir = Path(cfg.run.out_dir)
         runlock.check_free(run_dir)  # a running run's dir is refused first, whatever else would be said of it
-        preflight(cfg, args.nproc, args.overwrite)  # bad input fails here, before any process starts
-        with runlock.RunLock(run_dir) as lock:  # held until the ranks are gone; they see it in the environment
-            os.environ[runlock.HELD_BY_PARENT] = str(lock.path)
-            return launch_local(
-                args.nproc, ["train", args.config, *overrides, *(["--overwrite"] if args.overwrite else [])]
-            )
+        preflight(cfg, max(args.nproc or 1, 1), args.overwrite)
+        if args.nproc and args.nproc > 1:
+            with runlock.RunLock(run_dir) as lock:  # held until the ranks are gone; they see it in the environment
+                os.environ[runlock.HELD_BY_PARENT] = str(lock.path)
+                return launch_local(
+                    args.nproc, ["train", args.config, *overrides, *(["--overwrite"] if args.overwrite else [])]
+                )
     from zerotrain.train import train
 
     summary = train(cfg, overwrite=args.overwrite)
@@ -528,10 +530,10 @@ def cmd_bench(args, _extra) -> int:
     base_path = out / "bench_base.toml"
     base_path.write_text(dumps_toml(from_dict(base)))
     _quiet_deepspeed()
-    import torch
+    from zerotrain.distributed import gpu_has_bf16, has_gpu
 
-    on_gpu = torch.cuda.is_available()
-    dtype = args.dtype if args.dtype != "auto" else ("bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32")
+    on_gpu = has_gpu()
+    dtype = args.dtype if args.dtype != "auto" else ("bf16" if on_gpu and gpu_has_bf16() else "fp32")
     plan_run = memory.RunShape(
         gpus_per_node=max(args.nproc, 1),
         seq_len=seq,

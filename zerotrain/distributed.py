@@ -31,6 +31,25 @@ def in_launcher() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+GPU_DRIVER_FILES = ("/dev/nvidiactl", "/dev/kfd")  # NVIDIA's and ROCm's: without either there is no GPU to ask about
+
+
+def has_gpu() -> bool:
+    """Whether this process sees a GPU. torch (2-3 s to import) is asked only where a GPU driver exists, so that
+    `train --nproc N` on a CPU machine checks the run and starts the ranks without it."""
+    if not any(os.path.exists(f) for f in GPU_DRIVER_FILES):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def gpu_has_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_bf16_supported()
+
+
 def world_size() -> int:
     return int(os.environ["WORLD_SIZE"]) if in_launcher() else 1
 
@@ -137,9 +156,9 @@ def check_nproc(nproc: int, force: bool = False) -> None:
         raise UserError(
             f"--nproc {nproc} starts no ranks; pass --nproc 1 or more, or leave it out to train in this process"
         )
-    import torch
+    if has_gpu():
+        import torch
 
-    if torch.cuda.is_available():
         gpus = torch.cuda.device_count()
         if nproc > gpus and not force:
             raise UserError(
@@ -156,8 +175,14 @@ def check_nproc(nproc: int, force: bool = False) -> None:
 
 
 def launcher_command(nproc: int, zerotrain_args: list[str], env=os.environ) -> list[str]:
-    """The DeepSpeed launcher command that runs `python -m zerotrain ARGS` as nproc local ranks.
-    DeepSpeed's launcher drops CUDA_VISIBLE_DEVICES when given --num_gpus, so visible GPUs are named."""
+    """The command that runs `python -m zerotrain ARGS` as nproc local ranks: DeepSpeed's per-node launcher
+    (deepspeed.launcher.launch, which starts the ranks, watches them and stops all when one fails), given the
+    world that the `deepspeed` front end (deepspeed.launcher.runner) would make for `--num_gpus N` or
+    `--include localhost:IDS` on one node. Calling it directly spares one process importing torch and DeepSpeed
+    (about 3 s per launch). The GPUs are CUDA_VISIBLE_DEVICES' first nproc, else 0..nproc-1."""
+    import base64
+    import json
+
     from zerotrain import UserError
 
     visible = [v.strip() for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
@@ -165,22 +190,29 @@ def launcher_command(nproc: int, zerotrain_args: list[str], env=os.environ) -> l
         raise UserError(
             f"--nproc {nproc} but CUDA_VISIBLE_DEVICES lists {len(visible)} GPUs; lower --nproc or list more devices"
         )
-    where = ["--include", f"localhost:{','.join(visible[:nproc])}"] if visible else ["--num_gpus", str(nproc)]
+    devices = [int(v) if v.isdigit() else v for v in visible[:nproc]] if visible else list(range(nproc))
+    world = base64.urlsafe_b64encode(json.dumps({"localhost": devices}).encode()).decode()
     return [
         sys.executable,
         "-u",
         "-m",
-        "deepspeed.launcher.runner",
-        *where,
-        "--master_port",
-        str(free_port()),
+        "deepspeed.launcher.launch",
+        f"--world_info={world}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
         "--no_local_rank",
-        "--log_level",
-        "critical",  # its one error line repeats the whole command; launch_local reports the ranks' own errors
+        "--log_level=critical",  # its one error line repeats the whole command; launch_local reports the ranks' own
         "--module",
         "zerotrain",
         *zerotrain_args,
     ]
+
+
+def launcher_line(nproc: int, zerotrain_args: list[str], env=os.environ) -> str:
+    """The `deepspeed` command a user would type for the same launch (what `train --nproc` prints)."""
+    visible = [v.strip() for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    where = f"--include localhost:{','.join(visible[:nproc])}" if visible else f"--num_gpus {nproc}"
+    return f"deepspeed {where} --no_local_rank --module zerotrain {' '.join(map(str, zerotrain_args))}"
 
 
 # ------------------------------------------------------------------------------------------ rank errors
@@ -249,6 +281,29 @@ def report_to_launcher(line: str, traceback_text: str = "") -> bool:
     return True
 
 
+def report_finished() -> None:
+    """Under launch_local: tell the launching process this rank's work is done and flushed (rank_N.finished), so it
+    need not wait for DeepSpeed's launcher, which notices its ranks' exits on a 1 s poll and then sleeps once more."""
+    folder = os.environ.get(ERRORS_DIR)
+    if folder and in_launcher():
+        try:
+            (Path(folder) / f"rank_{os.environ['RANK']}.finished").touch()
+        except OSError:
+            pass  # the launcher's own exit code still arrives, a second or two later
+
+
+def _wait_for_ranks(runner: subprocess.Popen, folder: Path, nproc: int) -> int:
+    """The launcher's exit code, or 0 as soon as every rank has reported it finished (report_finished); the
+    launcher, idle in its poll by then, is killed with whatever is left of the ranks' exits."""
+    while (code := runner.poll()) is None:
+        if len(list(folder.glob("rank_*.finished"))) >= nproc:
+            os.killpg(runner.pid, signal.SIGKILL)
+            runner.wait()
+            return 0
+        time.sleep(0.05)
+    return code
+
+
 def _ranks_error(folder: Path, code: int, log_dir: Path | None) -> str:
     """The launching process's one line for ranks that ended with exit code `code`: the first rank's own error
     (one that is only the echo of a peer's end comes last), the tracebacks written to a log file it names."""
@@ -302,7 +357,8 @@ def launch_local(nproc: int, zerotrain_args: list[str], log_dir: Path | None = N
     A SIGINT/SIGTERM sent to this process is passed to the ranks themselves (not to the launcher, which
     would kill them after 30 s), so they finish the step, save and exit cleanly; a second signal kills
     everything. When a rank dies, DeepSpeed's launcher terminates the others, so nothing hangs; when this
-    process dies, even by SIGKILL, the launcher and the ranks die with it (watchdog.exit_with_launcher)."""
+    process dies, even by SIGKILL, the ranks see it within half a second, remove the errors folder and end
+    (watchdog.exit_with_launcher), and DeepSpeed's launcher follows them."""
     import shutil
     import tempfile
 
@@ -311,8 +367,7 @@ def launch_local(nproc: int, zerotrain_args: list[str], log_dir: Path | None = N
     from zerotrain import UserError, watchdog
 
     cmd = launcher_command(nproc, zerotrain_args)
-    shown = cmd[cmd.index("deepspeed.launcher.runner") + 1 :]
-    print(f"launching {nproc} ranks: deepspeed {' '.join(shown)}", flush=True)
+    print(f"launching {nproc} ranks: {launcher_line(nproc, zerotrain_args)}", flush=True)
     errors = Path(tempfile.mkdtemp(prefix="zerotrain-ranks-"))
     me = os.getpid()
     env = {
@@ -322,7 +377,7 @@ def launch_local(nproc: int, zerotrain_args: list[str], log_dir: Path | None = N
         watchdog.PARENT_PID + "_START": watchdog.process_start(me) or "",
     }
     try:
-        runner = subprocess.Popen(cmd, start_new_session=True, env=env, preexec_fn=_die_with_parent(me))
+        runner = subprocess.Popen(cmd, start_new_session=True, env=env)
     except BaseException:
         shutil.rmtree(errors, ignore_errors=True)
         raise
@@ -347,7 +402,7 @@ def launch_local(nproc: int, zerotrain_args: list[str], log_dir: Path | None = N
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        code = runner.wait()
+        code = _wait_for_ranks(runner, errors, nproc)
         if code != 0:
             raise UserError(_ranks_error(errors, code, log_dir))
         return code
@@ -356,24 +411,9 @@ def launch_local(nproc: int, zerotrain_args: list[str], log_dir: Path | None = N
             signal.signal(s, handler)
         if runner.poll() is None:
             os.killpg(runner.pid, signal.SIGKILL)
-        remove_shm_buffers("127.0.0.1", cmd[cmd.index("--master_port") + 1])
+        port = next(a for a in cmd if a.startswith("--master_port=")).split("=", 1)[1]
+        remove_shm_buffers("127.0.0.1", port)
         shutil.rmtree(errors, ignore_errors=True)
-
-
-def _die_with_parent(parent: int):
-    """preexec_fn for the launcher: a parent-death signal, so SIGKILL of this process takes DeepSpeed's runner down at
-    once (its launch.py and the ranks follow: watchdog.exit_with_launcher). Linux only."""
-    if not sys.platform.startswith("linux"):
-        return None
-
-    def preexec():
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # died before the signal was armed
-            os._exit(1)
-
-    return preexec
 
 
 def remove_shm_buffers(master_addr: str, master_port: str, rank: int | None = None) -> None:

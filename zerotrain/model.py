@@ -7,44 +7,18 @@ by name; HF stores its Conv1D weights transposed relative to our nn.Linear (see 
 """
 
 import math
-from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from zerotrain import UserError
-from zerotrain.memory import GPT2_PRESETS
+from zerotrain.gpt_config import PRESETS, GPTConfig, config_from_preset  # noqa: F401 (model.GPTConfig, as before)
 
 IGNORE_INDEX = -100  # targets equal to this are left out of the loss (same value as Hugging Face)
-VOCAB_MULTIPLE = 64  # pad the vocabulary so the embedding/lm_head matmuls hit tensor-core friendly shapes
 
 # Weights stored as Conv1D (in, out) by Hugging Face GPT2 and as nn.Linear (out, in) here.
 HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-
-
-@dataclass(frozen=True)
-class GPTConfig:
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    block_size: int = 1024
-    vocab_size: int = 50257  # the tokenizer's vocabulary; the embedding is padded to padded_vocab_size
-    dropout: float = 0.0
-
-    @property
-    def padded_vocab_size(self) -> int:
-        return math.ceil(self.vocab_size / VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-
-
-PRESETS = GPT2_PRESETS  # the shapes live with the planner, which must not import torch
-
-
-def config_from_preset(preset: str, **overrides) -> GPTConfig:
-    if preset not in PRESETS:
-        raise UserError(f"unknown model.preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    return replace(GPTConfig(**PRESETS[preset]), **overrides)
 
 
 class CausalSelfAttention(nn.Module):

@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING
 
 from zerotrain import UserError, checkpoint, dsconfig, runconfig
 from zerotrain.data import TokenData
-from zerotrain.model import GPTConfig, config_from_preset
+from zerotrain.distributed import gpu_has_bf16, has_gpu
+from zerotrain.gpt_config import GPTConfig, config_from_preset
 
 if TYPE_CHECKING:  # zerotrain.hf imports transformers; the trainer imports it only for model.hf runs
     from zerotrain import memory
     from zerotrain.hf import HFModelInfo
+
 
 RUN_ARTIFACTS = (
     "config.toml",
@@ -322,12 +324,8 @@ def preflight(cfg: runconfig.RunConfig, world: int, overwrite: bool = False) -> 
         checkpoint.check_complete(*resume_from, manifest)
         universal = _needs_universal(manifest, cfg.deepspeed.zero_stage, world, where)
         batch, batch_was = resume_batch(cfg.train, world, manifest, where)
-    import torch  # only to see whether this machine has a GPU, and which dtypes it supports
-
-    on_gpu = torch.cuda.is_available()
-    dtype = dsconfig.resolve_dtype(
-        cfg.deepspeed.dtype, "cuda" if on_gpu else "cpu", not on_gpu or torch.cuda.is_bf16_supported()
-    )
+    on_gpu = has_gpu()
+    dtype = dsconfig.resolve_dtype(cfg.deepspeed.dtype, "cuda" if on_gpu else "cpu", not on_gpu or gpu_has_bf16())
     if resume_from:
         if manifest["dtype"] != dtype:
             raise UserError(

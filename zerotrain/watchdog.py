@@ -58,9 +58,7 @@ def exit_with_launcher(poll_s: float = 0.5) -> None:
         pass
     started = os.environ.get(PARENT_PID + "_START") or process_start(pid)
 
-    def watch():
-        while process_start(pid) == started:
-            time.sleep(poll_s)
+    def end() -> None:
         import shutil
 
         from zerotrain.distributed import ERRORS_DIR
@@ -68,8 +66,13 @@ def exit_with_launcher(poll_s: float = 0.5) -> None:
         shutil.rmtree(os.environ.get(ERRORS_DIR, ""), ignore_errors=True)  # the launcher's, which it cannot remove now
         os.kill(os.getpid(), signal.SIGKILL)  # nothing of this rank is worth finishing without its launcher
 
+    def watch():
+        while process_start(pid) == started:
+            time.sleep(poll_s)
+        end()
+
     if process_start(pid) != started or started is None:
-        os.kill(os.getpid(), signal.SIGKILL)
+        end()
     threading.Thread(target=watch, name="zerotrain-launcher-watch", daemon=True).start()
 
 

@@ -1,7 +1,8 @@
 """`zerotrain tune`: the fastest configuration that fits, found by planning first and measuring second.
 
 1. enumerate   ZeRO stage (0-3) × offload (none, optimizer to CPU, optimizer and parameters to CPU) × activation
-               checkpointing × micro-batch, each with the accumulation that keeps the global batch;
+               checkpointing × micro-batch, each with the accumulation that keeps the global batch; after pruning,
+               ZeRO-3 with the planner's partial offload where the GPU alone is too small (add_partial_offload);
 2. prune       with the memory planner: what needs more GPU memory or host RAM than there is, with headroom, is
                dropped with the reason; the rest is ordered by a predicted step time (`predict_terms`, below),
                calibrated on the measurements as they arrive (`Calibration`);
@@ -14,7 +15,8 @@
 docs/tune.md describes the step-time model and the GPU benchmark. The measuring happens in `zerotrain train`
 subprocesses; this process plans only.
 
-  grid.py       the candidates (Candidate, enumerate_candidates) and the planner's verdict on each (prune, what_would_fit)
+  grid.py       the candidates (Candidate, enumerate_candidates, add_partial_offload) and the planner's verdict on
+                each (prune, what_would_fit)
   stepmodel.py  the predicted step time: four terms from the shape and hardware constants (predict_terms), Calibration
   search.py     one measured run, stopped early when clearly slower (measure); the search (search); --resume's state
   report.py     tune.md, tune.json, tune.png

@@ -1,5 +1,6 @@
 """The candidates tune considers (stage × offload × activation checkpointing × micro-batch, each keeping the global
-batch) and the memory planner's verdict on each: pruned with the reason, or kept."""
+batch, plus the planner's partial offload where ZeRO-3 fits with part of the optimizer on the CPU) and the memory
+planner's verdict on each: pruned with the reason, or kept."""
 
 from dataclasses import dataclass, field, replace
 
@@ -17,6 +18,7 @@ class Candidate:
     activation_checkpointing: bool
     micro_batch: int
     grad_accum: int
+    offload_ratio: float = 1.0  # below 1 (ZeRO-3, optimizer to CPU): the share of the optimizer stepped on the CPU
     plan: dict = field(default_factory=dict)  # gpu_needed, host_needed, peak_allocated (bytes)
     pruned: str = ""  # why the planner dropped it; empty when it fits
     terms: dict = field(default_factory=dict)  # the model's raw terms (seconds per step)
@@ -36,6 +38,7 @@ class Candidate:
         off = {("none", "none"): "", ("cpu", "none"): "-oo", ("cpu", "cpu"): "-oo-op"}[
             (self.offload_optimizer, self.offload_params)
         ]
+        off += f"{self.offload_ratio * 100:.0f}" if self.offload_ratio < 1 else ""
         ckpt = "-ckpt" if self.activation_checkpointing else ""
         return f"zero{self.zero_stage}{off}{ckpt}-mb{self.micro_batch}x{self.grad_accum}"
 
@@ -44,6 +47,7 @@ class Candidate:
         off = {("none", "none"): "", ("cpu", "none"): " + offload opt", ("cpu", "cpu"): " + offload opt, params"}[
             (self.offload_optimizer, self.offload_params)
         ]
+        off = f" + offload {self.offload_ratio:.0%} of opt" if self.offload_ratio < 1 else off
         ckpt = ", ckpt" if self.activation_checkpointing else ""
         return f"ZeRO-{self.zero_stage}{off}{ckpt}, mb {self.micro_batch} × {self.grad_accum}"
 
@@ -52,6 +56,8 @@ class Candidate:
         return self.step_time_s is not None
 
     def run_shape(self, run: memory.RunShape) -> memory.RunShape:
+        if self.offload_ratio < 1:  # zerotrain's sub-group size for partial offload, as the ds_config sets it
+            run = memory.partial(run, self.offload_ratio)
         return replace(
             run,
             zero_stage=self.zero_stage,
@@ -74,6 +80,7 @@ class Candidate:
             "zero_stage": self.zero_stage,
             "offload_optimizer": self.offload_optimizer,
             "offload_params": self.offload_params,
+            "offload_optimizer_ratio": self.offload_ratio,
             "activation_checkpointing": self.activation_checkpointing,
             "micro_batch": self.micro_batch,
             "grad_accum": self.grad_accum,
@@ -168,6 +175,29 @@ def prune(cands: list[Candidate], model: memory.ModelShape, run: memory.RunShape
         if why:
             c.pruned = "; ".join(why) + f" (with {limits.headroom:.0%} headroom)"
             c.status = "pruned"
+
+
+def add_partial_offload(
+    cands: list[Candidate], model: memory.ModelShape, run: memory.RunShape, limits: Limits
+) -> list[Candidate]:
+    """After prune: for each ZeRO-3 candidate without offload that the GPU alone cannot hold, while its host RAM
+    fits, the same candidate with the smallest share of the optimizer on the CPU that fits (memory.OFFLOAD_RATIOS,
+    as `offload_optimizer = "auto"` chooses it), placed right after it; the whole optimizer offloaded is already in
+    the grid. Returns the new list."""
+    out = []
+    for c in cands:
+        out.append(c)
+        if not (c.zero_stage == 3 and c.offload_optimizer == "none" and c.pruned.startswith("GPU")):
+            continue
+        if "host RAM" in c.pruned:
+            continue
+        for r in memory.OFFLOAD_RATIOS:
+            p = replace(c, offload_optimizer="cpu", offload_ratio=r, plan={}, pruned="", status="not measured")
+            prune([p], model, run, limits)
+            if not p.pruned:
+                out.append(p)
+                break
+    return out
 
 
 def what_would_fit(model: memory.ModelShape, run: memory.RunShape, limits: Limits, cands: list[Candidate]) -> str:

@@ -8,7 +8,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from zerotrain import UserError, memory
-from zerotrain.tune.grid import MICRO_BATCHES, Candidate, Limits, enumerate_candidates, prune, size_text, what_would_fit
+from zerotrain.tune.grid import (
+    MICRO_BATCHES,
+    Candidate,
+    Limits,
+    add_partial_offload,
+    enumerate_candidates,
+    prune,
+    size_text,
+    what_would_fit,
+)
 from zerotrain.tune.report import prediction_error, write_reports
 from zerotrain.tune.search import Measure, Search, load_state, search
 from zerotrain.tune.stepmodel import default_hardware, predict_terms
@@ -131,6 +140,7 @@ def setup(a: TuneArgs):
     cands = enumerate_candidates(global_batch, a.nproc, micro)
     limits = Limits(gpu_bytes, host_bytes, a.headroom, a.nproc, on_gpu, bool(cfg.model.hf or cfg.run.init_from))
     prune(cands, model, run, limits)
+    cands = add_partial_offload(cands, model, run, limits)
     fitting = [c for c in cands if not c.pruned]
     if not fitting:
         where = f"{a.nproc} {'GPU' if on_gpu or a.gpu_memory else 'rank'}(s)" + (
@@ -249,7 +259,7 @@ def write_winner(cfg, w: Candidate, a: TuneArgs, dtype: str, device_type: str, o
 
     ds, t = cfg.deepspeed, cfg.train
     ds.zero_stage, ds.offload_optimizer, ds.offload_params = w.zero_stage, w.offload_optimizer, w.offload_params
-    ds.offload_optimizer_ratio = 1.0  # the grid offloads all or nothing: a ratio left from the config would not apply
+    ds.offload_optimizer_ratio = w.offload_ratio
     ds.activation_checkpointing = w.activation_checkpointing
     ds.grad_accum_dtype = w.grad_accum_dtype(ds.grad_accum_dtype)
     t.micro_batch_size, t.grad_accum = w.micro_batch, w.grad_accum

@@ -44,6 +44,7 @@ def measure(c: Candidate, m: Measure, run_dir: Path, best_s: float | None, deadl
     overrides = [
         *m.overrides,
         f"--train.grad_accum={c.grad_accum}",
+        f"--deepspeed.offload_optimizer_ratio={c.offload_ratio:g}",
         "--train.global_batch_size=0",
         f"--deepspeed.activation_checkpointing={str(c.activation_checkpointing).lower()}",
         f"--train.max_steps={m.max_steps}",

@@ -66,8 +66,9 @@ def predict_terms(c: Candidate, model: memory.ModelShape, run: memory.RunShape, 
                    (W-1)/W for reduce-scatter or all-gather) over the bus bandwidth: ZeRO-0/1 reduce the gradients
                    once per step, ZeRO-2 reduce-scatters them every micro-step, ZeRO-3 also all-gathers the
                    parameters twice per micro-step (forward, backward), ZeRO 1-2 all-gather updated parameters;
-    offload        CPU-Adam over the node's parameters, and gradients down and parameters up over PCIe (parameter
-                   offload: the partition up twice per micro-step);
+    offload        CPU-Adam over the node's parameters (the offloaded share of them under partial offload; the GPU
+                   steps the rest), and gradients down and parameters up over PCIe (parameter offload: the
+                   partition up twice per micro-step);
     overhead       a fixed cost per micro-step, and ZeRO-3's hooks per layer."""
     N, L, h, T = model.n_params, model.n_layer, model.hidden, run.seq_len
     W, a, b = run.world, c.grad_accum, memory.DTYPE_BYTES[run.dtype]
@@ -77,8 +78,8 @@ def predict_terms(c: Candidate, model: memory.ModelShape, run: memory.RunShape, 
         flops *= 4 / 3  # one more forward: 2N of the 6N
     shard = 1 if c.zero_stage == 0 else W
     compute = flops / (hw.peak_flops * hw.efficiency)
-    if c.offload_optimizer == "none":
-        compute += 32 * N / shard / hw.memory_bandwidth
+    on_cpu = c.offload_ratio if c.offload_optimizer != "none" else 0.0  # the optimizer's share stepped on the CPU
+    compute += 32 * (1 - on_cpu) * N / shard / hw.memory_bandwidth
     ring = (W - 1) / W
     gbytes = b * N  # the gradients (and parameters) in the compute dtype
     comm = {0: 2 * ring * gbytes, 1: 2 * ring * gbytes, 2: a * ring * gbytes + ring * gbytes, 3: a * 3 * ring * gbytes}[
@@ -86,10 +87,10 @@ def predict_terms(c: Candidate, model: memory.ModelShape, run: memory.RunShape, 
     ]
     communication = comm / hw.bus_bandwidth if W > 1 else 0.0
     offload = 0.0
-    if c.offload_optimizer != "none":
-        offload += N / hw.cpu_adam_params_per_s
+    if on_cpu:
+        offload += on_cpu * N / hw.cpu_adam_params_per_s
         if hw.pcie_bandwidth:
-            offload += (4 + b) * N / W / hw.pcie_bandwidth  # fp32 gradients down, parameters up
+            offload += (4 + b) * on_cpu * N / W / hw.pcie_bandwidth  # fp32 gradients down, parameters up
     if c.offload_params != "none" and hw.pcie_bandwidth:
         offload += a * 2 * b * N / W / hw.pcie_bandwidth
     overhead = a * (hw.micro_step_s + (L * hw.zero3_hook_s if c.zero_stage == 3 else 0.0))
