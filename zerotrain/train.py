@@ -445,11 +445,14 @@ def restore(engine, state: TrainState, plan: Plan, say) -> None:
         for group, saved in zip(engine.optimizer.param_groups, hyper, strict=True):
             group.update(saved)
         # DeepSpeed 0.19.8's ZeRO-3 universal loader gives every group's state one and the same step tensor, which
-        # AdamW advances in place once per group: with 3 groups the bias corrections would run 3 steps per step.
+        # AdamW advances in place once per group: with 3 groups the bias corrections would run 3 steps per step. It is
+        # also a CPU tensor, where fused (GPU) AdamW wants it on the parameter's device, as torch's own init puts it.
         inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
-        for param_state in inner.state.values():
+        # (ZeRO-3 empties each group's params list between steps, so the state is walked by its keys.)
+        on_device = any(g.get("fused") or g.get("capturable") for g in inner.param_groups)
+        for p, param_state in inner.state.items():
             if torch.is_tensor(param_state.get("step")):
-                param_state["step"] = param_state["step"].clone()
+                param_state["step"] = param_state["step"].clone().to(p.device if on_device else "cpu")
     state.load_state_dict(client)
     how = ""
     if plan.resume_universal:
