@@ -496,7 +496,7 @@ def test_ranks_die_with_their_launcher(tmp_path, char_data):
     )
     try:
         _wait_for_steps(tmp_path / "run", 3, proc)
-        tree = psutil.Process(proc.pid).children(recursive=True)  # DeepSpeed's runner, its launch.py, the ranks
+        tree = psutil.Process(proc.pid).children(recursive=True)  # DeepSpeed's launch.py and the ranks
         ranks = _ranks(proc)
         assert len(ranks) == 2
         errors_dir = Path(ranks[0].environ()["ZEROTRAIN_ERRORS_DIR"])
