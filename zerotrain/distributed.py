@@ -174,6 +174,11 @@ def check_nproc(nproc: int, force: bool = False) -> None:
         )
 
 
+def visible_gpus(env=os.environ) -> list[str]:
+    """CUDA_VISIBLE_DEVICES as a list (empty when unset)."""
+    return [v.strip() for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+
+
 def launcher_command(nproc: int, zerotrain_args: list[str], env=os.environ) -> list[str]:
     """The command that runs `python -m zerotrain ARGS` as nproc local ranks: DeepSpeed's per-node launcher
     (deepspeed.launcher.launch, which starts the ranks, watches them and stops all when one fails), given the
@@ -185,7 +190,7 @@ def launcher_command(nproc: int, zerotrain_args: list[str], env=os.environ) -> l
 
     from zerotrain import UserError
 
-    visible = [v.strip() for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    visible = visible_gpus(env)
     if visible and len(visible) < nproc:
         raise UserError(
             f"--nproc {nproc} but CUDA_VISIBLE_DEVICES lists {len(visible)} GPUs; lower --nproc or list more devices"
@@ -210,7 +215,7 @@ def launcher_command(nproc: int, zerotrain_args: list[str], env=os.environ) -> l
 
 def launcher_line(nproc: int, zerotrain_args: list[str], env=os.environ) -> str:
     """The `deepspeed` command a user would type for the same launch (what `train --nproc` prints)."""
-    visible = [v.strip() for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    visible = visible_gpus(env)
     where = f"--include localhost:{','.join(visible[:nproc])}" if visible else f"--num_gpus {nproc}"
     return f"deepspeed {where} --no_local_rank --module zerotrain {' '.join(map(str, zerotrain_args))}"
 
