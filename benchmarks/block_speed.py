@@ -20,6 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from zerotrain import kernels
 from zerotrain import model as gpt
+from zerotrain.gpt_config import config_from_preset
 from zerotrain.kernels import cublaslt as fused
 
 
@@ -60,7 +61,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=40)
     a = ap.parse_args()
     torch._inductor.config.coordinate_descent_tuning = True  # as GPT.compile_blocks sets it
-    cfg = gpt.config_from_preset(a.preset)
+    cfg = config_from_preset(a.preset)
     torch.manual_seed(0)
     base = gpt.Block(cfg).to("cuda", torch.bfloat16)
     ways = {

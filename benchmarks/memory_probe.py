@@ -116,7 +116,7 @@ def run_hf(a) -> dict:
     torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     family, _, shape = a.model.partition(":")
     if family == "hf-gpt2":
-        from zerotrain.model import PRESETS
+        from zerotrain.gpt_config import PRESETS
 
         s = PRESETS[shape]
         cfg = transformers.GPT2Config(

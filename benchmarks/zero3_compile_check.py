@@ -13,7 +13,8 @@ import torch.distributed as dist
 from deepspeed.utils import set_z3_leaf_modules
 
 sys.path.insert(0, os.getcwd())
-from zerotrain.model import GPT, Block, config_from_preset
+from zerotrain.gpt_config import config_from_preset
+from zerotrain.model import GPT, Block
 
 VARIANTS = {
     "eager": (False, False, None),

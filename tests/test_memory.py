@@ -114,7 +114,8 @@ def test_parameter_counts_match_the_real_models():
     import torch  # noqa: F401  (the test may import torch; the planner must not)
     import transformers
 
-    from zerotrain.model import GPT, config_from_preset
+    from zerotrain.gpt_config import config_from_preset
+    from zerotrain.model import GPT
 
     for name in ("tiny", "gpt2"):
         assert memory.resolve_model(name).n_params == GPT(config_from_preset(name)).num_params()

@@ -3,16 +3,8 @@ import math
 import pytest
 import torch
 
-from zerotrain.model import (
-    GPT,
-    IGNORE_INDEX,
-    PRESETS,
-    GPTConfig,
-    config_from_preset,
-    flops_per_token,
-    from_hf_state_dict,
-    to_hf_state_dict,
-)
+from zerotrain.gpt_config import PRESETS, config_from_preset
+from zerotrain.model import GPT, IGNORE_INDEX, GPTConfig, flops_per_token, from_hf_state_dict, to_hf_state_dict
 
 
 def tiny(**kw) -> GPTConfig:

@@ -102,7 +102,7 @@ def cmd_train(args, extra) -> int:
         check_not_a_bare_multitask_launch()
         run_dir = Path(cfg.run.out_dir)
         runlock.check_free(run_dir)  # a running run's dir is refused first, whatever else would be said of it
-        preflight(cfg, max(args.nproc or 1, 1), args.overwrite)
+        preflight(cfg, args.nproc or 1, args.overwrite)  # check_nproc refused an nproc below 1
         if args.nproc and args.nproc > 1:
             with runlock.RunLock(run_dir) as lock:  # held until the ranks are gone; they see it in the environment
                 os.environ[runlock.HELD_BY_PARENT] = str(lock.path)

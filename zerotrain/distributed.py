@@ -179,7 +179,7 @@ def visible_gpus(env=os.environ) -> list[str]:
     return [v.strip() for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
 
 
-def launcher_command(nproc: int, zerotrain_args: list[str], env=os.environ) -> list[str]:
+def launcher_command(nproc: int, zerotrain_args: list[str], env=os.environ, port: int | None = None) -> list[str]:
     """The command that runs `python -m zerotrain ARGS` as nproc local ranks: DeepSpeed's per-node launcher
     (deepspeed.launcher.launch, which starts the ranks, watches them and stops all when one fails), given the
     world that the `deepspeed` front end (deepspeed.launcher.runner) would make for `--num_gpus N` or
@@ -204,7 +204,7 @@ def launcher_command(nproc: int, zerotrain_args: list[str], env=os.environ) -> l
         "deepspeed.launcher.launch",
         f"--world_info={world}",
         "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
+        f"--master_port={port or free_port()}",
         "--no_local_rank",
         "--log_level=critical",  # its one error line repeats the whole command; launch_local reports the ranks' own
         "--module",
@@ -371,7 +371,8 @@ def launch_local(nproc: int, zerotrain_args: list[str], log_dir: Path | None = N
 
     from zerotrain import UserError, watchdog
 
-    cmd = launcher_command(nproc, zerotrain_args)
+    port = free_port()
+    cmd = launcher_command(nproc, zerotrain_args, port=port)
     print(f"launching {nproc} ranks: {launcher_line(nproc, zerotrain_args)}", flush=True)
     errors = Path(tempfile.mkdtemp(prefix="zerotrain-ranks-"))
     me = os.getpid()
@@ -416,8 +417,7 @@ def launch_local(nproc: int, zerotrain_args: list[str], log_dir: Path | None = N
             signal.signal(s, handler)
         if runner.poll() is None:
             os.killpg(runner.pid, signal.SIGKILL)
-        port = next(a for a in cmd if a.startswith("--master_port=")).split("=", 1)[1]
-        remove_shm_buffers("127.0.0.1", port)
+        remove_shm_buffers("127.0.0.1", str(port))
         shutil.rmtree(errors, ignore_errors=True)
 
 

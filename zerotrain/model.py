@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from zerotrain.gpt_config import PRESETS, GPTConfig, config_from_preset  # noqa: F401 (model.GPTConfig, as before)
+from zerotrain.gpt_config import GPTConfig
 
 IGNORE_INDEX = -100  # targets equal to this are left out of the loss (same value as Hugging Face)
 

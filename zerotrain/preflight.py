@@ -21,7 +21,6 @@ if TYPE_CHECKING:  # zerotrain.hf imports transformers; the trainer imports it o
     from zerotrain import memory
     from zerotrain.hf import HFModelInfo
 
-
 RUN_ARTIFACTS = (
     "config.toml",
     "ds_config.json",

@@ -187,9 +187,8 @@ def add_partial_offload(
     out = []
     for c in cands:
         out.append(c)
-        if not (c.zero_stage == 3 and c.offload_optimizer == "none" and c.pruned.startswith("GPU")):
-            continue
-        if "host RAM" in c.pruned:
+        gpu_only = c.pruned.startswith("GPU") and "host RAM" not in c.pruned
+        if not (c.zero_stage == 3 and c.offload_optimizer == "none" and gpu_only):
             continue
         for r in memory.OFFLOAD_RATIOS:
             p = replace(c, offload_optimizer="cpu", offload_ratio=r, plan={}, pruned="", status="not measured")
