@@ -52,6 +52,7 @@ def parse_args():
     p.add_argument("--extra", default="", help="more --section.key=value overrides for zerotrain's variants")
     p.add_argument("--models", default="models")
     p.add_argument("--out", required=True)
+    p.add_argument("--make-model-only", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args()
 
 
@@ -177,8 +178,13 @@ def run_peer(a, stage: int, log: Path, out: Path) -> dict:
 
 def main() -> int:
     a = parse_args()
+    if a.make_model_only:
+        make_model_dir(a)
+        return 0
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    # The model is made in a process of its own: one made here would hold GPU memory through every variant's run
+    subprocess.run([sys.executable, __file__, *sys.argv[1:], "--make-model-only"], check=True)
     model_dir = make_model_dir(a)
     data = prepare_data(model_dir)
     for name in a.variants.split(","):
@@ -205,9 +211,14 @@ def main() -> int:
 
 
 def _gpu_name() -> str:
-    import torch
-
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    """Asked of nvidia-smi, so this process never holds GPU memory of its own."""
+    try:
+        names = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True
+        ).stdout
+    except FileNotFoundError:
+        return "cpu"
+    return names.splitlines()[0].strip() if names.strip() else "cpu"
 
 
 if __name__ == "__main__":

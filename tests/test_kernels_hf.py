@@ -148,6 +148,12 @@ def test_the_switches():
         fast_path.apply_liger(tiny("gpt2"))
 
 
+def test_the_planner_knows_which_models_get_liger_kernel():
+    from zerotrain import memory
+
+    assert set(memory.LIGER_MODEL_TYPES) == set(fast_path.LIGER_PATCHES)
+
+
 @pytest.mark.slow
 def test_compiled_decoder_layers_compute_what_eager_layers_do():
     reference = fast(tiny("llama"))

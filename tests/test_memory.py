@@ -1,5 +1,6 @@
 """The memory planner: measured GPU peaks, hand-computed cases, invariants, config parsing, the CLI."""
 
+import importlib.util
 import itertools
 import json
 import subprocess
@@ -23,6 +24,10 @@ def _shape_of_measurement(row: dict) -> ModelShape:
     if row["impl"] == "zerotrain":
         return memory.resolve_model(row["model"])
     family, _, name = row["model"].partition(":")
+    if "vocab" in row:  # a Llama preset made with another vocabulary (benchmarks/hf_fast_path.py --vocab)
+        return memory.shape_from_hf_config(
+            {**memory.LLAMA_PRESETS[name], "vocab_size": row["vocab"], "model_type": "llama"}, row["model"]
+        )
     if family == "hf-gpt2":
         p = memory.GPT2_PRESETS[name]
         return memory.shape_from_hf_config(
@@ -41,8 +46,9 @@ def _shape_of_measurement(row: dict) -> ModelShape:
 
 def _run_of_measurement(row: dict) -> RunShape:
     # zerotrain's ds_config turns contiguous_gradients on from stage 2 (dsconfig.build); the probe's HF runs always
-    contiguous = row["zero_stage"] >= 2 if row["impl"] == "zerotrain" else True
-    overlap = row["gpus"] > 1 if row["impl"] == "zerotrain" else True
+    ours = row["impl"] in ("zerotrain", "zerotrain-hf")  # zerotrain train, with its own GPT or a model.hf
+    contiguous = row["zero_stage"] >= 2 if ours else True
+    overlap = row["gpus"] > 1 if ours else True
     return RunShape(
         gpus_per_node=row["gpus"],
         micro_batch=row["micro_batch"],
@@ -59,6 +65,7 @@ def _run_of_measurement(row: dict) -> RunShape:
         overlap_comm=overlap,
         compile=row.get("compile", "none"),
         fused_loss=row.get("fused_loss", False),
+        liger=row.get("liger", False),
         grad_accum_dtype=row.get("grad_accum_dtype", "auto"),
     )
 
@@ -93,7 +100,8 @@ def test_measurements_cover_the_axes_the_planner_claims():
     assert {"cpu"} <= seen("offload_optimizer") and {"cpu"} <= seen("offload_params")
     assert {"bf16", "fp16", "fp32"} <= seen("dtype")
     assert len(seen("micro_batch")) >= 3 and len(seen("seq_len")) >= 2 and len(seen("grad_accum")) >= 2
-    assert {"zerotrain", "hf"} == seen("impl")
+    assert {"zerotrain", "hf", "zerotrain-hf"} == seen("impl")
+    assert {True, False} == {r.get("liger", False) for r in rows if r["impl"] == "zerotrain-hf"}
     assert {"gpt2", "gpt2-xl"} <= seen("model") and any(m.startswith("llama:") for m in seen("model"))
 
 
@@ -279,6 +287,29 @@ def test_hf_config_directory_and_file(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(gpt2))
     m = memory.resolve_model(f"hf:{tmp_path}")
     assert m.impl == "hf-gpt2" and m.dropout == 0.1 and m.n_params == 124_439_808  # transformers' GPT2 124M
+
+
+def test_the_fast_path_keeps_fewer_activations_of_a_llama_layer(tmp_path):
+    from zerotrain.runconfig import load_run_config
+
+    tiny = {**memory.LLAMA_PRESETS["tinyllama-1.1b"], "model_type": "llama"}
+    m = memory.shape_from_hf_config(tiny, "tinyllama")
+    h, ffn, b = m.hidden, m.ffn, 2
+    eager = memory.saved_bytes_per_token_per_layer(m, b, "sdpa", 2048)
+    fused = memory.saved_bytes_per_token_per_layer(m, b, "sdpa", 2048, fused_layers=True)
+    assert eager - fused == 2 * 4 * h + b * ffn  # two fp32 RMSNorm inputs and silu's output
+    peak = lambda **o: plan(m, RunShape(micro_batch=4, seq_len=2048, grad_accum=2, **o)).per_gpu["peak_allocated"]
+    gap = peak(compile="none") - peak(compile="none", liger=True)
+    assert gap == 4 * 2048 * m.n_layer * (eager - fused)  # Liger Kernel's modules plan the fast row
+    assert peak(compile="auto") < peak(compile="none", liger=True)  # compiled layers too, and a compiled loss chunk
+    assert peak(zero_stage=3, liger=True) < peak(zero_stage=3)
+    # run_shape: train.liger = "on" is planned; "auto" plans it at ZeRO-3 only where liger-kernel is installed
+    (tmp_path / "config.json").write_text(json.dumps(tiny))
+    cfg = lambda *o: load_run_config(None, [f"--model.hf={tmp_path}", "--data.dir=d", "--deepspeed.zero_stage=3", *o])
+    assert planning.run_shape(cfg("--train.liger=on")).liger
+    assert not planning.run_shape(cfg("--train.liger=off")).liger
+    assert not planning.run_shape(cfg("--train.liger=on", "--train.hf_fast_path=false")).liger
+    assert planning.run_shape(cfg()).liger == (importlib.util.find_spec("liger_kernel") is not None)
 
 
 def test_ds_config_fills_the_run():

@@ -178,7 +178,35 @@ def run_shape(cfg, gpus_per_node: int = 1, nodes: int = 1, dtype: str | None = N
         grad_accum_dtype=ds.grad_accum_dtype,
         compile=t.compile if (t.hf_fast_path or not m.hf) else "none",
         fused_loss=t.fused_loss and (t.hf_fast_path or not m.hf),
+        liger=_plans_liger(cfg, dtype),
         seq_len=t.seq_len or (m.block_size or memory.GPT2_PRESETS.get(m.preset, {}).get("block_size", 1024)),
+    )
+
+
+def _plans_liger(cfg, dtype: str | None) -> bool:
+    """Whether a model.hf run on a GPU gets Liger Kernel's modules (kernels/hf.py apply: train.liger "on", or "auto"
+    where the decoder layers are not compiled, in bf16/fp16, for a model type Liger Kernel patches, installed)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    m, t, ds = cfg.model, cfg.train, cfg.deepspeed
+    if not (m.hf and t.hf_fast_path) or t.liger == "off":
+        return False
+    if t.liger == "on":
+        return True
+    compiled = t.compile == "blocks" or (t.compile == "auto" and ds.zero_stage < 3)
+    try:
+        model_type = json.loads((Path(m.hf) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return False
+    from zerotrain.memory import LIGER_MODEL_TYPES
+
+    return (
+        not compiled
+        and (dtype or ds.dtype) != "fp32"
+        and model_type in LIGER_MODEL_TYPES
+        and importlib.util.find_spec("liger_kernel") is not None
     )
 
 

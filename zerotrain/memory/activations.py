@@ -4,9 +4,12 @@ layer and loss around them (plain and zerotrain's fused loss), and the transient
 from zerotrain.memory.shapes import ModelShape
 
 
-def saved_bytes_per_token_per_layer(model: ModelShape, b: int, attention: str, seq_len: int) -> float:
+def saved_bytes_per_token_per_layer(
+    model: ModelShape, b: int, attention: str, seq_len: int, fused_layers: bool = False
+) -> float:
     """Bytes autograd keeps per token per transformer block until its backward runs (read off CUDA allocator
-    traces of each implementation; cf. Korthikanti et al. 2022, "Reducing activation recomputation", §4)."""
+    traces of each implementation; cf. Korthikanti et al. 2022, "Reducing activation recomputation", §4).
+    fused_layers: an hf-llama model's decoder layers on the fast path (compiled, or Liger Kernel's modules)."""
     h, a = model.hidden, model.n_head
     lse = 4 * a  # SDPA (flash / memory-efficient) keeps its fp32 log-sum-exp, one per head per token
     scores = 0 if attention == "sdpa" else (b + 1) * a * seq_len  # eager: softmax output + dropout mask, a×T per token
@@ -26,6 +29,11 @@ def saved_bytes_per_token_per_layer(model: ModelShape, b: int, attention: str, s
     # output (b·h); q after RoPE (b·h); k and v as cached (b·kv each); attention out (b·h); the SwiGLU MLP keeps
     # gate out, up out, silu out and their product (b·ffn each).
     ffn, kv = model.ffn, model.kv_dim
+    if fused_layers:
+        # Compiled layers and Liger Kernel keep the same (peaks on one H100, TinyLlama shape, 2026-12-07): each
+        # RMSNorm its bf16 input and fp32 rstd, not an fp32 copy; SwiGLU gate and up outputs and their product,
+        # silu recomputed in backward
+        return 2 * (4 + 2 * b * h) + 2 * b * h + 2 * b * kv + 3 * b * ffn + lse + scores
     return 2 * (4 * h + 4 + 2 * b * h) + 2 * b * h + 2 * b * kv + 4 * b * ffn + lse + scores
 
 

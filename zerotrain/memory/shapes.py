@@ -96,6 +96,8 @@ LLAMA_STYLE = (
     "smollm",
     "olmo",
 )  # config.json model_type prefixes planned as Llama
+# The model types Liger Kernel's modules are put into on the fast path (kernels/hf.py LIGER_PATCHES; a test checks)
+LIGER_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
 @dataclass(frozen=True)
@@ -321,6 +323,7 @@ class RunShape:
     attention: str = "sdpa"  # sdpa (flash/memory-efficient kernels: no T×T scores kept) | eager (scores kept)
     compile: str = "auto"  # train.compile (auto, blocks: compiled blocks or decoder layers on GPUs below stage 3)
     fused_loss: bool = True  # train.fused_loss (model.hf models: with train.hf_fast_path, Llama/Mistral/Qwen/GPT-2)
+    liger: bool = False  # Liger Kernel's RMSNorm/SwiGLU/RoPE in a Llama-style model.hf's layers (train.liger resolved)
     reduce_bucket_size: int = 500_000_000
     allgather_bucket_size: int = 500_000_000
     overlap_comm: bool | None = None  # None: DeepSpeed's default (on at stage 3)

@@ -180,7 +180,8 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
     compiled = run.compile in ("blocks", "auto") and z < 3
     fused = run.fused_loss
     kept_loss, loss_forward, loss_backward = _loss_terms(model, b, s, fused, compiled)
-    per_layer = saved_bytes_per_token_per_layer(model, b, run.attention, run.seq_len)
+    fused_layers = model.impl == "hf-llama" and (compiled or run.liger)
+    per_layer = saved_bytes_per_token_per_layer(model, b, run.attention, run.seq_len, fused_layers)
     block_backward: float = s * _block_backward_transient(model, b)
     if run.activation_checkpointing:
         kept: float = s * L * _checkpointed_block_input(model, b) + kept_loss
