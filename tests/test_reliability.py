@@ -487,6 +487,28 @@ def test_a_stalled_rank_is_named_and_every_rank_stops(tmp_path, char_data):
 
 
 @pytest.mark.slow
+def test_a_hung_rank_is_named_in_a_one_process_run(tmp_path, char_data):
+    """One process, nobody else to watch it: its own watchdog thread sees its steps stop (a hung kernel or read;
+    here the wait ZEROTRAIN_FAULT=hang injects after step 3's forward) and ends the run with the line."""
+    cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=100_000)
+    started = time.monotonic()
+    r = zerotrain(
+        "train", cfg, "--run.stall_timeout=4", "--train.save_interval=2", "--train.eval_interval=0",
+        env={"ZEROTRAIN_FAULT": "hang:3:0"}, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 3 and time.monotonic() - started < 60, (r.returncode, r.stderr)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in r.stdout + r.stderr, r.stderr
+    assert errors[0].startswith("error: no progress for 4 s (run.stall_timeout) on rank 0: rank 0 (pid"), errors[0]
+    assert "last: step 3: forward" in errors[0], errors[0]
+    from zerotrain import checkpoint
+
+    ckpt_dir, tag = checkpoint.resolve(tmp_path / "run")  # step 2's checkpoint, published and whole
+    assert tag == checkpoint.tag_for(2)
+    checkpoint.check_complete(ckpt_dir, tag, checkpoint.read_manifest(ckpt_dir, tag))
+
+
+@pytest.mark.slow
 def test_ranks_die_with_their_launcher(tmp_path, char_data):
     import psutil
 

@@ -21,11 +21,10 @@ import json
 import os
 import re
 import shutil
-import signal
 import time
 from pathlib import Path
 
-from zerotrain import UserError
+from zerotrain import UserError, faults
 
 MANIFEST = "zerotrain.json"
 FORMAT = "zerotrain-checkpoint"
@@ -89,14 +88,6 @@ def _point(ckpt_dir: Path, name: str, tag: str) -> None:
     os.replace(tmp, ckpt_dir / name)
 
 
-def _fault_point(where: str, step: int, rank: int) -> None:
-    """Fault injection for the crash-safety tests: ZEROTRAIN_FAULT=<where>:<step>:<rank> kills this
-    process with SIGKILL at that point, as a power cut or the OOM killer would."""
-    spec = os.environ.get("ZEROTRAIN_FAULT", "")
-    if spec == f"{where}:{step}:{rank}":
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def save(engine, ckpt_dir: Path, state, manifest: dict, d, keep_last: int, pointers: tuple[str, ...] = ()) -> str:
     """Collective: every rank calls it. `state` is the run's TrainState (its state_dict() is DeepSpeed's client
     state); `manifest` is written beside the shards. Written under a temporary tag, published by an atomic
@@ -113,7 +104,7 @@ def save(engine, ckpt_dir: Path, state, manifest: dict, d, keep_last: int, point
     barrier(d)
     try:
         engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
-        _fault_point("save", step, d.rank)
+        faults.point("save", step, d.rank)
         _fsync_tree(ckpt_dir / tmp_tag)  # durable before `latest` can name it, also across a power cut
     except (OSError, RuntimeError) as e:  # torch's writer reports a full disk as a RuntimeError
         if not _write_error(e):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zerotrain import UserError, checkpoint, dsconfig, runconfig, runlock, watchdog
+from zerotrain import UserError, checkpoint, dsconfig, faults, runconfig, runlock, watchdog
 from zerotrain.data import BatchSampler, eval_batches
 from zerotrain.metrics import PhaseClock, StepLog
 from zerotrain.model import flops_per_token
@@ -535,6 +535,7 @@ def optimizer_step(
         watch.progress("forward")
         with record_function("zerotrain.forward"):
             loss = engine(x, y)
+        faults.point("hang", watch.step, d.rank, d.device)  # tests only: ZEROTRAIN_FAULT=hang:STEP:RANK
         clock.lap("forward_s")
         watch.progress("backward")
         with record_function("zerotrain.backward"):

@@ -35,7 +35,7 @@ import shutil
 import time
 from pathlib import Path
 
-from zerotrain import UserError, checkpoint
+from zerotrain import UserError, checkpoint, faults
 
 MANIFEST = "zerotrain_universal.json"
 FORMAT = "zerotrain-universal"
@@ -130,7 +130,7 @@ def convert(
         else:
             _ds_to_universal(ckpt_dir / tag, tmp / tag, workers)
             _loadable_at_any_stage(tmp / tag)
-        checkpoint._fault_point("convert", manifest["step"], 0)
+        faults.point("convert", manifest["step"], 0)
         record = {
             "format": FORMAT,
             "version": VERSION,
