@@ -4,7 +4,8 @@
 # so the rank's next wait for the GPU never returns, as with a hung kernel. Expected: exit code 3 within about
 # 1.5 x STALL seconds of the hang, one `error: no progress ...` line naming rank 0 and its last phase, no process
 # left on the GPU, and the step-5 checkpoint published and whole.
-#   OUT=results [STALL=30] bash benchmarks/gpu_stuck_rank.sh
+#   OUT=results [STALL=30] [EXTRA="--train.compile=none"] bash benchmarks/gpu_stuck_rank.sh
+# (STALL must exceed the first step, which compiles: the watchdog sees no progress while it does)
 set -uo pipefail
 OUT=${OUT:-stuck-results}; STALL=${STALL:-30}; RUN=${RUN:-/tmp/zerotrain-stuck}
 mkdir -p "$OUT"
@@ -13,7 +14,7 @@ started=$(date +%s.%N)
 ZEROTRAIN_FAULT=hang:6:0 timeout 600 python3 -m zerotrain train "${CONFIG:-configs/gpt2-124m.toml}" --run.out_dir="$RUN" \
   --run.resume= --overwrite --run.stall_timeout="$STALL" --train.max_steps=1000 --train.save_interval=5 \
   --train.eval_interval=0 --train.log_interval=1 --train.micro_batch_size=8 --train.grad_accum=1 \
-  --run.tensorboard=false > "$OUT/stuck.log" 2>&1
+  --run.tensorboard=false ${EXTRA:-} > "$OUT/stuck.log" 2>&1
 code=$?
 ended=$(date +%s.%N)
 hung_at=$(python3 -c "import json,os; print(max(os.path.getmtime('$RUN/metrics.jsonl'), 0))" 2>/dev/null || echo "$started")

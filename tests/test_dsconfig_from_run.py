@@ -64,6 +64,20 @@ def test_partial_offload_ratio_reaches_the_ds_config_and_deepspeeds_parser():
     assert not [f for f in engine_findings(ds, 2) if f.level == "error"]  # DeepSpeed 0.19.8's own parser takes it
 
 
+def test_persistent_parameters_reach_the_ds_config_only_at_stage_3_when_on():
+    from zerotrain.dsconfig import engine_findings
+
+    cfg = RunConfig()
+    cfg.deepspeed.zero_stage, cfg.deepspeed.zero3_persistent_params = 3, "on"
+    zero = build(cfg, Batch(4, 1, 2), "bf16", "cuda")["zero_optimization"]
+    assert zero["stage3_param_persistence_threshold"] == 2**40  # above any parameter: all of them persist
+    assert not [f for f in engine_findings({"train_batch_size": 8, "zero_optimization": zero}, 2) if f.level == "error"]
+    cfg.deepspeed.zero3_persistent_params = "off"
+    assert "stage3_param_persistence_threshold" not in build(cfg, Batch(4, 1, 2), "bf16", "cuda")["zero_optimization"]
+    cfg.deepspeed.zero_stage, cfg.deepspeed.zero3_persistent_params = 2, "on"
+    assert "stage3_param_persistence_threshold" not in build(cfg, Batch(4, 1, 2), "bf16", "cuda")["zero_optimization"]
+
+
 def test_fp32_gradient_sums_only_where_training_is_bf16():
     cfg = RunConfig()
     cfg.deepspeed.grad_accum_dtype = "fp32"

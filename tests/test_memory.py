@@ -312,6 +312,29 @@ def test_the_fast_path_keeps_fewer_activations_of_a_llama_layer(tmp_path):
     assert planning.run_shape(cfg()).liger == (importlib.util.find_spec("liger_kernel") is not None)
 
 
+def test_parameters_persist_where_the_gpu_holds_them_all():
+    """preflight.all_persistent_fits, the choice of deepspeed.zero3_persistent_params = "auto" at stage 3."""
+    from zerotrain.preflight import MemoryCheck, all_persistent_fits
+
+    def check(model, run, gpu_bytes):
+        return MemoryCheck(model, run, plan(model, run), gpu_bytes, 10**15, "host", run.gpus_per_node, True)
+
+    tiny = memory.shape_from_hf_config({**memory.LLAMA_PRESETS["tinyllama-1.1b"], "model_type": "llama"}, "t")
+    one = RunShape(micro_batch=4, seq_len=2048, grad_accum=2, zero_stage=3)
+    persistent = plan(tiny, replace(one, param_persistence_threshold=memory.ALL_PERSISTENT))
+    # on one GPU a partition is the whole parameter: persisting costs nothing (measured: docs/memory.md)
+    assert persistent.gpu_bytes_needed == plan(tiny, one).gpu_bytes_needed
+    assert all_persistent_fits(check(tiny, one, 80 * GiB)) and not all_persistent_fits(check(tiny, one, None))
+    # on 8 GPUs every GPU holds all of Llama-3-8B's 16 GB of bf16 weights instead of an eighth
+    big = memory.resolve_model("llama3-8b")
+    eight = replace(one, gpus_per_node=8, micro_batch=1, activation_checkpointing=True)
+    shared = plan(big, eight).gpu_bytes_needed
+    whole = plan(big, replace(eight, param_persistence_threshold=memory.ALL_PERSISTENT)).gpu_bytes_needed
+    assert whole - shared > 12 * GiB
+    assert not all_persistent_fits(check(big, eight, int((shared + whole) / 2 * 1.1)))
+    assert all_persistent_fits(check(big, eight, int(whole * 1.12)))
+
+
 def test_ds_config_fills_the_run():
     ds = {
         "train_micro_batch_size_per_gpu": 4,

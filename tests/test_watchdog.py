@@ -46,6 +46,15 @@ def test_ranks_that_beat_but_make_no_progress_are_all_named(tmp_path):
     assert "last: step 9: backward" in line and "last: step 9: forward" in line
 
 
+def test_a_rank_alone_is_stuck_after_one_timeout(tmp_path):
+    w = _watchdog(tmp_path, world=1)
+    for beat in range(4):
+        _beat(tmp_path, 0, beat, 7, doing="step 6: optimizer step")
+        line = w._check(beat * 2.6)
+        assert (line is None) == (beat * 2.6 <= 5)  # no peer to speak first: it acts at the timeout
+    assert line.startswith("no progress for 5 s (run.stall_timeout) on rank 0: rank 0 (pid")
+
+
 def test_a_rank_that_never_wrote_a_heartbeat_is_silent(tmp_path):
     w = _watchdog(tmp_path)
     for t in (0.0, 3.0, 6.0):

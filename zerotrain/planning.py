@@ -179,6 +179,9 @@ def run_shape(cfg, gpus_per_node: int = 1, nodes: int = 1, dtype: str | None = N
         compile=t.compile if (t.hf_fast_path or not m.hf) else "none",
         fused_loss=t.fused_loss and (t.hf_fast_path or not m.hf),
         liger=_plans_liger(cfg, dtype),
+        param_persistence_threshold=memory.ALL_PERSISTENT
+        if ds.zero3_persistent_params == "on"
+        else memory.RunShape.param_persistence_threshold,  # auto: see preflight.resolve_persistence
         seq_len=t.seq_len or (m.block_size or memory.GPT2_PRESETS.get(m.preset, {}).get("block_size", 1024)),
     )
 

@@ -362,6 +362,7 @@ def preflight(cfg: runconfig.RunConfig, world: int, overwrite: bool = False) -> 
     )
     check_nvme_path(cfg.deepspeed)
     plan.offload_choice = resolve_offload(plan, world, on_gpu)
+    resolve_persistence(plan, world, on_gpu)
     check_memory(plan, world, on_gpu)
     check_data_holds_a_batch(data, seq_len, batch)
     return plan
@@ -580,6 +581,32 @@ def resolve_offload(plan: Plan, world: int, on_gpu: bool) -> str:
     where = [f"GPU {chosen.gpu_bytes_needed / 2**30:.1f} of {mc.gpu_bytes / 2**30:.1f} GiB"] if mc.gpu_bytes else []
     where.append(f"host {mc.host_needed(chosen) / 2**30:.1f} GiB of {mc.host_name}")
     return f"offload auto → {memory.describe_offload(r)} ({', '.join(where)}; the least offload that fits with 10% to spare)"
+
+
+def resolve_persistence(plan: Plan, world: int, on_gpu: bool) -> None:
+    """deepspeed.zero3_persistent_params = "auto" at stage 3: "on" where the run, every parameter kept gathered, fits
+    the GPU with AUTO_OFFLOAD_HEADROOM to spare (and parameters are not offloaded), else "off"."""
+    ds = plan.cfg.deepspeed
+    if ds.zero3_persistent_params != "auto":
+        return
+    ds.zero3_persistent_params = "off"
+    if ds.zero_stage != 3 or ds.offload_params != "none" or not on_gpu:
+        return
+    mc = memory_check(plan, world, on_gpu)
+    if mc is not None and all_persistent_fits(mc):
+        ds.zero3_persistent_params = "on"
+
+
+def all_persistent_fits(mc: MemoryCheck) -> bool:
+    """Whether the checked run, every parameter kept gathered, fits its GPU and host with AUTO_OFFLOAD_HEADROOM."""
+    import dataclasses
+
+    from zerotrain import memory
+
+    if not mc.gpu_bytes:
+        return False
+    persistent = memory.plan(mc.model, dataclasses.replace(mc.run, param_persistence_threshold=memory.ALL_PERSISTENT))
+    return not mc.shortfalls(persistent, AUTO_OFFLOAD_HEADROOM)
 
 
 def check_memory(plan: Plan, world: int, on_gpu: bool) -> None:

@@ -215,6 +215,12 @@ class DeepSpeedSection:
     Hugging Face model's decoder layers), so ZeRO-3's Python hooks run once per block instead of around every
     Linear and norm, which trains GPT-2 XL faster at ZeRO-3 (docs/benchmarks.md). false gathers layer by layer,
     for blocks too large to hold whole on one GPU."""
+    zero3_persistent_params: Switch = "auto"
+    """ZeRO-3: keep every parameter gathered after its first use (DeepSpeed's stage3_param_persistence_threshold above
+    the largest parameter), so forward and backward gather nothing and run at ZeRO-2's speed; gradients and optimizer
+    states stay partitioned. Costs the full bf16/fp16 parameters on every GPU instead of a 1/world share (nothing
+    more on one GPU). auto: on where the planner says the run fits the GPU that way with 10% to spare, else off;
+    off: DeepSpeed's default (parameters under 100,000 elements persist)."""
     reduce_without_host_wait: bool = True
     """ZeRO-1/2 on GPUs: end each micro-step's gradient reduction with the compute stream waiting for DeepSpeed's
     reduction stream instead of the host waiting for the whole GPU, so the host queues the next micro-step while the

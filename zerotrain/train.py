@@ -347,8 +347,10 @@ def build_model(plan: Plan, ds_config: dict, d, say):
             model.compile_blocks()  # compiles lazily, on the first forward
         block_classes = [Block]
     per_block = ds.zero_stage == 3 and ds.zero3_gather_per_block and bool(block_classes)
-    applied = (["compiled blocks"] if compiled and not plan.hf else []) + (
-        ["parameters gathered per block"] if per_block else []
+    applied = (
+        (["compiled blocks"] if compiled and not plan.hf else [])
+        + (["parameters gathered per block"] if per_block else [])
+        + (["parameters kept gathered"] if ds.zero_stage == 3 and ds.zero3_persistent_params == "on" else [])
     )
     if plan.hf:
         applied += fast

@@ -12,7 +12,8 @@ act on a SIGTERM. Files rather than the rendezvous store: the store is served fr
 rank 0 would take it down too. Staleness is judged on the reader's own monotonic clock (when did the counter last
 change), so the hosts' clocks need not agree. In a large world a rank reads only its own, rank 0's and the next
 rank's files (rank 0 reads all), so the shared filesystem sees a few reads per rank and interval; a rank that is only
-stuck itself waits half a timeout longer before it acts, so the rank that watches a silent one speaks first.
+stuck itself waits half a timeout longer before it acts (when it has peers), so the rank that watches a silent one speaks
+first.
 
 `exit_with_launcher`: ranks of `zerotrain train --nproc` die when the zerotrain process that launched them does, even
 by SIGKILL (which no handler sees): a parent-death signal for the rank's direct parent, and a thread that watches the
@@ -159,7 +160,9 @@ class Watchdog:
                 record or old_record,
             )
         silent = [r for r, seen in self._seen.items() if now - seen[2] > self.timeout]
-        stuck = [r for r, seen in self._seen.items() if now - seen[3] > self.timeout * 1.5]
+        # a stuck rank waits half a timeout longer, so that a rank watching a silent peer speaks first; alone, no wait
+        patience = self.timeout * (1.5 if self.world > 1 else 1.0)
+        stuck = [r for r, seen in self._seen.items() if now - seen[3] > patience]
         if not (silent or stuck):
             return None
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from zerotrain import UserError
 from zerotrain.dsconfig.parse import check_size
-from zerotrain.memory import PARTIAL_OFFLOAD_SUB_GROUP
+from zerotrain.memory import ALL_PERSISTENT, PARTIAL_OFFLOAD_SUB_GROUP
 from zerotrain.runconfig import RunConfig, TrainSection
 
 STEPS_PER_PRINT_NEVER = 2**31 - 1  # zerotrain prints its own metrics line; DeepSpeed's would duplicate it
@@ -100,6 +100,8 @@ def build(cfg: RunConfig, batch: Batch, dtype: str, device_type: str) -> dict:
         # Lets engine.save_16bit_model gather full weights instead of writing the empty [0]-shaped
         # partitions users report (DeepSpeed #3841).
         zero["stage3_gather_16bit_weights_on_model_save"] = True
+        if ds.zero3_persistent_params == "on":  # preflight resolves "auto"
+            zero["stage3_param_persistence_threshold"] = ALL_PERSISTENT
     config = {
         "train_batch_size": batch.global_size,
         "train_micro_batch_size_per_gpu": batch.micro,

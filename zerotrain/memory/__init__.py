@@ -20,6 +20,7 @@ from zerotrain.memory.activations import FUSED_LOSS_CHUNK_TOKENS, saved_bytes_pe
 from zerotrain.memory.inference import InferencePlan, plan_inference
 from zerotrain.memory.inputs import GPUS, gpu_memory_from_name, parse_size, run_from_ds_config
 from zerotrain.memory.shapes import (
+    ALL_PERSISTENT,
     CUBLAS_WORKSPACE,
     CUDA_CONTEXT,
     DTYPE_BYTES,
@@ -61,6 +62,7 @@ from zerotrain.memory.training import (
 )
 
 __all__ = [
+    "ALL_PERSISTENT",
     "CUBLAS_WORKSPACE",
     "CUDA_CONTEXT",
     "DTYPE_BYTES",

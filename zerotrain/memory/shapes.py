@@ -154,7 +154,10 @@ class ModelShape:
 
     def small_params(self, threshold: int = 100_000) -> int:
         """Elements in the tensors ZeRO-3 keeps whole on every rank: those with fewer elements than
-        stage3_param_persistence_threshold (1e5 by default) — biases and norm weights."""
+        stage3_param_persistence_threshold (1e5 by default) — biases and norm weights; every parameter above the
+        largest (deepspeed.zero3_persistent_params)."""
+        if threshold > self.largest_param:
+            return self.n_params
         h = self.hidden
         per_layer: tuple[int, ...]
         final: tuple[int, ...]
@@ -298,6 +301,10 @@ CUDA_CONTEXT = (
 )  # CUDA context + cuBLAS/cuDNN kernels outside the caching allocator (nvidia-smi minus reserved)
 NCCL_BUFFERS = 400 * MiB  # NCCL communicator buffers for the data-parallel group (only with more than one GPU)
 PROCESS_HOST_RAM = 3 * GiB  # a rank's Python + torch + CUDA libraries in host memory
+
+
+# A stage3_param_persistence_threshold above any parameter's size: every parameter persists (deepspeed.zero3_persistent_params)
+ALL_PERSISTENT = 2**40
 
 
 @dataclass(frozen=True)

@@ -123,8 +123,9 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
     else:
         # stage3.py: each rank keeps its 1/W partition (defragmented into one flat buffer) and small tensors whole;
         # forward/backward gather the rest, releasing what will not be reused within max_live_parameters.
+        # A persistent parameter keeps its partition too (the optimizer steps it), beside the whole tensor.
         persistent = model.small_params(run.param_persistence_threshold)
-        resident = 0 if offload_par else b * (N - persistent) / W
+        resident = 0 if offload_par else b * (N - persistent) / W + (b * persistent / W if W > 1 else 0)
         gathered = b * min(N - persistent, run.max_live_parameters + run.prefetch_bucket_size + model.largest_param)
         if W == 1 and not offload_par:
             gathered = 0  # one rank: the partition is the whole tensor and "gathering" is a view (_no_gather_coalesced)
