@@ -11,7 +11,9 @@ memory, and the planner's prediction for the same run. Variants, NAME-zSTAGE:
   fast    `zerotrain train` as configured by default (fused loss; compiled layers at ZeRO 0-2, Liger Kernel at ZeRO-3)
   compile fused loss + compiled decoder layers, no Liger Kernel
   liger   fused loss + Liger Kernel, eager layers
-  persist as fast, with every parameter persistent under ZeRO-3 (benchmarks/zero3_persistent_params.json)
+  persist as fast, with every parameter persistent under ZeRO-3 (deepspeed.zero3_persistent_params = "on"; "auto",
+          the default, turns it on where the GPU holds every parameter)
+  release as fast, with DeepSpeed's default persistence under ZeRO-3 (gathered layers released after use)
   peer    the raw peer: transformers LlamaForCausalLM under deepspeed.initialize, as its documentation shows
           (benchmarks/memory_probe.py hf), timed after --warm steps
 """
@@ -33,7 +35,8 @@ VARIANTS = {
     "compile": ["--train.liger=off", "--train.compile=auto"],
     "liger": ["--train.compile=none", "--train.liger=on"],
     # ZeRO-3 with every parameter persistent (never released after use: on one GPU a partition is the whole tensor)
-    "persist": ["--deepspeed.config=benchmarks/zero3_persistent_params.json"],
+    "persist": ["--deepspeed.zero3_persistent_params=on"],
+    "release": ["--deepspeed.zero3_persistent_params=off"],
 }
 
 
