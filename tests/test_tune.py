@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import assert_clean_failure, metrics, run_ok, write_config, zerotrain
 from zerotrain import UserError, memory
+from zerotrain.preflight import async_io_builds
 from zerotrain.tune import (
     TERMS,
     Calibration,
@@ -28,6 +29,7 @@ from zerotrain.tune import (
 from zerotrain.tune.grid import add_partial_offload, what_would_fit
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+NO_ASYNC_IO = "NVMe: DeepSpeed's async_io op does not build here (install libaio-dev; `zerotrain doctor` checks)"
 
 
 def test_the_grid_keeps_the_global_batch_and_only_valid_offloads():
@@ -108,6 +110,40 @@ def test_zero3_gets_the_planners_partial_offload_where_the_gpu_alone_is_too_smal
         assert c.row()["offload_optimizer_ratio"] == c.offload_ratio
 
 
+def test_nvme_candidates_where_the_run_has_a_path_and_the_disk_and_async_io_allow():
+    """Llama-3-8B on one 40 GiB GPU with 64 GiB of host RAM fits nowhere on the CPU offloads; with an nvme_path the
+    grid gains ZeRO-3 with the optimizer (and the parameters) on NVMe, kept where DeepSpeed's async_io op builds and
+    the disk holds them, pruned with the reason otherwise, and predicted slower than the same on the CPU."""
+    model = memory.resolve_model("llama3-8b")
+    run = memory.RunShape(gpus_per_node=1, seq_len=2048, dtype="bf16")
+    assert not [c for c in enumerate_candidates(8, 1, [2]) if "nvme" in (c.offload_optimizer, c.offload_params)]
+    cands = enumerate_candidates(8, 1, [2], nvme=True)
+    nvme = [c for c in cands if "nvme" in (c.offload_optimizer, c.offload_params)]
+    assert {(c.zero_stage, c.offload_optimizer, c.offload_params) for c in nvme} == {
+        (3, "nvme", "none"),
+        (3, "nvme", "nvme"),
+    }
+    assert {c.name for c in nvme} == {
+        "zero3-on-mb2x4",
+        "zero3-on-ckpt-mb2x4",
+        "zero3-on-pn-mb2x4",
+        "zero3-on-pn-ckpt-mb2x4",
+    }
+    disk = 2**40
+    prune(cands, model, run, Limits(40 * 2**30, 64 * 2**30, 0.1, 1, True, nvme_free=disk, async_io=True))
+    kept = {c.name for c in cands if not c.pruned}
+    assert kept and kept <= {c.name for c in nvme}, [(c.name, c.pruned) for c in cands]  # only NVMe fits
+    hw = default_hardware(on_gpu=True, device_name="NVIDIA H100 80GB HBM3")
+    c = next(c for c in nvme if c.name in kept)
+    on_cpu = replace(c, offload_optimizer="cpu", offload_params="cpu" if c.offload_params == "nvme" else "none")
+    assert predict_terms(c, model, run, hw)["offload"] > predict_terms(on_cpu, model, run, hw)["offload"]
+    prune(cands, model, run, Limits(40 * 2**30, 64 * 2**30, 0.1, 1, True, nvme_free=disk, async_io=False))
+    assert all(c.pruned for c in cands)
+    assert {c.pruned for c in cands if c.name in kept} == {NO_ASYNC_IO}
+    prune(cands, model, run, Limits(40 * 2**30, 64 * 2**30, 0.1, 1, True, nvme_free=2**30, async_io=True))
+    assert all("NVMe: needs" in c.pruned for c in cands if c.name in kept)
+
+
 def test_calibration_recovers_the_scale_of_each_term():
     truth = {"compute": 2.0, "communication": 0.5, "offload": 3.0, "overhead": 1.5}
     cands = []
@@ -170,6 +206,8 @@ def test_tune_on_two_cpu_ranks_prunes_measures_and_its_choice_trains(tmp_path, t
     out = tmp_path / "tune"
     args = ["tune", tiny_config, "--nproc", "2", "--micro-batch", "2", "4", "--headroom", "0", "--gpu-memory", limit]
     args += ["--steps", "2", "--warmup-steps", "1", "--for", "hf-trainer", "--out", out]
+    (tmp_path / "nvme").mkdir()
+    args += [f"--deepspeed.nvme_path={tmp_path / 'nvme'}"]  # the grid gains ZeRO-3 with NVMe offload
     first = run_ok(*args, "--max-measure", "1", timeout=900)
     measured_first = json.loads((out / "tune.json").read_text())
     fitting = sum(c["status"] != "pruned" for c in measured_first["candidates"])
@@ -182,7 +220,11 @@ def test_tune_on_two_cpu_ranks_prunes_measures_and_its_choice_trains(tmp_path, t
     cands = {c["name"]: c for c in doc["candidates"]}
     # the grid's 32, and ZeRO-3 with part of the optimizer on the CPU where the limit leaves ZeRO-3 without offload out
     partial = [c for c in cands.values() if c["offload_optimizer_ratio"] < 1]
-    assert doc["n_candidates"] == len(cands) == 32 + len(partial) and partial
+    nvme = [c for c in cands.values() if c["offload_optimizer"] == "nvme"]
+    assert doc["n_candidates"] == len(cands) == 32 + len(nvme) + len(partial) and partial and len(nvme) == 8
+    if not async_io_builds():  # libaio missing, as on CI: said, and nothing measured on NVMe
+        assert all(c["status"] == "pruned" for c in nvme) and any(c["pruned"] == NO_ASYNC_IO for c in nvme)
+    cands = {k: c for k, c in cands.items() if c["offload_optimizer"] != "nvme"}
     for c in partial:
         assert c["status"] != "pruned" and c["zero_stage"] == 3 and c["offload_optimizer"] == "cpu"
         assert cands[c["name"].replace(f"-oo{c['offload_optimizer_ratio'] * 100:.0f}", "")]["status"] == "pruned"

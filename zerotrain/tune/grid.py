@@ -7,6 +7,15 @@ from dataclasses import dataclass, field, replace
 from zerotrain import UserError, memory
 
 OFFLOADS = (("none", "none"), ("cpu", "none"), ("cpu", "cpu"))  # (optimizer, parameters)
+# ZeRO-Infinity, ZeRO-3 only, where the run sets deepspeed.nvme_path: the optimizer on NVMe, and the parameters too
+NVME_OFFLOADS = (("nvme", "none"), ("nvme", "nvme"))
+OFFLOAD_NAMES = {
+    ("none", "none"): ("", ""),
+    ("cpu", "none"): ("-oo", " + offload opt"),
+    ("cpu", "cpu"): ("-oo-op", " + offload opt, params"),
+    ("nvme", "none"): ("-on", " + opt on NVMe"),
+    ("nvme", "nvme"): ("-on-pn", " + opt, params on NVMe"),
+}
 MICRO_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 
 
@@ -35,18 +44,14 @@ class Candidate:
 
     @property
     def name(self) -> str:
-        off = {("none", "none"): "", ("cpu", "none"): "-oo", ("cpu", "cpu"): "-oo-op"}[
-            (self.offload_optimizer, self.offload_params)
-        ]
+        off = OFFLOAD_NAMES[(self.offload_optimizer, self.offload_params)][0]
         off += f"{self.offload_ratio * 100:.0f}" if self.offload_ratio < 1 else ""
         ckpt = "-ckpt" if self.activation_checkpointing else ""
         return f"zero{self.zero_stage}{off}{ckpt}-mb{self.micro_batch}x{self.grad_accum}"
 
     @property
     def label(self) -> str:
-        off = {("none", "none"): "", ("cpu", "none"): " + offload opt", ("cpu", "cpu"): " + offload opt, params"}[
-            (self.offload_optimizer, self.offload_params)
-        ]
+        off = OFFLOAD_NAMES[(self.offload_optimizer, self.offload_params)][1]
         off = f" + offload {self.offload_ratio:.0%} of opt" if self.offload_ratio < 1 else off
         ckpt = ", ckpt" if self.activation_checkpointing else ""
         return f"ZeRO-{self.zero_stage}{off}{ckpt}, mb {self.micro_batch} × {self.grad_accum}"
@@ -109,9 +114,12 @@ def split_batch(global_batch: int, world: int, micro_batches: list[int]) -> list
     return [(m, per_rank // m) for m in micro_batches if per_rank % m == 0]
 
 
-def enumerate_candidates(global_batch: int, world: int, micro_batches: list[int]) -> list[Candidate]:
+def enumerate_candidates(
+    global_batch: int, world: int, micro_batches: list[int], nvme: bool = False
+) -> list[Candidate]:
     """Every stage × offload × checkpointing × (micro-batch, accumulation) that keeps the global batch. Offloading
-    the optimizer needs ZeRO 1-3, the parameters ZeRO-3 (runconfig.validate refuses the others)."""
+    the optimizer needs ZeRO 1-3, the parameters ZeRO-3 (runconfig.validate refuses the others); with `nvme` (the
+    run sets deepspeed.nvme_path) ZeRO-3 also gets the NVMe offloads."""
     splits = split_batch(global_batch, world, micro_batches)
     if not splits:
         per_rank = f"{global_batch / world:g}"
@@ -122,8 +130,8 @@ def enumerate_candidates(global_batch: int, world: int, micro_batches: list[int]
         )
     out = []
     for z in (0, 1, 2, 3):
-        for oo, op in OFFLOADS:
-            if (oo != "none" and z == 0) or (op != "none" and z != 3):
+        for oo, op in OFFLOADS + (NVME_OFFLOADS if nvme else ()):
+            if (oo != "none" and z == 0) or ((op != "none" or oo == "nvme") and z != 3):
                 continue
             for ckpt in (False, True):
                 for m, a in splits:
@@ -146,6 +154,8 @@ class Limits:
     ranks_per_node: int
     on_gpu: bool
     loads_weights: bool = False
+    nvme_free: int | None = None  # free bytes at deepspeed.nvme_path (None: no path set)
+    async_io: bool = False  # whether DeepSpeed's async_io op, which NVMe offload needs, builds here
 
 
 def host_needed(p: memory.MemoryPlan, limits: Limits) -> int:
@@ -172,8 +182,16 @@ def prune(cands: list[Candidate], model: memory.ModelShape, run: memory.RunShape
             why.append(f"GPU: needs {size_text(p.gpu_bytes_needed, limits.gpu_bytes)} of {size_text(limits.gpu_bytes)}")
         if limits.host_bytes is not None and host > limits.host_bytes * (1 - limits.headroom):
             why.append(f"host RAM: needs {size_text(host, limits.host_bytes)} of {size_text(limits.host_bytes)}")
+        nvme = "nvme" in (c.offload_optimizer, c.offload_params)
+        if nvme and limits.nvme_free is not None and p.nvme_bytes > limits.nvme_free * (1 - limits.headroom):
+            why.append(f"NVMe: needs {size_text(p.nvme_bytes, limits.nvme_free)} of {size_text(limits.nvme_free)} free")
         if why:
             c.pruned = "; ".join(why) + f" (with {limits.headroom:.0%} headroom)"
+            c.status = "pruned"
+        elif nvme and not limits.async_io:
+            c.pruned = (
+                "NVMe: DeepSpeed's async_io op does not build here (install libaio-dev; `zerotrain doctor` checks)"
+            )
             c.status = "pruned"
 
 

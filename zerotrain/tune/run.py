@@ -3,11 +3,13 @@ run (tune: setup, search, the winner's configs, the reports) and the winner writ
 
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from zerotrain import UserError, memory
+from zerotrain.preflight import async_io_builds, check_nvme_path
 from zerotrain.tune.grid import (
     MICRO_BATCHES,
     Candidate,
@@ -137,8 +139,20 @@ def setup(a: TuneArgs):
             prefetch_bucket_size=min(run.prefetch_bucket_size, n),
         )
     global_batch = a.global_batch or derive_batch(cfg.train, a.nproc).global_size
-    cands = enumerate_candidates(global_batch, a.nproc, micro)
-    limits = Limits(gpu_bytes, host_bytes, a.headroom, a.nproc, on_gpu, bool(cfg.model.hf or cfg.run.init_from))
+    nvme_path = cfg.deepspeed.nvme_path
+    if nvme_path:  # a directory tune can write to, as train checks it where NVMe is used
+        check_nvme_path(replace(cfg.deepspeed, offload_optimizer="auto"))  # the directory only: async_io is asked below
+    cands = enumerate_candidates(global_batch, a.nproc, micro, nvme=bool(nvme_path))
+    limits = Limits(
+        gpu_bytes,
+        host_bytes,
+        a.headroom,
+        a.nproc,
+        on_gpu,
+        bool(cfg.model.hf or cfg.run.init_from),
+        nvme_free=shutil.disk_usage(nvme_path).free if nvme_path else None,
+        async_io=bool(nvme_path) and async_io_builds(),
+    )
     prune(cands, model, run, limits)
     cands = add_partial_offload(cands, model, run, limits)
     fitting = [c for c in cands if not c.pruned]

@@ -27,6 +27,7 @@ class Hardware:
     micro_step_s: float  # fixed cost of one forward+backward (launches, Python, hooks)
     zero3_hook_s: float  # ZeRO-3's extra fixed cost per layer and micro-step (gather/release hooks)
     startup_s: float  # launching the ranks and building the engine, before the first step (measurement cost)
+    nvme_bandwidth: float = 3e9  # bytes/s one node's NVMe reads or writes (ZeRO-Infinity, Rajbhandari et al. 2021)
 
 
 def default_hardware(on_gpu: bool, device_name: str | None = None) -> Hardware:
@@ -68,7 +69,8 @@ def predict_terms(c: Candidate, model: memory.ModelShape, run: memory.RunShape, 
                    parameters twice per micro-step (forward, backward), ZeRO 1-2 all-gather updated parameters;
     offload        CPU-Adam over the node's parameters (the offloaded share of them under partial offload; the GPU
                    steps the rest), and gradients down and parameters up over PCIe (parameter offload: the
-                   partition up twice per micro-step);
+                   partition up twice per micro-step); on NVMe, the optimizer states read and written each step
+                   and the parameters read twice per micro-step, through the node's disk;
     overhead       a fixed cost per micro-step, and ZeRO-3's hooks per layer."""
     N, L, h, T = model.n_params, model.n_layer, model.hidden, run.seq_len
     W, a, b = run.world, c.grad_accum, memory.DTYPE_BYTES[run.dtype]
@@ -93,6 +95,11 @@ def predict_terms(c: Candidate, model: memory.ModelShape, run: memory.RunShape, 
             offload += (4 + b) * on_cpu * N / W / hw.pcie_bandwidth  # fp32 gradients down, parameters up
     if c.offload_params != "none" and hw.pcie_bandwidth:
         offload += a * 2 * b * N / W / hw.pcie_bandwidth
+    per_node = run.gpus_per_node / W  # the share of the model whose swaps go through one node's NVMe
+    if c.offload_optimizer == "nvme":  # fp32 master weights and both moments read and written back every step
+        offload += 2 * 12 * on_cpu * N * per_node / hw.nvme_bandwidth
+    if c.offload_params == "nvme":  # the parameters read twice per micro-step (forward, backward)
+        offload += a * 2 * b * N * per_node / hw.nvme_bandwidth
     overhead = a * (hw.micro_step_s + (L * hw.zero3_hook_s if c.zero_stage == 3 else 0.0))
     return {"compute": compute, "communication": communication, "offload": offload, "overhead": overhead}
 
