@@ -335,6 +335,25 @@ def test_parameters_persist_where_the_gpu_holds_them_all():
     assert all_persistent_fits(check(big, eight, int(whole * 1.12)))
 
 
+def test_plan_of_a_zero3_run_config_keeps_parameters_gathered_where_train_would(tmp_path):
+    (tmp_path / "z3.toml").write_text(
+        '[data]\ndir = "d"\n[model]\npreset = "gpt2-xl"\n[deepspeed]\nzero_stage = 3\n[train]\nmicro_batch_size = 4\n'
+    )
+    said = "ZeRO-3 keeps every parameter gathered"
+    plans = {}
+    for gpu in ("h100", "24GiB"):
+        r = run_ok("plan", "--config", tmp_path / "z3.toml", "--gpus", 8, "--gpu-memory", gpu)
+        plans[gpu] = r.stdout
+        r = run_ok("plan", "--config", tmp_path / "z3.toml", "--gpus", 8, "--gpu-memory", gpu, "--json")
+        first = json.loads(r.stdout)["plans"][0]
+        assert first["params_kept_gathered"] == (gpu == "h100")
+        plans[gpu, "json"] = first["per_gpu"]["params"]
+    assert said in plans["h100"] and said not in plans["24GiB"]  # 24 GiB holds the run only with them partitioned
+    n = memory.resolve_model("gpt2-xl").n_params
+    assert plans["h100", "json"] == pytest.approx(2 * n * (1 + 1 / 8), rel=0.01)  # whole, beside the 1/8 partitions
+    assert plans["24GiB", "json"] < plans["h100", "json"] - 0.5 * n  # a partition and the gathered window
+
+
 def test_ds_config_fills_the_run():
     ds = {
         "train_micro_batch_size_per_gpu": 4,

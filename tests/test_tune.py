@@ -5,6 +5,7 @@ import json
 import re
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +28,7 @@ from zerotrain.tune import (
     split_batch,
 )
 from zerotrain.tune.grid import add_partial_offload, what_would_fit
+from zerotrain.tune.search import measure_command
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NO_ASYNC_IO = "NVMe: DeepSpeed's async_io op does not build here (install libaio-dev; `zerotrain doctor` checks)"
@@ -142,6 +144,31 @@ def test_nvme_candidates_where_the_run_has_a_path_and_the_disk_and_async_io_allo
     assert {c.pruned for c in cands if c.name in kept} == {NO_ASYNC_IO}
     prune(cands, model, run, Limits(40 * 2**30, 64 * 2**30, 0.1, 1, True, nvme_free=2**30, async_io=True))
     assert all("NVMe: needs" in c.pruned for c in cands if c.name in kept)
+
+
+def test_zero3_candidates_keep_parameters_gathered_where_the_gpu_holds_them():
+    """On GPUs, prune decides each ZeRO-3 candidate's deepspeed.zero3_persistent_params as train's "auto" would; the
+    measured run is told the decision, and a persistent candidate moves only gradients, as ZeRO-2 does."""
+    model = memory.resolve_model("gpt2-xl")
+    run = memory.RunShape(gpus_per_node=8, seq_len=1024, dtype="bf16")
+    z3 = [c for c in enumerate_candidates(64, 8, [4]) if c.zero_stage == 3 and c.offload_params == "none"]
+    prune(z3, model, run, Limits(80 * 2**30, None, 0.1, 8, True))
+    assert all(c.persistent for c in z3 if not c.pruned)
+    # 26.2 GiB less 10%: ZeRO-3 at micro-batch 4 fits with its parameters partitioned (23.1 GiB), not kept whole (24.0)
+    prune(z3, model, run, Limits(int(26.2 * 2**30), None, 0.1, 8, True))
+    bare = next(c for c in z3 if c.name == "zero3-mb4x2")
+    assert not bare.pruned and not bare.persistent
+    assert next(c for c in z3 if c.name == "zero3-ckpt-mb4x2").persistent
+    hw = default_hardware(on_gpu=True, device_name="NVIDIA H100 80GB HBM3")
+    c = z3[0]
+    comm = lambda **o: predict_terms(replace(c, **o), model, run, hw)["communication"]  # noqa: E731
+    assert comm(persistent=True) == comm(zero_stage=2) < comm(persistent=False)
+    m = Measure("c.toml", 8, 1, 2, [], "auto", 0.2)
+    assert "--deepspeed.zero3_persistent_params=on" in measure_command(replace(c, persistent=True), m, Path("r"))
+    assert "--deepspeed.zero3_persistent_params=off" in measure_command(replace(c, persistent=False), m, Path("r"))
+    cpu = [replace(c, persistent=False) for c in z3]  # on the CPU train's "auto" never persists: neither does prune
+    prune(cpu, model, run, Limits(None, None, 0.1, 8, False))
+    assert not any(c.persistent for c in cpu)
 
 
 def test_calibration_recovers_the_scale_of_each_term():

@@ -394,7 +394,7 @@ def cmd_plan(args, _extra) -> int:
 
     from zerotrain import memory, planning
 
-    model, run, auto = planning.plan_inputs(args)
+    model, run, auto, persist_auto = planning.plan_inputs(args)
     gpu_bytes, gpu_name = planning.gpu_memory(args.gpu_memory)
     # This machine's RAM is the nodes' only when its GPU is: a plan for --gpu-memory elsewhere checks host RAM
     # only with --host-memory.
@@ -446,6 +446,8 @@ def cmd_plan(args, _extra) -> int:
         at3 = memory.smallest_offload(model, dataclasses.replace(run, zero_stage=3), fits)
         if at3 and at3.run.offload_ratio < 1:
             runs.insert(next(i for i, r in enumerate(runs) if r.zero_stage == 3) + 1, at3.run)
+    if persist_auto and gpu_bytes:  # ZeRO-3 keeps every parameter gathered where that fits, as train resolves it
+        runs = [memory.persisting(model, r, fits) for r in runs]
     plans = [memory.plan(model, r) for r in runs]
     candidates = sorted({run.micro_batch, *[2**i for i in range(8)]})
     best = memory.recommend(model, run, gpu_bytes, candidates, host_memory=host_bytes) if gpu_bytes else None

@@ -214,8 +214,9 @@ def _plans_liger(cfg, dtype: str | None) -> bool:
 
 
 def plan_inputs(args):
-    """ModelShape and RunShape from --config (a zerotrain run), --ds-config and the flags, flags winning; and whether
-    the offload is "auto" (--offload-optimizer auto, or the run config's), to be chosen by the planner."""
+    """ModelShape and RunShape from --config (a zerotrain run), --ds-config and the flags, flags winning; whether
+    the offload is "auto" (--offload-optimizer auto, or the run config's), to be chosen by the planner; and whether
+    ZeRO-3's parameter persistence is the run config's "auto", chosen the same way."""
     import dataclasses
     from pathlib import Path
 
@@ -224,6 +225,7 @@ def plan_inputs(args):
     run = memory.RunShape(micro_batch=8)
     model_spec = args.model
     auto = args.offload_optimizer == "auto"
+    persist_auto = False
     if args.config:
         from zerotrain.runconfig import load_run_config
 
@@ -234,6 +236,7 @@ def plan_inputs(args):
         overlap = args.gpus is not None and args.gpus * (args.nodes or 1) > 1
         run = dataclasses.replace(run_shape(cfg), overlap_comm=overlap)
         auto = auto or (args.offload_optimizer is None and cfg.deepspeed.offload_optimizer == "auto")
+        persist_auto = cfg.deepspeed.zero3_persistent_params == "auto" and not args.ds_config
     if model_spec is not None:
         model = memory.resolve_model(model_spec)
     elif not args.config:
@@ -273,7 +276,7 @@ def plan_inputs(args):
         run = dataclasses.replace(
             run, seq_len=min(model.max_positions, 1024) if model.impl != "hf-llama" else min(model.max_positions, 2048)
         )
-    return model, run, auto
+    return model, run, auto, persist_auto
 
 
 def print_inference(model, ip, gpu_bytes: int | None, gpu_name: str) -> None:
@@ -404,6 +407,11 @@ def print_plans(
         console.print(
             "CPU step: seconds of CPU Adam per optimizer step, which offload runs after backward without overlap; "
             + (f"at {rate / 1e9:.2f}G parameters/s ({source})" if rate else source)
+        )
+    if any(p.run.zero_stage == 3 and p.run.param_persistence_threshold >= memory.ALL_PERSISTENT for p in plans):
+        console.print(
+            "ZeRO-3 keeps every parameter gathered (deepspeed.zero3_persistent_params, auto: it fits with 10% to "
+            "spare), so forward and backward gather nothing"
         )
     for note in dict.fromkeys(note for p in plans for note in p.notes):
         console.print(f"note: {note}")

@@ -599,14 +599,12 @@ def resolve_persistence(plan: Plan, world: int, on_gpu: bool) -> None:
 
 def all_persistent_fits(mc: MemoryCheck) -> bool:
     """Whether the checked run, every parameter kept gathered, fits its GPU and host with AUTO_OFFLOAD_HEADROOM."""
-    import dataclasses
-
     from zerotrain import memory
 
     if not mc.gpu_bytes:
         return False
-    persistent = memory.plan(mc.model, dataclasses.replace(mc.run, param_persistence_threshold=memory.ALL_PERSISTENT))
-    return not mc.shortfalls(persistent, AUTO_OFFLOAD_HEADROOM)
+    run = memory.persisting(mc.model, mc.run, lambda p: not mc.shortfalls(p, AUTO_OFFLOAD_HEADROOM))
+    return run.param_persistence_threshold == memory.ALL_PERSISTENT
 
 
 def check_memory(plan: Plan, world: int, on_gpu: bool) -> None:

@@ -360,6 +360,7 @@ class RunShape:
             f"ZeRO-{self.zero_stage}{off}, {self.world} GPU{'s' if self.world > 1 else ''}, micro-batch {self.micro_batch} × "
             f"{self.seq_len} tokens, accumulation {self.grad_accum}{' in fp32' if fp32_grad_accum(self) else ''}, {self.dtype}"
             f"{', activation checkpointing' if self.activation_checkpointing else ''}"
+            f"{', parameters kept gathered' if self.zero_stage == 3 and self.param_persistence_threshold >= ALL_PERSISTENT else ''}"
         )
 
 

@@ -11,6 +11,7 @@ from zerotrain.memory.activations import (
     saved_bytes_per_token_per_layer,
 )
 from zerotrain.memory.shapes import (
+    ALL_PERSISTENT,
     CUBLAS_WORKSPACE,
     CUDA_CONTEXT,
     DTYPE_BYTES,
@@ -81,6 +82,7 @@ class MemoryPlan:
             "grad_accum_dtype": "fp32" if fp32_grad_accum(self.run) else self.run.dtype,
             "notes": list(self.notes),
             "activation_checkpointing": self.run.activation_checkpointing,
+            "params_kept_gathered": self.run.zero_stage == 3 and self.run.param_persistence_threshold >= ALL_PERSISTENT,
             "gpus": self.run.world,
             "per_gpu": {k: int(v) for k, v in self.per_gpu.items()},
             "peak_phase": self.peak_phase,
@@ -383,6 +385,15 @@ def offload_ladder(run: RunShape, nvme: bool = False) -> list[RunShape]:
             out.append(replace(base, offload_optimizer="nvme", offload_params="cpu"))
             out.append(replace(base, offload_optimizer="nvme", offload_params="nvme"))
     return out
+
+
+def persisting(model: ModelShape, run: RunShape, fits: Callable[[MemoryPlan], bool]) -> RunShape:
+    """deepspeed.zero3_persistent_params = "auto": a ZeRO-3 run with every parameter kept gathered where `fits`
+    accepts that plan (and parameters are not offloaded), else the run as it is."""
+    if run.zero_stage != 3 or run.offload_params != "none":
+        return run
+    persistent = replace(run, param_persistence_threshold=ALL_PERSISTENT)
+    return persistent if fits(plan(model, persistent)) else run
 
 
 def smallest_offload(

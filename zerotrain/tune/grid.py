@@ -28,6 +28,7 @@ class Candidate:
     micro_batch: int
     grad_accum: int
     offload_ratio: float = 1.0  # below 1 (ZeRO-3, optimizer to CPU): the share of the optimizer stepped on the CPU
+    persistent: bool = False  # ZeRO-3 with every parameter kept gathered (where it fits: prune decides, as train would)
     plan: dict = field(default_factory=dict)  # gpu_needed, host_needed, peak_allocated (bytes)
     pruned: str = ""  # why the planner dropped it; empty when it fits
     terms: dict = field(default_factory=dict)  # the model's raw terms (seconds per step)
@@ -63,6 +64,8 @@ class Candidate:
     def run_shape(self, run: memory.RunShape) -> memory.RunShape:
         if self.offload_ratio < 1:  # zerotrain's sub-group size for partial offload, as the ds_config sets it
             run = memory.partial(run, self.offload_ratio)
+        if self.persistent:
+            run = replace(run, param_persistence_threshold=memory.ALL_PERSISTENT)
         return replace(
             run,
             zero_stage=self.zero_stage,
@@ -86,6 +89,7 @@ class Candidate:
             "offload_optimizer": self.offload_optimizer,
             "offload_params": self.offload_params,
             "offload_optimizer_ratio": self.offload_ratio,
+            "zero3_persistent_params": self.persistent,
             "activation_checkpointing": self.activation_checkpointing,
             "micro_batch": self.micro_batch,
             "grad_accum": self.grad_accum,
@@ -168,8 +172,12 @@ def host_needed(p: memory.MemoryPlan, limits: Limits) -> int:
 
 
 def prune(cands: list[Candidate], model: memory.ModelShape, run: memory.RunShape, limits: Limits) -> None:
-    """Plan each candidate; mark those that do not fit with the reason."""
+    """Plan each candidate; mark those that do not fit with the reason. A ZeRO-3 candidate keeps every parameter
+    gathered where that fits too (deepspeed.zero3_persistent_params, as train's "auto" chooses on a GPU)."""
     for c in cands:
+        if limits.on_gpu and c.zero_stage == 3 and c.offload_params == "none":
+            persistent = replace(c, persistent=True)
+            c.persistent = not _shortfall(memory.plan(model, persistent.run_shape(run)), limits, 0.10)
         p = memory.plan(model, c.run_shape(run))
         host = host_needed(p, limits)
         c.plan = {
@@ -195,6 +203,12 @@ def prune(cands: list[Candidate], model: memory.ModelShape, run: memory.RunShape
             c.status = "pruned"
 
 
+def _shortfall(p: memory.MemoryPlan, limits: Limits, headroom: float) -> bool:
+    """Whether the plan needs more GPU memory or host RAM than the limits leave with `headroom` to spare."""
+    gpu = limits.gpu_bytes is not None and p.gpu_bytes_needed > limits.gpu_bytes * (1 - headroom)
+    return gpu or (limits.host_bytes is not None and host_needed(p, limits) > limits.host_bytes * (1 - headroom))
+
+
 def add_partial_offload(
     cands: list[Candidate], model: memory.ModelShape, run: memory.RunShape, limits: Limits
 ) -> list[Candidate]:
@@ -209,7 +223,9 @@ def add_partial_offload(
         if not (c.zero_stage == 3 and c.offload_optimizer == "none" and gpu_only):
             continue
         for r in memory.OFFLOAD_RATIOS:
-            p = replace(c, offload_optimizer="cpu", offload_ratio=r, plan={}, pruned="", status="not measured")
+            p = replace(
+                c, offload_optimizer="cpu", offload_ratio=r, persistent=False, plan={}, pruned="", status="not measured"
+            )
             prune([p], model, run, limits)
             if not p.pruned:
                 out.append(p)

@@ -274,6 +274,8 @@ def write_winner(cfg, w: Candidate, a: TuneArgs, dtype: str, device_type: str, o
     ds, t = cfg.deepspeed, cfg.train
     ds.zero_stage, ds.offload_optimizer, ds.offload_params = w.zero_stage, w.offload_optimizer, w.offload_params
     ds.offload_optimizer_ratio = w.offload_ratio
+    if w.zero_stage == 3:  # as it was measured
+        ds.zero3_persistent_params = "on" if w.persistent else "off"
     ds.activation_checkpointing = w.activation_checkpointing
     ds.grad_accum_dtype = w.grad_accum_dtype(ds.grad_accum_dtype)
     t.micro_batch_size, t.grad_accum = w.micro_batch, w.grad_accum

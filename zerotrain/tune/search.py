@@ -35,22 +35,31 @@ class Measure:
         return self.warmup_steps + self.steps
 
 
-def measure(c: Candidate, m: Measure, run_dir: Path, best_s: float | None, deadline: float | None) -> None:
-    """One real run of `c`, watched through its metrics.jsonl: stopped once its median step (after warm-up, two
-    steps at least) is clearly slower than `best_s`, or when `deadline` (time.monotonic) passes."""
-    bc = BenchConfig(
-        c.zero_stage, c.micro_batch, c.offload_optimizer, c.offload_params, c.grad_accum_dtype(m.grad_accum_dtype)
-    )
+def measure_command(c: Candidate, m: Measure, run_dir: Path) -> list[str]:
+    """bench's `zerotrain train` command for candidate `c`, every choice of the candidate spelled out."""
     overrides = [
         *m.overrides,
         f"--train.grad_accum={c.grad_accum}",
         f"--deepspeed.offload_optimizer_ratio={c.offload_ratio:g}",
+        f"--deepspeed.zero3_persistent_params={'on' if c.persistent else 'off'}",  # as planned, whatever the GPU
         "--train.global_batch_size=0",
         f"--deepspeed.activation_checkpointing={str(c.activation_checkpointing).lower()}",
         f"--train.max_steps={m.max_steps}",
         "--train.profile_steps=0",
     ]
-    cmd = train_command(bc, m.base_config, overrides, m.nproc, run_dir)
+    return train_command(_bench_config(c, m), m.base_config, overrides, m.nproc, run_dir)
+
+
+def _bench_config(c: Candidate, m: Measure) -> BenchConfig:
+    return BenchConfig(
+        c.zero_stage, c.micro_batch, c.offload_optimizer, c.offload_params, c.grad_accum_dtype(m.grad_accum_dtype)
+    )
+
+
+def measure(c: Candidate, m: Measure, run_dir: Path, best_s: float | None, deadline: float | None) -> None:
+    """One real run of `c`, watched through its metrics.jsonl: stopped once its median step (after warm-up, two
+    steps at least) is clearly slower than `best_s`, or when `deadline` (time.monotonic) passes."""
+    cmd = measure_command(c, m, run_dir)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     log_path = run_dir.parent / f"{c.name}.log"
     metrics = run_dir / "metrics.jsonl"
@@ -86,7 +95,7 @@ def measure(c: Candidate, m: Measure, run_dir: Path, best_s: float | None, deadl
             c.step_time_s, c.tokens_per_s, c.peak_allocated = s["step_time_s"], s["tokens_per_s"], s["peak_allocated"]
             c.steps_timed = len(timed)
         return
-    result = read_run(bc, proc.returncode, text, run_dir, m.warmup_steps, m.max_steps)
+    result = read_run(_bench_config(c, m), proc.returncode, text, run_dir, m.warmup_steps, m.max_steps)
     c.status = result.status if not result.log_tail or result.measured else f"{result.status}: {_last(result.log_tail)}"
     if result.measured:
         c.step_time_s, c.tokens_per_s, c.peak_allocated = result.step_time_s, result.tokens_per_s, result.peak_allocated

@@ -66,7 +66,8 @@ def predict_terms(c: Candidate, model: memory.ModelShape, run: memory.RunShape, 
     communication  the bytes each rank's collectives move (ring: 2(W-1)/W of the buffer for an all-reduce,
                    (W-1)/W for reduce-scatter or all-gather) over the bus bandwidth: ZeRO-0/1 reduce the gradients
                    once per step, ZeRO-2 reduce-scatters them every micro-step, ZeRO-3 also all-gathers the
-                   parameters twice per micro-step (forward, backward), ZeRO 1-2 all-gather updated parameters;
+                   parameters twice per micro-step (forward, backward) unless they are kept gathered; ZeRO 1-2
+                   (and ZeRO-3 with parameters kept gathered) all-gather the updated parameters;
     offload        CPU-Adam over the node's parameters (the offloaded share of them under partial offload; the GPU
                    steps the rest), and gradients down and parameters up over PCIe (parameter offload: the
                    partition up twice per micro-step); on NVMe, the optimizer states read and written each step
@@ -87,6 +88,8 @@ def predict_terms(c: Candidate, model: memory.ModelShape, run: memory.RunShape, 
     comm = {0: 2 * ring * gbytes, 1: 2 * ring * gbytes, 2: a * ring * gbytes + ring * gbytes, 3: a * 3 * ring * gbytes}[
         c.zero_stage
     ]
+    if c.zero_stage == 3 and c.persistent:  # parameters kept gathered: only gradients move, and updates once, as ZeRO-2
+        comm = a * ring * gbytes + ring * gbytes
     communication = comm / hw.bus_bandwidth if W > 1 else 0.0
     offload = 0.0
     if on_cpu:
