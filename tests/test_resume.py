@@ -2,6 +2,7 @@
 DeepSpeed's universal checkpoint (zerotrain/universal.py), with the straight run's losses, optimizer state, learning
 rate, token count and data position; and the batch rule that decides how the global batch is split (preflight.py)."""
 
+import json
 import shutil
 
 import pytest
@@ -202,6 +203,21 @@ def test_a_zero0_checkpoint_resumes_at_zero2_with_its_rng(stage_runs, tmp_path, 
 
 
 @pytest.mark.slow
+def test_zero3_with_parameters_kept_gathered_resumes_as_partitioned_and_exports(straight_runs, tmp_path, char_data):
+    """deepspeed.zero3_persistent_params = "on" (what "auto" picks on GPUs that hold the model) on the 2 CPU ranks of
+    the straight ZeRO-3 run: its step-4 checkpoint goes on to the same losses, and the run's own checkpoint exports."""
+    cfg = write_config(tmp_path / "r.toml", out_dir=tmp_path / "on", data_dir=char_data, zero_stage=3, max_steps=8)
+    step4 = straight_runs[3] / "checkpoints" / "step_4"
+    run_ok("train", cfg, "--nproc", 2, *BATCH_12, "--deepspeed.zero3_persistent_params=on", f"--run.resume={step4}")
+    zero = json.loads((tmp_path / "on" / "ds_config.json").read_text())["zero_optimization"]
+    assert zero["stage3_param_persistence_threshold"] >= 2**40  # above any parameter: all of them persist
+    resumed, original = train_losses(tmp_path / "on"), train_losses(straight_runs[3])
+    assert sorted(resumed) == [5, 6, 7, 8]
+    assert all(resumed[s] == pytest.approx(original[s], rel=1e-5) for s in resumed), (resumed, original)
+    run_ok("export", tmp_path / "on", "--out", tmp_path / "hf")
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
+
+
 def test_resume_into_an_offloaded_optimizer(straight_runs, tmp_path, char_data):
     """ZeRO-3 on 2 ranks -> ZeRO-2 on 1 rank with the optimizer offloaded to the CPU (DeepSpeedCPUAdam, built on
     first use): the universal copy loads there too."""

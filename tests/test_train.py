@@ -1,7 +1,6 @@
 """Training with the real DeepSpeed engine on CPU (gloo), mostly in 2 processes launched by
 `zerotrain train --nproc 2` — the same path a user takes."""
 
-import json
 import math
 import os
 import signal
@@ -293,27 +292,6 @@ def test_fp32_gradient_accumulation_at_zero1_resumes_exactly_and_exports(tmp_pat
     ) in module.items():  # every fp32 master lands on its parameter: it rounds to the bf16 weight trained
         assert state[name].dtype == torch.float32 and torch.equal(state[name].to(torch.bfloat16), weight), name
     run_ok("export", tmp_path / "run", "--out", tmp_path / "hf")
-    assert (tmp_path / "hf" / "model.safetensors").is_file()
-
-
-@pytest.mark.slow
-def test_zero3_with_parameters_kept_gathered_trains_resumes_and_exports_as_without(tmp_path, char_data):
-    """deepspeed.zero3_persistent_params = "on" (what "auto" picks on GPUs that hold the model) on 2 CPU ranks: the
-    same losses as with parameters partitioned, a checkpoint that resumes to the same losses, and an export."""
-    common = dict(data_dir=char_data, zero_stage=3, max_steps=4, eval_interval=0, save_interval=2)
-    run_ok("train", write_config(tmp_path / "off.toml", out_dir=tmp_path / "off", **common), "--nproc", 2)
-    on = write_config(tmp_path / "on.toml", out_dir=tmp_path / "on", **common)
-    run_ok("train", on, "--nproc", 2, "--deepspeed.zero3_persistent_params=on")
-    zero = json.loads((tmp_path / "on" / "ds_config.json").read_text())["zero_optimization"]
-    assert zero["stage3_param_persistence_threshold"] >= 2**40
-    off_losses, on_losses = train_losses(tmp_path / "off"), train_losses(tmp_path / "on")
-    assert sorted(on_losses) == [1, 2, 3, 4]
-    assert all(on_losses[s] == pytest.approx(off_losses[s], rel=1e-5) for s in on_losses), (on_losses, off_losses)
-    resumed = write_config(tmp_path / "r.toml", out_dir=tmp_path / "r", **common)
-    step2 = tmp_path / "on" / "checkpoints" / "step_2"
-    run_ok("train", resumed, "--nproc", 2, "--deepspeed.zero3_persistent_params=on", f"--run.resume={step2}")
-    assert train_losses(tmp_path / "r") == {s: loss for s, loss in on_losses.items() if s > 2}
-    run_ok("export", tmp_path / "on", "--out", tmp_path / "hf")
     assert (tmp_path / "hf" / "model.safetensors").is_file()
 
 
