@@ -16,7 +16,8 @@ HANG_CYCLES = 2_000_000_000_000  # torch.cuda._sleep's unit: GPU clock cycles, a
 
 def point(where: str, step: int, rank: int, device=None) -> None:
     """Fail here if ZEROTRAIN_FAULT names this point, step and rank."""
-    if os.environ.get(ENV, "") != f"{where}:{step}:{rank}":
+    spec = os.environ.get(ENV)
+    if not spec or spec != f"{where}:{step}:{rank}":
         return
     if where != "hang":
         os.kill(os.getpid(), signal.SIGKILL)

@@ -159,6 +159,7 @@ def run_shape(cfg, gpus_per_node: int = 1, nodes: int = 1, dtype: str | None = N
 
     m, t, ds = cfg.model, cfg.train, cfg.deepspeed
     partial = ds.offload_optimizer_ratio < 1
+    dtype = dtype or ("bf16" if ds.dtype == "auto" else ds.dtype)
     return memory.RunShape(
         gpus_per_node=gpus_per_node,
         nodes=nodes,
@@ -174,7 +175,7 @@ def run_shape(cfg, gpus_per_node: int = 1, nodes: int = 1, dtype: str | None = N
         activation_checkpointing=ds.activation_checkpointing,
         contiguous_gradients=ds.zero_stage >= 2,
         overlap_comm=gpus_per_node * nodes > 1,
-        dtype=dtype or ("bf16" if ds.dtype == "auto" else ds.dtype),
+        dtype=dtype,
         grad_accum_dtype=ds.grad_accum_dtype,
         compile=t.compile if (t.hf_fast_path or not m.hf) else "none",
         fused_loss=t.fused_loss and (t.hf_fast_path or not m.hf),
@@ -186,30 +187,30 @@ def run_shape(cfg, gpus_per_node: int = 1, nodes: int = 1, dtype: str | None = N
     )
 
 
-def _plans_liger(cfg, dtype: str | None) -> bool:
+def _plans_liger(cfg, dtype: str) -> bool:
     """Whether a model.hf run on a GPU gets Liger Kernel's modules (kernels/hf.py apply: train.liger "on", or "auto"
     where the decoder layers are not compiled, in bf16/fp16, for a model type Liger Kernel patches, installed)."""
     import importlib.util
     import json
     from pathlib import Path
 
+    from zerotrain.memory import LIGER_MODEL_TYPES
+    from zerotrain.runconfig import compiles, uses_liger
+
     m, t, ds = cfg.model, cfg.train, cfg.deepspeed
-    if not (m.hf and t.hf_fast_path) or t.liger == "off":
+    if not (m.hf and t.hf_fast_path):
         return False
-    if t.liger == "on":
-        return True
-    compiled = t.compile == "blocks" or (t.compile == "auto" and ds.zero_stage < 3)
     try:
         model_type = json.loads((Path(m.hf) / "config.json").read_text()).get("model_type")
     except (OSError, ValueError):
-        return False
-    from zerotrain.memory import LIGER_MODEL_TYPES
-
-    return (
-        not compiled
-        and (dtype or ds.dtype) != "fp32"
-        and model_type in LIGER_MODEL_TYPES
-        and importlib.util.find_spec("liger_kernel") is not None
+        model_type = None
+    return uses_liger(
+        t,
+        True,
+        compiles(t, ds.zero_stage, True),
+        dtype,
+        model_type in LIGER_MODEL_TYPES,
+        lambda: importlib.util.find_spec("liger_kernel") is not None,
     )
 
 

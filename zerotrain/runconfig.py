@@ -13,7 +13,7 @@ import math
 import textwrap
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -240,6 +240,22 @@ class RunConfig:
 
 
 SECTIONS: dict[str, type[Any]] = typing.get_type_hints(RunConfig)  # section name -> its dataclass, in field order
+
+
+def compiles(t: "TrainSection", zero_stage: int, on_gpu: bool) -> bool:
+    """train.compile resolved: "blocks" compiles (validate refuses it at ZeRO-3), "auto" on GPUs below ZeRO-3."""
+    return t.compile == "blocks" or (t.compile == "auto" and on_gpu and zero_stage < 3)
+
+
+def uses_liger(
+    t: "TrainSection", on_gpu: bool, compiled: bool, dtype: str, patched: bool, installed: "Callable[[], bool]"
+) -> bool:
+    """train.liger resolved for a model.hf run on the fast path: "on" always (kernels/hf.py refuses it where it cannot
+    run), "auto" on GPUs in bf16/fp16 where the decoder layers are not compiled, for a model type Liger Kernel
+    patches (`patched`), with liger-kernel installed (`installed`, asked last: it may import the package)."""
+    return t.liger == "on" or (
+        t.liger == "auto" and on_gpu and not compiled and dtype in ("bf16", "fp16") and patched and installed()
+    )
 
 
 def _field_types(section_cls) -> dict[str, type]:

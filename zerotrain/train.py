@@ -329,7 +329,7 @@ def build_model(plan: Plan, ds_config: dict, d, say):
     t, ds = plan.cfg.train, plan.cfg.deepspeed
     on_gpu = d.device.type == "cuda"
     torch.manual_seed(plan.cfg.run.seed)  # same seed on every rank: identical initial weights whatever the ZeRO stage
-    compiled = t.compile == "blocks" or (t.compile == "auto" and on_gpu and ds.zero_stage < 3)
+    compiled = runconfig.compiles(t, ds.zero_stage, on_gpu)
     if plan.hf:
         from zerotrain import hf
         from zerotrain.kernels import hf as hf_kernels

@@ -18,6 +18,7 @@ import torch
 
 from zerotrain import UserError
 from zerotrain.model import LMHead, _chunk_loss_and_grad_fusable
+from zerotrain.runconfig import uses_liger
 
 # Model types whose causal-LM forward is exactly logits = lm_head(base_model(...).last_hidden_state): no logit
 # scaling or soft-capping after the head (Gemma, Cohere and Granite have one), so the fused loss computes their loss.
@@ -96,14 +97,7 @@ def apply(model, t, device, dtype: str, compiled: bool, layer_classes) -> list[s
         fuse_loss(inner)
         model.fused_loss = True
         applied.append("fused loss")
-    liger = t.liger == "on" or (
-        t.liger == "auto"
-        and on_gpu
-        and not compiled
-        and dtype in ("bf16", "fp16")
-        and inner.config.model_type in LIGER_PATCHES
-        and liger_available()
-    )
+    liger = uses_liger(t, on_gpu, compiled, dtype, inner.config.model_type in LIGER_PATCHES, liger_available)
     if liger:
         if not on_gpu:
             raise UserError(

@@ -174,10 +174,14 @@ def host_needed(p: memory.MemoryPlan, limits: Limits) -> int:
 def prune(cands: list[Candidate], model: memory.ModelShape, run: memory.RunShape, limits: Limits) -> None:
     """Plan each candidate; mark those that do not fit with the reason. A ZeRO-3 candidate keeps every parameter
     gathered where that fits too (deepspeed.zero3_persistent_params, as train's "auto" chooses on a GPU)."""
+    from zerotrain.preflight import AUTO_OFFLOAD_HEADROOM
+
     for c in cands:
-        if limits.on_gpu and c.zero_stage == 3 and c.offload_params == "none":
-            persistent = replace(c, persistent=True)
-            c.persistent = not _shortfall(memory.plan(model, persistent.run_shape(run)), limits, 0.10)
+        c.persistent = False
+        if limits.on_gpu:
+            shape = c.run_shape(run)
+            kept = memory.persisting(model, shape, lambda p: not _shortfall(p, limits, AUTO_OFFLOAD_HEADROOM))
+            c.persistent = kept is not shape
         p = memory.plan(model, c.run_shape(run))
         host = host_needed(p, limits)
         c.plan = {
@@ -237,9 +241,7 @@ def what_would_fit(model: memory.ModelShape, run: memory.RunShape, limits: Limit
     """For a model that fits nowhere: the cheapest of more GPUs, NVMe offload, a smaller micro-batch that would."""
 
     def fits(r: memory.RunShape, lim: Limits) -> bool:
-        p = memory.plan(model, r)
-        gpu_ok = lim.gpu_bytes is None or p.gpu_bytes_needed <= lim.gpu_bytes * (1 - lim.headroom)
-        return gpu_ok and (lim.host_bytes is None or host_needed(p, lim) <= lim.host_bytes * (1 - lim.headroom))
+        return not _shortfall(memory.plan(model, r), lim, lim.headroom)
 
     smallest = min(cands, key=lambda c: c.plan["gpu_needed"] + c.plan["host_needed"])
     base = smallest.run_shape(run)
