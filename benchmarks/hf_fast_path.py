@@ -14,8 +14,17 @@ memory, and the planner's prediction for the same run. Variants, NAME-zSTAGE:
   persist as fast, with every parameter persistent under ZeRO-3 (deepspeed.zero3_persistent_params = "on"; "auto",
           the default, turns it on where the GPU holds every parameter)
   release as fast, with DeepSpeed's default persistence under ZeRO-3 (gathered layers released after use)
+  offload as fast, with the whole optimizer offloaded to the CPU (DeepSpeedCPUAdam; deepspeed.offload_optimizer)
+  auto    as fast, deepspeed.offload_optimizer = "auto": the least offload the planner says fits this machine
+  super   offload with DeepSpeed's SuperOffload (offload_optimizer.super_offload: a CPU-Adam worker process that steps
+          each sub-group while backward runs; only without gradient clipping, so train.grad_clip = 0)
+  zenflow offload with DeepSpeed's ZenFlow (zero_optimization.zenflow: the top 10% of gradient columns step on the GPU
+          every step, the rest accumulate and step on the CPU every 4 steps, overlapped with the next steps)
   peer    the raw peer: transformers LlamaForCausalLM under deepspeed.initialize, as its documentation shows
           (benchmarks/memory_probe.py hf), timed after --warm steps
+Each zerotrain variant also records the peak host RAM of the training process tree (proportional set size, sampled
+every 0.2 s) beside the planner's host figure for the same run, and the planner's GPU peak, both from the run's own
+preflight (so offload "auto" and persistence "auto" are planned as the run resolved them).
 """
 
 import argparse
@@ -25,6 +34,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -37,6 +47,26 @@ VARIANTS = {
     # ZeRO-3 with every parameter persistent (never released after use: on one GPU a partition is the whole tensor)
     "persist": ["--deepspeed.zero3_persistent_params=on"],
     "release": ["--deepspeed.zero3_persistent_params=off"],
+    "offload": ["--deepspeed.offload_optimizer=cpu"],
+    "auto": ["--deepspeed.offload_optimizer=auto"],
+    "super": ["--deepspeed.offload_optimizer=cpu", "--train.grad_clip=0"],
+    "zenflow": ["--deepspeed.offload_optimizer=cpu"],
+}
+# ds_config entries merged over zerotrain's (deepspeed.config) for the variants that have no run-config key
+DS_MERGES = {
+    "super": {"zero_optimization": {"offload_optimizer": {"super_offload": True, "cpuadam_cores_perc": 0.9}}},
+    "zenflow": {
+        "zero_optimization": {
+            "zenflow": {
+                "topk_ratio": 0.1,
+                "select_strategy": "auto",
+                "select_interval": "auto",
+                "update_interval": 4,
+                "full_warm_up_rounds": 0,
+                "overlap_step": True,
+            }
+        }
+    },
 }
 
 
@@ -56,6 +86,7 @@ def parse_args():
     p.add_argument("--models", default="models")
     p.add_argument("--out", required=True)
     p.add_argument("--make-model-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--predict", help=argparse.SUPPRESS)  # a JSON list of overrides: print the run's plan
     return p.parse_args()
 
 
@@ -117,25 +148,75 @@ def overrides(a, model_dir: Path, data: Path, stage: int, variant: str, run_dir:
     ]
 
 
-def planned_peak(args: list[str]) -> float | None:
-    """The planner's peak allocated bytes for the run these overrides describe (one GPU)."""
-    from zerotrain import memory, planning
+def predict(args: list[str]) -> dict:
+    """The planner's GPU peak and host RAM for the run these overrides describe, as its preflight plans it on this
+    machine (one GPU). Run in a process of its own: preflight asks the GPU its size."""
+    import torch
+
+    from zerotrain.preflight import memory_check, preflight
     from zerotrain.runconfig import load_run_config
 
     cfg = load_run_config(str(ROOT / "configs/smollm2-shakespeare.toml"), args)
-    config = json.loads((Path(cfg.model.hf) / "config.json").read_text())
-    model = memory.shape_from_hf_config(config, cfg.model.hf)
-    return memory.plan(model, planning.run_shape(cfg, 1, 1, "bf16")).per_gpu["peak_allocated"]
+    plan = preflight(cfg, 1, overwrite=True)
+    mc = memory_check(plan, 1, torch.cuda.is_available())
+    return {
+        "planned_peak_gib": mc.planned.per_gpu["peak_allocated"] / 2**30,
+        "planned_host_gib": mc.host_needed(mc.planned) / 2**30,
+        "planned_run": mc.run.describe(),
+        "offload_choice": plan.offload_choice,
+    }
+
+
+def tree_pss(root) -> int:
+
+    total = 0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            total += p.memory_full_info().pss
+        except Exception:  # a process that ended between the listing and the read
+            pass
+    return total
+
+
+def run_measuring_host(cmd: list[str], log: Path) -> tuple[int, int]:
+    """Run cmd; return its exit code and the peak PSS of its process tree (sampled every 0.2 s)."""
+    import psutil
+
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        root, peak, done = psutil.Process(proc.pid), [0], threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], tree_pss(root))
+                time.sleep(0.2)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        rc = proc.wait()
+        done.set()
+        sampler.join()
+    return rc, peak[0]
 
 
 def run_zerotrain(a, model_dir: Path, data: Path, stage: int, variant: str, log: Path) -> dict:
     run_dir = Path("/tmp/hf_fast_path") / f"{model_dir.name}-{variant}-z{stage}"
     args = overrides(a, model_dir, data, stage, variant, run_dir)
+    if variant in DS_MERGES:
+        merge = log.with_suffix(".ds.json")
+        merge.write_text(json.dumps(DS_MERGES[variant], indent=1))
+        args.append(f"--deepspeed.config={merge.resolve()}")
     cmd = [sys.executable, "-m", "zerotrain", "train", "configs/smollm2-shakespeare.toml", *args, "--overwrite"]
     started = time.time()
-    with open(log, "w") as f:
-        rc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
-    row = {"rc": rc, "wall_s": round(time.time() - started, 1), "planned_peak_gib": planned_peak(args) / 2**30}
+    rc, host_peak = run_measuring_host(cmd, log)
+    row = {"rc": rc, "wall_s": round(time.time() - started, 1), "host_peak_gib": host_peak / 2**30}
+    planned = subprocess.run(
+        [sys.executable, __file__, "--predict", json.dumps(args)], cwd=ROOT, capture_output=True, text=True
+    )
+    if planned.returncode == 0:
+        row |= json.loads(planned.stdout.strip().splitlines()[-1])
+    else:
+        row["planned_error"] = planned.stderr.strip().splitlines()[-1:]
     metrics = run_dir / "metrics.jsonl"
     steps = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.exists() else []
     steps = [r for r in steps if "loss" in r]
@@ -181,6 +262,9 @@ def run_peer(a, stage: int, log: Path, out: Path) -> dict:
 
 def main() -> int:
     a = parse_args()
+    if a.predict:
+        print(json.dumps(predict(json.loads(a.predict))))
+        return 0
     if a.make_model_only:
         make_model_dir(a)
         return 0
