@@ -148,32 +148,34 @@ def assert_trained_and_reloads(out: Path, model_dir: Path):
         assert torch.isfinite(tuned(ids).logits).all()
 
 
+@pytest.fixture(scope="module")
+def trainer_run(hf_models, corpus_file, tmp_path_factory):
+    """run(model, stage) -> (folder, ds_config, result): the README's torchrun of examples/hf_trainer_finetune.py on 2
+    ranks with the generated config (`stage` set as in `generate`), STEPS steps and a Trainer checkpoint at the last
+    one. Each run is made once and shared by the tests of this module: a launch costs 20-40 s on 2 CPU cores."""
+    runs = {}
+
+    def run(model: str, stage: int | None):
+        if (model, stage) not in runs:
+            folder = tmp_path_factory.mktemp(f"trainer-{model}-{stage}")
+            config = generate(hf_models[model], "hf-trainer", folder, stage)
+            port = free_port()  # the README's command, plus a port of its own so it can run beside other jobs
+            r = launch(
+                ["torchrun", "--nproc_per_node", 2, "--master_port", port, EXAMPLES / "hf_trainer_finetune.py"]
+                + [hf_models[model], corpus_file, "--deepspeed", "ds_config.json", "--out", "finetuned"]
+                + ["--max-steps", STEPS, "--save-steps", STEPS, "--seq-len", SEQ_LEN],
+                folder,
+                port,
+            )
+            runs[model, stage] = folder, config, r
+        return runs[model, stage]
+
+    return run
+
+
 @pytest.mark.parametrize("model,stage", [("llama", None), ("gpt2", 3)], ids=["llama-as-generated", "gpt2-zero3"])
-def test_hf_trainer_runs_the_generated_config(hf_models, corpus_file, tmp_path, model, stage):
-    config = generate(hf_models[model], "hf-trainer", tmp_path, stage)
-    port = free_port()  # the README's command, plus a port of its own so it can run beside other jobs
-    r = launch(
-        [
-            "torchrun",
-            "--nproc_per_node",
-            2,
-            "--master_port",
-            port,
-            EXAMPLES / "hf_trainer_finetune.py",
-            hf_models[model],
-            corpus_file,
-            "--deepspeed",
-            "ds_config.json",
-            "--out",
-            "finetuned",
-            "--max-steps",
-            STEPS,
-            "--seq-len",
-            SEQ_LEN,
-        ],
-        tmp_path,
-        port,
-    )
+def test_hf_trainer_runs_the_generated_config(hf_models, trainer_run, model, stage):
+    folder, config, r = trainer_run(model, stage)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     expected = config["zero_optimization"]["stage"]
     assert f"× world 2, ZeRO stage {expected}" in r.stdout, r.stdout  # the Trainer filled "auto" for 2 processes
@@ -182,7 +184,7 @@ def test_hf_trainer_runs_the_generated_config(hf_models, corpus_file, tmp_path, 
     first, last, steps, engine_stage = float(m[1]), float(m[2]), int(m[3]), int(m[4])
     assert (steps, engine_stage) == (STEPS, expected)
     assert math.isfinite(first) and math.isfinite(last) and last < first, (first, last)
-    assert_trained_and_reloads(tmp_path / "finetuned", hf_models[model])
+    assert_trained_and_reloads(folder / "finetuned", hf_models[model])
 
 
 @pytest.mark.parametrize(
@@ -231,31 +233,23 @@ def test_accelerate_launch_runs_the_generated_config(hf_models, corpus_file, tmp
     assert_trained_and_reloads(tmp_path / "finetuned", hf_models[model])
 
 
-def test_export_reads_the_hf_trainers_deepspeed_checkpoint(hf_models, corpus_file, tmp_path):
+def test_export_reads_the_hf_trainers_deepspeed_checkpoint(hf_models, trainer_run, tmp_path):
     """The Trainer's checkpoint-N/ (DeepSpeed's global_stepN/ shards, latest, zero_to_fp32.py) of a ZeRO-3 run
     exports with `zerotrain export CKPT --config MODEL_DIR` to a verified folder holding the weights the Trainer
-    itself saves at that step."""
+    itself saves at that step (the run's last: the checkpoint and the final save hold the same step)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from conftest import assert_clean_failure, zerotrain
 
-    generate(hf_models["gpt2"], "hf-trainer", tmp_path, 3)
-    port = free_port()
-    r = launch(
-        ["torchrun", "--nproc_per_node", 2, "--master_port", port, EXAMPLES / "hf_trainer_finetune.py"]
-        + [hf_models["gpt2"], corpus_file, "--deepspeed", "ds_config.json", "--out", "finetuned"]
-        + ["--max-steps", 4, "--save-steps", 4, "--seq-len", SEQ_LEN],
-        tmp_path,
-        port,
-    )
+    folder, _, r = trainer_run("gpt2", 3)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    ckpt = tmp_path / "finetuned" / "checkpoint-4"
-    assert (ckpt / "latest").read_text().strip() == "global_step4" and (ckpt / "zero_to_fp32.py").is_file()
+    ckpt = folder / "finetuned" / f"checkpoint-{STEPS}"
+    assert (ckpt / "latest").read_text().strip() == f"global_step{STEPS}" and (ckpt / "zero_to_fp32.py").is_file()
     out = run_ok("export", ckpt, "--config", hf_models["gpt2"], "--out", tmp_path / "hf")
     assert "verified: max |logit diff|" in out.stdout
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
-    trainer_saved = AutoModelForCausalLM.from_pretrained(tmp_path / "finetuned", dtype=torch.float32).eval()
+    trainer_saved = AutoModelForCausalLM.from_pretrained(folder / "finetuned", dtype=torch.float32).eval()
     saved = dict(trainer_saved.named_parameters())
     for name, p in exported.named_parameters():
         assert torch.allclose(p, saved[name], atol=1e-6), name  # the fp32 masters of the same step
