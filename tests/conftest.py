@@ -218,6 +218,27 @@ def straight_runs(tmp_path_factory, char_data):
     return runs
 
 
+@pytest.fixture(scope="session")
+def two_rank_run(tmp_path_factory, char_data):
+    """The plain single-host run: ZeRO-2, `zerotrain train --nproc 2`, 6 steps, dropout 0, no eval or checkpoint.
+    {"run": its out_dir, "losses": its train losses, "shm_left": the DeepSpeed CPU all-reduce buffers in /dev/shm
+    after it that were not there before it (None without /dev/shm)}. tests/test_launch.py holds its launches to
+    these losses; tests/test_distributed.py checks that the run removed its buffers."""
+    root = tmp_path_factory.mktemp("two-rank")
+    cfg = write_config(
+        root / "ref.toml", out_dir=root / "ref", data_dir=char_data, max_steps=6, eval_interval=0, save_interval=0
+    )
+    shm = Path("/dev/shm")
+    buffers = lambda: set(shm.glob("deepspeed_allreduce_buffer_*")) if shm.is_dir() else set()  # noqa: E731
+    before = buffers()
+    run_ok("train", cfg, "--nproc", 2)
+    return {
+        "run": root / "ref",
+        "losses": train_losses(root / "ref"),
+        "shm_left": buffers() - before if shm.is_dir() else None,
+    }
+
+
 def tree_digest(path: Path) -> str:
     """SHA-256 over every file's relative path and bytes: equal digests, untouched tree."""
     import hashlib

@@ -373,14 +373,10 @@ def test_bad_input_one_line_each(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def two_rank_reference(tmp_path_factory, char_data):
-    """The single-host run every launch must reproduce: ZeRO-2, 2 processes, `zerotrain train --nproc 2`."""
-    root = tmp_path_factory.mktemp("launch-ref")
-    cfg = write_config(
-        root / "ref.toml", out_dir=root / "ref", data_dir=char_data, max_steps=6, eval_interval=0, save_interval=0
-    )
-    run_ok("train", cfg, "--nproc", 2)
-    return train_losses(root / "ref")
+def two_rank_reference(two_rank_run):
+    """The single-host run every launch must reproduce: ZeRO-2, 2 processes, `zerotrain train --nproc 2`
+    (conftest's two_rank_run, with the same config as the launches below)."""
+    return two_rank_run["losses"]
 
 
 def assert_same_losses(run_dir, reference):
