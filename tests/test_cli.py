@@ -358,48 +358,8 @@ def test_a_run_dir_in_use_is_refused(tmp_path, char_data):
     assert list(run.iterdir()) == []
 
 
-@pytest.mark.slow
-def test_a_second_train_into_a_running_run_dir_is_refused(tmp_path, char_data):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    run = tmp_path / "run"
-    cfg = write_config(
-        tmp_path / "c.toml", out_dir=run, data_dir=char_data, max_steps=2000, eval_interval=0, save_interval=0
-    )
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
-    env.pop("RANK", None)
-    env.pop("WORLD_SIZE", None)
-    first = subprocess.Popen(
-        [sys.executable, "-m", "zerotrain", "train", str(cfg), "--nproc", "2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not (run / ".zerotrain.lock").exists():
-            assert first.poll() is None and time.monotonic() < deadline, "the first run never locked its out_dir"
-            time.sleep(0.2)
-        for flags in (("--nproc", 2), ("--nproc", 2, "--overwrite")):
-            assert_clean_failure(zerotrain("train", cfg, *flags), f"(pid {first.pid} on", "kill -TERM")
-        # stop it once its ranks are in the loop (they then finish the step, save and exit)
-        metrics_file = run / "metrics.jsonl"
-        while not (metrics_file.exists() and metrics_file.stat().st_size > 0):
-            assert first.poll() is None and time.monotonic() < deadline, "the first run never logged a step"
-            time.sleep(0.2)
-        first.send_signal(signal.SIGTERM)
-        out, _ = first.communicate(timeout=180)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
-    assert first.returncode == 0, out[-4000:]
-    assert "stopped by SIGTERM" in out and not (run / ".zerotrain.lock").exists()
+# A second train into the run dir of a running one is refused: tests/test_train.py checks it on the 2-rank run
+# it stops with SIGTERM (test_a_running_train_refuses_a_second_and_sigterm_...), one launch for both.
 
 
 @pytest.mark.parametrize("key", ["model.hf", "model.init_from_hf"])

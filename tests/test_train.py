@@ -108,7 +108,9 @@ def test_process_killed_mid_save_keeps_previous_checkpoint(stage_runs, tmp_path,
     assert all(losses[s] == original[s] for s in losses)
 
 
-def test_sigterm_finishes_the_step_saves_and_exits_cleanly(tmp_path, char_data):
+def test_a_running_train_refuses_a_second_and_sigterm_finishes_the_step_saves_and_exits_cleanly(tmp_path, char_data):
+    """One 2-rank run for both: while it holds its run dir, a second train into it is refused (with --overwrite too),
+    naming its pid; SIGTERM then finishes the step in flight, saves it, removes the lock and exits 0."""
     cfg = write_config(
         tmp_path / "t.toml",
         out_dir=tmp_path / "run",
@@ -119,6 +121,8 @@ def test_sigterm_finishes_the_step_saves_and_exits_cleanly(tmp_path, char_data):
         eval_interval=0,
     )
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "zerotrain", "train", str(cfg), "--nproc", "2"],
         cwd=REPO,
@@ -127,14 +131,27 @@ def test_sigterm_finishes_the_step_saves_and_exits_cleanly(tmp_path, char_data):
         stderr=subprocess.STDOUT,
         text=True,
     )
-    deadline = time.monotonic() + 180
-    metrics_file = tmp_path / "run" / "metrics.jsonl"
-    while time.monotonic() < deadline and (not metrics_file.exists() or len(metrics_file.read_text().splitlines()) < 5):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 180
+        while not (tmp_path / "run" / ".zerotrain.lock").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the first run never locked its out_dir"
+            time.sleep(0.2)
+        for flags in (("--nproc", 2), ("--nproc", 2, "--overwrite")):
+            assert_clean_failure(zerotrain("train", cfg, *flags), f"(pid {proc.pid} on", "kill -TERM")
+        metrics_file = tmp_path / "run" / "metrics.jsonl"
+        while time.monotonic() < deadline and (
+            not metrics_file.exists() or len(metrics_file.read_text().splitlines()) < 5
+        ):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 0, out[-3000:]
     assert "stopped by SIGTERM" in out and "Traceback" not in out
+    assert not (tmp_path / "run" / ".zerotrain.lock").exists()
     ckpts = tmp_path / "run" / "checkpoints"
     step = int((ckpts / "latest").read_text().removeprefix("step_"))
     assert step >= 5 and not (ckpts / "final").exists()
@@ -165,13 +182,32 @@ def test_cpu_offload_matches_the_device_run(stage_runs, tmp_path, char_data, sta
         assert losses[s] == pytest.approx(reference[s], rel=2e-3), s
 
 
-def test_offload_auto_is_resolved_before_the_run_and_said(tmp_path, char_data):
+@pytest.fixture(scope="module")
+def bf16_zero3_run(tmp_path_factory, char_data):
+    """2 steps of ZeRO-3 in bf16 on 2 ranks, checkpoint at 2, with deepspeed.offload_optimizer = "auto" (which the
+    planner resolves to "none" on the CPU, so the run is the plain bf16 ZeRO-3 one): (out_dir, result), shared by
+    the two tests below, one launch for both."""
+    root = tmp_path_factory.mktemp("bf16-zero3")
+    cfg = write_config(
+        root / "a.toml",
+        out_dir=root / "run",
+        data_dir=char_data,
+        zero_stage=3,
+        max_steps=2,
+        eval_interval=2,
+        save_interval=2,
+    )
+    return root / "run", run_ok(
+        "train", cfg, "--nproc", 2, "--deepspeed.dtype=bf16", "--deepspeed.offload_optimizer=auto"
+    )
+
+
+def test_offload_auto_is_resolved_before_the_run_and_said(bf16_zero3_run):
     """offload_optimizer = "auto" is chosen by the planner before the engine exists (on the CPU, where offloading moves
     nothing out of host RAM: none) and the line says which run-config keys it set."""
-    cfg = write_config(tmp_path / "a.toml", out_dir=tmp_path / "run", data_dir=char_data, zero_stage=3)
-    r = run_ok("train", cfg, "--nproc", 2, "--deepspeed.offload_optimizer=auto", "--train.max_steps=2")
+    run, r = bf16_zero3_run
     assert 'offload auto → deepspeed.offload_optimizer = "none"' in r.stdout
-    assert '"offload_optimizer"' not in (tmp_path / "run" / "ds_config.json").read_text()
+    assert '"offload_optimizer"' not in (run / "ds_config.json").read_text()
 
 
 def test_accumulation_checkpointing_and_zero3_gathering_keep_the_trajectory(tmp_path, char_data):
@@ -221,13 +257,28 @@ def test_accumulation_checkpointing_and_zero3_gathering_keep_the_trajectory(tmp_
         assert d[s] == pytest.approx(e[s], rel=1e-4)
 
 
-def test_bf16_on_cpu(tmp_path, char_data):
+@pytest.fixture(scope="module")
+def bf16_run(tmp_path_factory, char_data):
+    """8 steps of ZeRO-2 in bf16 on one rank, evaluated at 8, writing TensorBoard events and an offline W&B run: the
+    run directory, shared by test_bf16_on_cpu and test_tensorboard_and_offline_wandb_get_the_metrics (one launch)."""
+    root = tmp_path_factory.mktemp("bf16")
     cfg = write_config(
-        tmp_path / "b.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=8, eval_interval=8, save_interval=0
+        root / "b.toml", out_dir=root / "run", data_dir=char_data, max_steps=8, eval_interval=8, save_interval=0
     )
-    run_ok("train", cfg, "--deepspeed.dtype=bf16")
-    assert '"bf16": {\n    "enabled": true' in (tmp_path / "run" / "ds_config.json").read_text()
-    losses = train_losses(tmp_path / "run")
+    run_ok(
+        "train",
+        cfg,
+        "--deepspeed.dtype=bf16",
+        "--run.tensorboard=true",
+        "--run.wandb=true",
+        env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"},
+    )
+    return root / "run"
+
+
+def test_bf16_on_cpu(bf16_run):
+    assert '"bf16": {\n    "enabled": true' in (bf16_run / "ds_config.json").read_text()
+    losses = train_losses(bf16_run)
     assert all(math.isfinite(v) for v in losses.values()) and losses[8] < losses[1]
 
 
@@ -295,7 +346,7 @@ def test_fp32_gradient_accumulation_at_zero1_resumes_exactly_and_exports(tmp_pat
     assert (tmp_path / "hf" / "model.safetensors").is_file()
 
 
-def test_bf16_zero3_checkpoints_consolidate_and_export(tmp_path, char_data):
+def test_bf16_zero3_checkpoints_consolidate_and_export(bf16_zero3_run, tmp_path):
     """DeepSpeed names every bf16 run's shards bf16_zero_*, as it does BF16_Optimizer's (ZeRO-1 with fp32 sums): a
     ZeRO-3 bf16 checkpoint still consolidates through zero_to_fp32, every parameter in its shape, and exports."""
     import torch
@@ -303,27 +354,19 @@ def test_bf16_zero3_checkpoints_consolidate_and_export(tmp_path, char_data):
     from zerotrain import checkpoint
     from zerotrain.model import GPT, GPTConfig
 
-    cfg = write_config(
-        tmp_path / "a.toml",
-        out_dir=tmp_path / "run",
-        data_dir=char_data,
-        zero_stage=3,
-        max_steps=2,
-        eval_interval=2,
-        save_interval=2,
-    )
-    run_ok("train", cfg, "--nproc", 2, "--deepspeed.dtype=bf16")
-    step2 = tmp_path / "run" / "checkpoints" / "step_2"
+    run, _ = bf16_zero3_run
+    assert '"bf16": {\n    "enabled": true' in (run / "ds_config.json").read_text()
+    step2 = run / "checkpoints" / "step_2"
     assert sorted(p.name for p in step2.rglob("*optim_states.pt")) == [
         "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt",
         "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt",
     ]
-    state = checkpoint.load_fp32_state_dict(*checkpoint.resolve(tmp_path / "run"))
-    manifest = checkpoint.read_manifest(*checkpoint.resolve(tmp_path / "run"))
+    state = checkpoint.load_fp32_state_dict(*checkpoint.resolve(run))
+    manifest = checkpoint.read_manifest(*checkpoint.resolve(run))
     shapes = {name: p.shape for name, p in GPT(GPTConfig(**manifest["model"])).state_dict().items()}
     assert {name: t.shape for name, t in state.items() if name in shapes} == shapes
     assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in state.values())
-    run_ok("export", tmp_path / "run", "--out", tmp_path / "hf")
+    run_ok("export", run, "--out", tmp_path / "hf")
     assert (tmp_path / "hf" / "model.safetensors").is_file()
 
 
@@ -361,24 +404,14 @@ def test_early_stopping_on_flat_val_loss(tmp_path, char_data):
     assert os.readlink(tmp_path / "run" / "checkpoints" / "final") == "step_6"
 
 
-def test_tensorboard_and_offline_wandb_get_the_metrics(tmp_path, char_data):
+def test_tensorboard_and_offline_wandb_get_the_metrics(bf16_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg = write_config(
-        tmp_path / "w.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=4, eval_interval=4, save_interval=0
-    )
-    run_ok(
-        "train",
-        cfg,
-        "--run.tensorboard=true",
-        "--run.wandb=true",
-        env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"},
-    )
-    events = EventAccumulator(str(tmp_path / "run" / "tb"))
+    events = EventAccumulator(str(bf16_run / "tb"))
     events.Reload()
-    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4]
-    assert [e.step for e in events.Scalars("val_loss")] == [4]
-    offline_runs = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert [e.step for e in events.Scalars("loss")] == list(range(1, 9))
+    assert [e.step for e in events.Scalars("val_loss")] == [8]
+    offline_runs = list((bf16_run / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(offline_runs) == 1 and offline_runs[0].stat().st_size > 0
 
 
