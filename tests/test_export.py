@@ -11,15 +11,29 @@ from conftest import zerotrain
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module")
+def exported(stage_runs, tmp_path_factory):
+    """export(stage) -> (folder, result): `zerotrain export` of stage_runs[stage], made once and shared by the tests
+    of this module (each export starts a process that loads torch and transformers)."""
+    made = {}
+
+    def export(stage: int):
+        if stage not in made:
+            out = tmp_path_factory.mktemp(f"export-s{stage}") / "hf"
+            made[stage] = out, zerotrain("export", stage_runs[stage], "--out", out)
+        return made[stage]
+
+    return export
+
+
 @pytest.mark.parametrize("stage", [0, 2, 3])
-def test_export_reloads_in_transformers_with_the_same_logits(stage_runs, tmp_path, stage):
+def test_export_reloads_in_transformers_with_the_same_logits(stage_runs, exported, stage):
     from transformers import AutoModelForCausalLM
 
     from zerotrain import checkpoint
     from zerotrain.model import GPT, GPTConfig
 
-    out = tmp_path / "hf"
-    r = zerotrain("export", stage_runs[stage], "--out", out)
+    out, r = exported(stage)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "max |logit diff|" in r.stdout
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
@@ -61,9 +75,9 @@ def test_bf16_export(stage_runs, tmp_path):
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
 
 
-def test_generate_gives_the_same_text_from_run_and_export(stage_runs, tmp_path):
-    out = tmp_path / "hf"
-    assert zerotrain("export", stage_runs[3], "--out", out).returncode == 0
+def test_generate_gives_the_same_text_from_run_and_export(stage_runs, exported):
+    out, r = exported(3)
+    assert r.returncode == 0, r.stderr[-3000:]
     for flags in (["--temperature", "0"], ["--temperature", "0.9", "--top-k", "5", "--seed", "3"]):
         a = zerotrain("generate", stage_runs[3], "--prompt", "The king", "--max-new-tokens", 40, *flags)
         b = zerotrain("generate", out, "--prompt", "The king", "--max-new-tokens", 40, *flags)
