@@ -239,6 +239,64 @@ def two_rank_run(tmp_path_factory, char_data):
     }
 
 
+@pytest.fixture(scope="session")
+def sigterm_run(tmp_path_factory, char_data):
+    """A long 2-rank ZeRO-2 run stopped by SIGTERM once 5 steps are logged; while it runs, a second `train` into its
+    run dir is tried, plain and with --overwrite. Records what happened for tests/test_cli.py (the second train is
+    refused) and tests/test_train.py (SIGTERM finishes the step, saves and exits): one launch for both.
+    {"cfg", "run", "pid", "second": [CompletedProcess], "returncode", "out", "lock_left"}"""
+    import signal
+    import time
+
+    root = tmp_path_factory.mktemp("sigterm")
+    run = root / "run"
+    cfg = write_config(
+        root / "t.toml",
+        out_dir=run,
+        data_dir=char_data,
+        zero_stage=2,
+        max_steps=100_000,
+        save_interval=0,
+        eval_interval=0,
+    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zerotrain", "train", str(cfg), "--nproc", "2"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not (run / ".zerotrain.lock").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the first run never locked its out_dir"
+            time.sleep(0.2)
+        second = [zerotrain("train", cfg, *flags) for flags in (("--nproc", 2), ("--nproc", 2, "--overwrite"))]
+        metrics_file = run / "metrics.jsonl"
+        while not (metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= 5):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run never logged 5 steps"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return {
+        "cfg": cfg,
+        "run": run,
+        "pid": proc.pid,
+        "second": second,
+        "returncode": proc.returncode,
+        "out": out,
+        "lock_left": (run / ".zerotrain.lock").exists(),
+    }
+
+
 def tree_digest(path: Path) -> str:
     """SHA-256 over every file's relative path and bytes: equal digests, untouched tree."""
     import hashlib

@@ -358,8 +358,14 @@ def test_a_run_dir_in_use_is_refused(tmp_path, char_data):
     assert list(run.iterdir()) == []
 
 
-# A second train into the run dir of a running one is refused: tests/test_train.py checks it on the 2-rank run
-# it stops with SIGTERM (test_a_running_train_refuses_a_second_and_sigterm_...), one launch for both.
+@pytest.mark.slow
+def test_a_second_train_into_a_running_run_dir_is_refused(sigterm_run):
+    """conftest's sigterm_run tried a second train (plain and with --overwrite) into the run dir of its running 2-rank
+    run before stopping it with SIGTERM (the launch is shared with tests/test_train.py)."""
+    for second in sigterm_run["second"]:
+        assert_clean_failure(second, f"(pid {sigterm_run['pid']} on", "kill -TERM")
+    assert sigterm_run["returncode"] == 0, sigterm_run["out"][-4000:]
+    assert "stopped by SIGTERM" in sigterm_run["out"] and not sigterm_run["lock_left"]
 
 
 @pytest.mark.parametrize("key", ["model.hf", "model.init_from_hf"])

@@ -3,14 +3,11 @@
 
 import math
 import os
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-from conftest import REPO, assert_clean_failure, metrics, run_ok, train_losses, val_losses, write_config, zerotrain
+from conftest import assert_clean_failure, metrics, run_ok, train_losses, val_losses, write_config, zerotrain
 
 pytestmark = pytest.mark.slow
 
@@ -108,57 +105,18 @@ def test_process_killed_mid_save_keeps_previous_checkpoint(stage_runs, tmp_path,
     assert all(losses[s] == original[s] for s in losses)
 
 
-def test_a_running_train_refuses_a_second_and_sigterm_finishes_the_step_saves_and_exits_cleanly(tmp_path, char_data):
-    """One 2-rank run for both: while it holds its run dir, a second train into it is refused (with --overwrite too),
-    naming its pid; SIGTERM then finishes the step in flight, saves it, removes the lock and exits 0."""
-    cfg = write_config(
-        tmp_path / "t.toml",
-        out_dir=tmp_path / "run",
-        data_dir=char_data,
-        zero_stage=2,
-        max_steps=100_000,
-        save_interval=0,
-        eval_interval=0,
-    )
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
-    env.pop("RANK", None)
-    env.pop("WORLD_SIZE", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "zerotrain", "train", str(cfg), "--nproc", "2"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while not (tmp_path / "run" / ".zerotrain.lock").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "the first run never locked its out_dir"
-            time.sleep(0.2)
-        for flags in (("--nproc", 2), ("--nproc", 2, "--overwrite")):
-            assert_clean_failure(zerotrain("train", cfg, *flags), f"(pid {proc.pid} on", "kill -TERM")
-        metrics_file = tmp_path / "run" / "metrics.jsonl"
-        while time.monotonic() < deadline and (
-            not metrics_file.exists() or len(metrics_file.read_text().splitlines()) < 5
-        ):
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, out[-3000:]
+def test_sigterm_finishes_the_step_saves_and_exits_cleanly(sigterm_run):
+    """conftest's sigterm_run: SIGTERM after 5 logged steps of a 2-rank run (shared with tests/test_cli.py)."""
+    out, cfg, run = sigterm_run["out"], sigterm_run["cfg"], sigterm_run["run"]
+    assert sigterm_run["returncode"] == 0, out[-3000:]
     assert "stopped by SIGTERM" in out and "Traceback" not in out
-    assert not (tmp_path / "run" / ".zerotrain.lock").exists()
-    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts = run / "checkpoints"
     step = int((ckpts / "latest").read_text().removeprefix("step_"))
     assert step >= 5 and not (ckpts / "final").exists()
-    last_logged = max(train_losses(tmp_path / "run"))
+    last_logged = max(train_losses(run))
     assert last_logged == step  # the step in flight was finished, logged and saved
     run_ok("train", cfg, "--nproc", 2, "--run.resume=auto", f"--train.max_steps={step + 2}")
-    assert sorted(train_losses(tmp_path / "run"))[-3:] == [step, step + 1, step + 2]
+    assert sorted(train_losses(run))[-3:] == [step, step + 1, step + 2]
 
 
 @pytest.mark.parametrize(
