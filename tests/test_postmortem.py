@@ -9,7 +9,7 @@ import pytest
 
 from zerotrain import postmortem, runconfig
 
-from conftest import REPO, assert_clean_failure, run_ok, train_losses, write_config, zerotrain
+from conftest import REPO, assert_clean_failure, run_ok, train_losses, zerotrain
 
 FIXTURES = REPO / "tests" / "fixtures" / "doctor"
 
@@ -175,14 +175,12 @@ def test_explain_bad_input(tmp_path):
 
 
 @pytest.mark.slow
-def test_explain_a_real_run_dir(tmp_path, char_data):
+def test_explain_a_real_run_dir(tmp_path, two_rank_run):
     """A real (tiny, CPU) run's directory plus a CUDA OOM in its log: the planner reads the run's own config.toml
-    and the data's vocabulary, predicts it fits in 8 GiB, and so points at what lies outside the plan."""
-    cfg = write_config(
-        tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=2, eval_interval=0, save_interval=0
-    )
-    run_ok("train", cfg)
+    and the data's vocabulary, predicts it fits in 8 GiB, and so points at what lies outside the plan. The run is a
+    copy of the session's plain 2-rank run (conftest two_rank_run), so the log written here stays this test's."""
     run = tmp_path / "run"
+    shutil.copytree(two_rank_run["run"], run, symlinks=True)
     assert train_losses(run)
     (run / "train.log").write_text(
         "[rank0]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
