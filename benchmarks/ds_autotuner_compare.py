@@ -3,7 +3,7 @@
 spends, the configuration each chooses and that configuration's speed, then both choices measured again under the
 same two harnesses so that the speeds compare (issue #27, docs/log/2026-12-07-ds-autotuner-compare.md).
 
-    python benchmarks/ds_autotuner_compare.py [--work DIR] [--nproc 2] [--budget-minutes 4] [--repeats 2]
+    python benchmarks/ds_autotuner_compare.py [--work DIR] [--nproc 2] [--budget-minutes 4] [--repeats 3]
                                               [--pythonpath DIR]
 
 1. DeepSpeed's autotuner drives benchmarks/ds_autotuner_train.py (zerotrain's GPT in a plain deepspeed.initialize
@@ -244,8 +244,8 @@ def main():
     p.add_argument("--budget-minutes", type=float, default=4.0, help="zerotrain tune's measuring budget")
     p.add_argument("--tune-steps", type=int, default=3, help="zerotrain tune --steps (the autotuner times 3)")
     p.add_argument("--tune-warmup", type=int, default=3, help="zerotrain tune --warmup-steps (the autotuner: 3)")
-    p.add_argument("--repeats", type=int, default=2, help="measurements of each choice per harness")
-    p.add_argument("--harness-steps", type=int, default=20, help="timed steps per harness run (after 3 warm-up)")
+    p.add_argument("--repeats", type=int, default=3, help="measurements of each choice per harness")
+    p.add_argument("--harness-steps", type=int, default=200, help="timed steps per harness run (after 3 warm-up)")
     p.add_argument("--pythonpath", default=None, help="a folder holding `tabulate`, for the autotuner only")
     a = p.parse_args()
     work = Path(a.work).resolve()
