@@ -84,7 +84,7 @@ def parse_args():
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
     p.add_argument("--extra", default="", help="more --section.key=value overrides for zerotrain's variants")
     p.add_argument("--models", default="models")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", help="where the results go (needed for a run)")
     p.add_argument("--make-model-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--predict", help=argparse.SUPPRESS)  # a JSON list of overrides: print the run's plan
     return p.parse_args()
@@ -268,6 +268,8 @@ def main() -> int:
     if a.make_model_only:
         make_model_dir(a)
         return 0
+    if not a.out:
+        sys.exit("hf_fast_path.py: --out DIR is needed")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     # The model is made in a process of its own: one made here would hold GPU memory through every variant's run
