@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from zerotrain.data import TokenData
+from zerotrain.dsconfig import uses_config_optimizer
 from zerotrain.gpt_config import GPTConfig
 from zerotrain.model import GPT
 from zerotrain.train import param_groups
@@ -79,7 +80,7 @@ def main():
     groups, _ = param_groups(model, 0.1)
     # zerotrain's own choice (train.build_engine): DeepSpeed builds the optimizer when the ds_config names one (as
     # zerotrain's ds_config does for offload), else torch's fused AdamW
-    if "optimizer" in read_ds_config(args.deepspeed_config):
+    if uses_config_optimizer(read_ds_config(args.deepspeed_config)):
         engine, *_ = deepspeed.initialize(args=args, model=model, model_parameters=groups)
     else:
         opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), eps=1e-8, fused=True)

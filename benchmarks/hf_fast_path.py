@@ -167,20 +167,10 @@ def predict(args: list[str]) -> dict:
     }
 
 
-def tree_pss(root) -> int:
-
-    total = 0
-    for p in [root, *root.children(recursive=True)]:
-        try:
-            total += p.memory_full_info().pss
-        except Exception:  # a process that ended between the listing and the read
-            pass
-    return total
-
-
 def run_measuring_host(cmd: list[str], log: Path) -> tuple[int, int]:
     """Run cmd; return its exit code and the peak PSS of its process tree (sampled every 0.2 s)."""
     import psutil
+    from host_memory_probe import tree_pss  # benchmarks/, this script's folder
 
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
