@@ -4,10 +4,11 @@
 #        ZeRO-3 with deepspeed.offload_optimizer = "auto" (the planner's least offload that fits: on an H200 with
 #        125 GiB host RAM a 0.2 partial offload, on an H100 0.65): tokens/s, GPU peak and host RAM against the plan
 #   3b   Llama-3.2-3B shape, micro-batch 4 × 2 × 2048, checkpointing, ZeRO-3: V3 variants of benchmarks/hf_fast_path.py
-#        (default: offload = the whole optimizer on the CPU, zenflow and super = DeepSpeed's ZenFlow and SuperOffload
-#        merged through deepspeed.config, fast = no offload, the bar's denominator)
+#        (default: fast = no offload, the bar's denominator; offload = the whole optimizer on the CPU; part50 = half of
+#        it, offload ratio 0.5; zenflow and super = DeepSpeed's ZenFlow and SuperOffload merged through deepspeed.config)
 #   tiny TinyLlama-1.1B, ZeRO-2 fast path vs the raw peer and ZeRO-3 (issue #24's MFU and ZeRO-3 bars)
 #   smol SmolLM2-135M shape, ZeRO-2 vs ZeRO-3 (issue #24)
+#   curves  the GPU tests of the fast path: Liger modules against transformers', 200-step loss curves (issue #24)
 # First DeepSpeedCPUAdam's rate on this host (benchmarks/cpu_adam_rate.py, 100M parameters: beyond the caches).
 #   OUT=results PARTS="8b 3b" END=560 bash benchmarks/gpu_offload.sh
 # Each variant appends a JSON line to $OUT/hf/hf_fast_path.jsonl; a summary table is printed last.
@@ -26,12 +27,13 @@ for part in ${PARTS:-8b 3b}; do
     8b) timeout "$L" python3 benchmarks/hf_fast_path.py --shape llama3-8b --micro-batch 2 --grad-accum "${ACCUM:-16}" \
           --checkpointing --variants auto-z3 --steps "${STEPS8:-6}" --log-interval 2 --out "$OUT/hf" ;;
     3b) timeout "$L" python3 benchmarks/hf_fast_path.py --shape llama3.2-3b --checkpointing \
-          --variants "${V3:-offload-z3,fast-z3,zenflow-z3,super-z3}" --steps "${STEPS3:-6}" --log-interval 2 --out "$OUT/hf" ;;
+          --variants "${V3:-fast-z3,offload-z3,part50-z3,zenflow-z3,super-z3}" --steps "${STEPS3:-6}" --log-interval 2 --out "$OUT/hf" ;;
     tiny) timeout "$L" python3 benchmarks/hf_fast_path.py --shape tinyllama-1.1b --variants "${VT:-fast-z2,peer-z2,fast-z3}" \
           --steps 15 --out "$OUT/hf" ;;
     smol) timeout "$L" python3 benchmarks/hf_fast_path.py --shape smollm2-135m --variants fast-z2,fast-z3 --steps 15 \
           --out "$OUT/hf" ;;
-    *) echo "unknown part $part (8b, 3b, tiny, smol)" >&2 ;;
+    curves) timeout "$L" python3 -m pytest --full -m gpu tests/test_gpu_hf.py -q -p no:cacheprovider 2>&1 | tail -15 ;;
+    *) echo "unknown part $part (8b, 3b, tiny, smol, curves)" >&2 ;;
   esac
   echo "part $part rc $? at $((SECONDS - T0)) s"
   rm -rf models/llama3-8b-v50304 /tmp/hf_fast_path  # 16 GB of weights; the runs' directories

@@ -51,6 +51,9 @@ VARIANTS = {
     "auto": ["--deepspeed.offload_optimizer=auto"],
     "super": ["--deepspeed.offload_optimizer=cpu", "--train.grad_clip=0"],
     "zenflow": ["--deepspeed.offload_optimizer=cpu"],
+    # partial offload (ZeRO-Offload++'s ratio): that fraction of the optimizer on the CPU, the rest on the GPU
+    "part50": ["--deepspeed.offload_optimizer=cpu", "--deepspeed.offload_optimizer_ratio=0.5"],
+    "part25": ["--deepspeed.offload_optimizer=cpu", "--deepspeed.offload_optimizer_ratio=0.25"],
 }
 # ds_config entries merged over zerotrain's (deepspeed.config) for the variants that have no run-config key
 DS_MERGES = {
@@ -61,7 +64,7 @@ DS_MERGES = {
                 "topk_ratio": 0.1,
                 "select_strategy": "auto",
                 "select_interval": "auto",
-                "update_interval": 4,
+                "update_interval": None,  # the run's --grad-accum: ZenFlow makes it DeepSpeed's accumulation
                 "full_warm_up_rounds": 0,
                 "overlap_step": True,
             }
@@ -194,7 +197,12 @@ def run_zerotrain(a, model_dir: Path, data: Path, stage: int, variant: str, log:
     args = overrides(a, model_dir, data, stage, variant, run_dir)
     if variant in DS_MERGES:
         merge = log.with_suffix(".ds.json")
-        merge.write_text(json.dumps(DS_MERGES[variant], indent=1))
+        merged = json.loads(json.dumps(DS_MERGES[variant]))
+        if "zenflow" in merged["zero_optimization"]:
+            # ZenFlow sets gradient_accumulation_steps to update_interval (zenflow/engine.py configure_zenflow): the
+            # same value keeps the batch per optimizer step that of the other variants
+            merged["zero_optimization"]["zenflow"]["update_interval"] = a.grad_accum
+        merge.write_text(json.dumps(merged, indent=1))
         args.append(f"--deepspeed.config={merge.resolve()}")
     cmd = [sys.executable, "-m", "zerotrain", "train", "configs/smollm2-shakespeare.toml", *args, "--overwrite"]
     started = time.time()

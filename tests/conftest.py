@@ -222,20 +222,22 @@ def straight_runs(tmp_path_factory, char_data):
 def two_rank_run(tmp_path_factory, char_data):
     """The plain single-host run: ZeRO-2, `zerotrain train --nproc 2`, 6 steps, dropout 0, no eval or checkpoint.
     {"run": its out_dir, "losses": its train losses, "shm_left": the DeepSpeed CPU all-reduce buffers in /dev/shm
-    after it that were not there before it (None without /dev/shm)}. tests/test_launch.py holds its launches to
-    these losses; tests/test_distributed.py checks that the run removed its buffers."""
+    named by its rendezvous port after it ended (None without /dev/shm)}. tests/test_launch.py holds its launches to
+    these losses; tests/test_distributed.py checks that the run removed its buffers. The port, from the launch line,
+    keeps other runs' buffers out (pytest -n runs them alongside)."""
+    import re
+
     root = tmp_path_factory.mktemp("two-rank")
     cfg = write_config(
         root / "ref.toml", out_dir=root / "ref", data_dir=char_data, max_steps=6, eval_interval=0, save_interval=0
     )
     shm = Path("/dev/shm")
-    buffers = lambda: set(shm.glob("deepspeed_allreduce_buffer_*")) if shm.is_dir() else set()  # noqa: E731
-    before = buffers()
-    run_ok("train", cfg, "--nproc", 2)
+    r = run_ok("train", cfg, "--nproc", 2)
+    port = re.search(r"rendezvous 127\.0\.0\.1:(\d+)", r.stdout).group(1)
     return {
         "run": root / "ref",
         "losses": train_losses(root / "ref"),
-        "shm_left": buffers() - before if shm.is_dir() else None,
+        "shm_left": set(shm.glob(f"deepspeed_allreduce_buffer_*_{port}_*")) if shm.is_dir() else None,
     }
 
 

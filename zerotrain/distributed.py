@@ -373,7 +373,8 @@ def launch_local(nproc: int, zerotrain_args: list[str], log_dir: Path | None = N
 
     port = free_port()
     cmd = launcher_command(nproc, zerotrain_args, port=port)
-    print(f"launching {nproc} ranks: {launcher_line(nproc, zerotrain_args)}", flush=True)
+    # the rendezvous port is said: a hang at start-up or a buffer left in /dev/shm (named by it) can be traced to it
+    print(f"launching {nproc} ranks (rendezvous 127.0.0.1:{port}): {launcher_line(nproc, zerotrain_args)}", flush=True)
     errors = Path(tempfile.mkdtemp(prefix="zerotrain-ranks-"))
     me = os.getpid()
     env = {
