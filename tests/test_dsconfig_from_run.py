@@ -106,6 +106,23 @@ def test_user_ds_config_is_merged_but_cannot_contradict(tmp_path):
         build(cfg, Batch(4, 2, 2), "fp32", "cpu")
 
 
+def test_zenflow_is_merged_only_with_its_update_interval_equal_to_the_runs_accumulation(tmp_path):
+    """ZenFlow makes its update_interval DeepSpeed's gradient accumulation; its own "auto" values are DeepSpeed's,
+    not the Hugging Face integration's placeholders."""
+    cfg = RunConfig()
+    cfg.deepspeed.zero_stage, cfg.deepspeed.offload_optimizer = 3, "cpu"
+    user = tmp_path / "ds.json"
+    cfg.deepspeed.config = str(user)
+    zenflow = {"topk_ratio": 0.1, "select_strategy": "auto", "select_interval": "auto", "update_interval": 2}
+    user.write_text(json.dumps({"zero_optimization": {"zenflow": zenflow}}))
+    ds = build(cfg, Batch(4, 2, 1), "fp32", "cpu")
+    assert ds["zero_optimization"]["zenflow"] == zenflow and ds["gradient_accumulation_steps"] == 2
+    for update in (4, "auto"):
+        user.write_text(json.dumps({"zero_optimization": {"zenflow": {**zenflow, "update_interval": update}}}))
+        with pytest.raises(UserError, match=f"update_interval = {update!r} would be.*grad_accum = 2; set update_"):
+            build(cfg, Batch(4, 2, 1), "fp32", "cpu")
+
+
 def test_dtype_resolution():
     assert resolve_dtype("auto", "cuda", True) == "bf16"
     assert resolve_dtype("auto", "cpu", True) == "fp32"

@@ -525,6 +525,12 @@ def test_hf_auto_config_passes_only_with_hf():
     assert not engine_findings(config, 2, hf_integration=True)
 
 
+def test_zenflows_own_auto_values_are_not_taken_for_hf_placeholders():
+    zenflow = {"select_strategy": "auto", "select_interval": "auto", "update_interval": "auto", "topk_ratio": "auto"}
+    findings = check(with_(zero_optimization__zenflow=zenflow), world_size=2)
+    assert [f.key for f in findings if "Hugging Face" in f.message] == ["zero_optimization.zenflow.topk_ratio"]
+
+
 def test_duplicate_keys_are_a_warning():
     findings = check_text('{"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 1, "stage": 2}}')
     assert "stage" in keys_at(findings, "warning")

@@ -15,6 +15,14 @@ from zerotrain.dsconfig.parse import check_size
 from zerotrain.memory import ALL_PERSISTENT, PARTIAL_OFFLOAD_SUB_GROUP
 from zerotrain.runconfig import RunConfig, TrainSection
 
+# "auto" that DeepSpeed itself reads (zenflow_config.py: ZenFlow chooses when to select and when to update), not a
+# placeholder for the Hugging Face integration to fill in
+DEEPSPEED_AUTO_KEYS = {
+    "zero_optimization.zenflow.select_strategy",
+    "zero_optimization.zenflow.select_interval",
+    "zero_optimization.zenflow.update_interval",
+}
+
 STEPS_PER_PRINT_NEVER = 2**31 - 1  # zerotrain prints its own metrics line; DeepSpeed's would duplicate it
 
 
@@ -196,10 +204,19 @@ def merge_user_config(generated: dict, user: dict) -> dict:
         problems.append(
             "'scheduler' is set; zerotrain schedules the learning rate from [train] lr, min_lr, warmup_steps — remove it"
         )
-    autos = [k for k, v in _walk(user) if v == "auto"]
+    autos = [k for k, v in _walk(user) if v == "auto" and k not in DEEPSPEED_AUTO_KEYS]
     if autos:
         problems.append(
             f'{", ".join(autos)} = "auto": "auto" is only filled in by the Hugging Face Trainer; give numbers'
+        )
+    update = get_dotted(user, "zero_optimization.zenflow.update_interval", default=None)
+    accum = generated["gradient_accumulation_steps"]
+    if isinstance(get_dotted(user, "zero_optimization.zenflow", default=None), dict) and update != accum:
+        # ZenFlow makes update_interval DeepSpeed's gradient accumulation (zenflow/engine.py configure_zenflow);
+        # "auto" (its default) varies it from step to step, which zerotrain's loop of grad_accum micro-steps cannot
+        problems.append(
+            f"zero_optimization.zenflow.update_interval = {update!r} would be DeepSpeed's gradient accumulation "
+            f"(ZenFlow sets it so) but the run accumulates train.grad_accum = {accum}; set update_interval to {accum}"
         )
     if problems:
         raise UserError("deepspeed.config: " + "; ".join(problems))

@@ -6,6 +6,7 @@ import math
 import re
 
 from zerotrain.dsconfig.findings import Finding, _close, _Context, _fmt
+from zerotrain.dsconfig.from_run import DEEPSPEED_AUTO_KEYS
 from zerotrain.dsconfig.schema import (
     _MISSING,
     DEEPSPEED_VERSION,
@@ -34,6 +35,8 @@ def _rule_auto(ctx: _Context):
     if ctx.hf:
         return
     for key in _auto_keys(ctx.config):
+        if key in DEEPSPEED_AUTO_KEYS:
+            continue
         yield Finding(
             "error",
             key,
