@@ -140,6 +140,49 @@ def test_cpu_offload_matches_the_device_run(stage_runs, tmp_path, char_data, sta
         assert losses[s] == pytest.approx(reference[s], rel=2e-3), s
 
 
+PARTIAL_OFFLOAD_ENGINE = """
+import json, torch, deepspeed
+from zerotrain.train import scheduled_groups
+model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))
+groups = [
+    {"params": [model[0].weight, model[1].weight], "weight_decay": 0.1},
+    {"params": [model[0].bias, model[1].bias], "weight_decay": 0.0},
+]
+config = {
+    "train_batch_size": 1,
+    "zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu", "ratio": 0.5}, "sub_group_size": 2048},
+    "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}},
+}
+engine, *_ = deepspeed.initialize(model=model, model_parameters=groups, config=config)
+for group in scheduled_groups(engine):
+    group["lr"] = 5e-5
+print(json.dumps([g["lr"] for g in engine.optimizer.backup_optimizer.param_groups + engine.optimizer.param_groups]))
+"""
+
+
+@pytest.mark.slow
+def test_the_schedule_reaches_the_sub_groups_a_partial_offload_steps_on_the_gpu(tmp_path):
+    """DeepSpeed's partial offload steps the sub-groups it keeps on the GPU with stage3.backup_optimizer, whose
+    first group is a copy made at start: the lr the loop sets must reach it too (a real ZeRO-3 engine, one rank;
+    on the CPU the backup optimizer exists but every sub-group steps in DeepSpeedCPUAdam)."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = os.environ | {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+    env |= {"MASTER_PORT": str(port), "DS_ACCELERATOR": "cpu"}
+    r = subprocess.run(
+        [sys.executable, "-c", PARTIAL_OFFLOAD_ENGINE], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    lrs = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(lrs) == 4 and set(lrs) == {5e-5}, lrs
+
+
 @pytest.fixture(scope="module")
 def bf16_zero3_run(tmp_path_factory, char_data):
     """2 steps of ZeRO-3 in bf16 on 2 ranks, checkpoint at 2, with deepspeed.offload_optimizer = "auto" (which the
