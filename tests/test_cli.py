@@ -303,6 +303,26 @@ def test_cpu_memory_check_counts_what_glibc_keeps_of_zero3s_per_parameter_tensor
         assert mc.host_needed(p) == base + 2 * copies * 4 * model.n_params
 
 
+def test_superoffload_merged_through_deepspeed_config_is_in_the_host_plan(tmp_path, char_data):
+    """SuperOffload's CPU-Adam worker process and its fp32 gradient buffer (docs/log/2026-12-07-offload-one-h100.md)
+    are counted when a user's ds_config turns it on."""
+    import json
+
+    from zerotrain import memory
+    from zerotrain.preflight import memory_check, preflight
+    from zerotrain.runconfig import load_run_config
+
+    cfg = write_config(tmp_path / "c.toml", out_dir=tmp_path / "run", data_dir=char_data, zero_stage=3)
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"offload_optimizer": {"super_offload": True}}}))
+    needs = []
+    for extra in ([], [f"--deepspeed.config={ds}"]):
+        plan = preflight(load_run_config(str(cfg), ["--deepspeed.offload_optimizer=cpu", *extra]), 2, overwrite=True)
+        mc = memory_check(plan, 2, False)
+        needs.append(mc.host_needed(mc.planned))
+    assert needs[1] - needs[0] == 2 * (memory.PROCESS_HOST_RAM + 4 * mc.model.n_params // 2)
+
+
 @pytest.mark.slow  # 18-27 s: in --full (CI), out of the quick tier
 def test_out_dir_that_is_holds_or_lies_inside_the_data_is_refused(tmp_path, char_data):
     """Without this, --overwrite deleted the data dir's tokenizer/ (a run artifact) and the ranks crashed."""

@@ -418,6 +418,13 @@ CPU_PROCESS_HOST_RAM = 600 * 2**20
 # gradients in flat buffers, above the threshold.
 CPU_ZERO3_HEAP_COPIES = 3
 
+# DeepSpeed's SuperOffload (zero_optimization.offload_optimizer.super_offload, merged through deepspeed.config) runs
+# its CPU Adam in a worker process of its own with its buffers (deepspeed/runtime/superoffload/superoffload_utils.py):
+# on one H100 a 3.2B model's run measured 16.7 GiB of host RAM above the plan without them
+# (docs/log/2026-12-07-offload-one-h100.md). Counted per rank as one more process and 4 bytes (an fp32 gradient)
+# per parameter of its partition: 14.1 GiB for that run (72.5 GiB planned, −3.0%), fitted to it alone.
+SUPER_OFFLOAD_BYTES_PER_PARAM = 4
+
 
 @dataclass
 class MemoryCheck:
@@ -433,15 +440,19 @@ class MemoryCheck:
     loads_weights: bool  # resume, init_from or a Hugging Face model: weights are read into host RAM first
     resumes: bool = False  # run.resume: an optimizer shard is read into host RAM too
     nvme_free: int | None = None  # free bytes at deepspeed.nvme_path; None without one
+    super_offload: bool = False  # DeepSpeed's SuperOffload, from the ds_config merged through deepspeed.config
 
     def host_needed(self, p: "memory.MemoryPlan") -> int:
+        from zerotrain import memory
+
         need = p.host_ram_per_node - (0 if self.loads_weights else p.host_terms["loading"])
         need += p.host_terms["resuming"] if self.resumes else 0
+        if self.super_offload:
+            partition = SUPER_OFFLOAD_BYTES_PER_PARAM * p.model.n_params // p.run.world
+            need += self.ranks_per_node * (memory.PROCESS_HOST_RAM + partition)
         if self.gpu_bytes is not None:
             return need
         # on the CPU a rank's "device" is host RAM: its model states and activations, without the CUDA libraries
-        from zerotrain import memory
-
         retained = 0
         if p.run.zero_stage == 3:
             retained = CPU_ZERO3_HEAP_COPIES * memory.DTYPE_BYTES[p.run.dtype] * p.model.n_params
@@ -495,6 +506,12 @@ def memory_check(plan: Plan, world: int, on_gpu: bool) -> MemoryCheck | None:
         gpu_bytes = torch.cuda.get_device_properties(0).total_memory
     loads = bool(plan.resume_from or plan.init_from or plan.hf or plan.init_from_hf)
     nvme_free = shutil.disk_usage(cfg.deepspeed.nvme_path).free if cfg.deepspeed.nvme_path else None
+    super_offload = False
+    if cfg.deepspeed.config:
+        from zerotrain.dsconfig import get_dotted, load_config_file
+
+        user, _ = load_config_file(cfg.deepspeed.config)
+        super_offload = get_dotted(user, "zero_optimization.offload_optimizer.super_offload", default=False) is True
     return MemoryCheck(
         model,
         run,
@@ -506,6 +523,7 @@ def memory_check(plan: Plan, world: int, on_gpu: bool) -> MemoryCheck | None:
         loads,
         bool(plan.resume_from),
         nvme_free,
+        super_offload,
     )
 
 
