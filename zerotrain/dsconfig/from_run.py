@@ -214,8 +214,10 @@ def merge_user_config(generated: dict, user: dict) -> dict:
     if isinstance(get_dotted(user, "zero_optimization.zenflow", default=None), dict) and update != accum:
         # ZenFlow makes update_interval DeepSpeed's gradient accumulation (zenflow/engine.py configure_zenflow);
         # "auto" (its default) varies it from step to step, which zerotrain's loop of grad_accum micro-steps cannot
+        given = 'unset (ZenFlow: "auto")' if update is None else repr(update)
         problems.append(
-            f"zero_optimization.zenflow.update_interval = {update!r} would be DeepSpeed's gradient accumulation "
+            f"zero_optimization.zenflow.update_interval = {given} "
+            "would be DeepSpeed's gradient accumulation "
             f"(ZenFlow sets it so) but the run accumulates train.grad_accum = {accum}; set update_interval to {accum}"
         )
     if problems:
