@@ -2,6 +2,7 @@
 real DeepSpeed engine, over gloo on CPU) in subprocesses, and ds_configs for the tests of zerotrain/dsconfig/."""
 
 import copy
+import functools
 import json
 import os
 import random
@@ -139,7 +140,34 @@ def write_config(path: Path, **values) -> Path:
     return path
 
 
+def once_per_run(make):
+    """For a session fixture: under pytest-xdist (`-n`), its value is made once per pytest run, not once per worker.
+    The first worker to ask makes it, under a lock, and leaves it pickled beside the workers' temp dirs; the others
+    wait for it and read it (the runs it names stay in the first worker's temp dir, which all can read). Its
+    dependencies are resolved before the lock is taken, so two such fixtures never wait on each other."""
+
+    @functools.wraps(make)
+    def fixture(tmp_path_factory, *args, **kwargs):
+        if not os.environ.get("PYTEST_XDIST_WORKER"):
+            return make(tmp_path_factory, *args, **kwargs)
+        import fcntl
+        import pickle
+
+        shared = tmp_path_factory.getbasetemp().parent  # this run's pytest-N, above popen-gw0, popen-gw1, ...
+        with open(shared / f"{make.__name__}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            done = shared / f"{make.__name__}.pickle"
+            if done.is_file():
+                return pickle.loads(done.read_bytes())
+            value = make(tmp_path_factory, *args, **kwargs)
+            done.write_bytes(pickle.dumps(value))
+            return value
+
+    return fixture
+
+
 @pytest.fixture(scope="session")
+@once_per_run
 def corpus_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
     path.write_text(make_corpus())
@@ -147,6 +175,7 @@ def corpus_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+@once_per_run
 def char_data(tmp_path_factory, corpus_file) -> Path:
     from zerotrain.data import prepare
 
@@ -177,6 +206,7 @@ GOLDEN_RUN = {"zero_stage": 0, "dropout": 0.1}
 
 
 @pytest.fixture(scope="session")
+@once_per_run
 def stage_runs(tmp_path_factory, char_data):
     """The same 12-step run (dropout on) under ZeRO 0, 1, 2 and 3 in 2 processes, checkpoints at 6 and 12."""
     root = tmp_path_factory.mktemp("stages")
@@ -198,6 +228,7 @@ BATCH_12 = ("--train.micro_batch_size=2", "--train.grad_accum=3")
 
 
 @pytest.fixture(scope="session")
+@once_per_run
 def straight_runs(tmp_path_factory, char_data):
     """8 steps on 2 ranks with global batch 12, dropout 0 and fp32, at ZeRO-2 and ZeRO-3; checkpoints at 4 and 8.
     The straight runs the resumes of tests/test_resume.py are held against."""
@@ -219,6 +250,7 @@ def straight_runs(tmp_path_factory, char_data):
 
 
 @pytest.fixture(scope="session")
+@once_per_run
 def two_rank_run(tmp_path_factory, char_data):
     """The plain single-host run: ZeRO-2, `zerotrain train --nproc 2`, 6 steps, dropout 0, no eval or checkpoint.
     {"run": its out_dir, "losses": its train losses, "shm_left": the DeepSpeed CPU all-reduce buffers in /dev/shm
@@ -242,6 +274,7 @@ def two_rank_run(tmp_path_factory, char_data):
 
 
 @pytest.fixture(scope="session")
+@once_per_run
 def sigterm_run(tmp_path_factory, char_data):
     """A long 2-rank ZeRO-2 run stopped by SIGTERM once 5 steps are logged; while it runs, a second `train` into its
     run dir is tried, plain and with --overwrite. Records what happened for tests/test_cli.py (the second train is
