@@ -28,6 +28,7 @@ preflight (so offload "auto" and persistence "auto" are planned as the run resol
 """
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -197,7 +198,7 @@ def run_zerotrain(a, model_dir: Path, data: Path, stage: int, variant: str, log:
     args = overrides(a, model_dir, data, stage, variant, run_dir)
     if variant in DS_MERGES:
         merge = log.with_suffix(".ds.json")
-        merged = json.loads(json.dumps(DS_MERGES[variant]))
+        merged = copy.deepcopy(DS_MERGES[variant])
         if "zenflow" in merged["zero_optimization"]:
             # ZenFlow sets gradient_accumulation_steps to update_interval (zenflow/engine.py configure_zenflow): the
             # same value keeps the batch per optimizer step that of the other variants

@@ -166,15 +166,13 @@ def test_the_schedule_reaches_the_sub_groups_a_partial_offload_steps_on_the_gpu(
     first group is a copy made at start: the lr the loop sets must reach it too (a real ZeRO-3 engine, one rank;
     on the CPU the backup optimizer exists but every sub-group steps in DeepSpeedCPUAdam)."""
     import json
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from zerotrain.distributed import free_port
+
     env = os.environ | {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
-    env |= {"MASTER_PORT": str(port), "DS_ACCELERATOR": "cpu"}
+    env |= {"MASTER_PORT": str(free_port()), "DS_ACCELERATOR": "cpu"}
     r = subprocess.run(
         [sys.executable, "-c", PARTIAL_OFFLOAD_ENGINE], env=env, cwd=tmp_path, capture_output=True, text=True
     )

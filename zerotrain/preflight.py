@@ -508,9 +508,9 @@ def memory_check(plan: Plan, world: int, on_gpu: bool) -> MemoryCheck | None:
     nvme_free = shutil.disk_usage(cfg.deepspeed.nvme_path).free if cfg.deepspeed.nvme_path else None
     super_offload = False
     if cfg.deepspeed.config:
-        from zerotrain.dsconfig import get_dotted, load_config_file
+        from zerotrain.dsconfig import get_dotted, load_user_config
 
-        user, _ = load_config_file(cfg.deepspeed.config)
+        user = load_user_config(cfg.deepspeed.config)
         super_offload = get_dotted(user, "zero_optimization.offload_optimizer.super_offload", default=False) is True
     return MemoryCheck(
         model,
