@@ -181,6 +181,89 @@ def test_the_schedule_reaches_the_sub_groups_a_partial_offload_steps_on_the_gpu(
     assert len(lrs) == 4 and set(lrs) == {5e-5}, lrs
 
 
+PARTIAL_OFFLOAD_RESUME = """
+import json, sys, types, torch, deepspeed
+from pathlib import Path
+from zerotrain import checkpoint, distributed, partial_offload, universal
+
+d = distributed.init()
+config = {
+    "train_batch_size": 1,
+    "zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu", "ratio": 0.5}, "sub_group_size": 2048},
+    "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "weight_decay": 0.1}},
+}
+data = [torch.randn(4, 64, generator=torch.Generator().manual_seed(s)) for s in range(4)]
+
+
+def engine_with_gpu_stepped_sub_groups(seed):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64))
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
+    # On a CPU-only machine DeepSpeed puts every sub-group on 'cpu'; "cpu:0" takes its GPU branch (the backup
+    # optimizer steps it) while its tensors stay on this CPU: the half a GPU would keep.
+    devices = engine.optimizer.subgroup_to_device
+    for i in range(len(devices) // 2):
+        devices[i] = "cpu:0"
+    return engine
+
+
+def train(engine, steps):
+    losses = []
+    for x in steps:
+        loss = (engine(x) - x.flip(1)).pow(2).mean()
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.item())
+    return losses
+
+
+a = engine_with_gpu_stepped_sub_groups(0)
+assert len(partial_offload.gpu_stepped(a)) >= 1
+train(a, data[:2])
+state = types.SimpleNamespace(step=2, state_dict=lambda: {})
+checkpoint.save(a, Path("ckpt"), state, {"zero_stage": 3, "world_size": 1, "step": 2, "dtype": "fp32"}, d, keep_last=2)
+straight = train(a, data[2:])
+resumed = {}
+for how in ("restored", "not restored"):
+    b = engine_with_gpu_stepped_sub_groups(1)
+    b.load_checkpoint("ckpt", tag="step_2", load_optimizer_states=True, load_lr_scheduler_states=False)
+    missing = partial_offload.restore_moments(b) if how == "restored" else None
+    resumed[how] = {"missing": missing, "losses": train(b, data[2:])}
+folder = universal.convert(Path("ckpt"), "step_2")  # resume-anywhere's path (DeepSpeed's ds_to_universal)
+config["checkpoint"] = {"load_universal": True}
+c = engine_with_gpu_stepped_sub_groups(1)
+c.load_checkpoint(str(folder), tag="step_2", load_optimizer_states=True, load_lr_scheduler_states=False)
+resumed["universal"] = {"missing": partial_offload.restore_moments(c), "losses": train(c, data[2:])}
+print(json.dumps({"straight": straight, **resumed}))
+"""
+
+
+@pytest.mark.slow
+def test_a_partial_offload_resume_keeps_the_adam_moments_of_the_sub_groups_stepped_on_the_gpu(tmp_path):
+    """DeepSpeed 0.19.8 checkpoints DeepSpeedCPUAdam's state only; the sub-groups its partial offload steps on the
+    GPU (backup_optimizer) are saved through checkpoint.save and restored after the load, native or through the
+    universal copy: the resumed steps equal the straight run's, where without the restore they do not (a real
+    one-rank ZeRO-3 engine on the CPU; without the save side, ds_to_universal finds no state for those sub-groups)."""
+    import json
+    import subprocess
+    import sys
+
+    from zerotrain.distributed import free_port
+
+    env = os.environ | {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}
+    env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "DS_ACCELERATOR": "cpu"}
+    r = subprocess.run(
+        [sys.executable, "-c", PARTIAL_OFFLOAD_RESUME], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["restored"]["missing"] == 0
+    assert out["restored"]["losses"] == pytest.approx(out["straight"], rel=1e-6)
+    assert out["not restored"]["losses"][1] != pytest.approx(out["straight"][1], rel=1e-3)
+    assert out["universal"]["missing"] == 0
+    assert out["universal"]["losses"] == pytest.approx(out["straight"], rel=1e-6)
+
+
 @pytest.fixture(scope="module")
 def bf16_zero3_run(tmp_path_factory, char_data):
     """2 steps of ZeRO-3 in bf16 on 2 ranks, checkpoint at 2, with deepspeed.offload_optimizer = "auto" (which the

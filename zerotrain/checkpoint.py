@@ -24,7 +24,7 @@ import shutil
 import time
 from pathlib import Path
 
-from zerotrain import UserError, faults
+from zerotrain import UserError, faults, partial_offload
 
 MANIFEST = "zerotrain.json"
 FORMAT = "zerotrain-checkpoint"
@@ -103,7 +103,8 @@ def save(engine, ckpt_dir: Path, state, manifest: dict, d, keep_last: int, point
         shutil.rmtree(ckpt_dir / tmp_tag, ignore_errors=True)
     barrier(d)
     try:
-        engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
+        with partial_offload.moments_in_saved_state(engine):  # DeepSpeed 0.19.8 would leave the GPU-stepped ones out
+            engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
         faults.point("save", step, d.rank)
         _fsync_tree(ckpt_dir / tmp_tag)  # durable before `latest` can name it, also across a power cut
     except (OSError, RuntimeError) as e:  # torch's writer reports a full disk as a RuntimeError

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zerotrain import UserError, checkpoint, dsconfig, faults, runconfig, runlock, watchdog
+from zerotrain import UserError, checkpoint, dsconfig, faults, partial_offload, runconfig, runlock, watchdog
 from zerotrain.data import BatchSampler, eval_batches
 from zerotrain.metrics import PhaseClock, StepLog
 from zerotrain.model import flops_per_token
@@ -434,13 +434,6 @@ def scheduled_groups(engine) -> list[dict]:
     return groups
 
 
-def gpu_stepped_sub_groups(engine) -> int:
-    """How many ZeRO-3 sub-groups a partial offload steps on the GPU (stage3.subgroup_to_device; on a CPU-only
-    machine every sub-group is 'cpu')."""
-    devices = getattr(engine.optimizer, "subgroup_to_device", None) or {}
-    return sum(1 for device in devices.values() if device != "cpu")
-
-
 def restore(engine, state: TrainState, plan: Plan, say) -> None:
     """Load run.resume's checkpoint into the engine (weights, optimizer) and the train state; through its universal
     copy when it was written by another world size or ZeRO stage (the ds_config then sets checkpoint.load_universal)."""
@@ -481,11 +474,10 @@ def restore(engine, state: TrainState, plan: Plan, say) -> None:
         m = checkpoint.read_manifest(ckpt_dir, tag)
         how = f" (written by {m['world_size']} ranks at ZeRO-{m['zero_stage']}, loaded through its universal copy)"
     say(f"resumed from {ckpt_dir / tag} at step {state.step}{how}")
-    if on_gpu := gpu_stepped_sub_groups(engine):
+    if missing := partial_offload.restore_moments(engine):
         say(
-            f"warning: partial offload: DeepSpeed 0.19.8 checkpoints the Adam moments of the sub-groups stepped on "
-            f"the CPU only; the {on_gpu} stepped on the GPU restart theirs from zero (a resume is not exact); "
-            f"deepspeed.offload_optimizer_ratio = 1 keeps every moment"
+            f"warning: {ckpt_dir / tag} has no Adam moments for {missing} of the sub-groups this partial offload steps "
+            f"on the GPU (written before zerotrain saved them): those restart from zero, so this resume is not exact"
         )
     if state.step >= plan.cfg.train.max_steps:
         say(
