@@ -66,3 +66,20 @@ def test_the_same_user_error_on_every_rank_is_said_once_without_a_rank(tmp_path)
         _rank_error(tmp_path, rank, "run.out_dir x already holds a run", float(rank))
     assert _ranks_error(tmp_path, 2, None) == "run.out_dir x already holds a run"
     assert "killed by SIGKILL" in _ranks_error(tmp_path / "none", -9, None)
+
+
+def test_a_verdict_every_rank_reported_is_the_exit_code_and_a_silent_death_is_not(tmp_path):
+    """doctor comm's ranks exit 1 when they flag a slow rank: that is the command's answer, reported by every rank
+    (report_finished), so the launching process returns it; a launcher that exits non-zero with a rank that never
+    reported is a failure (launch_local then says which rank and why)."""
+    import subprocess
+
+    from zerotrain.distributed import _wait_for_ranks
+
+    for rank, code in ((0, "1"), (1, "0")):
+        (tmp_path / f"rank_{rank}.finished").write_text(code)
+    launcher = subprocess.Popen(["sh", "-c", "sleep 0.3; exit 1"], start_new_session=True)
+    assert _wait_for_ranks(launcher, tmp_path, 2) == (1, True)
+    (tmp_path / "rank_1.finished").unlink()
+    launcher = subprocess.Popen(["sh", "-c", "exit 1"], start_new_session=True)
+    assert _wait_for_ranks(launcher, tmp_path, 2) == (1, False)

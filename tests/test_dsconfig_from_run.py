@@ -110,7 +110,7 @@ def test_zenflow_is_merged_only_with_its_update_interval_equal_to_the_runs_accum
     """ZenFlow makes its update_interval DeepSpeed's gradient accumulation; its own "auto" values are DeepSpeed's,
     not the Hugging Face integration's placeholders."""
     cfg = RunConfig()
-    cfg.deepspeed.zero_stage, cfg.deepspeed.offload_optimizer = 3, "cpu"
+    cfg.deepspeed.zero_stage, cfg.deepspeed.offload_optimizer = 2, "cpu"
     user = tmp_path / "ds.json"
     cfg.deepspeed.config = str(user)
     zenflow = {"topk_ratio": 0.1, "select_strategy": "auto", "select_interval": "auto", "update_interval": 2}
@@ -121,6 +121,18 @@ def test_zenflow_is_merged_only_with_its_update_interval_equal_to_the_runs_accum
         user.write_text(json.dumps({"zero_optimization": {"zenflow": {**zenflow, "update_interval": update}}}))
         with pytest.raises(UserError, match=f"update_interval = {update!r} would be.*grad_accum = 2; set update_"):
             build(cfg, Batch(4, 2, 1), "fp32", "cpu")
+
+
+def test_zenflow_at_zero3_is_refused_before_anything_loads(tmp_path):
+    """DeepSpeed 0.19.8's ZeRO-3 ZenFlow crashed a 3B run on its first step (one H100): refused, naming the stages
+    and the offload that work instead."""
+    cfg = RunConfig()
+    cfg.deepspeed.zero_stage, cfg.deepspeed.offload_optimizer = 3, "cpu"
+    user = tmp_path / "ds.json"
+    cfg.deepspeed.config = str(user)
+    user.write_text(json.dumps({"zero_optimization": {"zenflow": {"topk_ratio": 0.1, "update_interval": 2}}}))
+    with pytest.raises(UserError, match=r"zenflow at ZeRO-3 crashed.*zero_stage = 1 or 2.*offload_optimizer_ratio"):
+        build(cfg, Batch(4, 2, 1), "fp32", "cpu")
 
 
 def test_dtype_resolution():

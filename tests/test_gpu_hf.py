@@ -46,7 +46,8 @@ def test_liger_modules_compute_what_transformers_modules_do():
     reference = small_llama(512).cuda().to(torch.bfloat16)
     patched = copy.deepcopy(reference)
     fast_path.apply_liger(patched)
-    assert type(patched.model.norm).__name__.startswith("Liger")
+    # Liger Kernel 0.8 patches the module in place (its forward and its name), where older releases swapped its class
+    assert patched.model.norm._get_name().startswith("Liger")
     idx = torch.randint(0, 512, (2, 128), device="cuda")
     want = reference(input_ids=idx, labels=idx).loss
     got = patched(input_ids=idx, labels=idx).loss

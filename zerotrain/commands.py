@@ -644,7 +644,7 @@ def cmd_doctor(args, _extra) -> int:
 
 def cmd_doctor_comm(args, _extra) -> int:
     from zerotrain import comm
-    from zerotrain.distributed import in_launcher, launch_local
+    from zerotrain.distributed import in_launcher, launch_local, report_finished
 
     sizes = comm.parse_sizes(args.sizes) if args.sizes else None
     if args.timeout <= 0:
@@ -652,7 +652,9 @@ def cmd_doctor_comm(args, _extra) -> int:
     if in_launcher():  # a rank of deepspeed / torchrun / srun+torchrun / --nproc
         if args.json:
             os.environ["ZEROTRAIN_DOCTOR_JSON"] = args.json
-        return comm.comm_rank(sizes, args.timeout, args.iters)
+        code = comm.comm_rank(sizes, args.timeout, args.iters)
+        report_finished(code)  # 1 is the report's verdict (a rank or link flagged), not a failed rank
+        return code
     _quiet_deepspeed()
     import torch
 

@@ -286,27 +286,50 @@ def report_to_launcher(line: str, traceback_text: str = "") -> bool:
     return True
 
 
-def report_finished() -> None:
-    """Under launch_local: tell the launching process this rank's work is done and flushed (rank_N.finished), so it
-    need not wait for DeepSpeed's launcher, which notices its ranks' exits on a 1 s poll and then sleeps once more."""
+def report_finished(code: int = 0) -> None:
+    """Under launch_local: tell the launching process this rank's work is done and flushed (rank_N.finished, holding
+    the exit code the rank returns: 0, or a verdict such as doctor comm's 1 for a flagged rank, which is the
+    command's answer and not a failure), so it need not wait for DeepSpeed's launcher, which notices its ranks' exits
+    on a 1 s poll and then sleeps once more."""
     folder = os.environ.get(ERRORS_DIR)
     if folder and in_launcher():
         try:
-            (Path(folder) / f"rank_{os.environ['RANK']}.finished").touch()
+            tmp = Path(folder) / f".rank_{os.environ['RANK']}.finished.tmp"
+            tmp.write_text(str(code))
+            os.replace(tmp, Path(folder) / f"rank_{os.environ['RANK']}.finished")
         except OSError:
             pass  # the launcher's own exit code still arrives, a second or two later
 
 
-def _wait_for_ranks(runner: subprocess.Popen, folder: Path, nproc: int) -> int:
-    """The launcher's exit code, or 0 as soon as every rank has reported it finished (report_finished); the
-    launcher, idle in its poll by then, is killed with whatever is left of the ranks' exits."""
+def _finished_codes(folder: Path, nproc: int) -> list[int] | None:
+    """The exit codes every rank reported with report_finished, or None while one has not."""
+    files = list(folder.glob("rank_*.finished"))
+    if len(files) < nproc:
+        return None
+    codes = []
+    for f in files:
+        try:
+            codes.append(int(f.read_text().strip() or 0))
+        except (OSError, ValueError):
+            codes.append(0)
+    return codes
+
+
+def _wait_for_ranks(runner: subprocess.Popen, folder: Path, nproc: int) -> tuple[int, bool]:
+    """(exit code, whether the ranks reported it themselves). As soon as every rank has reported it finished
+    (report_finished), the highest code they reported, and the launcher, idle in its poll by then, is killed with
+    whatever is left of the ranks' exits; otherwise the launcher's exit code, where a rank that failed or died
+    makes it non-zero. A rank's verdict (a non-zero code it reported) also ends the launcher with that code: when
+    every rank reported, it is theirs."""
     while (code := runner.poll()) is None:
-        if len(list(folder.glob("rank_*.finished"))) >= nproc:
+        if (codes := _finished_codes(folder, nproc)) is not None:
             os.killpg(runner.pid, signal.SIGKILL)
             runner.wait()
-            return 0
+            return max(codes), True
         time.sleep(0.05)
-    return code
+    if (codes := _finished_codes(folder, nproc)) is not None:
+        return max(codes), True
+    return code, False
 
 
 def _ranks_error(folder: Path, code: int, log_dir: Path | None) -> str:
@@ -409,8 +432,8 @@ def launch_local(nproc: int, zerotrain_args: list[str], log_dir: Path | None = N
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        code = _wait_for_ranks(runner, errors, nproc)
-        if code != 0:
+        code, reported = _wait_for_ranks(runner, errors, nproc)
+        if code != 0 and not reported:
             raise UserError(_ranks_error(errors, code, log_dir))
         return code
     finally:

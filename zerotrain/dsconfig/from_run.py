@@ -220,6 +220,17 @@ def merge_user_config(generated: dict, user: dict) -> dict:
             "would be DeepSpeed's gradient accumulation "
             f"(ZenFlow sets it so) but the run accumulates train.grad_accum = {accum}; set update_interval to {accum}"
         )
+    if (
+        get_dotted(user, "zero_optimization.zenflow", default=None) is not None
+        and generated["zero_optimization"]["stage"] == 3
+    ):
+        # DeepSpeed 0.19.8's ZeRO-3 ZenFlow keeps every 2-D parameter transposed outside its module's forward and
+        # backward hooks (zenflow/engine_stage3.py, zero/parameter_offload.py); zerotrain's 3B Llama run with it
+        # died on its first step with a CUDA index-out-of-bounds assert (docs/log/2026-12-07-offload-one-h100.md)
+        problems.append(
+            "zero_optimization.zenflow at ZeRO-3 crashed zerotrain's runs with DeepSpeed 0.19.8 (a CUDA assert on the "
+            "first step); use ZenFlow at deepspeed.zero_stage = 1 or 2, or deepspeed.offload_optimizer_ratio at ZeRO-3"
+        )
     if problems:
         raise UserError("deepspeed.config: " + "; ".join(problems))
     merged = copy.deepcopy(generated)
