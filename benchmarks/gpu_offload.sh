@@ -6,7 +6,7 @@
 #   3b   Llama-3.2-3B shape, micro-batch 4 × 2 × 2048, checkpointing, ZeRO-3: V3 variants of benchmarks/hf_fast_path.py
 #        (default: fast = no offload, the bar's denominator; offload = the whole optimizer on the CPU; part50 = half of
 #        it, offload ratio 0.5; super = DeepSpeed's SuperOffload merged through deepspeed.config; zenflow-z3 is refused
-#        since session 26: it crashed on its first step, docs/log/2026-12-07-offload-one-h100.md)
+#        since session 26: it crashed on its first step, docs/log/2026-12-07-session26-one-h100.md)
 #   tiny TinyLlama-1.1B, ZeRO-2 fast path vs the raw peer and ZeRO-3 (issue #24's MFU and ZeRO-3 bars)
 #   smol SmolLM2-135M shape, ZeRO-2 vs ZeRO-3 (issue #24)
 #   curves  the GPU tests of the fast path: Liger modules against transformers', 200-step loss curves (issue #24)

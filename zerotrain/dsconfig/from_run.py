@@ -209,9 +209,10 @@ def merge_user_config(generated: dict, user: dict) -> dict:
         problems.append(
             f'{", ".join(autos)} = "auto": "auto" is only filled in by the Hugging Face Trainer; give numbers'
         )
+    zenflow = get_dotted(user, "zero_optimization.zenflow", default=None)
     update = get_dotted(user, "zero_optimization.zenflow.update_interval", default=None)
     accum = generated["gradient_accumulation_steps"]
-    if isinstance(get_dotted(user, "zero_optimization.zenflow", default=None), dict) and update != accum:
+    if isinstance(zenflow, dict) and update != accum:
         # ZenFlow makes update_interval DeepSpeed's gradient accumulation (zenflow/engine.py configure_zenflow);
         # "auto" (its default) varies it from step to step, which zerotrain's loop of grad_accum micro-steps cannot
         given = 'unset (ZenFlow: "auto")' if update is None else repr(update)
@@ -220,13 +221,10 @@ def merge_user_config(generated: dict, user: dict) -> dict:
             "would be DeepSpeed's gradient accumulation "
             f"(ZenFlow sets it so) but the run accumulates train.grad_accum = {accum}; set update_interval to {accum}"
         )
-    if (
-        get_dotted(user, "zero_optimization.zenflow", default=None) is not None
-        and generated["zero_optimization"]["stage"] == 3
-    ):
+    if zenflow is not None and generated["zero_optimization"]["stage"] == 3:
         # DeepSpeed 0.19.8's ZeRO-3 ZenFlow keeps every 2-D parameter transposed outside its module's forward and
         # backward hooks (zenflow/engine_stage3.py, zero/parameter_offload.py); zerotrain's 3B Llama run with it
-        # died on its first step with a CUDA index-out-of-bounds assert (docs/log/2026-12-07-offload-one-h100.md)
+        # died on its first step with a CUDA index-out-of-bounds assert (docs/log/2026-12-07-session26-one-h100.md)
         problems.append(
             "zero_optimization.zenflow at ZeRO-3 crashed zerotrain's runs with DeepSpeed 0.19.8 (a CUDA assert on the "
             "first step); use ZenFlow at deepspeed.zero_stage = 1 or 2, or deepspeed.offload_optimizer_ratio at ZeRO-3"
