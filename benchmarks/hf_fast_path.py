@@ -14,6 +14,10 @@ memory, and the planner's prediction for the same run. Variants, NAME-zSTAGE:
   persist as fast, with every parameter persistent under ZeRO-3 (deepspeed.zero3_persistent_params = "on"; "auto",
           the default, turns it on where the GPU holds every parameter)
   release as fast, with DeepSpeed's default persistence under ZeRO-3 (gathered layers released after use)
+  mel0    as fast, with DeepSpeed's zero_optimization.memory_efficient_linear = false (ZeRO-3's own autograd function
+          around every Linear off)
+  compiled fused loss + compiled decoder layers at ZeRO-3, every parameter kept gathered: an experiment zerotrain
+          itself refuses, run through benchmarks/z3_compiled_probe.py (do its losses match ZeRO-2's?)
   offload as fast, with the whole optimizer offloaded to the CPU (DeepSpeedCPUAdam; deepspeed.offload_optimizer)
   auto    as fast, deepspeed.offload_optimizer = "auto": the least offload the planner says fits this machine
   super   offload with DeepSpeed's SuperOffload (offload_optimizer.super_offload: a CPU-Adam worker process that steps
@@ -24,7 +28,9 @@ memory, and the planner's prediction for the same run. Variants, NAME-zSTAGE:
           (benchmarks/memory_probe.py hf), timed after --warm steps
 Each zerotrain variant also records the peak host RAM of the training process tree (proportional set size, sampled
 every 0.2 s) beside the planner's host figure for the same run, and the planner's GPU peak, both from the run's own
-preflight (so offload "auto" and persistence "auto" are planned as the run resolved them).
+preflight (so offload "auto" and persistence "auto" are planned as the run resolved them). With
+--extra=--train.profile_steps=2 a variant's profile summary and benchmarks/idle_gaps.py's reading of its trace land
+beside its log (NAME.profile.json, NAME.gaps.txt).
 """
 
 import argparse
@@ -48,6 +54,10 @@ VARIANTS = {
     # ZeRO-3 with every parameter persistent (never released after use: on one GPU a partition is the whole tensor)
     "persist": ["--deepspeed.zero3_persistent_params=on"],
     "release": ["--deepspeed.zero3_persistent_params=off"],
+    # ZeRO-3 without DeepSpeed's memory_efficient_linear (its autograd function around every Linear, DS_MERGES)
+    "mel0": [],
+    # ZeRO-3 with compiled decoder layers, which zerotrain refuses: run through benchmarks/z3_compiled_probe.py
+    "compiled": ["--train.compile=blocks", "--train.liger=off", "--deepspeed.zero3_persistent_params=on"],
     "offload": ["--deepspeed.offload_optimizer=cpu"],
     "auto": ["--deepspeed.offload_optimizer=auto"],
     "super": ["--deepspeed.offload_optimizer=cpu", "--train.grad_clip=0"],
@@ -58,6 +68,7 @@ VARIANTS = {
 }
 # ds_config entries merged over zerotrain's (deepspeed.config) for the variants that have no run-config key
 DS_MERGES = {
+    "mel0": {"zero_optimization": {"memory_efficient_linear": False}},
     "super": {"zero_optimization": {"offload_optimizer": {"super_offload": True, "cpuadam_cores_perc": 0.9}}},
     "zenflow": {
         "zero_optimization": {
@@ -205,7 +216,8 @@ def run_zerotrain(a, model_dir: Path, data: Path, stage: int, variant: str, log:
             merged["zero_optimization"]["zenflow"]["update_interval"] = a.grad_accum
         merge.write_text(json.dumps(merged, indent=1))
         args.append(f"--deepspeed.config={merge.resolve()}")
-    cmd = [sys.executable, "-m", "zerotrain", "train", "configs/smollm2-shakespeare.toml", *args, "--overwrite"]
+    entry = ["benchmarks/z3_compiled_probe.py"] if variant == "compiled" else ["-m", "zerotrain"]
+    cmd = [sys.executable, *entry, "train", "configs/smollm2-shakespeare.toml", *args, "--overwrite"]
     started = time.time()
     rc, host_peak = run_measuring_host(cmd, log)
     row = {"rc": rc, "wall_s": round(time.time() - started, 1), "host_peak_gib": host_peak / 2**30}
@@ -219,7 +231,7 @@ def run_zerotrain(a, model_dir: Path, data: Path, stage: int, variant: str, log:
     metrics = run_dir / "metrics.jsonl"
     steps = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.exists() else []
     steps = [r for r in steps if "loss" in r]
-    late = [r for r in steps if r["step"] > a.log_interval] or steps
+    late = [r for r in steps if r["step"] > a.log_interval and not r.get("profiled")] or steps
     if late:
         row |= {
             "tokens_per_s": statistics.median(r["tokens_per_s"] for r in late),
@@ -230,7 +242,23 @@ def run_zerotrain(a, model_dir: Path, data: Path, stage: int, variant: str, log:
         }
     applied = [line for line in log.read_text().splitlines() if "kernels" in line or "fast" in line.lower()]
     row["startup"] = applied[:3]
+    keep_profile(run_dir, log)
     return row
+
+
+def keep_profile(run_dir: Path, log: Path) -> None:
+    """With --extra=--train.profile_steps=N: the run's profile summary beside its log, and benchmarks/idle_gaps.py's
+    reading of its trace (the run directories are removed after each part of gpu_offload.sh)."""
+    summary, trace = run_dir / "profile/summary-rank0.json", run_dir / "profile/trace-rank0.json.gz"
+    if summary.exists():
+        shutil.copy(summary, log.with_suffix(".profile.json"))
+    if trace.exists():
+        gaps = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks/idle_gaps.py"), str(trace), "--top", "15"],
+            capture_output=True,
+            text=True,
+        )
+        log.with_suffix(".gaps.txt").write_text(gaps.stdout + gaps.stderr)
 
 
 def run_peer(a, stage: int, log: Path, out: Path) -> dict:
