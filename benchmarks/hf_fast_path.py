@@ -65,6 +65,7 @@ VARIANTS = {
     # partial offload (ZeRO-Offload++'s ratio): that fraction of the optimizer on the CPU, the rest on the GPU
     "part50": ["--deepspeed.offload_optimizer=cpu", "--deepspeed.offload_optimizer_ratio=0.5"],
     "part25": ["--deepspeed.offload_optimizer=cpu", "--deepspeed.offload_optimizer_ratio=0.25"],
+    "part10": ["--deepspeed.offload_optimizer=cpu", "--deepspeed.offload_optimizer_ratio=0.1"],
 }
 # ds_config entries merged over zerotrain's (deepspeed.config) for the variants that have no run-config key
 DS_MERGES = {

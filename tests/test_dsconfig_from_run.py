@@ -71,9 +71,11 @@ def test_persistent_parameters_reach_the_ds_config_only_at_stage_3_when_on():
     cfg.deepspeed.zero_stage, cfg.deepspeed.zero3_persistent_params = 3, "on"
     zero = build(cfg, Batch(4, 1, 2), "bf16", "cuda")["zero_optimization"]
     assert zero["stage3_param_persistence_threshold"] == 2**40  # above any parameter: all of them persist
+    assert zero["memory_efficient_linear"] is False  # nothing is released: torch's F.linear, without the host cost
     assert not [f for f in engine_findings({"train_batch_size": 8, "zero_optimization": zero}, 2) if f.level == "error"]
     cfg.deepspeed.zero3_persistent_params = "off"
-    assert "stage3_param_persistence_threshold" not in build(cfg, Batch(4, 1, 2), "bf16", "cuda")["zero_optimization"]
+    released = build(cfg, Batch(4, 1, 2), "bf16", "cuda")["zero_optimization"]
+    assert "stage3_param_persistence_threshold" not in released and "memory_efficient_linear" not in released
     cfg.deepspeed.zero_stage, cfg.deepspeed.zero3_persistent_params = 2, "on"
     assert "stage3_param_persistence_threshold" not in build(cfg, Batch(4, 1, 2), "bf16", "cuda")["zero_optimization"]
 

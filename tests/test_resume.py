@@ -211,6 +211,7 @@ def test_zero3_with_parameters_kept_gathered_resumes_as_partitioned_and_exports(
     run_ok("train", cfg, "--nproc", 2, *BATCH_12, "--deepspeed.zero3_persistent_params=on", f"--run.resume={step4}")
     zero = json.loads((tmp_path / "on" / "ds_config.json").read_text())["zero_optimization"]
     assert zero["stage3_param_persistence_threshold"] >= 2**40  # above any parameter: all of them persist
+    assert zero["memory_efficient_linear"] is False  # torch's F.linear: the same numbers as DeepSpeed's
     resumed, original = train_losses(tmp_path / "on"), train_losses(straight_runs[3])
     assert sorted(resumed) == [5, 6, 7, 8]
     assert all(resumed[s] == pytest.approx(original[s], rel=1e-5) for s in resumed), (resumed, original)

@@ -219,7 +219,8 @@ class DeepSpeedSection:
     """ZeRO-3: keep every parameter gathered after its first use (DeepSpeed's stage3_param_persistence_threshold above
     the largest parameter), so forward and backward gather nothing and run at ZeRO-2's speed; gradients and optimizer
     states stay partitioned. Costs the full bf16/fp16 parameters on every GPU instead of a 1/world share (nothing
-    more on one GPU). auto: on where the planner says the run fits the GPU that way with 10% to spare, else off;
+    more on one GPU). On, DeepSpeed's memory_efficient_linear is off: with nothing released it only costs host time.
+    auto: on where the planner says the run fits the GPU that way with 10% to spare, else off;
     off: DeepSpeed's default (parameters under 100,000 elements persist)."""
     reduce_without_host_wait: bool = True
     """ZeRO-1/2 on GPUs: end each micro-step's gradient reduction with the compute stream waiting for DeepSpeed's
