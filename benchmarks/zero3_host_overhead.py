@@ -27,6 +27,13 @@ def main():
         action="store_true",
         help="zero_optimization.memory_efficient_linear = false (F.linear left as torch's)",
     )
+    ap.add_argument(
+        "--zero",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="another zero_optimization entry, e.g. stage3_prefetch_bucket_size=0 (repeatable)",
+    )
     ap.add_argument("--profile", action="store_true")
     a = ap.parse_args()
     torch.manual_seed(0)
@@ -45,6 +52,9 @@ def main():
         zero["stage3_param_persistence_threshold"] = 2**40
         if a.no_memory_efficient_linear:
             zero["memory_efficient_linear"] = False
+    for item in a.zero:
+        key, _, value = item.partition("=")
+        zero[key] = json.loads(value)
     ds = {
         "train_batch_size": 2,
         "train_micro_batch_size_per_gpu": 1,
@@ -79,7 +89,14 @@ def main():
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
     print(
-        json.dumps({"stage": a.stage, "memory_efficient_linear": not a.no_memory_efficient_linear, "ms_per_step": ms})
+        json.dumps(
+            {
+                "stage": a.stage,
+                "memory_efficient_linear": not a.no_memory_efficient_linear,
+                "zero": a.zero,
+                "ms_per_step": ms,
+            }
+        )
     )
 
 
