@@ -69,7 +69,11 @@ def test_fast_path_follows_the_plain_loss_curve_for_200_steps(tmp_path, hf_model
     small_llama(len(transformers.AutoTokenizer.from_pretrained(str(hf_models["llama"])))).save_pretrained(model_dir)
     transformers.AutoTokenizer.from_pretrained(str(hf_models["llama"])).save_pretrained(model_dir)
     common = {"data_dir": hf_models["data"], "model_dir": model_dir, "zero_stage": stage, "max_steps": 200}
-    overrides = ["--deepspeed.dtype=bf16", "--train.eval_interval=0", "--run.checkpoints=false", "--train.lr=1e-3"]
+    # lr 3e-4: at 1e-3 this model's bf16 curves are chaotic, and the plain path from weights nudged by half a bf16
+    # ulp strays 2.2-4.6% from itself; at 3e-4 such controls stay within 0.12% (benchmarks/curve_drift.py,
+    # docs/log/2026-12-07-session27.md), so 2% separates a fault from rounding
+    overrides = ["--deepspeed.dtype=bf16", "--train.eval_interval=0", "--run.checkpoints=false"]
+    overrides += ["--train.lr=3e-4", "--train.min_lr=3e-5"]
     fast = run_ok("train", hf_config(tmp_path / "f.toml", out_dir=tmp_path / "f", **common), *overrides).stdout
     assert "fused loss" in fast
     if stage == 2:
