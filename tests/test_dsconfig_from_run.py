@@ -80,6 +80,18 @@ def test_persistent_parameters_reach_the_ds_config_only_at_stage_3_when_on():
     assert "stage3_param_persistence_threshold" not in build(cfg, Batch(4, 1, 2), "bf16", "cuda")["zero_optimization"]
 
 
+def test_bf16_master_weights_reach_the_ds_config_as_deepspeeds_two_switches():
+    from zerotrain.dsconfig import engine_findings
+
+    cfg = RunConfig()
+    cfg.deepspeed.master_weights = "bf16"
+    ds = build(cfg, Batch(4, 1, 2), "bf16", "cuda")
+    assert ds["bf16"] == {"enabled": True, "bf16_master_weights_and_grads": True, "bf16_optimizer_states": True}
+    assert not [f for f in engine_findings(ds, 2) if f.level == "error"]
+    cfg.deepspeed.master_weights = "fp32"
+    assert build(cfg, Batch(4, 1, 2), "bf16", "cuda")["bf16"] == {"enabled": True}
+
+
 def test_fp32_gradient_sums_only_where_training_is_bf16():
     cfg = RunConfig()
     cfg.deepspeed.grad_accum_dtype = "fp32"

@@ -376,6 +376,28 @@ def test_ds_config_fills_the_run():
         memory.run_from_ds_config({"train_micro_batch_size_per_gpu": "auto"}, RunShape())
 
 
+def test_bf16_master_weights_by_hand():
+    """deepspeed.master_weights = "bf16" (DeepSpeed's bf16_master_weights_and_grads + bf16_optimizer_states): the master
+    partition and Adam's two moments in 2 bytes each instead of 4 (12 -> 6 bytes per parameter per rank), no fp32
+    copy of the gradient partition at the step, half the optimizer bytes in a checkpoint; nothing where DeepSpeed
+    keeps fp32 anyway (an offloaded optimizer)."""
+    m = memory.resolve_model("gpt2-xl")
+    N, W = m.n_params, 2
+    run = RunShape(gpus_per_node=W, micro_batch=4, grad_accum=8)
+    for z in (1, 2, 3):
+        fp32, half = (plan(m, replace(run, zero_stage=z, master_weights=w)) for w in ("fp32", "bf16"))
+        assert fp32.per_gpu["optimizer"] == 12 * N // W and half.per_gpu["optimizer"] == 6 * N // W
+        assert fp32.checkpoint_bytes - half.checkpoint_bytes == 6 * N
+    step = lambda w: plan(m, replace(run, master_weights=w)).phases["optimizer step"]["grads"]
+    assert step("fp32") - step("bf16") == 4 * N // W  # the partition's fp32 copy
+    assert "bf16 master weights" in replace(run, master_weights="bf16").describe()
+    offloaded = replace(run, zero_stage=2, offload_optimizer="cpu")
+    assert plan(m, replace(offloaded, master_weights="bf16")).per_gpu == plan(m, offloaded).per_gpu
+    bf16 = {"bf16": {"enabled": True, "bf16_master_weights_and_grads": True, "bf16_optimizer_states": True}}
+    assert memory.run_from_ds_config(bf16, RunShape()).master_weights == "bf16"
+    assert memory.run_from_ds_config({"bf16": {"enabled": True}}, RunShape()).master_weights == "fp32"
+
+
 def test_fp32_gradient_sums_by_hand():
     """deepspeed.grad_accum_dtype = "fp32" under bf16: ZeRO-2/3 hold their gradient partition in fp32 (2 more bytes per
     parameter per rank); ZeRO-1 runs DeepSpeed's BF16_Optimizer, which keeps fp32 gradients of every parameter beside

@@ -95,6 +95,25 @@ def test_fp32_gradient_sums_are_refused_where_deepspeed_has_none(tmp_path):
         load_run_config(p, ["--deepspeed.grad_accum_dtype=bf16"])
 
 
+def test_bf16_master_weights_are_refused_where_deepspeed_has_none(tmp_path):
+    p = write(tmp_path, '[data]\ndir = "d"\n[deepspeed]\ndtype = "bf16"\nmaster_weights = "bf16"\n')
+    assert load_run_config(p).deepspeed.master_weights == "bf16"  # bf16 at ZeRO-2 (the default stage)
+    load_run_config(p, ["--deepspeed.zero_stage=1"])
+    load_run_config(p, ["--deepspeed.zero_stage=3"])
+    for override, fix in (
+        ("--deepspeed.zero_stage=0", "raise zero_stage"),
+        ("--deepspeed.dtype=fp16", 'set dtype = "bf16"'),
+        ("--deepspeed.dtype=fp32", 'set dtype = "bf16"'),
+        ("--deepspeed.offload_optimizer=cpu", 'offload_optimizer = "none"'),
+        ("--deepspeed.offload_optimizer=auto", 'offload_optimizer = "none"'),
+        ("--deepspeed.grad_accum_dtype=fp32", 'grad_accum_dtype = "auto"'),
+    ):
+        with pytest.raises(UserError, match=fix):
+            load_run_config(p, [override])
+    with pytest.raises(UserError, match="is not one of fp32, bf16"):
+        load_run_config(p, ["--deepspeed.master_weights=fp16"])
+
+
 def test_offload_ratio_and_auto_are_checked(tmp_path):
     """The partial offload ratio is a fraction in (0, 1] of the optimizer, only at ZeRO-3 with the optimizer on the CPU
     (DeepSpeed has it nowhere else); offload_optimizer = "auto" chooses the ratio and the parameters' offload itself."""

@@ -364,6 +364,53 @@ def test_bf16_on_cpu(bf16_run):
     assert all(math.isfinite(v) for v in losses.values()) and losses[8] < losses[1]
 
 
+@pytest.mark.slow
+def test_bf16_master_weights_train_resume_exactly_and_export(tmp_path, char_data):
+    """deepspeed.master_weights = "bf16": DeepSpeed's bf16 master weights and Adam moments (half the optimizer's
+    memory). The run learns, its checkpoints say so and resume to the bit, a resume that would switch to fp32 master
+    weights is refused before anything loads, and the export reloads with the checkpoint's logits."""
+    import json
+
+    import torch
+
+    common = ["--nproc", 2, "--deepspeed.dtype=bf16"]
+    cfg = write_config(
+        tmp_path / "a.toml", out_dir=tmp_path / "run", data_dir=char_data, max_steps=8, eval_interval=8, save_interval=4
+    )
+    run_ok("train", cfg, *common, "--deepspeed.master_weights=bf16")
+    assert json.loads((tmp_path / "run" / "ds_config.json").read_text())["bf16"] == {
+        "enabled": True,
+        "bf16_master_weights_and_grads": True,
+        "bf16_optimizer_states": True,
+    }
+    step4 = tmp_path / "run" / "checkpoints" / "step_4"
+    assert json.loads((step4 / "zerotrain.json").read_text())["master_weights"] == "bf16"
+    optimizer = torch.load(next(step4.rglob("*optim_states.pt")), weights_only=False)["optimizer_state_dict"]
+    assert {t.dtype for t in optimizer["single_partition_of_fp32_groups"]} == {torch.bfloat16}
+    assert {s["exp_avg"].dtype for s in optimizer["base_optimizer_state"]["state"].values()} == {torch.bfloat16}
+    straight = train_losses(tmp_path / "run")
+    assert straight[8] < straight[1] - 0.3
+
+    resume = write_config(
+        tmp_path / "r.toml",
+        out_dir=tmp_path / "resumed",
+        data_dir=char_data,
+        max_steps=8,
+        eval_interval=8,
+        save_interval=4,
+    )
+    assert_clean_failure(
+        zerotrain("train", resume, *common, f"--run.resume={step4}"),
+        "keeps bf16 master weights",
+        'deepspeed.master_weights = "bf16"',
+    )
+    assert not (tmp_path / "resumed").exists()
+    run_ok("train", resume, *common, "--deepspeed.master_weights=bf16", f"--run.resume={step4}")
+    resumed = train_losses(tmp_path / "resumed")
+    assert sorted(resumed) == [5, 6, 7, 8] and all(resumed[s] == straight[s] for s in resumed), (resumed, straight)
+    assert "verified" in run_ok("export", tmp_path / "run", "--out", tmp_path / "hf").stdout
+
+
 def test_fp32_gradient_accumulation_at_zero1_resumes_exactly_and_exports(tmp_path, char_data):
     """bf16 with gradients summed in fp32 (deepspeed.grad_accum_dtype): at ZeRO-1 DeepSpeed switches to its BF16_Optimizer,
     whose checkpoints are other files; they resume to the bit, refuse a resume that would sum in bf16, and export."""

@@ -256,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "fp32"),
         help="sum gradients over micro-batches in the compute dtype (auto, DeepSpeed's default) or fp32",
     )
+    pl.add_argument(
+        "--master-weights",
+        choices=("fp32", "bf16"),
+        help="what the optimizer keeps: fp32 master weights and moments (default) or bf16 ones (bf16, ZeRO 1-3, "
+        "the optimizer on the GPU: 6 bytes per parameter instead of 12)",
+    )
     pl.add_argument("--optimizer", choices=("adamw", "adam", "sgd", "sgd-nomomentum"), help="default adamw")
     pl.add_argument(
         "--zero", default="all", help="0, 1, 2, 3, a list (1,2) or all (default: all, with the offload variants)"

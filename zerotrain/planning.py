@@ -177,6 +177,7 @@ def run_shape(cfg, gpus_per_node: int = 1, nodes: int = 1, dtype: str | None = N
         overlap_comm=gpus_per_node * nodes > 1,
         dtype=dtype,
         grad_accum_dtype=ds.grad_accum_dtype,
+        master_weights=ds.master_weights,
         compile=t.compile if (t.hf_fast_path or not m.hf) else "none",
         fused_loss=t.fused_loss and (t.hf_fast_path or not m.hf),
         liger=_plans_liger(cfg, dtype),
@@ -257,6 +258,7 @@ def plan_inputs(args):
         "seq_len": args.seq_len,
         "grad_accum": args.grad_accum,
         "grad_accum_dtype": args.grad_accum_dtype,
+        "master_weights": args.master_weights,
         "dtype": args.dtype,
         "optimizer": args.optimizer,
         "attention": args.attention,
@@ -331,6 +333,7 @@ def print_plans(
         f"{run.world} GPU{'s' if run.world > 1 else ''} ({run.gpus_per_node} per node × {run.nodes} node{'s' if run.nodes > 1 else ''}), "
         f"micro-batch {run.micro_batch} × {run.seq_len} tokens, accumulation {run.grad_accum}"
         f"{' (summed in fp32)' if run.grad_accum_dtype == 'fp32' else ''}, {run.dtype}"
+        f"{', bf16 master weights' if run.master_weights == 'bf16' else ''}"
         f"{', activation checkpointing' if run.activation_checkpointing else ''}; GPU memory: "
         + (f"{gpu_bytes / 2**30:.1f} GiB, {gpu_name}" if gpu_bytes else gpu_name)
     )

@@ -325,6 +325,17 @@ def preflight(cfg: runconfig.RunConfig, world: int, overwrite: bool = False) -> 
         batch, batch_was = resume_batch(cfg.train, world, manifest, where)
     on_gpu = has_gpu()
     dtype = dsconfig.resolve_dtype(cfg.deepspeed.dtype, "cuda" if on_gpu else "cpu", not on_gpu or gpu_has_bf16())
+    if cfg.deepspeed.master_weights == "bf16" and dtype != "bf16":
+        raise UserError(
+            f'deepspeed.master_weights = "bf16" needs bf16 training and dtype = "auto" trains in {dtype} here; '
+            'set deepspeed.dtype = "bf16" (on a GPU that has it) or master_weights = "fp32"'
+        )
+    if resume_from and manifest.get("master_weights", "fp32") != cfg.deepspeed.master_weights:
+        raise UserError(
+            f"checkpoint {where} keeps {manifest.get('master_weights', 'fp32')} master weights and this run "
+            f'{cfg.deepspeed.master_weights} ones; set deepspeed.master_weights = "{manifest.get("master_weights", "fp32")}" '
+            "to resume it, or start a new run with run.init_from"
+        )
     if resume_from:
         if manifest["dtype"] != dtype:
             raise UserError(

@@ -208,6 +208,12 @@ class DeepSpeedSection:
     the training dtype: bf16 sums in bf16) or fp32 (DeepSpeed's data_types.grad_accum_dtype; bf16 at ZeRO 1-3 without
     offload). fp32 sums cost a little speed (docs/benchmarks.md) and 2 more bytes per parameter per rank at ZeRO-2/3,
     4 more per parameter at ZeRO-1, which then runs DeepSpeed's BF16_Optimizer (docs/memory.md)."""
+    master_weights: Literal["fp32", "bf16"] = "fp32"
+    """Precision of what the optimizer keeps: fp32 (DeepSpeed's default: fp32 master weights, Adam moments and
+    gradient partitions, 12 bytes per parameter beside the bf16 weights and gradients) or bf16 (DeepSpeed's
+    bf16.bf16_master_weights_and_grads and bf16_optimizer_states: 6 bytes per parameter, so a model twice as large
+    fits without offload). bf16 updates round away what is smaller than the weight's last bit (2^-8 of it), which
+    small learning rates can hit: opt in where memory decides. bf16 training at ZeRO 1-3, optimizer on the GPU."""
     activation_checkpointing: bool = False
     """Recompute each transformer block in backward instead of keeping its activations."""
     zero3_gather_per_block: bool = True
@@ -483,6 +489,27 @@ def validate(cfg: RunConfig) -> None:
             problems.append(
                 'deepspeed.grad_accum_dtype = "fp32" is not supported with an offloaded optimizer (DeepSpeed\'s '
                 'offload path sums gradients in the training dtype); set offload_optimizer = "none" or grad_accum_dtype = "auto"'
+            )
+    if ds.master_weights == "bf16":
+        if ds.dtype in ("fp16", "fp32"):
+            problems.append(
+                f'deepspeed.master_weights = "bf16" needs bf16 training, not dtype = "{ds.dtype}"; set dtype = "bf16" '
+                'or master_weights = "fp32"'
+            )
+        if ds.zero_stage == 0:
+            problems.append(
+                'deepspeed.master_weights = "bf16" needs zero_stage 1, 2 or 3 (DeepSpeed keeps bf16 master weights in '
+                'its ZeRO optimizers only); raise zero_stage or set master_weights = "fp32"'
+            )
+        if ds.offload_optimizer != "none":
+            problems.append(
+                'deepspeed.master_weights = "bf16" keeps the optimizer on the GPU (zerotrain does not build '
+                'DeepSpeedCPUAdam with bf16 moments); set offload_optimizer = "none" or master_weights = "fp32"'
+            )
+        if ds.grad_accum_dtype == "fp32":
+            problems.append(
+                'deepspeed.master_weights = "bf16" keeps gradient partitions in bf16, grad_accum_dtype = "fp32" in '
+                'fp32: set one of them back (master_weights = "fp32" or grad_accum_dtype = "auto")'
             )
     if not 0 < ds.offload_optimizer_ratio <= 1:
         problems.append(

@@ -504,6 +504,7 @@ def manifest_for(plan: Plan, state: TrainState, d, group_names: list[list[str]])
         },
         "dtype": plan.dtype,
         "grad_accum_dtype": dsconfig.grad_accum_dtype(ds, plan.dtype),
+        "master_weights": ds.master_weights,
         "model": dataclasses.asdict(plan.model),
         "val_loss": state.last_val_loss,
         "tokenizer": plan.data[0].meta["tokenizer"],

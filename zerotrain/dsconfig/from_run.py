@@ -125,7 +125,10 @@ def build(cfg: RunConfig, batch: Batch, dtype: str, device_type: str) -> dict:
         "wall_clock_breakdown": False,
     }
     if dtype == "bf16":
-        config["bf16"] = {"enabled": True}
+        half: dict[str, bool] = {"enabled": True}
+        if ds.master_weights == "bf16":  # master weights, gradient partitions and Adam moments in bf16 (ZeRO 1-3)
+            half |= {"bf16_master_weights_and_grads": True, "bf16_optimizer_states": True}
+        config["bf16"] = half
     elif dtype == "fp16":
         # Dynamic loss scaling (loss_scale 0) starting at 2^16, halving on overflow.
         config["fp16"] = {

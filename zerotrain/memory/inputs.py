@@ -93,6 +93,9 @@ def run_from_ds_config(cfg: dict, base: RunShape) -> RunShape:
         changes["grad_accum"] = num(cfg["gradient_accumulation_steps"], "gradient_accumulation_steps")
     if (cfg.get("bf16") or {}).get("enabled") is True:
         changes["dtype"] = "bf16"
+        half = cfg["bf16"]
+        if half.get("bf16_master_weights_and_grads") is True and half.get("bf16_optimizer_states") is True:
+            changes["master_weights"] = "bf16"
     elif (cfg.get("fp16") or {}).get("enabled") is True:
         changes["dtype"] = "fp16"
     elif "bf16" in cfg or "fp16" in cfg:

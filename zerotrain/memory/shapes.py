@@ -318,6 +318,7 @@ class RunShape:
     grad_accum: int = 1
     dtype: str = "bf16"
     grad_accum_dtype: str = "auto"  # auto: DeepSpeed's default, the compute dtype; fp32: data_types.grad_accum_dtype
+    master_weights: str = "fp32"  # fp32 | bf16 (bf16.bf16_master_weights_and_grads + bf16_optimizer_states)
     optimizer: str = "adamw"
     zero_stage: int = 2
     offload_optimizer: str = "none"  # none | cpu | nvme
@@ -359,6 +360,7 @@ class RunShape:
         return (
             f"ZeRO-{self.zero_stage}{off}, {self.world} GPU{'s' if self.world > 1 else ''}, micro-batch {self.micro_batch} × "
             f"{self.seq_len} tokens, accumulation {self.grad_accum}{' in fp32' if fp32_grad_accum(self) else ''}, {self.dtype}"
+            f"{', bf16 master weights' if bf16_master(self) else ''}"
             f"{', activation checkpointing' if self.activation_checkpointing else ''}"
             f"{', parameters kept gathered' if self.zero_stage == 3 and self.param_persistence_threshold >= ALL_PERSISTENT else ''}"
         )
@@ -372,6 +374,14 @@ def fp32_grad_accum(run: RunShape) -> bool:
         and run.dtype == "bf16"
         and run.zero_stage >= 1
         and run.offload_optimizer == "none"
+    )
+
+
+def bf16_master(run: RunShape) -> bool:
+    """Whether DeepSpeed keeps this run's master weights, gradient partitions and optimizer states in bf16: asked for,
+    and where it can (bf16 at ZeRO 1-3 with the optimizer on the GPU; runconfig.validate refuses the rest)."""
+    return (
+        run.master_weights == "bf16" and run.dtype == "bf16" and run.zero_stage >= 1 and run.offload_optimizer == "none"
     )
 
 
@@ -390,6 +400,8 @@ def check_run(run: RunShape, model: ModelShape | None = None) -> None:
         problems.append(f"optimizer {run.optimizer!r} is not one of {', '.join(OPTIMIZER_STATE_BYTES)}")
     if run.grad_accum_dtype not in ("auto", "fp32"):
         problems.append(f"gradient accumulation dtype {run.grad_accum_dtype!r} must be auto or fp32")
+    if run.master_weights not in ("fp32", "bf16"):
+        problems.append(f"master weights {run.master_weights!r} must be fp32 or bf16")
     for name in ("offload_optimizer", "offload_params"):
         if getattr(run, name) not in ("none", "cpu", "nvme"):
             problems.append(f"{name.replace('_', '-')} {getattr(run, name)!r} must be none, cpu or nvme")

@@ -21,6 +21,7 @@ from zerotrain.memory.shapes import (
     GiB,
     ModelShape,
     RunShape,
+    bf16_master,
     check_run,
     fp32_grad_accum,
 )
@@ -80,6 +81,7 @@ class MemoryPlan:
             "seq_len": self.run.seq_len,
             "dtype": self.run.dtype,
             "grad_accum_dtype": "fp32" if fp32_grad_accum(self.run) else self.run.dtype,
+            "master_weights": "bf16" if bf16_master(self.run) else "fp32",
             "notes": list(self.notes),
             "activation_checkpointing": self.run.activation_checkpointing,
             "params_kept_gathered": self.run.zero_stage == 3 and self.run.param_persistence_threshold >= ALL_PERSISTENT,
@@ -101,6 +103,12 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
     N, W, b, s = model.n_params, run.world, DTYPE_BYTES[run.dtype], run.tokens
     z, L = run.zero_stage, model.n_layer
     opt_bytes = OPTIMIZER_STATE_BYTES[run.optimizer]
+    # bf16 master weights (bf16_master_weights_and_grads + bf16_optimizer_states): the master partition and the
+    # optimizer states in 2 bytes per element instead of 4, and no fp32 copy of the gradient partition at the step
+    half_master = bf16_master(run)
+    master_element = 2 if half_master else 4
+    if half_master:
+        opt_bytes //= 2
     offload_opt = run.offload_optimizer != "none"
     offload_par = run.offload_params != "none"
     # the share of the fp32 optimizer partition the GPU keeps: all of it, none when offloaded, 1 - ratio under ZeRO-3's
@@ -135,7 +143,7 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
 
     # --- optimizer: fp32 master weights + states (stage 0 under bf16/fp16: DeepSpeed's FP16_UnfusedOptimizer keeps
     # a full fp32 copy; stages 1-3 keep a 1/W fp32 partition, even in fp32, see stage_1_and_2.py single_partition_of_fp32_groups)
-    master = 0 if (z == 0 and b == 4) else 4
+    master = 0 if (z == 0 and b == 4) else master_element
     shard = 1 if z == 0 else W
     optimizer = keep * (master + opt_bytes) * N / shard
 
@@ -211,6 +219,10 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
         step_extra = b * largest_group
     elif fp32_accum and z < 3:
         step_extra = 4 * N / W  # stage_1_and_2.py _build_compact_grad_partition_buffer: the partition, already in fp32
+    elif half_master:
+        # the flattened partition (b·N/W) is already in the master dtype: no converted copy; stage 3's sub-group
+        # gradients are built in bf16
+        step_extra = b * N / W if z < 3 else 2 * min(N / W, run.sub_group_size)
     else:
         step_extra = (4 + b) * N / W if z < 3 else 4 * min(N / W, run.sub_group_size)
     if model.impl == "zerotrain":
@@ -254,7 +266,7 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
         host_per_rank += b * N / W + b * run.prefetch_bucket_size
     # reading weights (pretrained, or a checkpoint's model states), and on resume torch.load of an optimizer shard
     load_weights = b * N if z < 3 else b * N / W
-    load_optimizer = (4 + opt_bytes) * N / shard
+    load_optimizer = (master_element + opt_bytes) * N / shard
     host_ram = ranks * (host_per_rank + load_weights)  # a fresh start; resuming adds host_terms["resuming"]
     host_terms = {
         "processes": ranks * PROCESS_HOST_RAM,
@@ -267,7 +279,7 @@ def plan(model: ModelShape, run: RunShape) -> MemoryPlan:
         nvme += (4 + opt_bytes + 4) * N
     if run.offload_params == "nvme":
         nvme += b * N
-    checkpoint = b * N + (4 + opt_bytes) * N  # weights in the compute dtype + fp32 master and optimizer states
+    checkpoint = b * N + (master_element + opt_bytes) * N  # weights in the compute dtype + master and optimizer states
 
     if run.attention == "eager":
         notes.append("eager attention keeps the T×T attention probabilities of every layer; SDPA does not")
