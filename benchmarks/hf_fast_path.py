@@ -20,6 +20,7 @@ memory, and the planner's prediction for the same run. Variants, NAME-zSTAGE:
           itself refuses, run through benchmarks/z3_compiled_probe.py (do its losses match ZeRO-2's?)
   offload as fast, with the whole optimizer offloaded to the CPU (DeepSpeedCPUAdam; deepspeed.offload_optimizer)
   auto    as fast, deepspeed.offload_optimizer = "auto": the least offload the planner says fits this machine
+  bf16m   as fast, deepspeed.master_weights = "bf16" (bf16 master weights and Adam moments, no offload)
   super   offload with DeepSpeed's SuperOffload (offload_optimizer.super_offload: a CPU-Adam worker process that steps
           each sub-group while backward runs; only without gradient clipping, so train.grad_clip = 0)
   zenflow offload with DeepSpeed's ZenFlow (zero_optimization.zenflow: the top 10% of gradient columns step on the GPU
@@ -59,6 +60,8 @@ VARIANTS = {
     # ZeRO-3 with compiled decoder layers, which zerotrain refuses: run through benchmarks/z3_compiled_probe.py
     "compiled": ["--train.compile=blocks", "--train.liger=off", "--deepspeed.zero3_persistent_params=on"],
     "offload": ["--deepspeed.offload_optimizer=cpu"],
+    # DeepSpeed's bf16 master weights and Adam moments (6 bytes per parameter instead of 12), the optimizer on the GPU
+    "bf16m": ["--deepspeed.master_weights=bf16"],
     "auto": ["--deepspeed.offload_optimizer=auto"],
     "super": ["--deepspeed.offload_optimizer=cpu", "--train.grad_clip=0"],
     "zenflow": ["--deepspeed.offload_optimizer=cpu"],
