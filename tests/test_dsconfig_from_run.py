@@ -92,6 +92,19 @@ def test_bf16_master_weights_reach_the_ds_config_as_deepspeeds_two_switches():
     assert build(cfg, Batch(4, 1, 2), "bf16", "cuda")["bf16"] == {"enabled": True}
 
 
+def test_a_user_ds_config_cannot_switch_the_master_weights_behind_the_run_config(tmp_path):
+    """Checkpoints record deepspeed.master_weights and resumes check it: a merged ds_config may not change it."""
+    cfg = RunConfig()
+    user = tmp_path / "ds.json"
+    user.write_text(json.dumps({"bf16": {"enabled": True, "bf16_master_weights_and_grads": True}}))
+    cfg.deepspeed.config = str(user)
+    with pytest.raises(UserError, match=r"bf16.bf16_master_weights_and_grads = True contradicts .*master_weights"):
+        build(cfg, Batch(4, 1, 1), "bf16", "cuda")
+    cfg.deepspeed.master_weights = "bf16"
+    user.write_text(json.dumps({"bf16": {"enabled": True, "bf16_master_weights_and_grads": True}}))
+    assert build(cfg, Batch(4, 1, 1), "bf16", "cuda")["bf16"]["bf16_optimizer_states"] is True
+
+
 def test_fp32_gradient_sums_only_where_training_is_bf16():
     cfg = RunConfig()
     cfg.deepspeed.grad_accum_dtype = "fp32"

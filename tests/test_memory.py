@@ -395,7 +395,14 @@ def test_bf16_master_weights_by_hand():
     assert plan(m, replace(offloaded, master_weights="bf16")).per_gpu == plan(m, offloaded).per_gpu
     bf16 = {"bf16": {"enabled": True, "bf16_master_weights_and_grads": True, "bf16_optimizer_states": True}}
     assert memory.run_from_ds_config(bf16, RunShape()).master_weights == "bf16"
-    assert memory.run_from_ds_config({"bf16": {"enabled": True}}, RunShape()).master_weights == "fp32"
+    half = RunShape(master_weights="bf16")
+    assert memory.run_from_ds_config({"bf16": {"enabled": True}}, half).master_weights == "fp32"
+    # the planner's advice names the switch back where a change moves the optimizer off the GPU
+    for label, changed in memory.changes_cheapest_first(replace(run, master_weights="bf16")):
+        offloaded = changed.offload_optimizer != "none"
+        assert offloaded == ('master_weights = "fp32"' in label) and changed.master_weights == (
+            "fp32" if offloaded else "bf16"
+        ), label
 
 
 def test_fp32_gradient_sums_by_hand():

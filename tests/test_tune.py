@@ -306,3 +306,19 @@ def test_a_run_clearly_slower_than_the_best_is_stopped(tmp_path, tiny_config):
     # the launcher and both ranks are gone
     left = [p for p in psutil.process_iter(["cmdline"]) if str(run_dir) in " ".join(p.info["cmdline"] or [])]
     assert not left, [p.info["cmdline"] for p in left]
+
+
+def test_bf16_master_weights_are_measured_and_written_only_where_deepspeed_keeps_them():
+    """deepspeed.master_weights = "bf16" holds at ZeRO 1-3 with the optimizer on the device; ZeRO-0 and offload
+    candidates are planned, run and written with fp32 master weights, which train accepts."""
+    m = Measure("c.toml", 1, 1, 2, [], "auto", 0.1)
+    for c, want in (
+        (Candidate(2, "none", "none", False, 1, 1), "bf16"),
+        (Candidate(3, "none", "none", False, 1, 1), "bf16"),
+        (Candidate(0, "none", "none", False, 1, 1), "fp32"),
+        (Candidate(2, "cpu", "none", False, 1, 1), "fp32"),
+    ):
+        assert c.master_weights("bf16") == want and c.master_weights("fp32") == "fp32"
+        assert c.run_shape(memory.RunShape(master_weights="bf16")).master_weights == want
+        command = measure_command(c, m, Path("r"))
+        assert ("--deepspeed.master_weights=fp32" in command) == (want == "fp32"), command

@@ -174,6 +174,8 @@ def train_command(cfg: BenchConfig, base_config: str, overrides: list[str], npro
         f"--deepspeed.offload_optimizer={cfg.offload_optimizer}",
         f"--deepspeed.offload_params={cfg.offload_params}",
         f"--deepspeed.grad_accum_dtype={cfg.grad_accum_dtype}",
+        # DeepSpeed keeps bf16 master weights (deepspeed.master_weights) only at ZeRO 1-3 with the optimizer on the device
+        *(["--deepspeed.master_weights=fp32"] if cfg.zero_stage == 0 or cfg.offload_optimizer != "none" else []),
         *overrides,
         "--overwrite",
     ]

@@ -333,7 +333,7 @@ def print_plans(
         f"{run.world} GPU{'s' if run.world > 1 else ''} ({run.gpus_per_node} per node × {run.nodes} node{'s' if run.nodes > 1 else ''}), "
         f"micro-batch {run.micro_batch} × {run.seq_len} tokens, accumulation {run.grad_accum}"
         f"{' (summed in fp32)' if run.grad_accum_dtype == 'fp32' else ''}, {run.dtype}"
-        f"{', bf16 master weights' if run.master_weights == 'bf16' else ''}"
+        f"{', bf16 master weights' if memory.bf16_master(run) else ''}"
         f"{', activation checkpointing' if run.activation_checkpointing else ''}; GPU memory: "
         + (f"{gpu_bytes / 2**30:.1f} GiB, {gpu_name}" if gpu_bytes else gpu_name)
     )

@@ -181,6 +181,8 @@ OWNED_KEYS = {
     "zero_optimization.offload_optimizer.device": "[deepspeed] offload_optimizer",
     "zero_optimization.offload_param.device": "[deepspeed] offload_params",
     "bf16.enabled": "[deepspeed] dtype",
+    "bf16.bf16_master_weights_and_grads": "[deepspeed] master_weights",
+    "bf16.bf16_optimizer_states": "[deepspeed] master_weights",
     "fp16.enabled": "[deepspeed] dtype",
 }
 
@@ -200,7 +202,7 @@ def merge_user_config(generated: dict, user: dict) -> dict:
     for key, owner in OWNED_KEYS.items():
         theirs, ours = (
             get_dotted(user, key),
-            get_dotted(generated, key, default=False if key.endswith("enabled") else "none"),
+            get_dotted(generated, key, default=False if key.startswith(("bf16.", "fp16.")) else "none"),
         )
         if theirs != "none" and theirs != ours:
             problems.append(f"{key} = {theirs!r} contradicts the run's {ours!r} (set {owner} instead)")

@@ -94,8 +94,8 @@ def run_from_ds_config(cfg: dict, base: RunShape) -> RunShape:
     if (cfg.get("bf16") or {}).get("enabled") is True:
         changes["dtype"] = "bf16"
         half = cfg["bf16"]
-        if half.get("bf16_master_weights_and_grads") is True and half.get("bf16_optimizer_states") is True:
-            changes["master_weights"] = "bf16"
+        both = half.get("bf16_master_weights_and_grads") is True and half.get("bf16_optimizer_states") is True
+        changes["master_weights"] = "bf16" if both else "fp32"
     elif (cfg.get("fp16") or {}).get("enabled") is True:
         changes["dtype"] = "fp16"
     elif "bf16" in cfg or "fp16" in cfg:

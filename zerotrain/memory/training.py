@@ -499,6 +499,13 @@ def changes_cheapest_first(run: RunShape) -> list[tuple[str, RunShape]]:
         out.append(
             (label, replace(run, zero_stage=3, offload_optimizer="nvme", offload_params="cpu", offload_ratio=1.0))
         )
+    if run.master_weights == "bf16":  # DeepSpeed keeps bf16 master weights only with the optimizer on the GPU
+        out = [
+            (f'{label}, deepspeed.master_weights = "fp32"', replace(changed, master_weights="fp32"))
+            if changed.offload_optimizer != "none"
+            else (label, changed)
+            for label, changed in out
+        ]
     return out
 
 

@@ -76,7 +76,13 @@ class Candidate:
             grad_accum=self.grad_accum,
             contiguous_gradients=self.zero_stage >= 2,  # as dsconfig.build sets it
             grad_accum_dtype=self.grad_accum_dtype(run.grad_accum_dtype),
+            master_weights=self.master_weights(run.master_weights),
         )
+
+    def master_weights(self, asked: str) -> str:
+        """The run's choice where DeepSpeed keeps bf16 master weights (ZeRO 1-3, optimizer on the device), fp32
+        elsewhere."""
+        return asked if self.zero_stage >= 1 and self.offload_optimizer == "none" else "fp32"
 
     def grad_accum_dtype(self, asked: str) -> str:
         """The run's choice where zerotrain sums in fp32 (ZeRO 1-3, optimizer on the device), DeepSpeed's elsewhere."""

@@ -278,6 +278,7 @@ def write_winner(cfg, w: Candidate, a: TuneArgs, dtype: str, device_type: str, o
         ds.zero3_persistent_params = "on" if w.persistent else "off"
     ds.activation_checkpointing = w.activation_checkpointing
     ds.grad_accum_dtype = w.grad_accum_dtype(ds.grad_accum_dtype)
+    ds.master_weights = w.master_weights(ds.master_weights)
     t.micro_batch_size, t.grad_accum = w.micro_batch, w.grad_accum
     if t.global_batch_size:
         t.global_batch_size = w.micro_batch * w.grad_accum * a.nproc
