@@ -80,6 +80,18 @@ def test_persistent_parameters_reach_the_ds_config_only_at_stage_3_when_on():
     assert "stage3_param_persistence_threshold" not in build(cfg, Batch(4, 1, 2), "bf16", "cuda")["zero_optimization"]
 
 
+def test_a_merged_ds_config_that_releases_parameters_again_gets_deepspeeds_linear_back(tmp_path):
+    cfg = RunConfig()
+    cfg.deepspeed.zero_stage, cfg.deepspeed.zero3_persistent_params = 3, "on"
+    user = tmp_path / "ds.json"
+    user.write_text(json.dumps({"zero_optimization": {"stage3_param_persistence_threshold": 100_000}}))
+    cfg.deepspeed.config = str(user)
+    zero = build(cfg, Batch(4, 1, 1), "bf16", "cuda")["zero_optimization"]
+    assert zero["stage3_param_persistence_threshold"] == 100_000 and "memory_efficient_linear" not in zero
+    user.write_text(json.dumps({"zero_optimization": {"memory_efficient_linear": True}}))
+    assert build(cfg, Batch(4, 1, 1), "bf16", "cuda")["zero_optimization"]["memory_efficient_linear"] is True
+
+
 def test_bf16_master_weights_reach_the_ds_config_as_deepspeeds_two_switches():
     from zerotrain.dsconfig import engine_findings
 

@@ -151,7 +151,17 @@ def build(cfg: RunConfig, batch: Batch, dtype: str, device_type: str) -> dict:
             "params": {"lr": t.lr, "betas": [t.beta1, t.beta2], "eps": 1e-8, "weight_decay": t.weight_decay},
         }
     if ds.config:
-        config = merge_user_config(config, load_user_config(ds.config))
+        user = load_user_config(ds.config)
+        config = merge_user_config(config, user)
+        merged = config["zero_optimization"]
+        threshold = merged.get("stage3_param_persistence_threshold", 0) if isinstance(merged, dict) else 0
+        released = not (isinstance(threshold, int) and threshold >= ALL_PERSISTENT)
+        if (
+            released
+            and isinstance(merged, dict)
+            and "memory_efficient_linear" not in get_dotted(user, "zero_optimization", {})
+        ):
+            merged.pop("memory_efficient_linear", None)  # parameters released again: DeepSpeed's default linear
     return config
 
 
