@@ -110,7 +110,9 @@ def sweep_configs(
 ) -> list[BenchConfig]:
     """Each stage at each micro-batch, with the offload variants; fp32 gradient sums where zerotrain trains with them
     (ZeRO 1-3 with the optimizer on the GPU), DeepSpeed's default elsewhere."""
-    fp32 = lambda z, offload_optimizer="none": grad_accum_dtype if z >= 1 and offload_optimizer == "none" else "auto"
+    fp32 = lambda z, offload_optimizer="none": (
+        grad_accum_dtype if memory.zero_optimizer_on_device(z, offload_optimizer) else "auto"
+    )
     out = []
     for z in stages:
         if z not in (0, 1, 2, 3):
@@ -175,7 +177,11 @@ def train_command(cfg: BenchConfig, base_config: str, overrides: list[str], npro
         f"--deepspeed.offload_params={cfg.offload_params}",
         f"--deepspeed.grad_accum_dtype={cfg.grad_accum_dtype}",
         # DeepSpeed keeps bf16 master weights (deepspeed.master_weights) only at ZeRO 1-3 with the optimizer on the device
-        *(["--deepspeed.master_weights=fp32"] if cfg.zero_stage == 0 or cfg.offload_optimizer != "none" else []),
+        *(
+            []
+            if memory.zero_optimizer_on_device(cfg.zero_stage, cfg.offload_optimizer)
+            else ["--deepspeed.master_weights=fp32"]
+        ),
         *overrides,
         "--overwrite",
     ]

@@ -330,13 +330,12 @@ def preflight(cfg: runconfig.RunConfig, world: int, overwrite: bool = False) -> 
             f'deepspeed.master_weights = "bf16" needs bf16 training and dtype = "auto" trains in {dtype} here; '
             'set deepspeed.dtype = "bf16" (on a GPU that has it) or master_weights = "fp32"'
         )
-    if resume_from and manifest.get("master_weights", "fp32") != cfg.deepspeed.master_weights:
-        raise UserError(
-            f"checkpoint {where} keeps {manifest.get('master_weights', 'fp32')} master weights and this run "
-            f'{cfg.deepspeed.master_weights} ones; set deepspeed.master_weights = "{manifest.get("master_weights", "fp32")}" '
-            "to resume it, or start a new run with run.init_from"
-        )
     if resume_from:
+        if (saved_master := manifest.get("master_weights", "fp32")) != cfg.deepspeed.master_weights:
+            raise UserError(
+                f"checkpoint {where} keeps {saved_master} master weights and this run {cfg.deepspeed.master_weights} "
+                f'ones; set deepspeed.master_weights = "{saved_master}" to resume it, or start a new run with run.init_from'
+            )
         if manifest["dtype"] != dtype:
             raise UserError(
                 f"checkpoint {where} was trained in {manifest['dtype']} and this run would use {dtype}; "

@@ -152,16 +152,11 @@ def build(cfg: RunConfig, batch: Batch, dtype: str, device_type: str) -> dict:
         }
     if ds.config:
         user = load_user_config(ds.config)
+        threshold = get_dotted(user, "zero_optimization.stage3_param_persistence_threshold", default=None)
+        if isinstance(threshold, int) and threshold < ALL_PERSISTENT:
+            # parameters released again: DeepSpeed's default linear, unless the user's config sets it (merged below)
+            zero.pop("memory_efficient_linear", None)
         config = merge_user_config(config, user)
-        merged = config["zero_optimization"]
-        threshold = merged.get("stage3_param_persistence_threshold", 0) if isinstance(merged, dict) else 0
-        released = not (isinstance(threshold, int) and threshold >= ALL_PERSISTENT)
-        if (
-            released
-            and isinstance(merged, dict)
-            and "memory_efficient_linear" not in get_dotted(user, "zero_optimization", {})
-        ):
-            merged.pop("memory_efficient_linear", None)  # parameters released again: DeepSpeed's default linear
     return config
 
 

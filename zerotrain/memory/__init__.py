@@ -44,6 +44,7 @@ from zerotrain.memory.shapes import (
     resolve_model,
     shape_from_hf_config,
     to_jsonable,
+    zero_optimizer_on_device,
 )
 from zerotrain.memory.training import (
     OFFLOAD_RATIOS,
@@ -94,6 +95,7 @@ __all__ = [
     "describe_offload",
     "bf16_master",
     "fp32_grad_accum",
+    "zero_optimizer_on_device",
     "gpt2_shape",
     "gpu_memory_from_name",
     "offload_ladder",

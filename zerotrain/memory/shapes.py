@@ -366,14 +366,19 @@ class RunShape:
         )
 
 
+def zero_optimizer_on_device(zero_stage: int, offload_optimizer: str) -> bool:
+    """ZeRO 1-3 with the optimizer on the device: where DeepSpeed sums bf16 gradients in fp32 on request
+    (grad_accum_dtype) and keeps bf16 master weights on request (master_weights)."""
+    return zero_stage >= 1 and offload_optimizer == "none"
+
+
 def fp32_grad_accum(run: RunShape) -> bool:
     """Whether DeepSpeed sums this run's gradients in fp32 apart from its compute dtype: asked for, and where zerotrain
     trains with it (bf16 at ZeRO 1-3 without an offloaded optimizer; elsewhere the planner plans DeepSpeed's default)."""
     return (
         run.grad_accum_dtype == "fp32"
         and run.dtype == "bf16"
-        and run.zero_stage >= 1
-        and run.offload_optimizer == "none"
+        and zero_optimizer_on_device(run.zero_stage, run.offload_optimizer)
     )
 
 
@@ -381,7 +386,9 @@ def bf16_master(run: RunShape) -> bool:
     """Whether DeepSpeed keeps this run's master weights, gradient partitions and optimizer states in bf16: asked for,
     and where it can (bf16 at ZeRO 1-3 with the optimizer on the GPU; runconfig.validate refuses the rest)."""
     return (
-        run.master_weights == "bf16" and run.dtype == "bf16" and run.zero_stage >= 1 and run.offload_optimizer == "none"
+        run.master_weights == "bf16"
+        and run.dtype == "bf16"
+        and zero_optimizer_on_device(run.zero_stage, run.offload_optimizer)
     )
 
 

@@ -82,11 +82,11 @@ class Candidate:
     def master_weights(self, asked: str) -> str:
         """The run's choice where DeepSpeed keeps bf16 master weights (ZeRO 1-3, optimizer on the device), fp32
         elsewhere."""
-        return asked if self.zero_stage >= 1 and self.offload_optimizer == "none" else "fp32"
+        return asked if memory.zero_optimizer_on_device(self.zero_stage, self.offload_optimizer) else "fp32"
 
     def grad_accum_dtype(self, asked: str) -> str:
         """The run's choice where zerotrain sums in fp32 (ZeRO 1-3, optimizer on the device), DeepSpeed's elsewhere."""
-        return asked if self.zero_stage >= 1 and self.offload_optimizer == "none" else "auto"
+        return asked if memory.zero_optimizer_on_device(self.zero_stage, self.offload_optimizer) else "auto"
 
     def row(self) -> dict:
         return {
